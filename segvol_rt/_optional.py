@@ -1,0 +1,52 @@
+"""Lazy imports of optional heavy dependencies, with an actionable error.
+
+``import segvol_rt`` needs numpy alone. torch, onnx, cupy, tensorrt and
+onnxruntime-gpu are imported only by the code paths that use them, through
+:func:`require`, so a missing one names the extra that brings it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import MissingDependencyError
+
+# module -> (pip extra, what it is needed for)
+_EXTRAS = {
+    "torch": ("export", "exporting graphs and the torch reference backend"),
+    "onnx": ("export", "writing and checking ONNX graphs"),
+    "safetensors": ("export", "reading .safetensors checkpoints"),
+    "cupy": ("gpu", "the GPU pipeline (CuPy kernels)"),
+    "tensorrt": ("trt", "TensorRT engines"),
+    "onnxruntime": ("base install", "the ONNX Runtime backend"),
+    "nibabel": ("base install", "reading and writing NIfTI files"),
+    "tokenizers": ("base install", "the CLIP tokenizer"),
+    "transformers": ("dev", "reference checks against transformers"),
+    "PIL": ("demo", "PNG previews"),
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingDependencyError` naming its extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        root = module.split(".")[0]
+        extra, purpose = _EXTRAS.get(root, ("?", "this feature"))
+        if extra == "base install":
+            hint = "reinstall segvol-rt: pip install segvol-rt"
+        else:
+            hint = f"install the extra: pip install 'segvol-rt[{extra}]'"
+        raise MissingDependencyError(
+            f"{root} is needed for {purpose} but cannot be imported ({exc}); {hint}"
+        ) from exc
+
+
+def available(module: str) -> bool:
+    """True when ``module`` imports; never raises."""
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - a broken install counts as unavailable
+        return False
+    return True

@@ -1,0 +1,73 @@
+"""The interface every backend implements.
+
+A backend runs the three graphs of an artifacts directory and nothing else:
+it knows no geometry, prompts or zoom logic. The pipeline drives any backend
+through :meth:`Backend.run` (or its three typed shortcuts) and never asks
+which one it is. Arrays are numpy on CPU backends and cupy on CUDA backends
+(``backend.xp``); shapes and dtypes are those of :mod:`segvol_rt.spec`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Mapping
+
+from .. import spec as S
+
+
+class Backend(ABC):
+    """Runs the graphs of one artifacts directory.
+
+    Attributes:
+        name: ``"onnxruntime"``, ``"tensorrt"`` or ``"torch"``.
+        device: ``"cpu"`` or ``"cuda"``.
+        xp: the array module of inputs and outputs (numpy or cupy).
+        specs: graph name -> :class:`segvol_rt.spec.GraphSpec`.
+    """
+
+    name: str = "?"
+    device: str = "cpu"
+
+    def __init__(self, specs: Mapping[str, S.GraphSpec]):
+        self.specs = dict(specs)
+
+    @property
+    def xp(self) -> Any:
+        import numpy
+
+        return numpy
+
+    def describe(self) -> str:
+        """One line for the CLI: engine, device and precision."""
+        return f"{self.name} ({self.device})"
+
+    def run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``feeds`` against the graph's spec, then run it."""
+        self.specs[graph].validate_inputs(feeds)
+        return self._run(graph, feeds)
+
+    @abstractmethod
+    def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one graph on validated inputs; returns output name -> array."""
+
+    # -- typed shortcuts ---------------------------------------------------
+    def encode_image(self, image: Any) -> Any:
+        """(B, 1, D, H, W) float32 in [0, 1] -> image embedding (B, C, d, h, w)."""
+        return self.run(S.IMAGE_ENCODER, {"image": image})["image_embedding"]
+
+    def encode_text(self, token_ids: Any) -> Any:
+        """(B, L) int64 CLIP token ids -> text embedding (B, C)."""
+        return self.run(S.TEXT_ENCODER, {"token_ids": token_ids})["text_embedding"]
+
+    def decode(self, image_embedding: Any, coords: Any, labels: Any, text_embedding: Any) -> Any:
+        """Prompt tokens (see :mod:`segvol_rt.spec`) -> low-res logits (B, 1, 4d, 4h, 4w)."""
+        feeds = {
+            "image_embedding": image_embedding,
+            "prompt_coords": coords,
+            "prompt_labels": labels,
+            "text_embedding": text_embedding,
+        }
+        return self.run(S.PROMPT_DECODER, feeds)["low_res_logits"]
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions and device memory."""

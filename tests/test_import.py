@@ -1,0 +1,14 @@
+"""``import segvol_rt`` needs numpy alone."""
+
+import subprocess
+import sys
+
+
+def test_import_does_not_load_heavy_modules():
+    code = (
+        "import sys, segvol_rt, segvol_rt.spec, segvol_rt.config, segvol_rt.cli;"
+        "heavy = [m for m in ('torch', 'cupy', 'tensorrt', 'onnx', 'transformers') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
