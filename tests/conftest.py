@@ -3,21 +3,11 @@ skip with a visible reason when it is absent, as in a user's clone."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SEGVOL_RT_SHARED", REPO.parent / "shared"))
-
-
-def shared_path(*parts: str) -> Path:
-    """Path under ../shared, or skip the test when it is not there."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} not present (../shared is only beside the developers' checkout)")
-    return path
+from shared_data import shared_path  # noqa: E402  (tests/ is on pythonpath)
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def _write_merges(tokenizer_json: Path, out: Path) -> None:
 @pytest.fixture(scope="module")
 def clip_files(tmp_path_factory) -> Path:
     """The CLIP files without tokenizer.json: vocab.json + merges.txt (+ side configs)."""
-    from conftest import shared_path
+    from shared_data import shared_path
 
     src = shared_path("clip")
     out = tmp_path_factory.mktemp("clip_merges")
@@ -72,7 +72,7 @@ def clip_files(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ours() -> ClipTokenizer:
-    from conftest import shared_path
+    from shared_data import shared_path
 
     return ClipTokenizer.from_dir(shared_path("clip"))
 
@@ -80,7 +80,7 @@ def ours() -> ClipTokenizer:
 @pytest.fixture(scope="module")
 def hf_fast():
     """The tokenizer official SegVol loads (AutoTokenizer -> CLIPTokenizerFast)."""
-    from conftest import shared_path
+    from shared_data import shared_path
 
     transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(shared_path("clip")))

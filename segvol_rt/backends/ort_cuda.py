@@ -1,0 +1,152 @@
+"""ONNX Runtime CUDA backend with IO binding on CuPy memory.
+
+Inputs and outputs stay on the GPU: each run binds the CuPy input arrays
+(``bind_input(..., device_type="cuda", buffer_ptr=...)``) and outputs
+preallocated from the graph spec (``bind_output``), then calls
+``run_with_iobinding``. ``xp`` is cupy; nothing goes through the host
+between graphs.
+
+Synchronisation: ONNX Runtime's CUDA provider runs on its own stream, which
+cannot wait on a CuPy event. So before each run we block the host until the
+caller's current CuPy stream (where the inputs were written) has finished.
+``run_with_iobinding`` returns only after ORT has synchronised its own stream
+(ORT's default at the end of ``Run``; we never set the run option
+``disable_synchronize_execution_providers``), so outputs are complete and
+safe to read on any stream, and the inputs are no longer read. Outputs are
+allocated on the caller's stream; ORT's intermediates live in ORT's own
+memory arena, separate from CuPy's pool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .. import spec as S
+from .._optional import require
+from ..artifacts import Artifacts
+from ..errors import SegVolError
+from .base import Backend
+from .cuda_common import device_inputs, empty_outputs, output_shapes, require_cupy
+from .onnxruntime import CPU_PROVIDER, CUDA_PROVIDER, cuda_problem
+
+
+def bind_io(
+    binding: Any,
+    spec: S.GraphSpec,
+    inputs: Mapping[str, Any],
+    outputs: Mapping[str, Any],
+    *,
+    device_type: str,
+    device_id: int,
+    address: Callable[[Any], int],
+) -> None:
+    """Bind contiguous ``inputs`` and preallocated ``outputs`` (arrays with
+    ``shape``) of ``spec`` to an ORT ``IOBinding`` by raw address.
+
+    ``address`` gives an array's data pointer (``a.data.ptr`` for cupy,
+    ``a.ctypes.data`` for numpy, which the CPU tests use with ``device_type="cpu"``).
+    """
+    for t in spec.inputs:
+        arr = inputs[t.name]
+        binding.bind_input(t.name, device_type, device_id, np.dtype(t.dtype).type, list(arr.shape), address(arr))
+    for t in spec.outputs:
+        arr = outputs[t.name]
+        binding.bind_output(t.name, device_type, device_id, np.dtype(t.dtype).type, list(arr.shape), address(arr))
+
+
+def run_bound(
+    session: Any,
+    spec: S.GraphSpec,
+    inputs: Mapping[str, Any],
+    outputs: Mapping[str, Any],
+    *,
+    device_type: str,
+    device_id: int,
+    address: Callable[[Any], int],
+) -> None:
+    """One ``run_with_iobinding`` of ``session`` writing into ``outputs``."""
+    binding = session.io_binding()
+    bind_io(binding, spec, inputs, outputs, device_type=device_type, device_id=device_id, address=address)
+    session.run_with_iobinding(binding)
+
+
+def cuda_session(path: Path, device_id: int, options: Any = None) -> Any:
+    """An ``InferenceSession`` on the CUDA provider; a clear error when the
+    installed onnxruntime has no working CUDA provider."""
+    ort = require("onnxruntime")
+    if hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu >= 1.21 finds CUDA/cuDNN from the nvidia-* wheels this way.
+        ort.preload_dlls()
+    problem = cuda_problem(ort)
+    if problem:
+        raise SegVolError(f"onnxruntime on CUDA is not available: {problem}")
+    if options is None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only
+    providers = [(CUDA_PROVIDER, {"device_id": device_id}), CPU_PROVIDER]
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    if session.get_providers()[0] != CUDA_PROVIDER:
+        raise SegVolError(
+            f"onnxruntime could not start {CUDA_PROVIDER} for {path.name} (providers: {session.get_providers()}); "
+            "no CUDA device, or the CUDA/cuDNN libraries onnxruntime-gpu needs are missing"
+        )
+    return session
+
+
+class OrtCudaBackend(Backend):
+    """The three ONNX graphs on ONNX Runtime's CUDA provider, CuPy in and out.
+
+    Args:
+        artifacts: the exported artifacts.
+        device_id: CUDA device to run on.
+        session_options: an ``onnxruntime.SessionOptions`` (default: all graph
+            optimisations, errors-only logging).
+    """
+
+    name = "onnxruntime"
+    device = "cuda"
+    _bind_device = "cuda"  # ORT device type of the bound buffers (tests bind host memory as "cpu")
+
+    def __init__(self, artifacts: Artifacts, device_id: int = 0, session_options: Any = None):
+        super().__init__(artifacts.specs)
+        self._cp = require_cupy(device_id)
+        self.device_id = device_id
+        self._device = self._cp.cuda.Device(device_id)
+        self._sessions = {g: cuda_session(artifacts.graph_path(g), device_id, session_options) for g in S.GRAPH_NAMES}
+
+    @classmethod
+    def load(cls, root: str | Path, **kwargs: Any) -> "OrtCudaBackend":
+        return cls(Artifacts.load(root), **kwargs)
+
+    @property
+    def xp(self) -> Any:
+        return self._cp
+
+    def describe(self) -> str:
+        return f"onnxruntime (cuda:{self.device_id}, IO binding)"
+
+    def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        cp, spec = self._cp, self.specs[graph]
+        with self._device:
+            inputs = device_inputs(cp, spec, feeds)
+            outputs = empty_outputs(cp, spec, output_shapes(spec, inputs))
+            # ORT's stream cannot wait on a CuPy event: the inputs (and their
+            # conversions just queued) must be complete before ORT starts.
+            cp.cuda.get_current_stream().synchronize()
+            run_bound(
+                self._sessions[graph],
+                spec,
+                inputs,
+                outputs,
+                device_type=self._bind_device,
+                device_id=self.device_id,
+                address=lambda a: a.data.ptr,
+            )
+        return outputs
+
+    def close(self) -> None:
+        self._sessions = {}

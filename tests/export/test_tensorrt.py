@@ -1,0 +1,547 @@
+"""TensorRT engines: ``segvol-rt build`` and the TensorRT backend.
+
+Two kinds of tests:
+
+* ``test_fake_*`` run everywhere against a FAKE ``tensorrt`` module
+  (tests/export/fake_tensorrt.py) monkeypatched into ``sys.modules``. They
+  check our wiring - which documented TensorRT 10 API calls the builder
+  makes, in which order, with which profile shapes, what it writes - and are
+  NOT a TensorRT run: nothing is parsed, built or executed.
+* ``test_real_*`` need ``tensorrt``, CuPy and a GPU (skipped with the reason
+  otherwise): build fp32 and fp16 engines from tiny exported artifacts, run
+  them, compare with ONNX Runtime on the CPU, and refuse a foreign engine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segvol_rt import artifacts as A
+from segvol_rt import engines as E
+from segvol_rt import spec as S
+from segvol_rt.config import SegVolConfig
+from segvol_rt.errors import SegVolError
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fake_cupy  # noqa: E402
+import fake_tensorrt  # noqa: E402
+
+FAKE_GPU = E.GpuIdentity("FAKE GPU", "9.0")
+CHECKPOINT_SHA = "f" * 64
+
+
+def make_artifacts(root: Path, config: SegVolConfig | None = None, broken: str | None = None) -> Path:
+    """A minimal artifacts dir with placeholder graph bytes (the fake parser never reads ONNX)."""
+    config = config or SegVolConfig.tiny()
+    root.mkdir()
+    graphs = {}
+    for name, spec in S.graph_specs(config).items():
+        # The fake parser embeds this text in the fake engine, whose runtime reads the IO from it.
+        body = b"BROKEN" if name == broken else json.dumps(spec.to_dict()).encode()
+        (root / spec.file).write_bytes(body)
+        graphs[name] = {"file": spec.file, "sha256": A.sha256_file(root / spec.file), "spec": spec.to_dict()}
+    A.write_manifest(
+        root,
+        {
+            "format_version": A.FORMAT_VERSION,
+            "checkpoint": {"name": "fake.pth", "sha256": CHECKPOINT_SHA, "format": "test"},
+            "config": config.to_dict(),
+            "graphs": graphs,
+            "engines": {},
+        },
+    )
+    return root
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    from segvol_rt.export import tensorrt_build
+
+    trt = fake_tensorrt.make()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(tensorrt_build, "_query_gpu", lambda: FAKE_GPU)
+    return trt
+
+
+def _one_build(calls: list[tuple]) -> list[tuple]:
+    """The calls of the first engine build (up to and including get_timing_cache)."""
+    end = next(i for i, c in enumerate(calls) if c[0] == "config.get_timing_cache")
+    return calls[: end + 1]
+
+
+def test_fake_fp16_build_calls_the_documented_api_in_order(tmp_path, fake_trt):
+    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+
+    root = make_artifacts(tmp_path / "art")
+    build_engines(root, BuildOptions(precision="fp16", max_batch=2, max_points=4), graphs=[S.PROMPT_DECODER])
+    calls = _one_build(fake_trt.calls)
+    kinds = [c[0] for c in calls if not c[0].startswith("layer.")]
+    assert kinds == [
+        "Logger",
+        "Builder",
+        "builder.create_network",
+        "OnnxParser",
+        "parse_from_file",
+        "builder.create_builder_config",
+        "config.set_memory_pool_limit",
+        "config.set_flag",
+        "config.set_flag",
+        "builder.create_optimization_profile",
+        "profile.set_shape",
+        "profile.set_shape",
+        "profile.set_shape",
+        "profile.set_shape",
+        "config.add_optimization_profile",
+        "config.create_timing_cache",
+        "config.set_timing_cache",
+        "builder.build_serialized_network",
+        "config.get_timing_cache",
+    ]
+    assert ("builder.create_network", 0) in calls  # TensorRT 10: explicit batch is implicit
+    assert ("parse_from_file", "prompt_decoder.onnx") in calls
+    assert ("config.set_memory_pool_limit", fake_tensorrt.MemoryPoolType.WORKSPACE, 4 << 30) in calls
+    flags = [c[1] for c in calls if c[0] == "config.set_flag"]
+    assert flags == [fake_tensorrt.BuilderFlag.FP16, fake_tensorrt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS]
+    # Profile shapes: the spec's, with batch capped at 2 and tokens at 4 + EXTRA_TOKENS.
+    c, (d, h, w) = 32, SegVolConfig.tiny().grid_size
+    n = 4 + S.EXTRA_TOKENS
+    shapes = {c_[1]: c_[2:] for c_ in calls if c_[0] == "profile.set_shape"}
+    assert shapes == {
+        "image_embedding": ((1, c, d, h, w), (1, c, d, h, w), (2, c, d, h, w)),
+        "prompt_coords": ((1, 1, 3), (1, 3, 3), (2, n, 3)),
+        "prompt_labels": ((1, 1), (1, 3), (2, n)),
+        "text_embedding": ((1, c), (1, c), (2, c)),
+    }
+
+
+def test_fake_fp16_pins_norms_softmax_reductions_pow_sqrt_div(tmp_path, fake_trt):
+    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+
+    root = make_artifacts(tmp_path / "art")
+    records = build_engines(root, BuildOptions(precision="fp16"), graphs=[S.IMAGE_ENCODER])
+    pinned = [c[1] for c in fake_trt.calls if c[0] == "layer.precision"]
+    assert pinned == [
+        "/norm/LayerNormalization",
+        "/attn/Softmax",
+        "/pe/ReduceMean",
+        "node_7",  # a Pow found by its operation, not its name
+        "/pe/Div",
+        "/norm/Sqrt",
+    ]  # not: MatMul, Add, Exp, the reshape, nor the int64 shape Div
+    assert all(c[3] == fake_tensorrt.DataType.FLOAT for c in fake_trt.calls if c[0] == "layer.set_output_type")
+    # the precision is set before the build
+    order = [c[0] for c in fake_trt.calls]
+    assert order.index("layer.precision") < order.index("builder.build_serialized_network")
+    assert records[S.IMAGE_ENCODER].options["fp32_layers"] == 6
+
+
+def test_fake_fp32_build_sets_no_precision_flags(tmp_path, fake_trt):
+    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+
+    root = make_artifacts(tmp_path / "art")
+    build_engines(root, BuildOptions(precision="fp32"))
+    kinds = [c[0] for c in fake_trt.calls]
+    assert "config.set_flag" not in kinds and "layer.precision" not in kinds
+    assert kinds.count("builder.build_serialized_network") == 3
+
+
+def test_fake_build_writes_plain_engines_and_manifest_records(tmp_path, fake_trt):
+    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+
+    root = make_artifacts(tmp_path / "art")
+    cache = tmp_path / "trt.cache"
+    cache.write_bytes(b"OLD")
+    records = build_engines(root, BuildOptions(precision="fp16", timing_cache=cache))
+    manifest = json.loads((root / A.MANIFEST).read_text())
+    assert set(manifest["engines"]) == set(S.GRAPH_NAMES)
+    specs = A.Artifacts.load(root).specs
+    for graph in S.GRAPH_NAMES:
+        rec = E.EngineRecord.from_dict(manifest["engines"][graph])
+        assert rec == records[graph]
+        path = root / rec.file
+        # The file is exactly TensorRT's serialized engine: no header of ours.
+        assert path.read_bytes().startswith(b"FAKE-SERIALIZED-ENGINE/")
+        assert rec.sha256 == A.sha256_file(path)
+        assert rec.graph_sha256 == manifest["graphs"][graph]["sha256"]
+        assert rec.model_sha256 == CHECKPOINT_SHA
+        assert (rec.tensorrt_version, rec.gpu_name, rec.compute_capability) == ("10.99.0-FAKE", "FAKE GPU", "9.0")
+        assert rec.precision == "fp16" and rec.profiles == E.profile_shapes(specs[graph])
+    A.Artifacts.load(root).verify()  # engine hashes are checked like the graphs
+    # The timing cache is read once, threaded through the three builds, then saved.
+    blobs = [c[1] for c in fake_trt.calls if c[0] == "config.create_timing_cache"]
+    assert blobs == [b"OLD", b"OLD+timed", b"OLD+timed+timed"]
+    assert cache.read_bytes() == b"OLD+timed+timed+timed"
+    assert not [p for p in root.rglob(".*") if p.name != A.MANIFEST]  # no temporary files left
+
+
+def test_fake_parser_errors_name_the_node(tmp_path, fake_trt):
+    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+
+    root = make_artifacts(tmp_path / "art", broken=S.TEXT_ENCODER)
+    with pytest.raises(SegVolError) as info:
+        build_engines(root, BuildOptions(precision="fp32"), graphs=[S.TEXT_ENCODER])
+    msg = str(info.value)
+    assert "text_encoder.onnx" in msg and "'/blocks.0/attn/Einsum'" in msg and "(Einsum)" in msg
+    assert "unsupported equation" in msg and "node 7" in msg
+
+
+def test_fake_build_refuses_limits_above_the_exported_range(tmp_path, fake_trt):
+    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+
+    root = make_artifacts(tmp_path / "art")
+    with pytest.raises(SegVolError, match="exceeds the exported range"):
+        build_engines(root, BuildOptions(max_batch=S.DEFAULT_MAX_BATCH + 1))
+    with pytest.raises(SegVolError, match="prompt_decoder: axis N limit"):
+        build_engines(root, BuildOptions(max_points=S.DEFAULT_MAX_POINTS + 1))  # the last graph's limit
+    assert "builder.build_serialized_network" not in [c[0] for c in fake_trt.calls]  # checked before any build
+
+
+def test_fake_failed_build_leaves_a_consistent_manifest(tmp_path, fake_trt):
+    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+
+    root = make_artifacts(tmp_path / "art", broken=S.PROMPT_DECODER)  # the last of the three
+    with pytest.raises(SegVolError, match="parser rejected prompt_decoder.onnx"):
+        build_engines(root, BuildOptions(precision="fp32"))
+    art = A.Artifacts.load(root)
+    assert set(art.manifest["engines"]) == {S.IMAGE_ENCODER, S.TEXT_ENCODER}
+    art.verify()  # the engines on disk are the ones recorded
+
+
+def test_fake_build_refuses_a_changed_graph(tmp_path, fake_trt):
+    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+
+    root = make_artifacts(tmp_path / "art")
+    (root / "image_encoder.onnx").write_bytes(b"changed")
+    with pytest.raises(SegVolError, match="does not match manifest.json"):
+        build_engines(root, BuildOptions(), graphs=[S.IMAGE_ENCODER])
+
+
+def test_build_options_are_validated():
+    from segvol_rt.export.tensorrt_build import BuildOptions
+
+    with pytest.raises(SegVolError, match="precision"):
+        BuildOptions(precision="int8")
+
+
+def test_needs_fp32_decisions():
+    from segvol_rt.export.tensorrt_build import needs_fp32
+
+    assert needs_fp32("NORMALIZATION", None, "x") and needs_fp32("SOFTMAX", None, "x")
+    assert needs_fp32("REDUCE", None, "x") and needs_fp32("ELEMENTWISE", "POW", "x")
+    assert needs_fp32("UNARY", "SQRT", "x") and needs_fp32("ELEMENTWISE", "DIV", "x")
+    assert not needs_fp32("ELEMENTWISE", "SUM", "/x/Div_wrong_name")  # the operation wins over the name
+    assert needs_fp32("ELEMENTWISE", None, "/attn/Div")  # name fallback when the op is unknown
+    assert not needs_fp32("MATRIX_MULTIPLY", None, "/attn/Softmax_input")
+
+
+def test_missing_tensorrt_names_the_extra(tmp_path, monkeypatch):
+    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as if not installed
+    with pytest.raises(SegVolError, match=r"segvol-rt\[trt\]"):
+        build_engines(make_artifacts(tmp_path / "art"), BuildOptions())
+
+
+def test_cli_build_reports_missing_tensorrt(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from segvol_rt.cli import app
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    root = make_artifacts(tmp_path / "art")
+    result = CliRunner().invoke(app, ["build", "--artifacts", str(root), "--precision", "fp32"])
+    assert result.exit_code != 0 and isinstance(result.exception, SegVolError)
+    assert "segvol-rt[trt]" in str(result.exception)
+
+
+def test_fake_cli_build(tmp_path, fake_trt):
+    from typer.testing import CliRunner
+
+    from segvol_rt.cli import app
+
+    root = make_artifacts(tmp_path / "art")
+    result = CliRunner().invoke(app, ["build", "--artifacts", str(root), "--max-batch", "2"])
+    assert result.exit_code == 0, result.output
+    assert "image_encoder: engines/image_encoder.plan (fp16, TensorRT 10.99.0-FAKE, FAKE GPU)" in result.output
+    rec = E.engine_records(A.Artifacts.load(root).manifest)[S.IMAGE_ENCODER]
+    assert rec.profiles["image"]["max"][0] == 2
+
+
+# -- the TensorRT backend on fake tensorrt + fake cupy (wiring only) ------------
+@pytest.fixture
+def fake_stack(fake_trt, monkeypatch):
+    """Fake tensorrt and cupy; engines built by the fake builder (max batch 2)."""
+    from segvol_rt.backends import tensorrt as trt_backend
+
+    cp = fake_cupy.make()
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setattr(trt_backend, "query_gpu", lambda device_id: FAKE_GPU)
+    return fake_trt, cp
+
+
+def _built(tmp_path) -> Path:
+    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+
+    root = make_artifacts(tmp_path / "art")
+    build_engines(root, BuildOptions(precision="fp16", max_batch=2, max_points=4))
+    return root
+
+
+def _feeds(config, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    c, grid = config.embed_dim, config.grid_size
+    return {
+        S.IMAGE_ENCODER: {"image": rng.random((batch, 1, *config.spatial_size), dtype=np.float32)},
+        S.TEXT_ENCODER: {"token_ids": rng.integers(0, 49408, (batch, config.text.max_length))},
+        S.PROMPT_DECODER: {
+            "image_embedding": rng.random((batch, c, *grid), dtype=np.float32),
+            "prompt_coords": rng.random((batch, 3, 3), dtype=np.float32),
+            "prompt_labels": np.ones((batch, 3), np.int32),
+            "text_embedding": rng.random((batch, c), dtype=np.float32),
+        },
+    }
+
+
+def test_fake_backend_binds_every_tensor_and_orders_streams(tmp_path, fake_stack):
+    from segvol_rt.artifacts import Artifacts
+    from segvol_rt.backends.tensorrt import TensorRTBackend
+
+    trt, cp = fake_stack
+    backend = TensorRTBackend(Artifacts.load(_built(tmp_path)))
+    assert backend.xp is cp and backend.precision == "fp16"
+    config = SegVolConfig.tiny()
+    for graph, feeds in _feeds(config, batch=2).items():
+        spec = backend.specs[graph]
+        trt.calls.clear()
+        cp.log.clear()
+        out = backend.run(graph, {k: cp.asarray(v) for k, v in feeds.items()})
+        want = fake_tensorrt.fake_outputs(spec, feeds)
+        assert set(out) == set(want)
+        for name in want:
+            assert isinstance(out[name], cp.ndarray)
+            np.testing.assert_allclose(out[name], want[name], rtol=1e-6)
+        kinds = [c[0] for c in trt.calls]
+        n_in, n_out = len(spec.inputs), len(spec.outputs)
+        assert kinds == ["context.set_input_shape", "context.set_tensor_address"] * n_in + [
+            "context.set_tensor_address"
+        ] * n_out + ["context.execute_async_v3"]
+        assert trt.calls[-1][2] == backend.stream.ptr  # enqueued on the backend's stream
+        # the backend's stream waits for the caller's (null) stream, then the caller waits for it
+        assert cp.log == [("record", 0), ("wait_event", backend.stream.ptr, 0),
+                          ("record", backend.stream.ptr), ("wait_event", 0, backend.stream.ptr)]
+
+
+def test_fake_backend_validates_against_the_engine_profile(tmp_path, fake_stack):
+    from segvol_rt.artifacts import Artifacts
+    from segvol_rt.backends.tensorrt import TensorRTBackend
+
+    _, cp = fake_stack
+    backend = TensorRTBackend(Artifacts.load(_built(tmp_path)))
+    feeds = _feeds(SegVolConfig.tiny(), batch=3)[S.IMAGE_ENCODER]  # exported up to 8, built up to 2
+    with pytest.raises(SegVolError, match=r"B=3 outside \[1, 2\]"):
+        backend.run(S.IMAGE_ENCODER, {k: cp.asarray(v) for k, v in feeds.items()})
+
+
+def test_fake_backend_refuses_foreign_or_changed_engines(tmp_path, fake_stack):
+    from segvol_rt.artifacts import Artifacts
+    from segvol_rt.backends.tensorrt import TensorRTBackend
+
+    root = _built(tmp_path)
+    art = Artifacts.load(root)
+    engines = dict(art.manifest["engines"])
+    art.update(engines={**engines, S.PROMPT_DECODER: {**engines[S.PROMPT_DECODER], "gpu_name": "Other GPU"}})
+    with pytest.raises(SegVolError, match=r"prompt_decoder.plan cannot run here \(GPU: engine built for 'Other GPU', here 'FAKE GPU'\)"):
+        TensorRTBackend(Artifacts.load(root))
+    art.update(engines=engines)
+    (root / engines[S.TEXT_ENCODER]["file"]).write_bytes(b"FAKE-SERIALIZED-ENGINE/{}")
+    with pytest.raises(SegVolError, match="does not match its manifest sha256"):
+        TensorRTBackend(Artifacts.load(root))
+    art.update(engines={})
+    with pytest.raises(SegVolError, match="no TensorRT engine for .*segvol-rt build"):
+        TensorRTBackend(Artifacts.load(root))
+
+
+def test_fake_backend_casts_int64_inputs_for_int32_engines(tmp_path, fake_stack, monkeypatch):
+    from segvol_rt.artifacts import Artifacts
+    from segvol_rt.backends.tensorrt import TensorRTBackend
+
+    _, cp = fake_stack
+    monkeypatch.setattr(fake_tensorrt.FakeEngine, "narrowed", {"token_ids"})
+    backend = TensorRTBackend(Artifacts.load(_built(tmp_path)))
+    feeds = _feeds(SegVolConfig.tiny(), batch=2)[S.TEXT_ENCODER]
+    out = backend.encode_text(cp.asarray(feeds["token_ids"]))  # int64 in, engine reads int32
+    want = fake_tensorrt.fake_outputs(backend.specs[S.TEXT_ENCODER], feeds)["text_embedding"]
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    monkeypatch.setattr(fake_tensorrt.FakeEngine, "narrowed", {"image"})  # float narrowing is not accepted
+    with pytest.raises(SegVolError, match="image is int32 in the engine, float32 in the spec"):
+        TensorRTBackend(Artifacts.load(tmp_path / "art"))
+
+
+def test_fake_backend_cuda_graph_captures_once_then_replays(tmp_path, fake_stack):
+    from segvol_rt.artifacts import Artifacts
+    from segvol_rt.backends.tensorrt import TensorRTBackend
+
+    trt, cp = fake_stack
+    backend = TensorRTBackend(Artifacts.load(_built(tmp_path)), cuda_graph_batch=2)
+    config = SegVolConfig.tiny()
+    spec = backend.specs[S.IMAGE_ENCODER]
+    results = []
+    for seed in (0, 1, 2):
+        trt.calls.clear()
+        feeds = _feeds(config, batch=2, seed=seed)[S.IMAGE_ENCODER]
+        out = backend.encode_image(cp.asarray(feeds["image"]))
+        np.testing.assert_allclose(out, fake_tensorrt.fake_outputs(spec, feeds)["image_embedding"], rtol=1e-6)
+        results.append(out)
+        executes = [c for c in trt.calls if c[0] == "context.execute_async_v3"]
+        assert len(executes) == (2 if seed == 0 else 0)  # warm-up + captured; then replay only
+    assert [c[0] for c in cp.log].count("graph.launch") == 3
+    assert not np.shares_memory(results[1], results[2])  # each call returns its own copy
+    trt.calls.clear()
+    backend.encode_image(cp.asarray(_feeds(config, batch=1)[S.IMAGE_ENCODER]["image"]))  # other batch: plain run
+    assert [c[0] for c in trt.calls].count("context.execute_async_v3") == 1
+
+
+# -- real TensorRT on a GPU ------------------------------------------------------
+def _clip_dir() -> Path:
+    """../shared/clip (as tests/conftest.py's shared_path, usable from module-scoped fixtures)."""
+    import os
+
+    shared = Path(os.environ.get("SEGVOL_RT_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
+    if not (shared / "clip").is_dir():
+        pytest.skip(f"{shared / 'clip'} not present (../shared is only beside the developers' checkout)")
+    return shared / "clip"
+
+
+def _real_trt_or_skip():
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"tensorrt is not importable here ({exc}); TensorRT tests need the [trt] extra and a GPU")
+    try:
+        from segvol_rt.backends.cuda_common import query_gpu, require_cupy
+
+        query_gpu(0)
+        require_cupy(0)
+    except SegVolError as exc:
+        pytest.skip(f"no usable GPU/CuPy: {exc}")
+
+
+@pytest.fixture(scope="module")
+def tiny_artifacts(tmp_path_factory, tiny_pth):
+    """Tiny artifacts exported by segvol-rt's exporter (parity checks off: the export tests do them)."""
+    _real_trt_or_skip()
+    from segvol_rt.export.exporter import ExportOptions, export_artifacts
+
+    out = tmp_path_factory.mktemp("trt") / "art"
+    export_artifacts(tiny_pth, out, tokenizer=_clip_dir(), options=ExportOptions(verify=False))
+    return out
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.logical_and(a, b).sum()
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * inter / total)
+
+
+def _build_copy(src: Path, dst: Path, precision: str) -> Path:
+    import shutil
+
+    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+
+    shutil.copytree(src, dst)
+    build_engines(dst, BuildOptions(precision=precision, workspace_gib=1.0))
+    return dst
+
+
+def _run_all(backend, xp, image, tokens, coords, labels):
+    """The three graphs chained; returns numpy outputs."""
+    emb = backend.encode_image(xp.asarray(image))
+    text = backend.encode_text(xp.asarray(tokens))
+    low = backend.decode(emb, xp.asarray(coords), xp.asarray(labels), text)
+    to_np = getattr(xp, "asnumpy", np.asarray)
+    return to_np(emb), to_np(text), to_np(low)
+
+
+def _inputs(config, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.random((batch, 1, *config.spatial_size), dtype=np.float32)
+    tokens = rng.integers(0, 49406, (batch, config.text.max_length))
+    tokens[:, 0], tokens[:, -1] = 49406, 49407
+    d, h, w = config.spatial_size
+    coords = rng.uniform(0, [d, h, w], (batch, 3, 3)).astype(np.float32)
+    labels = np.tile(np.array([[1, 2, 3]], np.int32), (batch, 1))
+    return image, tokens, coords, labels
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_real_engines_match_ort_cpu(tiny_artifacts, tmp_path, precision):
+    from segvol_rt.artifacts import Artifacts
+    from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend
+    from segvol_rt.backends.tensorrt import TensorRTBackend
+
+    root = _build_copy(tiny_artifacts, tmp_path / precision, precision)
+    art = Artifacts.load(root)
+    art.verify()
+    trt_backend = TensorRTBackend(art)
+    cpu_backend = OnnxRuntimeBackend(art, device="cpu")
+    feeds = _inputs(art.config)
+    got = _run_all(trt_backend, trt_backend.xp, *feeds)
+    want = _run_all(cpu_backend, np, *feeds)
+    if precision == "fp32":
+        for g, w in zip(got, want):
+            assert _rel(g, w) <= 1e-3
+    else:
+        assert _dice(got[2] > 0, want[2] > 0) >= 0.99
+
+
+@pytest.mark.tensorrt
+def test_real_cuda_graph_replay_matches_plain_run(tiny_artifacts, tmp_path):
+    from segvol_rt.artifacts import Artifacts
+    from segvol_rt.backends.tensorrt import TensorRTBackend
+
+    root = _build_copy(tiny_artifacts, tmp_path / "graph", "fp32")
+    art = Artifacts.load(root)
+    plain = TensorRTBackend(art)
+    graphed = TensorRTBackend(art, cuda_graph_batch=2)
+    cp = plain.xp
+    for seed in (0, 1):  # capture, then replay with new data in the static buffer
+        image = _inputs(art.config, seed=seed)[0]
+        want = cp.asnumpy(plain.encode_image(cp.asarray(image)))
+        got = cp.asnumpy(graphed.encode_image(cp.asarray(image)))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert graphed._replay is not None and graphed._replay.graph is not None
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("gpu_name", "Some Other GPU", "GPU: engine built for 'Some Other GPU'"),
+        ("compute_capability", "1.0", "compute capability"),
+        ("tensorrt_version", "9.9.9", "TensorRT version"),
+        ("model_sha256", "0" * 64, "model (checkpoint sha256)"),
+        ("graph_sha256", "1" * 64, "graph (ONNX sha256)"),
+    ],
+)
+def test_real_foreign_engine_is_refused(tiny_artifacts, tmp_path, field, value, words):
+    from segvol_rt.artifacts import Artifacts
+    from segvol_rt.backends.tensorrt import TensorRTBackend
+
+    root = _build_copy(tiny_artifacts, tmp_path / field, "fp32")
+    art = Artifacts.load(root)
+    engines = dict(art.manifest["engines"])
+    engines[S.TEXT_ENCODER] = {**engines[S.TEXT_ENCODER], field: value}
+    art.update(engines=engines)
+    with pytest.raises(SegVolError, match="cannot run here") as info:
+        TensorRTBackend(Artifacts.load(root))
+    assert words in str(info.value) and "segvol-rt build" in str(info.value)
