@@ -1,0 +1,158 @@
+"""Choosing a backend: :func:`open_backend`.
+
+``backend="auto"`` tries, in order, TensorRT (engines recorded in the
+manifest, ``tensorrt`` importable, a GPU), ONNX Runtime on CUDA, ONNX Runtime
+on the CPU, then the PyTorch model; the returned reason says what was chosen
+and why the better ones were not (``"onnxruntime on CPU: no CUDA device"``).
+A backend or device asked for by name that cannot run is a
+:class:`SegVolError` naming what is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .._optional import available
+from ..engines import has_engines
+from ..errors import SegVolError
+from .base import Backend
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def gpu_problem() -> str | None:
+    """Why there is no usable CUDA GPU here, or None when there is one."""
+    from .cuda_common import query_gpu
+
+    try:
+        query_gpu(0)
+    except SegVolError:
+        return "no CUDA device"
+    return None
+
+
+def _tensorrt_problem(artifacts: Any) -> str | None:
+    if not has_engines(artifacts.manifest):
+        return "no TensorRT engines in the manifest (segvol-rt build)"
+    if not available("tensorrt"):
+        return "tensorrt is not installed"
+    return gpu_problem()
+
+
+def _open_tensorrt(artifacts: Any, device: str, **_: Any) -> Backend:
+    if device == "cpu":
+        raise SegVolError("the tensorrt backend runs on CUDA only; use --device cuda or another backend")
+    problem = _tensorrt_problem(artifacts)
+    if problem:
+        raise SegVolError(f"the tensorrt backend cannot run: {problem}")
+    try:
+        from .tensorrt import TensorRTBackend
+    except ImportError as exc:
+        raise SegVolError(f"the tensorrt backend is not available in this install ({exc})") from exc
+    return TensorRTBackend(artifacts)
+
+
+def _open_onnxruntime(artifacts: Any, device: str, **_: Any) -> Backend:
+    from .onnxruntime import OnnxRuntimeBackend, cuda_problem
+
+    if device == "cuda":
+        problem = cuda_problem() or gpu_problem()
+        if problem:
+            raise SegVolError(f"onnxruntime on CUDA is not available: {problem}")
+    return OnnxRuntimeBackend(artifacts, device=device)
+
+
+def _open_torch(artifacts: Any, device: str, checkpoint: Any = None, **_: Any) -> Backend:
+    from .torch import TorchBackend
+
+    return TorchBackend(artifacts, device=device, checkpoint=checkpoint)
+
+
+_OPENERS: dict[str, Callable[..., Backend]] = {
+    "tensorrt": _open_tensorrt,
+    "onnxruntime": _open_onnxruntime,
+    "torch": _open_torch,
+}
+
+
+def _label(backend: Backend) -> str:
+    return f"{backend.name} on {'CUDA' if backend.device == 'cuda' else 'CPU'}"
+
+
+def _auto(artifacts: Any, device: str, checkpoint: Any) -> tuple[Backend, str]:
+    """Best runnable (backend, device) for ``device`` ("auto", "cpu" or "cuda")."""
+    why_not: list[str] = []
+    gpu = None if device == "cpu" else gpu_problem()
+    candidates: list[tuple[str, str]] = []
+    if device != "cpu":
+        candidates += [("tensorrt", "cuda"), ("onnxruntime", "cuda")]
+    if device != "cuda":
+        candidates += [("onnxruntime", "cpu")]
+    candidates += [("torch", "cpu" if device != "cuda" else "cuda")]
+    for name, dev in candidates:
+        if dev == "cuda" and gpu:
+            if gpu not in why_not:
+                why_not.append(gpu)
+            continue
+        if name == "tensorrt":
+            problem = _tensorrt_problem(artifacts)
+            if problem:
+                why_not.append(problem)
+                continue
+        try:
+            backend = _OPENERS[name](artifacts, dev, checkpoint=checkpoint)
+        except SegVolError as exc:
+            why_not.append(f"{name} ({dev}): {exc}")
+            continue
+        reason = _label(backend)
+        if why_not:
+            reason += ": " + "; ".join(why_not)
+        return backend, reason
+    raise SegVolError(f"no backend can run on device={device!r}: " + "; ".join(why_not))
+
+
+def open_backend(
+    artifacts: Any,
+    backend: str = "auto",
+    device: str = "auto",
+    checkpoint: Any = None,
+) -> tuple[Backend, str]:
+    """Open a backend for ``artifacts`` (:class:`segvol_rt.artifacts.Artifacts`).
+
+    Args:
+        backend: ``"auto"``, ``"tensorrt"``, ``"onnxruntime"`` or ``"torch"``.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        checkpoint: for the torch backend, a checkpoint path overriding the manifest's.
+
+    Returns:
+        ``(backend, reason)``: the reason says what runs and why better choices do not.
+    """
+    if backend not in BACKENDS:
+        raise SegVolError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise SegVolError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if backend == "auto":
+        return _auto(artifacts, device, checkpoint)
+    if device == "auto":
+        device, why = _default_device(backend)
+        opened = _OPENERS[backend](artifacts, device, checkpoint=checkpoint)
+        return opened, _label(opened) + f": {why}"
+    opened = _OPENERS[backend](artifacts, device, checkpoint=checkpoint)
+    return opened, _label(opened) + ": requested"
+
+
+def _default_device(backend: str) -> tuple[str, str]:
+    """(device, why) for a backend asked for by name with ``device="auto"``."""
+    if backend == "tensorrt":
+        return "cuda", "requested"
+    if backend == "torch":
+        from .._optional import require
+
+        if require("torch").cuda.is_available():
+            return "cuda", "requested, CUDA available"
+        return "cpu", "no CUDA device for torch"
+    from .onnxruntime import cuda_problem
+
+    problem = cuda_problem() or gpu_problem()
+    return ("cpu", problem) if problem else ("cuda", "requested, CUDA available")

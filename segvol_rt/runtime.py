@@ -1,0 +1,384 @@
+"""The public inference API: :class:`SegVolRuntime` (numpy only, torch never imported).
+
+    rt = SegVolRuntime.load("artifacts/")             # manifest, hashes, backend
+    rt.set_volume("ct.nii.gz")                        # preprocessing, once
+    seg = rt.segment(text="liver")                    # zoom-out-zoom-in
+    segs = rt.segment_many(["liver", {"box": "10,20,5,60,80,40"}])
+
+The runtime is stateful: :meth:`SegVolRuntime.set_volume` preprocesses a scan
+once; the zoom-out image is encoded lazily once per volume; zoom-in window
+embeddings are cached per volume by window (see :mod:`segvol_rt.zoom`), so
+targets that share windows encode them once. Text embeddings come from the
+artifacts' table for known names (:func:`segvol_rt.vocabulary.normalize_name`)
+and from the text encoder otherwise (cached per phrase).
+
+Spaces: prompts and outputs are in **scan** voxel indices ``(i, j, k)``; the
+pipeline runs in crop / zoom-out space ``(D, H, W)`` (``geometry.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import ops
+from . import prompts as P
+from . import spec as S
+from . import zoom as Z
+from .errors import SegVolError
+
+
+@dataclass
+class Segmentation:
+    """One target's result.
+
+    Attributes:
+        mask: uint8 ``(I, J, K)`` in scan space, 1 = target.
+        probabilities: float32 ``(I, J, K)`` sigmoid of the logits in scan
+            space (0 outside the crop), when asked for.
+        roi: the zoom-in ROI in crop space (:class:`segvol_rt.zoom.Roi`), or None.
+        n_windows: zoom-in windows run for this target (0 without zoom-in).
+        zoom_in_applied: the zoom-in stage ran and its logits were pasted.
+        no_foreground: the coarse pass found no voxel with sigmoid > 0.5, so
+            the (empty) coarse result stands.
+        timings: seconds per stage of the call that produced this result
+            (stages shared by several targets are reported to each).
+        crop_logits: float32 crop-space logits ``(D, H, W)``, when kept.
+        prompt: what was asked, for display.
+    """
+
+    mask: np.ndarray
+    probabilities: np.ndarray | None = None
+    roi: Z.Roi | None = None
+    n_windows: int = 0
+    zoom_in_applied: bool = False
+    no_foreground: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    crop_logits: np.ndarray | None = None
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One target of :meth:`SegVolRuntime.segment_many` (scan-space prompts)."""
+
+    text: str | None = None
+    box: Any = None  # "i0,j0,k0,i1,j1,k1" or 6 ints, inclusive
+    points: Any = None  # "i,j,k[,label];..." or [(i, j, k[, label]), ...]
+    zoom_in: bool = True
+    probabilities: bool = False
+    seed: int = 0
+    keep_logits: bool = False
+
+    @classmethod
+    def of(cls, item: "Request | Mapping[str, Any] | str") -> "Request":
+        if isinstance(item, Request):
+            return item
+        if isinstance(item, str):
+            return cls(text=item)
+        if isinstance(item, Mapping):
+            unknown = set(item) - set(cls.__dataclass_fields__)
+            if unknown:
+                raise SegVolError(f"unknown target fields {sorted(unknown)}")
+            return cls(**item)
+        raise SegVolError(f"a target is a name, a mapping or a Request, not {type(item).__name__}")
+
+    def describe(self) -> str:
+        parts = [f"text={self.text!r}"] if self.text is not None else []
+        if self.box is not None:
+            parts.append(f"box={self.box}")
+        if self.points is not None:
+            parts.append(f"points={self.points}")
+        return ", ".join(parts)
+
+
+@dataclass
+class _Volume:
+    """A preprocessed scan and its per-volume caches."""
+
+    scan_shape: tuple[int, int, int]
+    affine: np.ndarray
+    crop_image: np.ndarray  # (D, H, W) float32
+    zoom_image: np.ndarray  # spatial_size float32
+    geometry: Any
+    zoom_embedding: np.ndarray | None = None
+    windows: Z.EmbeddingCache = field(default_factory=Z.EmbeddingCache)
+
+
+class SegVolRuntime:
+    """SegVol inference on an artifacts directory with any backend.
+
+    Attributes:
+        artifacts: the loaded :class:`segvol_rt.artifacts.Artifacts`.
+        config: the model's :class:`segvol_rt.config.SegVolConfig`.
+        backend: the open :class:`segvol_rt.backends.base.Backend`.
+        backend_reason: why this backend (from :func:`segvol_rt.backends.select.open_backend`).
+    """
+
+    def __init__(self, artifacts: Any, backend: Any, backend_reason: str = ""):
+        self.artifacts = artifacts
+        self.config = artifacts.config
+        self.backend = backend
+        self.backend_reason = backend_reason
+        self._volume: _Volume | None = None
+        self._text_cache: dict[str, np.ndarray] = {}
+        self._table: dict[str, np.ndarray] | None = None
+        self._tokenizer: Any = None
+        self._stats = Z.Timings()
+
+    @classmethod
+    def load(
+        cls,
+        artifacts_dir: str | os.PathLike[str],
+        backend: str = "auto",
+        device: str = "auto",
+        verify: bool = True,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> "SegVolRuntime":
+        """Read the manifest, check every file's hash (``verify``) and open a backend."""
+        from .artifacts import Artifacts
+        from .backends.select import open_backend
+
+        artifacts = Artifacts.load(artifacts_dir)
+        if verify:
+            artifacts.verify()
+        opened, reason = open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint)
+        return cls(artifacts, opened, reason)
+
+    # -- limits -----------------------------------------------------------------
+    def _max_batch(self, graph: str) -> int:
+        return int(self.backend.specs[graph].ranges["B"][2])
+
+    @property
+    def max_points(self) -> int:
+        """User points one prompt may hold (decoder tokens minus box, text and pad)."""
+        return int(self.backend.specs[S.PROMPT_DECODER].ranges["N"][2]) - S.EXTRA_TOKENS
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Seconds per stage since load, and window-cache counters."""
+        out: dict[str, Any] = {"timings": self._stats.as_dict()}
+        if self._volume is not None:
+            cache = self._volume.windows
+            out.update(windows_encoded=cache.windows_encoded, encoder_calls=cache.encoder_calls, windows_cached=len(cache.embeddings))
+        return out
+
+    # -- volume ------------------------------------------------------------------
+    def set_volume(
+        self,
+        volume: str | os.PathLike[str] | np.ndarray,
+        affine: np.ndarray | None = None,
+        reorient: str | None = None,
+    ) -> None:
+        """Preprocess a scan (a NIfTI path, or a float ``(I, J, K)`` array in scan
+        space with its 4x4 ``affine``, identity by default) once for all targets.
+
+        ``reorient``: None (official: no reorientation) or axis codes such as "RAS"."""
+        from .preprocess import preprocess
+
+        with self._stats.stage("read"):
+            if isinstance(volume, (str, os.PathLike)):
+                from .nifti import read_scan
+
+                scan = read_scan(Path(volume))
+                data, affine = scan.data, scan.affine
+            else:
+                data = np.asarray(volume, dtype=np.float32)
+                if data.ndim != 3:
+                    raise SegVolError(f"volume must be 3D (I, J, K), got shape {data.shape}")
+                affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+        with self._stats.stage("preprocess"):
+            pre = preprocess(data, self.config.spatial_size, reorient=reorient, affine=affine)
+        self._volume = _Volume(
+            scan_shape=tuple(int(s) for s in data.shape),  # type: ignore[arg-type]
+            affine=np.asarray(affine),
+            crop_image=np.ascontiguousarray(pre.image, dtype=np.float32),
+            zoom_image=np.ascontiguousarray(pre.zoom_image, dtype=np.float32),
+            geometry=pre.geometry,
+        )
+
+    def clear_caches(self) -> None:
+        """Forget the zoom-out embedding, the window embeddings and the encoded
+        phrases (not the preprocessing): the next call does all its work again."""
+        if self._volume is not None:
+            self._volume.zoom_embedding = None
+            self._volume.windows = Z.EmbeddingCache()
+        self._text_cache.clear()
+
+    def _require_volume(self) -> _Volume:
+        if self._volume is None:
+            raise SegVolError("no volume: call set_volume(...) before segment(...)")
+        return self._volume
+
+    @property
+    def crop_image(self) -> np.ndarray:
+        """The current volume's crop-space image (D, H, W)."""
+        return self._require_volume().crop_image
+
+    @property
+    def zoom_image(self) -> np.ndarray:
+        """The current volume's zoom-out image (``spatial_size``)."""
+        return self._require_volume().zoom_image
+
+    @property
+    def geometry(self) -> Any:
+        return self._require_volume().geometry
+
+    def _zoom_embedding(self, timings: Z.Timings) -> np.ndarray:
+        vol = self._require_volume()
+        if vol.zoom_embedding is None:
+            with timings.stage("encode_zoom_out"):
+                emb = self.backend.encode_image(vol.zoom_image[None, None])
+                vol.zoom_embedding = Z.to_host(emb)[0]
+        return vol.zoom_embedding
+
+    # -- text ----------------------------------------------------------------------
+    def _known_names(self) -> dict[str, np.ndarray]:
+        if self._table is None:
+            from .vocabulary import normalize_name
+
+            try:
+                names, table = self.artifacts.text_table()
+            except SegVolError:
+                names, table = [], np.zeros((0, self.config.embed_dim), np.float32)
+            self._table = {normalize_name(n): row for n, row in zip(names, table)}
+        return self._table
+
+    def text_embeddings(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """(C,) float32 per text: the table row of a known name, else the text
+        encoder on the prompt template (one batched call for the new phrases)."""
+        from .vocabulary import normalize_name
+
+        table = self._known_names()
+        keys = [normalize_name(t) for t in texts]
+        new = list(dict.fromkeys(k for k in keys if k not in table and k not in self._text_cache))
+        if new:
+            if self._tokenizer is None:
+                self._tokenizer = self.artifacts.tokenizer()
+            raw = {normalize_name(t): t.strip() for t in texts}
+            ids = self._tokenizer.encode_names([raw[k] for k in new], self.artifacts.prompt_template)
+            limit = self._max_batch(S.TEXT_ENCODER)
+            for i in range(0, len(new), limit):
+                emb = Z.to_host(self.backend.encode_text(ids[i : i + limit]))
+                for k, e in zip(new[i : i + limit], emb):
+                    self._text_cache[k] = np.asarray(e, np.float32)
+        return [table[k] if k in table else self._text_cache[k] for k in keys]
+
+    # -- segmentation ----------------------------------------------------------------
+    def segment(
+        self,
+        text: str | None = None,
+        box: Any = None,
+        points: Any = None,
+        zoom_in: bool = True,
+        probabilities: bool = False,
+        seed: int = 0,
+        keep_logits: bool = False,
+    ) -> Segmentation:
+        """Segment one target of the current volume; prompts in scan voxel indices.
+
+        Args:
+            text: a target name (table lookup) or a free phrase (text encoder).
+            box: ``"i0,j0,k0,i1,j1,k1"`` or 6 ints, inclusive.
+            points: ``"i,j,k[,label];..."`` or ``[(i, j, k[, label]), ...]`` (label 1/0).
+            zoom_in: run the zoom-in stage after the coarse pass.
+            probabilities: also return sigmoid probabilities in scan space.
+            seed: seed of the point-mode window prompt sampling.
+            keep_logits: keep the crop-space logits on the result.
+        """
+        req = Request(text, box, points, zoom_in, probabilities, seed, keep_logits)
+        return self.segment_many([req])[0]
+
+    def segment_many(self, targets: Sequence[Request | Mapping[str, Any] | str]) -> list[Segmentation]:
+        """Segment several targets of the current volume, sharing preprocessing, the
+        zoom-out encoding, window encodings and batched graph calls."""
+        vol = self._require_volume()
+        requests = [Request.of(t) for t in targets]
+        if not requests:
+            return []
+        timings = Z.Timings()
+        model_targets = self._model_targets(vol, requests, timings)
+        zoom_emb = self._zoom_embedding(timings)
+        with timings.stage("decode_zoom_out"):
+            low = Z.decode_batched(
+                self.backend,
+                [zoom_emb] * len(model_targets),
+                [t.coarse_tokens() for t in model_targets],
+                [t.text_embedding for t in model_targets],
+                self._max_batch(S.PROMPT_DECODER),
+                self.config.embed_dim,
+            )
+        with timings.stage("upsample_zoom_out"):
+            coarse = [Z.coarse_crop_logits(lg, self.config.spatial_size, vol.crop_image.shape) for lg in low]
+        with timings.stage("plan_windows"):
+            plans = [
+                Z.plan_zoom_in(t, c, self.config.spatial_size, self.config.spatial_size) if r.zoom_in else None
+                for r, t, c in zip(requests, model_targets, coarse)
+            ]
+            # "no foreground": the coarse pass has no voxel with sigmoid > 0.5
+            found = [p is not None if r.zoom_in else ops.positive_box(c) is not None
+                     for r, p, c in zip(requests, plans, coarse)]
+        active = [i for i, p in enumerate(plans) if p is not None]
+        if active:
+            fine = Z.zoom_in(
+                self.backend,
+                vol.crop_image,
+                [plans[i] for i in active],
+                [model_targets[i] for i in active],
+                vol.windows,
+                self.config.spatial_size,
+                (self._max_batch(S.IMAGE_ENCODER), self._max_batch(S.PROMPT_DECODER)),
+                self.config.embed_dim,
+                timings,
+            )
+            with timings.stage("paste"):
+                for i, roi_logits in zip(active, fine):
+                    coarse[i][plans[i].roi.slices] = roi_logits  # type: ignore[union-attr]
+        results = [self._finish(vol, *args, timings) for args in zip(requests, coarse, plans, found)]
+        for name, sec in timings.as_dict().items():
+            self._stats.seconds[name] += sec
+        for res in results:
+            res.timings = timings.as_dict()
+        return results
+
+    def _model_targets(self, vol: _Volume, requests: Sequence[Request], timings: Z.Timings) -> list[Z.Target]:
+        """Validate scan-space prompts, map them to zoom-out space, embed the texts."""
+        with timings.stage("prompts"):
+            mapped = []
+            for r in requests:
+                box = None if r.box is None else P.parse_box(r.box)
+                points = None if r.points is None else P.parse_points(r.points)
+                P.validate_prompts(vol.scan_shape, r.text, box, points, self.max_points)
+                mapped.append(P.to_model_space(vol.geometry, box, points))
+        texts = [r.text for r in requests if r.text is not None]
+        with timings.stage("text"):
+            embs = iter(self.text_embeddings(texts)) if texts else iter(())
+        return [
+            Z.Target(next(embs) if r.text is not None else None, mp.box_zoom, mp.points_zoom, r.seed)
+            for r, mp in zip(requests, mapped)
+        ]
+
+    def _finish(
+        self, vol: _Volume, req: Request, logits: np.ndarray, plan: Z.ZoomInPlan | None, found: bool, timings: Z.Timings
+    ) -> Segmentation:
+        with timings.stage("postprocess"):
+            mask = vol.geometry.crop_to_scan(np.asarray(ops.positive_mask(logits), dtype=np.uint8))
+            probs = vol.geometry.crop_to_scan(ops.sigmoid(logits)) if req.probabilities else None
+        return Segmentation(
+            mask=np.asarray(mask, dtype=np.uint8),
+            probabilities=probs,
+            roi=None if plan is None else plan.roi,
+            n_windows=0 if plan is None else len(plan.windows),
+            zoom_in_applied=plan is not None,
+            no_foreground=not found,
+            crop_logits=logits if req.keep_logits else None,
+            prompt=req.describe(),
+        )
+
+    def close(self) -> None:
+        self.backend.close()
+        self._volume = None
