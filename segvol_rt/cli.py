@@ -97,7 +97,7 @@ def infer(
                 typer.echo(f"{res.plan.name}: {line}")
     for path in result.files:
         report.note(f"wrote {path}")
-    report.note(result.timing_line())
+    report.note(result.timing_line(detailed=verbose))
 
 
 @app.command()
@@ -111,7 +111,7 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the Dice table and errors."),
 ) -> None:
     """Run the pipeline on a synthetic phantom: Dice per organ (text, text+box; zoom-out vs zoom-in), masks and a PNG preview."""
-    from .demo import run_demo, write_phantom
+    from .demo import demo_steps, run_demo, write_phantom
     from .infer import ConsoleReporter, load_runtime
 
     if make_phantom is not None:
@@ -119,7 +119,7 @@ def demo(
         typer.echo(f"wrote {image} and {labels} (seed {seed}, shape {phantom.image.shape}, labels {phantom.label_names})")
         return
     report = ConsoleReporter(quiet=quiet)
-    report.stage("segmenting the phantom's organs", total=20)
+    report.stage("segmenting the phantom's organs", total=demo_steps())
     try:
         result = run_demo(out, lambda: load_runtime(artifacts, backend, device, report), seed, say=report.note,
                           advance=report.advance)
@@ -193,6 +193,7 @@ def build(
 def bench(
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Artifacts directory to time; default: the tiny benchmark model, exported once into the cache (needs the export extra)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="The checkpoint of --artifacts, for the torch rows (torch pipeline and official-style reference)."),
+    model: str = typer.Option("tiny", "--model", help="Without --artifacts: tiny (random weights, built once) or demo (the shipped demo model)."),
     backend: Optional[list[str]] = typer.Option(None, "--backend", help="ort-cpu | ort-cuda | tensorrt | torch-pipeline; repeatable (default: every one that can run)."),
     repeat: int = typer.Option(5, "--repeat", help="Timed calls per stage (the median, p90 and min are reported)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed calls before them."),
@@ -207,8 +208,10 @@ def bench(
     unknown = sorted(set(chosen) - set(BACKEND_CHOICES))
     if unknown:
         raise SegVolError(f"unknown --backend {', '.join(unknown)}; choose from {', '.join(BACKEND_CHOICES)}")
+    if model not in ("tiny", "demo"):
+        raise SegVolError(f"unknown --model {model!r}; choose tiny or demo")
     report = quick_bench(artifacts, checkpoint, backends=chosen, repeat=repeat, warmup=warmup,
-                         log=lambda m: typer.echo(m, err=True))
+                         log=lambda m: typer.echo(m, err=True), model_name=model)
     typer.echo(report.markdown())
     if json_out:
         typer.echo(f"wrote {report.write_json(json_out)}", err=True)
