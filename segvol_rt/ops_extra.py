@@ -132,18 +132,20 @@ def scan_mask(
     if twin is not None:
         return twin(crop_logits, scan_shape, perm, flips, origin, roi_logits, roi_start)
     check_scan_mapping(crop_logits.shape, scan_shape, perm, flips, origin, roi_logits, roi_start)
-    logits = np.array(crop_logits, dtype=np.float32)
+    # thresholded before the paste (same voxels), so the logits are never copied
+    positive = np.asarray(ops.positive_mask(np.asarray(crop_logits, dtype=np.float32)))  # a new array
     if roi_logits is not None:
-        logits[_slices(roi_start, roi_logits.shape)] = roi_logits
-    positive = np.asarray(ops.positive_mask(logits))
+        positive[_slices(roi_start, roi_logits.shape)] = ops.positive_mask(np.asarray(roi_logits, dtype=np.float32))
     model_shape = [int(scan_shape[p]) for p in perm]
     model = np.zeros(model_shape, dtype=np.uint8)
     lo = [max(int(o), 0) for o in origin]
-    hi = [min(int(o) + c, m) for o, c, m in zip(origin, logits.shape, model_shape)]
+    hi = [min(int(o) + c, m) for o, c, m in zip(origin, crop_logits.shape, model_shape)]
     if all(h > l for l, h in zip(lo, hi)):
         inner = tuple(slice(l - int(o), h - int(o)) for l, h, o in zip(lo, hi, origin))
         model[tuple(slice(l, h) for l, h in zip(lo, hi))] = positive[inner]
     flipped = tuple(a for a in range(3) if flips[a])
     if flipped:
         model = np.flip(model, axis=flipped)
-    return np.ascontiguousarray(model.transpose(np.argsort(perm)))
+    # a view in scan axes, as geometry.crop_to_scan gives: a transposing copy of a
+    # scan-size volume costs seconds on the host, and writers take any layout
+    return model.transpose(np.argsort(perm))

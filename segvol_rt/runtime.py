@@ -14,6 +14,18 @@ and from the text encoder otherwise (cached per phrase).
 
 Spaces: prompts and outputs are in **scan** voxel indices ``(i, j, k)``; the
 pipeline runs in crop / zoom-out space ``(D, H, W)`` (``geometry.py``).
+
+Device: the pipeline runs in the backend's array module (``backend.xp``). On
+a CUDA backend (ONNX Runtime CUDA with IO binding, TensorRT) the scan is
+uploaded once in :meth:`SegVolRuntime.set_volume` and everything after that
+stays on the GPU - preprocessing, the zoom-out resize, the graphs, the
+coarse upsample, ROI, window batches, blending and the final scan-space mask
+(CUDA kernels through :mod:`segvol_rt.ops`). What crosses to the host: bounding
+boxes (ROI and window prompt boxes, six ints each), the text embeddings of
+new phrases, and at the end the uint8 mask (and probabilities or logits when
+asked for). ``on_device=True`` skips that last download: the result then
+holds cupy arrays (on CPU backends it changes nothing). The CPU backends run
+the same code on numpy arrays.
 """
 
 from __future__ import annotations
@@ -25,7 +37,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import ops
+from . import arrays as A
+from . import ops, ops_extra
 from . import prompts as P
 from . import spec as S
 from . import zoom as Z
@@ -36,10 +49,15 @@ from .errors import SegVolError
 class Segmentation:
     """One target's result.
 
+    Arrays are numpy, or cupy arrays on a CUDA backend when the request
+    asked for ``on_device``; their memory layout is unspecified (e.g. a
+    transposed view on the host).
+
     Attributes:
         mask: uint8 ``(I, J, K)`` in scan space, 1 = target.
         probabilities: float32 ``(I, J, K)`` sigmoid of the logits in scan
-            space (0 outside the crop), when asked for.
+            space (0 outside the crop), when asked for. (On the GPU the
+            sigmoid's ``exp`` may differ from numpy's by an ulp or two.)
         roi: the zoom-in ROI in crop space (:class:`segvol_rt.zoom.Roi`), or None.
         n_windows: zoom-in windows run for this target (0 without zoom-in).
         zoom_in_applied: the zoom-in stage ran and its logits were pasted.
@@ -51,14 +69,14 @@ class Segmentation:
         prompt: what was asked, for display.
     """
 
-    mask: np.ndarray
-    probabilities: np.ndarray | None = None
+    mask: Any
+    probabilities: Any = None
     roi: Z.Roi | None = None
     n_windows: int = 0
     zoom_in_applied: bool = False
     no_foreground: bool = False
     timings: dict[str, float] = field(default_factory=dict)
-    crop_logits: np.ndarray | None = None
+    crop_logits: Any = None
     prompt: str = ""
 
 
@@ -73,6 +91,7 @@ class Request:
     probabilities: bool = False
     seed: int = 0
     keep_logits: bool = False
+    on_device: bool = False  # keep the outputs on the GPU (cupy) instead of downloading them
 
     @classmethod
     def of(cls, item: "Request | Mapping[str, Any] | str") -> "Request":
@@ -98,15 +117,23 @@ class Request:
 
 @dataclass
 class _Volume:
-    """A preprocessed scan and its per-volume caches."""
+    """A preprocessed scan and its per-volume caches, in the backend's array
+    module (device arrays on CUDA backends)."""
 
     scan_shape: tuple[int, int, int]
     affine: np.ndarray
-    crop_image: np.ndarray  # (D, H, W) float32
-    zoom_image: np.ndarray  # spatial_size float32
+    crop_image: Any  # (D, H, W) float32
+    zoom_image: Any  # spatial_size float32
     geometry: Any
-    zoom_embedding: np.ndarray | None = None
+    zoom_embedding: Any = None
     windows: Z.EmbeddingCache = field(default_factory=Z.EmbeddingCache)
+    host: dict[str, np.ndarray] = field(default_factory=dict)  # downloaded copies, on demand
+
+    def on_host(self, name: str) -> np.ndarray:
+        """``crop_image`` / ``zoom_image`` as numpy (downloaded once from the device)."""
+        if name not in self.host:
+            self.host[name] = A.to_host(getattr(self, name))
+        return self.host[name]
 
 
 class SegVolRuntime:
@@ -128,7 +155,8 @@ class SegVolRuntime:
         self._text_cache: dict[str, np.ndarray] = {}
         self._table: dict[str, np.ndarray] | None = None
         self._tokenizer: Any = None
-        self._stats = Z.Timings()
+        self._stats = Z.Timings(on_exit=self._stage_end)
+        self._memory: A.GpuMemory | None = None
 
     @classmethod
     def load(
@@ -159,9 +187,29 @@ class SegVolRuntime:
         return int(self.backend.specs[S.PROMPT_DECODER].ranges["N"][2]) - S.EXTRA_TOKENS
 
     @property
+    def xp(self) -> Any:
+        """The array module the pipeline runs in: the backend's (numpy or cupy)."""
+        return Z.backend_xp(self.backend)
+
+    def _stage_end(self) -> None:
+        """End of a timed stage: on the GPU, wait for the queued kernels (so the
+        stage's time is its own) and sample the memory high-water mark."""
+        xp = self.xp
+        if A.is_host(xp):
+            return
+        A.synchronize(xp)
+        if self._memory is None or self._memory.xp is not xp:
+            self._memory = A.GpuMemory(xp)
+        self._memory.sample()
+
+    @property
     def stats(self) -> dict[str, Any]:
-        """Seconds per stage since load, and window-cache counters."""
+        """Seconds per stage since load, window-cache counters, and the GPU
+        memory high-water marks (:class:`segvol_rt.arrays.GpuMemory`; None on
+        CPU backends) sampled at stage ends since load."""
         out: dict[str, Any] = {"timings": self._stats.as_dict()}
+        memory = self._memory.as_dict() if self._memory is not None else A.GpuMemory(np).as_dict()
+        out.update(device="cpu" if A.is_host(self.xp) else "cuda", **memory)
         if self._volume is not None:
             cache = self._volume.windows
             out.update(windows_encoded=cache.windows_encoded, encoder_calls=cache.encoder_calls, windows_cached=len(cache.embeddings))
@@ -177,9 +225,13 @@ class SegVolRuntime:
         """Preprocess a scan (a NIfTI path, or a float ``(I, J, K)`` array in scan
         space with its 4x4 ``affine``, identity by default) once for all targets.
 
+        On a CUDA backend the scan is uploaded once (a cupy array is used as it
+        is) and preprocessed on the GPU; the crop and zoom-out images stay there.
+
         ``reorient``: None (official: no reorientation) or axis codes such as "RAS"."""
         from .preprocess import preprocess
 
+        xp = self.xp
         with self._stats.stage("read"):
             if isinstance(volume, (str, os.PathLike)):
                 from .nifti import read_scan
@@ -187,17 +239,22 @@ class SegVolRuntime:
                 scan = read_scan(Path(volume))
                 data, affine = scan.data, scan.affine
             else:
-                data = np.asarray(volume, dtype=np.float32)
+                data = volume if A.on_device(volume) else np.asarray(volume, dtype=np.float32)
                 if data.ndim != 3:
                     raise SegVolError(f"volume must be 3D (I, J, K), got shape {data.shape}")
                 affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+        if not A.is_host(xp) or A.on_device(data):
+            with self._stats.stage("upload"):
+                data = A.to_device(xp, data)
         with self._stats.stage("preprocess"):
             pre = preprocess(data, self.config.spatial_size, reorient=reorient, affine=affine)
+            crop = xp.ascontiguousarray(pre.image, dtype=xp.float32)
+            zoom = xp.ascontiguousarray(pre.zoom_image, dtype=xp.float32)
         self._volume = _Volume(
             scan_shape=tuple(int(s) for s in data.shape),  # type: ignore[arg-type]
             affine=np.asarray(affine),
-            crop_image=np.ascontiguousarray(pre.image, dtype=np.float32),
-            zoom_image=np.ascontiguousarray(pre.zoom_image, dtype=np.float32),
+            crop_image=crop,
+            zoom_image=zoom,
             geometry=pre.geometry,
         )
 
@@ -216,24 +273,26 @@ class SegVolRuntime:
 
     @property
     def crop_image(self) -> np.ndarray:
-        """The current volume's crop-space image (D, H, W)."""
-        return self._require_volume().crop_image
+        """The current volume's crop-space image (D, H, W), numpy (downloaded
+        once from the GPU on CUDA backends)."""
+        return self._require_volume().on_host("crop_image")
 
     @property
     def zoom_image(self) -> np.ndarray:
-        """The current volume's zoom-out image (``spatial_size``)."""
-        return self._require_volume().zoom_image
+        """The current volume's zoom-out image (``spatial_size``), numpy."""
+        return self._require_volume().on_host("zoom_image")
 
     @property
     def geometry(self) -> Any:
         return self._require_volume().geometry
 
-    def _zoom_embedding(self, timings: Z.Timings) -> np.ndarray:
+    def _zoom_embedding(self, timings: Z.Timings) -> Any:
+        """The zoom-out image's embedding (C, d, h, w), encoded once per volume and
+        shared by all targets; stays in the backend's array module."""
         vol = self._require_volume()
         if vol.zoom_embedding is None:
             with timings.stage("encode_zoom_out"):
-                emb = self.backend.encode_image(vol.zoom_image[None, None])
-                vol.zoom_embedding = Z.to_host(emb)[0]
+                vol.zoom_embedding = self.backend.encode_image(vol.zoom_image[None, None])[0]
         return vol.zoom_embedding
 
     # -- text ----------------------------------------------------------------------
@@ -263,7 +322,8 @@ class SegVolRuntime:
             ids = self._tokenizer.encode_names([raw[k] for k in new], self.artifacts.prompt_template)
             limit = self._max_batch(S.TEXT_ENCODER)
             for i in range(0, len(new), limit):
-                emb = Z.to_host(self.backend.encode_text(ids[i : i + limit]))
+                # (B, C) floats: downloaded once per phrase, uploaded per decoder call
+                emb = A.to_host(self.backend.encode_text(self.xp.asarray(ids[i : i + limit])))
                 for k, e in zip(new[i : i + limit], emb):
                     self._text_cache[k] = np.asarray(e, np.float32)
         return [table[k] if k in table else self._text_cache[k] for k in keys]
@@ -278,6 +338,7 @@ class SegVolRuntime:
         probabilities: bool = False,
         seed: int = 0,
         keep_logits: bool = False,
+        on_device: bool = False,
     ) -> Segmentation:
         """Segment one target of the current volume; prompts in scan voxel indices.
 
@@ -289,8 +350,10 @@ class SegVolRuntime:
             probabilities: also return sigmoid probabilities in scan space.
             seed: seed of the point-mode window prompt sampling.
             keep_logits: keep the crop-space logits on the result.
+            on_device: on a CUDA backend, return the arrays as cupy arrays on
+                the GPU instead of downloading them (no effect on CPU backends).
         """
-        req = Request(text, box, points, zoom_in, probabilities, seed, keep_logits)
+        req = Request(text, box, points, zoom_in, probabilities, seed, keep_logits, on_device)
         return self.segment_many([req])[0]
 
     def segment_many(self, targets: Sequence[Request | Mapping[str, Any] | str]) -> list[Segmentation]:
@@ -302,6 +365,40 @@ class SegVolRuntime:
             return []
         timings = Z.Timings()
         model_targets = self._model_targets(vol, requests, timings)
+        return self._run(vol, requests, model_targets, timings)
+
+    def segment_zoom_space(
+        self,
+        targets: Sequence[Z.Target],
+        zoom_in: bool = True,
+        probabilities: bool = False,
+        keep_logits: bool = False,
+    ) -> list[Segmentation]:
+        """Segment targets whose box/points are already in **zoom-out** voxel indices
+        ``(D, H, W)`` of the current volume (:class:`segvol_rt.zoom.Target`), e.g.
+        evaluation prompts derived from a reference label the way the official
+        demo derives them (:mod:`segvol_rt.evaluation`). A box may be
+        :data:`segvol_rt.prompts.EMPTY_BOX` and points may carry label -1, as
+        official ``generate_box`` / ``select_points`` produce them."""
+        vol = self._require_volume()
+        size = np.asarray(self.config.spatial_size)
+        for t in targets:
+            if t.box_zoom is not None and tuple(t.box_zoom) != P.EMPTY_BOX:
+                lo, hi = np.asarray(t.box_zoom[:3]), np.asarray(t.box_zoom[3:])
+                if (lo < 0).any() or (hi >= size).any() or (lo > hi).any():
+                    raise SegVolError(f"zoom-out box {tuple(t.box_zoom)} is empty or outside {tuple(size)}")
+            if t.points_zoom is not None and len(t.points_zoom) > self.max_points:
+                raise SegVolError(f"{len(t.points_zoom)} points given; the artifacts take at most {self.max_points}")
+        requests = [
+            Request(zoom_in=zoom_in, probabilities=probabilities, seed=t.seed, keep_logits=keep_logits) for t in targets
+        ]
+        return self._run(vol, requests, list(targets), Z.Timings()) if requests else []
+
+    def _run(
+        self, vol: _Volume, requests: Sequence[Request], model_targets: Sequence[Z.Target], timings: Z.Timings
+    ) -> list[Segmentation]:
+        """Coarse pass, zoom-in and paste for model-space targets (options from ``requests``)."""
+        timings.on_exit = self._stage_end
         zoom_emb = self._zoom_embedding(timings)
         with timings.stage("decode_zoom_out"):
             low = Z.decode_batched(
@@ -323,8 +420,9 @@ class SegVolRuntime:
             found = [p is not None if r.zoom_in else ops.positive_box(c) is not None
                      for r, p, c in zip(requests, plans, coarse)]
         active = [i for i, p in enumerate(plans) if p is not None]
+        fine: list[Any] = [None] * len(plans)
         if active:
-            fine = Z.zoom_in(
+            roi_logits = Z.zoom_in(
                 self.backend,
                 vol.crop_image,
                 [plans[i] for i in active],
@@ -335,10 +433,9 @@ class SegVolRuntime:
                 self.config.embed_dim,
                 timings,
             )
-            with timings.stage("paste"):
-                for i, roi_logits in zip(active, fine):
-                    coarse[i][plans[i].roi.slices] = roi_logits  # type: ignore[union-attr]
-        results = [self._finish(vol, *args, timings) for args in zip(requests, coarse, plans, found)]
+            for i, lg in zip(active, roi_logits):
+                fine[i] = lg
+        results = [self._finish(vol, *args, timings) for args in zip(requests, coarse, plans, fine, found)]
         for name, sec in timings.as_dict().items():
             self._stats.seconds[name] += sec
         for res in results:
@@ -363,19 +460,39 @@ class SegVolRuntime:
         ]
 
     def _finish(
-        self, vol: _Volume, req: Request, logits: np.ndarray, plan: Z.ZoomInPlan | None, found: bool, timings: Z.Timings
+        self,
+        vol: _Volume,
+        req: Request,
+        logits: Any,
+        plan: Z.ZoomInPlan | None,
+        roi_logits: Any,
+        found: bool,
+        timings: Z.Timings,
     ) -> Segmentation:
+        """The scan-space result of crop logits (D, H, W) and the zoom-in ROI logits
+        (or None): the mask straight from both (no paste, one pass on the GPU);
+        the paste only when logits or probabilities are asked for."""
+        roi_start = plan.roi.lo if plan is not None else (0, 0, 0)
+        if roi_logits is not None and (req.keep_logits or req.probabilities):
+            with timings.stage("paste"):
+                ops_extra.paste(logits, roi_logits, roi_start)
+            roi_logits = None
         with timings.stage("postprocess"):
-            mask = vol.geometry.crop_to_scan(np.asarray(ops.positive_mask(logits), dtype=np.uint8))
+            mapping = ops_extra.scan_mapping(vol.geometry)
+            mask = ops_extra.scan_mask(logits, vol.scan_shape, *mapping, roi_logits, roi_start)
             probs = vol.geometry.crop_to_scan(ops.sigmoid(logits)) if req.probabilities else None
+            kept = logits if req.keep_logits else None
+        if not req.on_device and not A.is_host(self.xp):
+            with timings.stage("download"):
+                mask, probs, kept = A.to_host(mask), A.to_host(probs), A.to_host(kept)
         return Segmentation(
-            mask=np.asarray(mask, dtype=np.uint8),
+            mask=mask,
             probabilities=probs,
             roi=None if plan is None else plan.roi,
             n_windows=0 if plan is None else len(plan.windows),
             zoom_in_applied=plan is not None,
             no_foreground=not found,
-            crop_logits=logits if req.keep_logits else None,
+            crop_logits=kept,
             prompt=req.describe(),
         )
 

@@ -41,32 +41,39 @@ Across targets (:func:`zoom_in`): windows whose image content coincides
 windows, decoder calls the windows of one target with the same token labels.
 Batching never reorders the blend: windows are summed in window order.
 
-Volumes are (D, H, W) numpy arrays in crop space unless stated otherwise.
+Arrays: volumes, embeddings and logits live in the backend's array module
+(``backend.xp``: numpy on CPU backends, cupy on CUDA backends) and never
+leave it; every volume operation goes through :mod:`segvol_rt.ops` /
+:mod:`segvol_rt.ops_extra`, which run the CUDA kernels on cupy arrays. Only
+small things cross: bounding boxes come back (six ints each: the ROI and the
+window prompt boxes), prompt tokens and text rows go up per decoder call.
+The binary prompt maps of the window prompts depend on the prompts alone, so
+they are built on the host. Volumes are (D, H, W) in crop space unless
+stated otherwise.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from . import ops, ops_extra
 from . import prompts as P
+from .arrays import to_host
 
 Vec3 = tuple[int, int, int]
 OVERLAP = 0.5
 POINT_EXTRA_POSITIVE = 4  # sliding_window_inference's select_points defaults
 POINT_EXTRA_NEGATIVE = 0
-
-
-def to_host(x: Any) -> np.ndarray:
-    """A backend output as numpy: CUDA backends (``backend.xp`` = cupy) hand
-    device arrays back; this CPU pipeline copies them to the host."""
-    return x.get() if hasattr(x, "__cuda_array_interface__") else np.asarray(x)
+# windows blended per kernel launch on the device (on the host one at a time:
+# stacking would only add a copy); the sums are the same either way
+DEVICE_BLEND_CHUNK = 8
 
 
 # -- timings -------------------------------------------------------------------
@@ -74,9 +81,14 @@ def to_host(x: Any) -> np.ndarray:
 
 @dataclass
 class Timings:
-    """Seconds per stage, accumulated."""
+    """Seconds per stage, accumulated.
+
+    ``on_exit``, when set, runs at the end of each stage before the clock
+    stops: the runtime synchronises the GPU there (kernels are asynchronous)
+    and samples its memory."""
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    on_exit: Callable[[], None] | None = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -84,6 +96,8 @@ class Timings:
         try:
             yield
         finally:
+            if self.on_exit is not None:
+                self.on_exit()
             self.seconds[name] += time.perf_counter() - t0
 
     def as_dict(self) -> dict[str, float]:
@@ -114,7 +128,7 @@ class Roi:
         return tuple(slice(a, b) for a, b in zip(self.lo, self.hi))  # type: ignore[return-value]
 
 
-def find_roi(crop_logits: np.ndarray, window: Sequence[int]) -> Roi | None:
+def find_roi(crop_logits: Any, window: Sequence[int]) -> Roi | None:
     """Official ``logits2roi_coor`` on crop logits (D, H, W); None without foreground."""
     box = ops.positive_box(crop_logits)
     if box is None:
@@ -179,13 +193,29 @@ def window_key(roi: Roi, plan: WindowPlan, start: Sequence[int]) -> tuple[int, .
     return (*lo, *hi, *vlo, *vhi)
 
 
-def window_image(crop_image: np.ndarray, key: Sequence[int]) -> np.ndarray:
+def _valid_slices(key: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """(window-local slices, crop-space slices) of the part of a window inside the ROI."""
+    lo, vlo, vhi = key[0:3], key[6:9], key[9:12]
+    local = tuple(slice(v0 - a, v1 - a) for v0, v1, a in zip(vlo, vhi, lo))
+    return local, tuple(slice(v0, v1) for v0, v1 in zip(vlo, vhi))
+
+
+def window_image(crop_image: Any, key: Sequence[int]) -> Any:
     """The window's image (D, H, W) float32 from its :func:`window_key`: the ROI image's
     padded window, i.e. crop voxels inside the ROI and zeros elsewhere."""
-    lo, hi, vlo, vhi = key[0:3], key[3:6], key[6:9], key[9:12]
-    out = np.zeros([b - a for a, b in zip(lo, hi)], dtype=np.float32)
-    dst = tuple(slice(v0 - a, v1 - a) for v0, v1, a in zip(vlo, vhi, lo))
-    out[dst] = crop_image[tuple(slice(v0, v1) for v0, v1 in zip(vlo, vhi))]
+    return window_batch(crop_image, [key])[0, 0]
+
+
+def window_batch(crop_image: Any, keys: Sequence[Sequence[int]]) -> Any:
+    """The images of windows of one size as an encoder batch ``(n, 1, D, H, W)``
+    float32, cut from ``crop_image`` in its own array module (on the device
+    for cupy: one zero fill and one copy per window)."""
+    xp = ops.array_namespace(crop_image)
+    size = [b - a for a, b in zip(keys[0][0:3], keys[0][3:6])]
+    out = xp.zeros((len(keys), 1, *size), dtype=xp.float32)
+    for i, key in enumerate(keys):
+        local, src = _valid_slices(key)
+        out[i, 0][local] = crop_image[src]
     return out
 
 
@@ -239,47 +269,68 @@ def _nearest_to_roi(zoom_map: np.ndarray, crop_shape: Sequence[int], roi: Roi) -
     return zoom_map[np.ix_(*index)]
 
 
-def prompt_maps(target: Target, zoom_shape: Sequence[int], crop_shape: Sequence[int], roi: Roi) -> tuple[Any, Any]:
-    """The binary cube and positive-point map (or None) on the ROI: built in
-    zoom-out space, resized with ``nearest`` to the crop shape and sliced to
-    the ROI, as official (only the ROI part is computed)."""
+def prompt_maps(
+    target: Target, zoom_shape: Sequence[int], crop_shape: Sequence[int], roi: Roi, with_cube: bool = True
+) -> tuple[Any, Any]:
+    """The binary cube (unless ``with_cube`` is false) and positive-point map (or
+    None) on the ROI, host uint8: built in zoom-out space, resized with
+    ``nearest`` to the crop shape and sliced to the ROI, as official (only the
+    ROI part is computed)."""
     cube = points = None
-    if target.box_zoom is not None:
+    if target.box_zoom is not None and with_cube:
         cube = _nearest_to_roi(P.binary_cube(target.box_zoom, zoom_shape), crop_shape, roi)
     if target.points_zoom is not None:
         points = _nearest_to_roi(P.binary_points(target.points_zoom, zoom_shape), crop_shape, roi)
     return cube, points
 
 
+def global_preds_box(crop_logits: Any, key: Sequence[int]) -> P.Box:
+    """Official ``generate_box(global_preds[window])`` for the window of ``key``:
+    ``global_preds`` is ``sigmoid(coarse[ROI]) > 0.5`` zero-padded like the ROI
+    image, so its window holds the positive voxels of the window's part inside
+    the ROI. Computed as the positive box of that part (on the device for cupy
+    logits; six ints come back) shifted to window indices; :data:`P.EMPTY_BOX`
+    when there is none."""
+    lo, vlo, vhi = key[0:3], key[6:9], key[9:12]
+    if any(b <= a for a, b in zip(vlo, vhi)):
+        return P.EMPTY_BOX
+    box = ops.positive_box(crop_logits[_valid_slices(key)[1]])
+    if box is None:
+        return P.EMPTY_BOX
+    shift = [v - a for v, a in zip(vlo, lo)] * 2
+    return tuple(int(b) + s for b, s in zip(box, shift))  # type: ignore[return-value]
+
+
 def plan_zoom_in(
     target: Target,
-    crop_logits: np.ndarray,
+    crop_logits: Any,
     window: Sequence[int],
     zoom_shape: Sequence[int],
 ) -> ZoomInPlan | None:
-    """ROI, windows and each window's prompts for one target; None without foreground."""
+    """ROI, windows and each window's prompts for one target; None without foreground.
+
+    ``crop_logits`` (D, H, W) may be numpy or cupy; only boxes are read back."""
     roi = find_roi(crop_logits, window)
     if roi is None:
         return None
     plan = plan_windows(roi.shape, window)
     # Official: prompt maps sliced to the ROI but never padded (see module doc).
-    cube, point_map = prompt_maps(target, zoom_shape, crop_logits.shape, roi)
-    global_preds = np.zeros(plan.padded_shape, dtype=np.uint8)
-    inner = tuple(slice(b, b + s) for b, s in zip(plan.pad_before, roi.shape))
-    global_preds[inner] = ops.positive_mask(crop_logits[roi.slices])
+    # The cube is read only with a single window.
+    cube, point_map = prompt_maps(target, zoom_shape, crop_logits.shape, roi, with_cube=len(plan) == 1)
     rng = np.random.default_rng(target.seed)
     works = []
     for start in plan.starts:
         sl = plan.slices(start)
+        key = window_key(roi, plan, start)
         box = points = None
-        if cube is not None:
-            box = P.generate_box(cube[sl] if len(plan) == 1 else global_preds[sl])
+        if target.box_zoom is not None:
+            box = P.generate_box(cube[sl]) if len(plan) == 1 else global_preds_box(crop_logits, key)
         if point_map is not None:
             points = P.select_points(point_map[sl], rng, POINT_EXTRA_POSITIVE, POINT_EXTRA_NEGATIVE)
             if box is None:
-                box = P.generate_box(global_preds[sl])
+                box = global_preds_box(crop_logits, key)
         coords, labels = P.decoder_tokens(points, box, target.has_text)
-        works.append(WindowWork(window_key(roi, plan, start), coords, labels))
+        works.append(WindowWork(key, coords, labels))
     return ZoomInPlan(roi, plan, works)
 
 
@@ -287,82 +338,119 @@ def plan_zoom_in(
 
 
 class EmbeddingCache:
-    """Window image embeddings keyed by :func:`window_key`; counts encoder work."""
+    """Window image embeddings keyed by :func:`window_key`, in the backend's
+    array module (device arrays on CUDA backends); counts encoder work."""
 
     def __init__(self) -> None:
-        self.embeddings: dict[tuple[int, ...], np.ndarray] = {}
+        self.embeddings: dict[tuple[int, ...], Any] = {}
         self.windows_encoded = 0
         self.encoder_calls = 0
 
-    def ensure(self, backend: Any, crop_image: np.ndarray, keys: Sequence[tuple[int, ...]], max_batch: int) -> None:
-        """Encode every key not cached yet, ``max_batch`` windows per encoder call."""
+    def ensure(self, backend: Any, crop_image: Any, keys: Sequence[tuple[int, ...]], max_batch: int) -> None:
+        """Encode every key not cached yet, ``max_batch`` windows per encoder call
+        (the batches are cut from ``crop_image`` where it lives)."""
         todo = list(dict.fromkeys(k for k in keys if k not in self.embeddings))
         for i in range(0, len(todo), max_batch):
             chunk = todo[i : i + max_batch]
-            batch = np.stack([window_image(crop_image, k) for k in chunk])[:, None]
-            emb = to_host(backend.encode_image(batch))
+            emb = backend.encode_image(window_batch(crop_image, chunk))
             self.encoder_calls += 1
             self.windows_encoded += len(chunk)
-            for k, e in zip(chunk, emb):
-                self.embeddings[k] = e
+            for j, k in enumerate(chunk):
+                self.embeddings[k] = emb[j]
 
     def clear(self) -> None:
         self.embeddings.clear()
 
 
-def _text_rows(text_embeddings: Sequence[np.ndarray | None], dim: int) -> np.ndarray:
-    rows = [np.zeros(dim, np.float32) if t is None else np.asarray(t, np.float32).reshape(dim) for t in text_embeddings]
-    return np.stack(rows)
+def backend_xp(backend: Any) -> Any:
+    """The array module of a backend's inputs and outputs (numpy when it does not say)."""
+    return getattr(backend, "xp", np)
+
+
+def _text_rows(text_embeddings: Sequence[Any], dim: int) -> np.ndarray:
+    """(B, C) float32 host rows; zeros for targets without text (ignored by the graph)."""
+    zero = np.zeros(dim, np.float32)
+    return np.stack([zero if t is None else np.asarray(to_host(t), np.float32).reshape(dim) for t in text_embeddings])
 
 
 def decode_batched(
     backend: Any,
-    embeddings: Sequence[np.ndarray],
+    embeddings: Sequence[Any],
     tokens: Sequence[tuple[np.ndarray, np.ndarray]],
     text_embeddings: Sequence[np.ndarray | None],
     max_batch: int,
     dim: int,
-) -> list[np.ndarray]:
-    """Low-res logits (4d, 4h, 4w) per row; rows with the same token labels share
-    decoder calls of up to ``max_batch`` rows."""
+) -> list[Any]:
+    """Low-res logits (4d, 4h, 4w) per row, in the backend's array module; rows
+    with the same token labels share decoder calls of up to ``max_batch`` rows.
+    The embeddings stay where they are; tokens and text rows (host, small) are
+    uploaded per call."""
+    xp = backend_xp(backend)
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, (_, labels) in enumerate(tokens):
         groups[tuple(int(v) for v in labels)].append(i)
-    out: list[np.ndarray | None] = [None] * len(tokens)
+    out: list[Any] = [None] * len(tokens)
     for rows in groups.values():
         for j in range(0, len(rows), max_batch):
             idx = rows[j : j + max_batch]
+            emb = xp.stack([embeddings[i] for i in idx])
             logits = backend.decode(
-                np.ascontiguousarray(np.stack([embeddings[i] for i in idx]), dtype=np.float32),
-                np.stack([tokens[i][0] for i in idx]).astype(np.float32),
-                np.stack([tokens[i][1] for i in idx]).astype(np.int32),
-                _text_rows([text_embeddings[i] for i in idx], dim),
+                emb if emb.dtype == xp.float32 else emb.astype(xp.float32),
+                xp.asarray(np.stack([tokens[i][0] for i in idx]).astype(np.float32)),
+                xp.asarray(np.stack([tokens[i][1] for i in idx]).astype(np.int32)),
+                xp.asarray(_text_rows([text_embeddings[i] for i in idx], dim)),
             )
-            for i, lg in zip(idx, to_host(logits)):
-                out[i] = lg[0]
-    return out  # type: ignore[return-value]
+            for row, i in enumerate(idx):
+                out[i] = logits[row, 0]
+    return out
 
 
-def coarse_crop_logits(low_res: np.ndarray, spatial_size: Sequence[int], crop_shape: Sequence[int]) -> np.ndarray:
-    """Coarse low-res logits -> trilinear to ``spatial_size`` -> ``nearest`` to the crop shape."""
-    return np.asarray(ops.upsample_then_nearest(low_res, tuple(spatial_size), tuple(crop_shape)), dtype=np.float32)
+def coarse_crop_logits(low_res: Any, spatial_size: Sequence[int], crop_shape: Sequence[int]) -> Any:
+    """Coarse low-res logits -> trilinear to ``spatial_size`` -> ``nearest`` to the
+    crop shape, float32 (one fused kernel on the device)."""
+    out = ops.upsample_then_nearest(low_res, tuple(spatial_size), tuple(crop_shape))
+    xp = ops.array_namespace(out)
+    return out if out.dtype == xp.float32 else out.astype(xp.float32)
 
 
-def blend(plan: WindowPlan, window_logits: Iterable[np.ndarray]) -> np.ndarray:
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of up to ``size`` items (the last may be shorter)."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def blend(plan: WindowPlan, window_logits: Iterable[Any]) -> Any:
     """Constant-weight MONAI blend: windows added in window order into float32
     sum and count volumes in padded space, divided, the padding cropped away;
-    returns ROI logits of ``plan.roi_shape``."""
-    total = np.zeros(plan.padded_shape, dtype=np.float32)
-    count = np.zeros(plan.padded_shape, dtype=np.float32)
-    for start, logits in zip(plan.starts, window_logits):
-        ops_extra.blend_accumulate(total, count, logits[None], [start])
+    returns ROI logits of ``plan.roi_shape`` in the windows' array module.
+
+    ``window_logits`` is consumed lazily. On the device the windows go
+    :data:`DEVICE_BLEND_CHUNK` per kernel launch (each voxel still adds its
+    windows in window order: the same sums as one at a time)."""
+    items = iter(zip(plan.starts, window_logits))
+    first = next(items, None)
+    if first is None:
+        raise ValueError("blend needs at least one window")
+    xp = ops.array_namespace(first[1])
+    total = xp.zeros(plan.padded_shape, dtype=xp.float32)
+    count = xp.zeros(plan.padded_shape, dtype=xp.float32)
+    size = 1 if xp is np else DEVICE_BLEND_CHUNK
+    for batch in _batches(itertools.chain([first], items), size):
+        windows = batch[0][1][None] if len(batch) == 1 else xp.stack([w for _, w in batch])
+        ops_extra.blend_accumulate(total, count, windows, [s for s, _ in batch])
     pads = [(b, p - s - b) for b, p, s in zip(plan.pad_before, plan.padded_shape, plan.roi_shape)]
-    return np.ascontiguousarray(ops.unpad(ops_extra.blend_divide(total, count), pads))
+    return xp.ascontiguousarray(ops.unpad(ops_extra.blend_divide(total, count), pads))
 
 
 def zoom_in(
     backend: Any,
-    crop_image: np.ndarray,
+    crop_image: Any,
     plans: Sequence[ZoomInPlan],
     targets: Sequence[Target],
     cache: EmbeddingCache,
@@ -370,10 +458,11 @@ def zoom_in(
     max_batch: tuple[int, int],
     dim: int,
     timings: Timings | None = None,
-) -> list[np.ndarray]:
-    """ROI logits per plan. Windows of all plans go through the encoder once per
-    distinct key (``max_batch[0]`` per call); each target's windows through the
-    decoder (``max_batch[1]`` per call); then upsample and blend."""
+) -> list[Any]:
+    """ROI logits per plan, in the backend's array module. Windows of all plans
+    go through the encoder once per distinct key (``max_batch[0]`` per call);
+    each target's windows through the decoder (``max_batch[1]`` per call);
+    then upsample and blend."""
     timings = timings or Timings()
     with timings.stage("encode_windows"):
         cache.ensure(backend, crop_image, [w.key for p in plans for w in p.windows], max_batch[0])
@@ -389,7 +478,8 @@ def zoom_in(
                 dim,
             )
         with timings.stage("blend"):
-            # upsampled one window at a time, in window order (MONAI's sum order)
+            # upsampled lazily, in window order (MONAI's sum order), so at most a
+            # blend chunk of full-size windows exists at a time
             full = (ops.resize(lg, tuple(window), "trilinear") for lg in low)
             results.append(blend(plan.plan, full))
     return results

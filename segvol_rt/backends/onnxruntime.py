@@ -1,8 +1,10 @@
 """ONNX Runtime backend: one inference session per graph of an artifacts directory.
 
 ``device="cpu"`` uses the CPU execution provider; ``device="cuda"`` the CUDA
-provider of onnxruntime-gpu, with numpy arrays in and out for now (the
-IO-binding path on CuPy memory plugs in at :meth:`OnnxRuntimeBackend._run`).
+provider of onnxruntime-gpu with numpy arrays in and out (every call copies
+through the host). The runtime's CUDA path uses
+:class:`segvol_rt.backends.ort_cuda.OrtCudaBackend` instead (IO binding on
+CuPy memory; :func:`segvol_rt.backends.select.open_backend` picks it).
 A CUDA request that cannot be met is a :class:`SegVolError` naming what is
 missing; there is no silent fallback to the CPU.
 """

@@ -6,6 +6,11 @@ on the CPU, then the PyTorch model; the returned reason says what was chosen
 and why the better ones were not (``"onnxruntime on CPU: no CUDA device"``).
 A backend or device asked for by name that cannot run is a
 :class:`SegVolError` naming what is missing.
+
+The CUDA backends keep the pipeline on the GPU (``xp`` is cupy): ONNX
+Runtime on CUDA is :class:`segvol_rt.backends.ort_cuda.OrtCudaBackend` (IO
+binding on CuPy memory; needs onnxruntime-gpu, CuPy and a GPU - the ``gpu``
+extra), TensorRT is :class:`segvol_rt.backends.tensorrt.TensorRTBackend`.
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ def _open_onnxruntime(artifacts: Any, device: str, **_: Any) -> Backend:
         problem = cuda_problem() or gpu_problem()
         if problem:
             raise SegVolError(f"onnxruntime on CUDA is not available: {problem}")
+        from .ort_cuda import OrtCudaBackend
+
+        # CuPy missing: a MissingDependencyError naming the gpu extra
+        return OrtCudaBackend(artifacts)
     return OnnxRuntimeBackend(artifacts, device=device)
 
 
@@ -109,7 +118,8 @@ def _auto(artifacts: Any, device: str, checkpoint: Any) -> tuple[Backend, str]:
         if why_not:
             reason += ": " + "; ".join(why_not)
         return backend, reason
-    raise SegVolError(f"no backend can run on device={device!r}: " + "; ".join(why_not))
+    hint = " (use --device cpu or auto to run on the CPU)" if device == "cuda" else ""
+    raise SegVolError(f"no backend can run on device={device!r}: " + "; ".join(why_not) + hint)
 
 
 def open_backend(
@@ -155,4 +165,6 @@ def _default_device(backend: str) -> tuple[str, str]:
     from .onnxruntime import cuda_problem
 
     problem = cuda_problem() or gpu_problem()
+    if problem is None and not available("cupy"):
+        problem = "cupy is not installed (pip install 'segvol-rt[gpu]')"
     return ("cpu", problem) if problem else ("cuda", "requested, CUDA available")
