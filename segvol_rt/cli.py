@@ -135,7 +135,9 @@ def demo(
 
 @app.command()
 def export(
-    checkpoint: str = typer.Option(..., "--checkpoint", help="SegVol checkpoint: a .pth file or a Hugging Face directory."),
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", help="SegVol checkpoint: a .pth file or a Hugging Face directory; default: the shipped demo model."
+    ),
     out: str = typer.Option(..., "--out", help="Artifacts directory to write (created; see --force)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset, at least 17."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="CLIP tokenizer directory (needed for a .pth: the official repo's config/clip)."),
@@ -154,6 +156,11 @@ def export(
     def progress(message: str) -> None:
         typer.echo(f"[{time.perf_counter() - start:7.1f}s] {message}")
 
+    if checkpoint is None:
+        from .demo_model import demo_checkpoint_dir
+
+        checkpoint = str(demo_checkpoint_dir())
+        typer.echo("no --checkpoint: exporting the demo model (synthetic phantoms, not for clinical use)")
     options = ExportOptions(opset=opset, max_batch=max_batch, max_points=max_points, verify=not skip_verify)
     result = export_artifacts(checkpoint, out, tokenizer=tokenizer, options=options, force=force, progress=progress)
     rows = [("file", "size", "operators", "parity (ORT vs torch)"), *result.table()]
