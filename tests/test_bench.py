@@ -1,0 +1,151 @@
+"""Smoke tests of the benchmarks on the tiny model: the output is well formed
+(markdown table, JSON keys, window counts). Timings are never asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segvol_rt import bench as B
+
+REPO = Path(__file__).resolve().parents[1]
+ROW_KEYS = {"case", "backend", "stage", "p50_ms", "p90_ms", "min_ms", "n", "samples_ms"}
+
+
+def test_import_needs_numpy_only():
+    code = (
+        "import sys, segvol_rt.bench; "
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'cupy', 'nibabel', 'tensorrt') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_report_table_and_json(tmp_path):
+    rep = B.Report("unit")
+    rep.meta.update(B.machine_info())
+    slow = rep.add("case", "a", "stage", B.Timing([0.3, 0.1, 0.2]), windows=6)
+    fast = rep.add("case", "b", "stage", B.Timing([0.1, 0.1]), batch=8)
+    ratio = rep.ratio("a / b", slow, fast, target=2.0)
+    assert rep.ratio("missing", slow, None) is None
+    rep.check("b per item", fast, 1.0, per_item=True)
+    assert ratio.value == pytest.approx(2.0)
+    text = rep.markdown()
+    assert "| case | backend | stage | p50 ms |" in text and "| a / b | 2.00x | >= 2x | yes |" in text
+    data = json.loads(rep.write_json(tmp_path / "r.json").read_text())
+    assert {"machine", "gpu", "versions", "rows", "ratios", "checks", "notes", "cases"} <= set(data)
+    assert {"cpu", "cores", "usable_cores"} <= set(data["machine"])
+    assert ROW_KEYS <= set(data["rows"][0]) and data["rows"][0]["windows"] == 6
+    assert data["rows"][1]["p50_ms_per_item"] == pytest.approx(100 / 8)
+
+
+def test_time_calls_counts_calls():
+    calls = []
+    t = B.time_calls(lambda: calls.append(1), repeat=3, warmup=2, before=lambda: calls.append(0))
+    assert len(t.samples) == 3 and calls.count(1) == 5 and calls.count(0) == 5
+    assert B.percentile([1.0, 2.0, 3.0], 50) == 2.0
+
+
+def test_scaled_crop_and_prompts():
+    assert B.scaled_crop((32, 256, 256)) == B.DEMO_CROP
+    assert B.scaled_crop((16, 64, 64)) == (100, 88, 120)
+    reqs = B.requests_for((120, 88, 100), 5)
+    assert len(reqs) == 5 and all(r["text"] and len(r["box"].split(",")) == 6 for r in reqs)
+
+
+# -- end to end on the tiny model -------------------------------------------------------
+
+torch_needed = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch (export extra) not installed")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench_cache")
+
+
+@torch_needed
+def test_quick_bench(cache, tmp_path):
+    rep = B.quick_bench(cache_dir=cache, backends=("ort-cpu", "torch-pipeline"), repeat=1, warmup=0,
+                        scan_shape=(96, 96, 40))
+    data = json.loads(rep.write_json(tmp_path / "quick.json").read_text())
+    stages = {(r["backend"], r["stage"]) for r in data["rows"]}
+    for stage in ("image encoder, batch 1", "decoder (text + box), batch 1", "zoom-out-zoom-in, 1 target"):
+        assert ("ort-cpu", stage) in stages
+    assert ("numpy", "preprocess") in stages and ("runtime", "text: table lookup") in stages
+    assert any(b.startswith("torch official-style") for b, _ in stages)
+    assert all(ROW_KEYS <= set(r) for r in data["rows"])
+    zoom = [r for r in data["rows"] if r["stage"] == "zoom-out-zoom-in, 1 target"]
+    assert zoom and all(r["windows"] >= 1 for r in zoom)
+    assert any("official-style" in q["name"] for q in data["ratios"])
+    assert "| comparison | ratio |" in rep.markdown()
+
+
+@torch_needed
+def test_full_benchmark_script_tiny(cache, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("segvol_bench_script", REPO / "benchmarks" / "bench.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # dataclasses look their module up there
+    spec.loader.exec_module(script)
+    out_json = tmp_path / "full.json"
+    code = script.main([
+        "--config", "tiny", "--cache-dir", str(cache), "--cases", "synthetic", "raw",
+        "--targets", "1", "2", "--raw-shape", "80", "80", "32",
+        "--backends", "ort-cpu", "torch-official", "--window-batch", "1",
+        "--repeat", "1", "--warmup", "0", "--pipeline-repeat", "1", "--pipeline-warmup", "0",
+        "--json", str(out_json), "--markdown", str(tmp_path / "full.md"),
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| case | backend | stage |" in printed
+    data = json.loads(out_json.read_text())
+    assert data["settings"]["targets"] == [1, 2] and data["model"]["window"] == [16, 64, 64]
+    case = next(c for c in data["cases"] if c.startswith("synthetic"))
+    assert data["cases"][case]["crop_shape"] == [100, 88, 120]
+    rows = {(r["case"], r["backend"], r["stage"]): r for r in data["rows"]}
+    ours = rows[(case, "ort-cpu", "zoom-out-zoom-in, 2 targets")]
+    theirs = rows[(case, "torch official-style (cpu)", "zoom-out-zoom-in, 2 targets")]
+    assert ours["windows"] == theirs["windows"] == 12  # 6 windows per target, both flows
+    assert (case, "ort-cpu", "zoom-out-zoom-in (no shared windows), 2 targets") in rows
+    capped = rows[(case, "ort-cpu, 1 windows/call", "zoom-out-zoom-in, 1 target")]
+    assert capped["windows"] == 6 and capped["note"] == "6 windows encoded"
+    assert any(r["stage"].startswith("infer process") for r in data["rows"])
+    assert any(q["name"].endswith("ort-cpu, zoom-out-zoom-in, 1 target") and q["target"] == ">= 2x" for q in data["ratios"])
+
+
+@torch_needed
+def test_cli_bench(cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from segvol_rt.cli import app
+
+    bm = B.prepare_bench_model("tiny", cache)
+    out = tmp_path / "cli.json"
+    res = CliRunner().invoke(app, ["bench", "--artifacts", str(bm.artifacts), "--backend", "ort-cpu",
+                                   "--repeat", "1", "--warmup", "0", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "zoom-out-zoom-in, 1 target" in res.output
+    assert json.loads(out.read_text())["rows"]
+
+
+def test_cli_bench_rejects_unknown_backend():
+    from typer.testing import CliRunner
+
+    from segvol_rt.cli import app
+    from segvol_rt.errors import SegVolError
+
+    res = CliRunner().invoke(app, ["bench", "--backend", "nope"])
+    assert isinstance(res.exception, SegVolError) and "nope" in str(res.exception)
+
+
+def test_blob_cells_never_empty():
+    for n in (2, 8, 16, 32):
+        for lo, hi in B.DEFAULT_BLOB:
+            a, b = B._cells(lo, hi, n)
+            assert 0 <= a < b <= n
+    assert np.isfinite(B.percentile([0.5], 90))
