@@ -504,14 +504,21 @@ def blob_model(config: Any, seed: int = 0, blob: Sequence[tuple[float, float]] =
     positive weights and bias -1, mask token 0's hypernetwork a constant
     positive output (weights x0.05) and the text projection x0.05. Every input
     still reaches the output; only its size is damped."""
-    torch = require("torch")
     from .export.model.segvol import SegVol
 
     model = SegVol.random(config, seed=seed)
-    md = model.mask_decoder
-    channels = config.embed_dim
     grid2 = [2 * g for g in config.grid_size]
     box = tuple(slice(*_cells(lo, hi, n)) for (lo, hi), n in zip(blob, grid2))
+    shape_decoder_blob(model, box)
+    return model.eval()
+
+
+def shape_decoder_blob(model: Any, box: Sequence[slice]) -> Any:
+    """Edit ``model``'s mask decoder in place so it predicts a blob over ``box``
+    (slices of the ``(2d, 2h, 2w)`` grid), as :func:`blob_model` describes."""
+    torch = require("torch")
+    md = model.mask_decoder
+    channels = model.config.embed_dim
     with torch.no_grad():
         norm = md.output_upscaling[1]
         pattern = torch.full_like(norm.bias, -2.0)
@@ -527,7 +534,7 @@ def blob_model(config: Any, seed: int = 0, blob: Sequence[tuple[float, float]] =
         text = md.txt_align_upscaled_embedding
         text.weight.mul_(0.05)
         text.bias.zero_()
-    return model.eval()
+    return model
 
 
 def _cells(lo: float, hi: float, n: int) -> tuple[int, int]:

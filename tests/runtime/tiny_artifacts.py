@@ -28,8 +28,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from segvol_rt.config import SegVolConfig
 from segvol_rt.export.checkpoint import save_pth
 from segvol_rt.export.exporter import ExportOptions, export_artifacts
@@ -46,24 +44,9 @@ _CACHE: dict[str, Any] = {}
 
 def roi_friendly(model: SegVol) -> SegVol:
     """Edit ``model``'s mask decoder in place as the module docstring says."""
-    md = model.mask_decoder
-    channels = model.config.embed_dim
-    with torch.no_grad():
-        norm = md.output_upscaling[1]
-        pattern = torch.full_like(norm.bias, -2.0)
-        pattern[(slice(None), *BLOB)] = 2.0
-        norm.weight.mul_(0.1)
-        norm.bias.copy_(pattern)
-        conv = md.output_upscaling[3]
-        conv.weight.mul_(0.1).add_(1.0 / (channels // 4))
-        conv.bias.fill_(-1.0)
-        last = md.output_hypernetworks_mlps[0].layers[-1]
-        last.weight.mul_(0.05)
-        last.bias.fill_(1.0 / (channels // 8))
-        text = md.txt_align_upscaled_embedding
-        text.weight.mul_(0.05)
-        text.bias.zero_()
-    return model
+    from segvol_rt.bench import shape_decoder_blob
+
+    return shape_decoder_blob(model, BLOB)
 
 
 def tiny_artifacts(base: Path) -> tuple[Path, Path, SegVol]:
