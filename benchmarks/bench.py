@@ -192,10 +192,6 @@ def open_all(ctx: Context) -> None:
     labels = [b for b in ctx.args.backends if b in B.BACKEND_CHOICES]
     model = None
     wants_torch = {"torch-pipeline", "torch-official"} & set(ctx.args.backends)
-    if wants_torch and ctx.args.threads and available("torch"):
-        import torch
-
-        torch.set_num_threads(ctx.args.threads)
     if wants_torch:
         if not available("torch"):
             ctx.log("skipping the torch rows: torch is not installed")
@@ -317,11 +313,11 @@ def synthetic_case(ctx: Context) -> None:
         run_targets(ctx, case, rts, some, scan_shape, n, s)
     if rest and not (ctx.args.quick or ctx.args.no_unshared):
         n = rest[-1]
-        for label, rt in rts.items():
-            ctx.log(f"{case}: {label}: {n} targets, no shared windows")
-            guarded(ctx, f"{case}: {label}: unshared", B.bench_pipeline,
-                    ctx.report, case, label, rt, B.requests_for(scan_shape, n), s, shared_windows=False)
-            ctx.save()
+        ctx.log(f"{case}: {n} targets, no shared windows, interleaved")
+        trials = [B.pipeline_trial(case, label, rt, B.requests_for(scan_shape, n), shared_windows=False)
+                  for label, rt in rts.items()]
+        B.run_trials(ctx.report, trials, s)
+        ctx.save()
     pipeline_ratios(ctx, case, targets)
     for rt in rts.values():
         rt._volume = None  # free the volume; the backends stay open
@@ -329,17 +325,15 @@ def synthetic_case(ctx: Context) -> None:
 
 def run_targets(ctx: Context, case: str, rts: dict[str, Any], some: Any, scan_shape: Sequence[int], n: int,
                 s: B.Settings) -> None:
-    """Zoom-out-zoom-in of ``n`` targets on every backend and the official-style flow."""
+    """Zoom-out-zoom-in of ``n`` targets on every backend and the official-style
+    flow, timed in interleaved rounds (all contenders see the same machine load)."""
     targets = B.requests_for(scan_shape, n)
-    for label, rt in rts.items():
-        ctx.log(f"{case}: {label}: zoom-out-zoom-in, {n} target(s)")
-        guarded(ctx, f"{case}: {label}: {n} target(s)", B.bench_pipeline, ctx.report, case, label, rt, targets, s)
-        ctx.save()
+    trials = [B.pipeline_trial(case, label, rt, targets) for label, rt in rts.items()]
     if ctx.official is not None and some is not None:
-        ctx.log(f"{case}: torch official-style ({ctx.official.device}): {n} target(s)")
-        guarded(ctx, f"{case}: official-style, {n} target(s)", B.bench_official, ctx.report, case, ctx.official, some,
-                targets, s)
-        ctx.save()
+        trials.append(B.official_trial(case, ctx.official, some, targets))
+    ctx.log(f"{case}: {n} target(s), interleaved: " + ", ".join(t.label.split(": ", 1)[1] for t in trials))
+    B.run_trials(ctx.report, trials, s)
+    ctx.save()
 
 
 def pipeline_ratios(ctx: Context, case: str, targets: Sequence[int]) -> None:
@@ -507,6 +501,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report = B.Report(f"segvol-rt benchmark, config {args.config}")
     report.meta.update(B.machine_info())
+    if args.threads and available("torch"):
+        import torch
+
+        torch.set_num_threads(args.threads)  # before any torch work, the export included
     try:
         artifacts_dir, checkpoint, model_info = resolve_model(args, log)
         arts = Artifacts.load(artifacts_dir)

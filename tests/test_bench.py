@@ -71,8 +71,8 @@ def cache(tmp_path_factory):
 
 @torch_needed
 def test_quick_bench(cache, tmp_path):
-    rep = B.quick_bench(cache_dir=cache, backends=("ort-cpu", "torch-pipeline"), repeat=1, warmup=0,
-                        scan_shape=(96, 96, 40))
+    rep = B.quick_bench(cache_dir=cache, backends=("ort-cpu",), repeat=1, warmup=0, scan_shape=(96, 96, 32),
+                        threads=1)
     data = json.loads(rep.write_json(tmp_path / "quick.json").read_text())
     stages = {(r["backend"], r["stage"]) for r in data["rows"]}
     for stage in ("image encoder, batch 1", "decoder (text + box), batch 1", "zoom-out-zoom-in, 1 target"):
@@ -96,7 +96,7 @@ def test_full_benchmark_script_tiny(cache, tmp_path, capsys):
     code = script.main([
         "--config", "tiny", "--cache-dir", str(cache), "--cases", "synthetic", "raw",
         "--targets", "1", "2", "--raw-shape", "80", "80", "32",
-        "--backends", "ort-cpu", "torch-official", "--window-batch", "1",
+        "--backends", "ort-cpu", "torch-official", "--window-batch", "1", "--threads", "1",
         "--repeat", "1", "--warmup", "0", "--pipeline-repeat", "1", "--pipeline-warmup", "0",
         "--json", str(out_json), "--markdown", str(tmp_path / "full.md"),
     ])
@@ -127,7 +127,7 @@ def test_cli_bench(cache, tmp_path):
     bm = B.prepare_bench_model("tiny", cache)
     out = tmp_path / "cli.json"
     res = CliRunner().invoke(app, ["bench", "--artifacts", str(bm.artifacts), "--backend", "ort-cpu",
-                                   "--repeat", "1", "--warmup", "0", "--json", str(out)])
+                                   "--repeat", "1", "--warmup", "0", "--threads", "1", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "zoom-out-zoom-in, 1 target" in res.output
     assert json.loads(out.read_text())["rows"]
