@@ -738,8 +738,7 @@ def bench_io(report: Report, case: str, path: Path, spatial_size: Sequence[int],
     from .nifti import read_scan, write_mask
     from .preprocess import preprocess
 
-    r = settings.pipeline_repeat
-    w = settings.pipeline_warmup
+    r, w = settings.repeat, settings.warmup
     t = time_calls(lambda: np.asanyarray(nib.load(str(path)).dataobj), r, w)
     nib_row = report.add(case, "numpy", "read: nibabel alone", t)
     t = time_calls(lambda: read_scan(path), r, w)
@@ -803,10 +802,63 @@ _ZOOM_STAGES = ("encode_zoom_out", "decode_zoom_out", "upsample_zoom_out", "plan
                 "decode_windows", "blend", "postprocess", "text", "prompts")
 
 
-def bench_pipeline(report: Report, case: str, label: str, runtime: Any, targets: Sequence[Mapping[str, Any]],
-                   settings: Settings, shared_windows: bool = True) -> Row:
+@dataclass
+class Trial:
+    """One contender of an interleaved comparison: ``run`` is timed,
+    ``before`` runs untimed ahead of every run, ``record`` turns the timing
+    into report rows (and returns the main row)."""
+
+    label: str
+    run: Callable[[], Any]
+    record: Callable[[Report, Timing], Row]
+    before: Callable[[], Any] | None = None
+
+
+def time_interleaved(trials: Sequence[Trial], repeat: int, warmup: int) -> list[Timing | BaseException]:
+    """Time the trials in rounds (A, B, C, A, B, C, ...) so that a machine
+    whose load changes during the run loads every contender alike. A trial
+    that raises is dropped from later rounds; its exception is returned in
+    place of its timing."""
+    results: list[list[float] | BaseException] = [[] for _ in trials]
+    for round_ in range(max(0, warmup) + repeat):
+        for i, trial in enumerate(trials):
+            if isinstance(results[i], BaseException):
+                continue
+            try:
+                if trial.before:
+                    trial.before()
+                synchronize()
+                t0 = time.perf_counter()
+                trial.run()
+                synchronize()
+                elapsed = time.perf_counter() - t0
+            except Exception as exc:  # noqa: BLE001 - the other contenders still count
+                results[i] = exc
+                continue
+            if round_ >= warmup:
+                results[i].append(elapsed)  # type: ignore[union-attr]
+    return [r if isinstance(r, BaseException) else Timing(r) for r in results]
+
+
+def run_trials(report: Report, trials: Sequence[Trial], settings: Settings) -> list[Row | None]:
+    """Interleaved pipeline-sized timing of ``trials``; rows for those that
+    ran, a note for those that failed."""
+    rows: list[Row | None] = []
+    for trial, result in zip(trials, time_interleaved(trials, settings.pipeline_repeat, settings.pipeline_warmup)):
+        if isinstance(result, BaseException):
+            reason = " ".join(f"{result.__class__.__name__}: {result}".split())[:300]
+            report.note(f"{trial.label} failed: {reason}")
+            rows.append(None)
+        else:
+            rows.append(trial.record(report, result))
+    return rows
+
+
+def pipeline_trial(case: str, label: str, runtime: Any, targets: Sequence[Mapping[str, Any]],
+                   shared_windows: bool = True) -> Trial:
     """Zoom-out-zoom-in of ``targets`` on the runtime's current volume, caches
-    reset before every run; one row for the whole call and one per stage.
+    reset before every run; records one row for the whole call and one per
+    stage (the runtime's own stage timers).
 
     ``shared_windows=False`` runs the targets one call each with the window
     cache cleared in between: what targets whose ROIs share no window cost."""
@@ -828,17 +880,25 @@ def bench_pipeline(report: Report, case: str, label: str, runtime: Any, targets:
         for k, v in stages.items():
             stage_samples.setdefault(k, []).append(v)
 
-    t = time_calls(run, settings.pipeline_repeat, settings.pipeline_warmup, before=lambda: reset_volume_caches(runtime))
-    n = len(targets)
-    what = "zoom-out-zoom-in" + ("" if shared_windows else " (no shared windows)")
-    row = report.add(case, label, f"{what}, {n} target{'s' * (n > 1)}", t, windows=info.get("windows"),
-                     note=f"{info.get('encoded')} windows encoded")
-    for k in _ZOOM_STAGES:
-        if k in stage_samples:
-            report.add(case, label, f"  {n}-target stage: {k}", Timing(stage_samples[k][-len(t.samples):]))
-    if all(s.no_foreground for s in info.get("segs") or []):
-        report.note(f"{case}: the coarse pass found no foreground; zoom-in did not run")
-    return row
+    def record(report: Report, t: Timing) -> Row:
+        n = len(targets)
+        what = "zoom-out-zoom-in" + ("" if shared_windows else " (no shared windows)")
+        row = report.add(case, label, f"{what}, {n} target{'s' * (n > 1)}", t, windows=info.get("windows"),
+                         note=f"{info.get('encoded')} windows encoded")
+        for k in _ZOOM_STAGES:
+            if k in stage_samples:
+                report.add(case, label, f"  {n}-target stage: {k}", Timing(stage_samples[k][-len(t.samples):]))
+        if all(s.no_foreground for s in info.get("segs") or []):
+            report.note(f"{case}: the coarse pass found no foreground; zoom-in did not run")
+        return row
+
+    return Trial(f"{case}: {label}", run, record, before=lambda: reset_volume_caches(runtime))
+
+
+def bench_pipeline(report: Report, case: str, label: str, runtime: Any, targets: Sequence[Mapping[str, Any]],
+                   settings: Settings, shared_windows: bool = True) -> Row | None:
+    """:func:`pipeline_trial` timed on its own."""
+    return run_trials(report, [pipeline_trial(case, label, runtime, targets, shared_windows)], settings)[0]
 
 
 def _clear_windows(runtime: Any) -> None:
@@ -909,27 +969,33 @@ def run_official(wrapper: OfficialStyleModel, crop_image: Any, zoom_image: Any, 
     return out
 
 
-def bench_official(report: Report, case: str, wrapper: OfficialStyleModel, runtime: Any,
-                   targets: Sequence[Mapping[str, Any]], settings: Settings) -> Row:
+def official_trial(case: str, wrapper: OfficialStyleModel, runtime: Any, targets: Sequence[Mapping[str, Any]]) -> Trial:
     """The official-style flow on the runtime's crop and zoom-out images
     (preprocessing excluded, as in the reference figures)."""
     torch = wrapper.torch
-    dev = wrapper.device
     crop = torch.from_numpy(np.ascontiguousarray(runtime.crop_image))
     zoom = torch.from_numpy(np.ascontiguousarray(runtime.zoom_image))
     prompts = official_targets(runtime, targets)
     calls: list[int] = []
+    label = f"torch official-style ({wrapper.device})"
 
     def run() -> None:
         wrapper.calls = 0
         run_official(wrapper, crop, zoom, prompts)
         calls.append(wrapper.calls)
 
-    t = time_calls(run, settings.pipeline_repeat, settings.pipeline_warmup)
-    n = len(targets)
-    windows = calls[-1] - n
-    return report.add(case, f"torch official-style ({dev})", f"zoom-out-zoom-in, {n} target{'s' * (n > 1)}", t,
-                      windows=windows, note=f"{calls[-1]} full model calls")
+    def record(report: Report, t: Timing) -> Row:
+        n = len(targets)
+        return report.add(case, label, f"zoom-out-zoom-in, {n} target{'s' * (n > 1)}", t,
+                          windows=calls[-1] - n, note=f"{calls[-1]} full model calls")
+
+    return Trial(f"{case}: {label}", run, record)
+
+
+def bench_official(report: Report, case: str, wrapper: OfficialStyleModel, runtime: Any,
+                   targets: Sequence[Mapping[str, Any]], settings: Settings) -> Row | None:
+    """:func:`official_trial` timed on its own."""
+    return run_trials(report, [official_trial(case, wrapper, runtime, targets)], settings)[0]
 
 
 def bench_official_graphs(report: Report, case: str, wrapper: OfficialStyleModel, config: Any, settings: Settings) -> None:
@@ -1030,6 +1096,7 @@ def capped_backend(backend: Any, max_windows: int) -> Any:
             cap = max(lo, min(hi, int(max_windows)))
             specs[S.IMAGE_ENCODER] = dataclasses.replace(enc, ranges={**enc.ranges, "B": (lo, cap, cap)})
             super().__init__(specs)
+            self.window_batch = cap
 
         @property
         def xp(self) -> Any:
@@ -1054,6 +1121,7 @@ def quick_bench(
     cache_dir: str | os.PathLike[str] | None = None,
     log: Log | None = None,
     model_name: str = "tiny",
+    threads: int | None = None,
 ) -> Report:
     """A run of seconds on whatever is installed: per-stage latencies of each
     backend that can run, on a small phantom scan, one target.
@@ -1061,13 +1129,16 @@ def quick_bench(
     The model: ``artifacts`` when given (with ``checkpoint`` for the torch
     rows), else ``model_name``: ``"tiny"`` (the tiny benchmark model, exported
     into the cache once; needs the ``export`` extra) or ``"demo"`` (the
-    shipped demo model)."""
+    shipped demo model). ``threads``: CPU threads of ONNX Runtime and torch
+    (default: all cores)."""
     import tempfile
 
     say = log or (lambda _m: None)
     from .artifacts import Artifacts
 
     model = None
+    if threads and available("torch"):
+        require("torch").set_num_threads(threads)
     if artifacts is None:
         if model_name == "tiny" and not available("torch"):
             raise SegVolError(
@@ -1081,7 +1152,7 @@ def quick_bench(
     config = arts.config
     report = Report("segvol-rt bench (quick)")
     report.meta.update(machine_info())
-    report.meta["settings"] = {"repeat": repeat, "warmup": warmup, "artifacts": str(artifacts)}
+    report.meta["settings"] = {"repeat": repeat, "warmup": warmup, "artifacts": str(artifacts), "threads": threads}
     report.meta["model"] = {"window": list(config.spatial_size), "embed_dim": config.embed_dim,
                             "encoder_depth": config.encoder_depth}
     settings = Settings(repeat=repeat, warmup=warmup)
@@ -1094,7 +1165,7 @@ def quick_bench(
         say(f"read / preprocess / write: {path.name}")
         report.cases[case] = bench_io(report, case, path, config.spatial_size, settings, tmpdir)
         report.cases[case]["window"] = list(config.spatial_size)
-        opened = open_backends(arts, backends, checkpoint, model, say)
+        opened = open_backends(arts, backends, checkpoint, model, say, threads)
         if not opened:
             raise SegVolError("no backend can run on this machine")
         from .runtime import SegVolRuntime

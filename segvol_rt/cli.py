@@ -62,6 +62,7 @@ def infer(
     backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | torch | tensorrt."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     no_zoom_in: bool = typer.Option(False, "--no-zoom-in", help="Coarse (zoom-out) pass only."),
+    window_prompts: str = typer.Option("official", "--window-prompts", help="official | aligned. Zoom-in window boxes/points: 'official' reproduces SegVol, which misplaces them by the padding on scans smaller than a window (32x256x256 at full size) along an axis; 'aligned' places them where they belong. Same result on larger scans."),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Artifacts directory from `segvol-rt export`; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
     reorient: Optional[str] = typer.Option(None, "--reorient", help="Reorient to axis codes (e.g. RAS) before the model. Off by default: SegVol itself does not reorient. Prompts and masks stay in SCAN's voxel grid either way."),
     seed: int = typer.Option(0, "--seed", help="Seed of point sampling (zoom-in windows, --prompt-points)."),
@@ -77,7 +78,7 @@ def infer(
 
     opts = InferOptions(
         texts=tuple(text or ()), box=box, points=tuple(point or ()), out=out, split=split,
-        probabilities=probabilities, zoom_in=not no_zoom_in, reorient=reorient, seed=seed,
+        probabilities=probabilities, zoom_in=not no_zoom_in, window_prompts=window_prompts, reorient=reorient, seed=seed,
         prompt_from=prompt_from, prompt_box=prompt_box, prompt_points=prompt_points, reference=reference,
     )
     report = ConsoleReporter(quiet=quiet)
@@ -108,6 +109,7 @@ def demo(
     backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | torch | tensorrt."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Artifacts directory; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
+    window_prompts: str = typer.Option("aligned", "--window-prompts", help="aligned | official: zoom-in window prompts (see `infer --help`). Phantoms are often narrower than the demo model's window, where 'official' misplaces the window boxes."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the Dice table and errors."),
 ) -> None:
     """Run the pipeline on a synthetic phantom: Dice per organ (text, text+box; zoom-out vs zoom-in), masks and a PNG preview."""
@@ -122,12 +124,13 @@ def demo(
     report.stage("segmenting the phantom's organs", total=demo_steps())
     try:
         result = run_demo(out, lambda: load_runtime(artifacts, backend, device, report), seed, say=report.note,
-                          advance=report.advance)
+                          advance=report.advance, window_prompts=window_prompts)
     finally:
         report.close()
     for line in result.table():
         typer.echo(line)
-    report.note("Dice: scan space, 2|A&B|/(|A|+|B|) against the phantom's labels; time: both runs of both prompts")
+    report.note("Dice: scan space, 2|A&B|/(|A|+|B|) against the phantom's labels; time: both runs of both prompts;"
+                f" zoom-in window prompts: {result.window_prompts}")
     for path in result.files:
         report.note(f"wrote {path}")
     report.note("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
@@ -205,6 +208,7 @@ def bench(
     repeat: int = typer.Option(5, "--repeat", help="Timed calls per stage (the median, p90 and min are reported)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed calls before them."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Also write the report (machine, versions, every sample) as JSON."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of ONNX Runtime and torch (default: all cores)."),
 ) -> None:
     """Time each stage on this machine in seconds: a small phantom scan, one target, every backend that can run.
 
@@ -218,7 +222,7 @@ def bench(
     if model not in ("tiny", "demo"):
         raise SegVolError(f"unknown --model {model!r}; choose tiny or demo")
     report = quick_bench(artifacts, checkpoint, backends=chosen, repeat=repeat, warmup=warmup,
-                         log=lambda m: typer.echo(m, err=True), model_name=model)
+                         log=lambda m: typer.echo(m, err=True), model_name=model, threads=threads)
     typer.echo(report.markdown())
     if json_out:
         typer.echo(f"wrote {report.write_json(json_out)}", err=True)

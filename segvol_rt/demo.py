@@ -5,7 +5,11 @@
    :mod:`segvol_rt.defaults`);
 3. segment every organ twice, by its name (text) and by name plus the box of
    its label in scan space (text+box, what a user draws), each zoom-out only and
-   zoom-out-zoom-in (:func:`segvol_rt.evaluation.evaluate`);
+   zoom-out-zoom-in (:func:`segvol_rt.evaluation.evaluate`), with *aligned*
+   zoom-in window prompts by default: phantoms are often narrower than the
+   demo's 128-voxel window, where the official placement misplaces the window
+   boxes by the padding (:mod:`segvol_rt.zoom`; ``window_prompts="official"``
+   reproduces it);
 4. tabulate Dice per organ (scan space, ``2|A&B|/(|A|+|B|)``), timings and the backend;
 5. write the masks (multi-label files whose labels are the phantom's ids), a
    JSON of the results and a PNG preview (:func:`render_preview`).
@@ -106,6 +110,7 @@ class DemoResult:
     backend: str
     files: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    window_prompts: str = "aligned"
 
     def table(self) -> list[str]:
         """The Dice table, one line per organ, both prompt kinds side by side."""
@@ -132,10 +137,13 @@ Say = Callable[[str], None]
 
 
 def run_demo(out_dir: str | os.PathLike[str], open_runtime: Callable[[], Any], seed: int = 0,
-             say: Say | None = None, advance: Callable[[str], None] | None = None) -> DemoResult:
+             say: Say | None = None, advance: Callable[[str], None] | None = None,
+             window_prompts: str = "aligned") -> DemoResult:
     """The demo flow of the module docstring, writing into ``out_dir``."""
     from .nifti import read_scan, write_json_sidecar
+    from .runtime import check_window_prompts
 
+    check_window_prompts(window_prompts)
     say = say or (lambda _m: None)
     out = Path(out_dir)
     try:
@@ -150,9 +158,9 @@ def run_demo(out_dir: str | os.PathLike[str], open_runtime: Callable[[], Any], s
     timings = {"phantom": t0 - start, "load": time.perf_counter() - t0}
     scan = read_scan(image_path)
     rt.set_volume(scan.data, scan.affine)
-    rows, masks = _segment_organs(rt, phantom, advance or (lambda _m: None))
+    rows, masks = _segment_organs(rt, phantom, advance or (lambda _m: None), window_prompts)
     timings["segment"] = sum(r.seconds for r in rows)
-    result = DemoResult(rows, rt.backend_reason, [image_path, labels_path], timings)
+    result = DemoResult(rows, rt.backend_reason, [image_path, labels_path], timings, window_prompts)
     t0 = time.perf_counter()
     result.files += _write_masks(out, masks, scan, phantom)
     preview_masks = {phantom.label_names[i]: m for i, m in masks["text+box"].items()}
@@ -163,7 +171,7 @@ def run_demo(out_dir: str | os.PathLike[str], open_runtime: Callable[[], Any], s
     return result
 
 
-def _segment_organs(rt: Any, phantom: Any, advance: Callable[[str], None]
+def _segment_organs(rt: Any, phantom: Any, advance: Callable[[str], None], window_prompts: str
                     ) -> tuple[list[DemoRow], dict[str, dict[int, np.ndarray]]]:
     from .runtime import Request
 
@@ -177,7 +185,8 @@ def _segment_organs(rt: Any, phantom: Any, advance: Callable[[str], None]
         for kind in PROMPT_KINDS:
             box = P.generate_box(truth) if "box" in kind else None
             t0 = time.perf_counter()
-            ev = E.evaluate(E.scan_space_runner(rt, Request(text=name, box=box)), reference, zoom_in=True)
+            request = Request(text=name, box=box, window_prompts=window_prompts)
+            ev = E.evaluate(E.scan_space_runner(rt, request), reference, zoom_in=True)
             seconds = time.perf_counter() - t0
             rows.append(DemoRow(name, kind, ev.scan_zoom_out, float(ev.scan_zoom_in), ev.as_dict(),
                                 ev.final.n_windows, seconds))
@@ -202,6 +211,7 @@ def _write_masks(out: Path, masks: dict[str, dict[int, np.ndarray]], scan: Any, 
 def _results_json(result: DemoResult, phantom: Any, seed: int) -> dict[str, Any]:
     return {
         "backend": result.backend,
+        "window_prompts": result.window_prompts,
         "phantom": {"seed": seed, "shape": list(phantom.image.shape), "labels": phantom.label_names},
         "dice": "scan space, 2|A&B|/(|A|+|B|); official_* fields: the demo's formula in crop space",
         "rows": [

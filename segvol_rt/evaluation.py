@@ -175,7 +175,7 @@ def _logits(seg: Any) -> np.ndarray:
 
 
 def zoom_space_runner(runtime: Any, text: str | None, box: Any, points: Any, seed: int = 0,
-                      probabilities: bool = False) -> Runner:
+                      probabilities: bool = False, window_prompts: str = "official") -> Runner:
     """``run(zoom_in)`` for prompts already in zoom-out space (:func:`official_prompts`)."""
     from .zoom import Target
 
@@ -183,7 +183,8 @@ def zoom_space_runner(runtime: Any, text: str | None, box: Any, points: Any, see
     target = Target(embedding, box, points, seed)
 
     def run(zoom_in: bool) -> Any:
-        seg = runtime.segment_zoom_space([target], zoom_in=zoom_in, probabilities=probabilities, keep_logits=True)[0]
+        seg = runtime.segment_zoom_space([target], zoom_in=zoom_in, probabilities=probabilities, keep_logits=True,
+                                         window_prompts=window_prompts)[0]
         seg.prompt = _describe(text, box, points, "zoom-out space")
         return seg
 

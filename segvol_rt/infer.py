@@ -58,6 +58,7 @@ class InferOptions:
     split: bool = False
     probabilities: bool = False
     zoom_in: bool = True
+    window_prompts: str = "official"
     reorient: str | None = None
     seed: int = 0
     prompt_from: str | None = None
@@ -100,7 +101,8 @@ def plan_targets(opts: InferOptions) -> list[TargetPlan]:
         raise SegVolError(f"{len(texts)} targets; a multi-label file holds at most {MAX_TARGETS}")
     if opts.reference is not None and len(texts) > 1:
         raise SegVolError("--reference scores one target; give a single --text")
-    common = dict(box=box, points=points, zoom_in=opts.zoom_in, probabilities=opts.probabilities, seed=opts.seed)
+    common = dict(box=box, points=points, zoom_in=opts.zoom_in, probabilities=opts.probabilities, seed=opts.seed,
+                  window_prompts=opts.window_prompts)
     if not texts:
         name = "+".join(k for k, v in (("box", box), ("points", points)) if v is not None)
         return _with_slugs([(name, Request(**common))])
@@ -119,7 +121,8 @@ def _evaluation_target(opts: InferOptions, texts: list[str]) -> TargetPlan:
     parse_label_spec(opts.prompt_from)  # a malformed spec fails before any file is read
     text = texts[0] if texts else None
     name = text or f"label {parse_label_spec(opts.prompt_from)[1]}"
-    req = Request(text=text, zoom_in=opts.zoom_in, probabilities=opts.probabilities, seed=opts.seed)
+    req = Request(text=text, zoom_in=opts.zoom_in, probabilities=opts.probabilities, seed=opts.seed,
+                  window_prompts=opts.window_prompts)
     return _with_slugs([(name, req)])[0]
 
 
@@ -433,7 +436,8 @@ def _segment(rt: Any, scan: Any, opts: InferOptions, targets: Sequence[TargetPla
     for t in targets:
         if source is not None:
             box, points = E.official_prompts(source, opts.prompt_box, opts.prompt_points, opts.seed)
-            run = E.zoom_space_runner(rt, t.request.text, box, points, opts.seed, opts.probabilities)
+            run = E.zoom_space_runner(rt, t.request.text, box, points, opts.seed, opts.probabilities,
+                                      opts.window_prompts)
         else:
             run = E.scan_space_runner(rt, t.request)
         if reference is not None:

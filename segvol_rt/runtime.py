@@ -80,6 +80,13 @@ class Segmentation:
     prompt: str = ""
 
 
+def check_window_prompts(value: str) -> str:
+    """``value`` if it names a zoom-in window-prompt placement, else a :class:`SegVolError`."""
+    if value not in Z.WINDOW_PROMPTS:
+        raise SegVolError(f"window prompts {value!r}: choose {' or '.join(Z.WINDOW_PROMPTS)}")
+    return value
+
+
 @dataclass(frozen=True)
 class Request:
     """One target of :meth:`SegVolRuntime.segment_many` (scan-space prompts)."""
@@ -92,6 +99,10 @@ class Request:
     seed: int = 0
     keep_logits: bool = False
     on_device: bool = False  # keep the outputs on the GPU (cupy) instead of downloading them
+    window_prompts: str = "official"  # or "aligned": see segvol_rt.zoom (scans smaller than a window)
+
+    def __post_init__(self) -> None:
+        check_window_prompts(self.window_prompts)
 
     @classmethod
     def of(cls, item: "Request | Mapping[str, Any] | str") -> "Request":
@@ -179,7 +190,7 @@ class SegVolRuntime:
 
     # -- limits -----------------------------------------------------------------
     def _max_batch(self, graph: str) -> int:
-        return int(self.backend.specs[graph].ranges["B"][2])
+        return self.backend.preferred_batch(graph)
 
     @property
     def max_points(self) -> int:
@@ -339,6 +350,7 @@ class SegVolRuntime:
         seed: int = 0,
         keep_logits: bool = False,
         on_device: bool = False,
+        window_prompts: str = "official",
     ) -> Segmentation:
         """Segment one target of the current volume; prompts in scan voxel indices.
 
@@ -352,8 +364,12 @@ class SegVolRuntime:
             keep_logits: keep the crop-space logits on the result.
             on_device: on a CUDA backend, return the arrays as cupy arrays on
                 the GPU instead of downloading them (no effect on CPU backends).
+            window_prompts: ``"official"`` reproduces the official zoom-in,
+                whose window box/points are misplaced by the padding on scans
+                smaller than a window along an axis; ``"aligned"`` places them
+                on the padded window (identical results on larger scans).
         """
-        req = Request(text, box, points, zoom_in, probabilities, seed, keep_logits, on_device)
+        req = Request(text, box, points, zoom_in, probabilities, seed, keep_logits, on_device, window_prompts)
         return self.segment_many([req])[0]
 
     def segment_many(self, targets: Sequence[Request | Mapping[str, Any] | str]) -> list[Segmentation]:
@@ -373,6 +389,7 @@ class SegVolRuntime:
         zoom_in: bool = True,
         probabilities: bool = False,
         keep_logits: bool = False,
+        window_prompts: str = "official",
     ) -> list[Segmentation]:
         """Segment targets whose box/points are already in **zoom-out** voxel indices
         ``(D, H, W)`` of the current volume (:class:`segvol_rt.zoom.Target`), e.g.
@@ -390,7 +407,9 @@ class SegVolRuntime:
             if t.points_zoom is not None and len(t.points_zoom) > self.max_points:
                 raise SegVolError(f"{len(t.points_zoom)} points given; the artifacts take at most {self.max_points}")
         requests = [
-            Request(zoom_in=zoom_in, probabilities=probabilities, seed=t.seed, keep_logits=keep_logits) for t in targets
+            Request(zoom_in=zoom_in, probabilities=probabilities, seed=t.seed, keep_logits=keep_logits,
+                    window_prompts=window_prompts)
+            for t in targets
         ]
         return self._run(vol, requests, list(targets), Z.Timings()) if requests else []
 
@@ -413,7 +432,9 @@ class SegVolRuntime:
             coarse = [Z.coarse_crop_logits(lg, self.config.spatial_size, vol.crop_image.shape) for lg in low]
         with timings.stage("plan_windows"):
             plans = [
-                Z.plan_zoom_in(t, c, self.config.spatial_size, self.config.spatial_size) if r.zoom_in else None
+                Z.plan_zoom_in(t, c, self.config.spatial_size, self.config.spatial_size, r.window_prompts)
+                if r.zoom_in
+                else None
                 for r, t, c in zip(requests, model_targets, coarse)
             ]
             # "no foreground": the coarse pass has no voxel with sigmoid > 0.5

@@ -25,7 +25,10 @@ with MONAI's ``sliding_window_inference`` as SegVol patched it):
    QUIRK (reproduced): the official pads ``global_preds`` but not the binary
    prompt maps, yet slices both with the padded-space window slices; a map
    slice may therefore be shorter than the window and its box/points are in
-   the unpadded map's indices.
+   the unpadded map's indices. ALIGNED (``window_prompts="aligned"``, not
+   official): the maps are padded like the image, so a window's box and
+   points sit on the voxels they mark. The two differ only where the ROI is
+   smaller than a window along an axis (scans smaller than a window).
    EXTENSION: official asserts box and points are not both given; with both,
    the box comes from the box rule and the points from the point rule.
    RANDOMNESS: official ``select_points`` draws from torch's global RNG; here
@@ -284,6 +287,13 @@ def prompt_maps(
     return cube, points
 
 
+def pad_like_roi(roi_map: np.ndarray, plan: WindowPlan) -> np.ndarray:
+    """An ROI-shaped host map zero-padded as the ROI image is (``plan.pad_before``
+    first, the rest after), so window slices cut it where they cut the image."""
+    pads = [(b, p - s - b) for b, p, s in zip(plan.pad_before, plan.padded_shape, roi_map.shape)]
+    return np.pad(roi_map, pads)
+
+
 def global_preds_box(crop_logits: Any, key: Sequence[int]) -> P.Box:
     """Official ``generate_box(global_preds[window])`` for the window of ``key``:
     ``global_preds`` is ``sigmoid(coarse[ROI]) > 0.5`` zero-padded like the ROI
@@ -301,22 +311,32 @@ def global_preds_box(crop_logits: Any, key: Sequence[int]) -> P.Box:
     return tuple(int(b) + s for b, s in zip(box, shift))  # type: ignore[return-value]
 
 
+WINDOW_PROMPTS = ("official", "aligned")
+
+
 def plan_zoom_in(
     target: Target,
     crop_logits: Any,
     window: Sequence[int],
     zoom_shape: Sequence[int],
+    window_prompts: str = "official",
 ) -> ZoomInPlan | None:
     """ROI, windows and each window's prompts for one target; None without foreground.
 
-    ``crop_logits`` (D, H, W) may be numpy or cupy; only boxes are read back."""
+    ``crop_logits`` (D, H, W) may be numpy or cupy; only boxes are read back.
+    ``window_prompts``: ``"official"`` slices the unpadded prompt maps with
+    padded window slices, as the official code does; ``"aligned"`` pads them
+    like the image first (see the module doc)."""
+    if window_prompts not in WINDOW_PROMPTS:
+        raise ValueError(f"window_prompts must be one of {WINDOW_PROMPTS}, not {window_prompts!r}")
     roi = find_roi(crop_logits, window)
     if roi is None:
         return None
     plan = plan_windows(roi.shape, window)
-    # Official: prompt maps sliced to the ROI but never padded (see module doc).
     # The cube is read only with a single window.
     cube, point_map = prompt_maps(target, zoom_shape, crop_logits.shape, roi, with_cube=len(plan) == 1)
+    if window_prompts == "aligned":
+        cube, point_map = (None if m is None else pad_like_roi(m, plan) for m in (cube, point_map))
     rng = np.random.default_rng(target.seed)
     works = []
     for start in plan.starts:

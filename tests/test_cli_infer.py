@@ -82,6 +82,15 @@ def test_single_target_default_output_beside_the_scan(tmp_path, data, tiny):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.nii.gz", "case_segvol.nii.gz"]
 
 
+def test_aligned_window_prompts(tmp_path, data, tiny):
+    out = tmp_path / "aligned.nii.gz"
+    proc = run_cli(data.scan, "--text", "liver", "--box", BOX, "--artifacts", tiny, "--out", out,
+                   "--window-prompts", "aligned")
+    assert proc.returncode == 0, proc.stderr
+    mask, _ = _nifti(out)
+    assert mask.shape == SHAPE and mask.any()
+
+
 def test_several_targets_multilabel_and_sidecar(tmp_path, data, tiny):
     out = tmp_path / "seg.nii.gz"
     proc = run_cli(data.scan, "--text", "liver", "--text", "left kidney", "--box", BOX, "--artifacts", tiny,
@@ -276,6 +285,7 @@ BAD = {
     "label id absent": ("good", ["--prompt-from", "{labels}:99"], "does not occur"),
     "label spec without id": ("good", ["--prompt-from", "{labels}"], "LABEL.nii.gz:ID"),
     "out is the input": ("good", ["--text", "liver", "--out", "{scan}"], "overwrite the input"),
+    "unknown window prompts": ("good", ["--text", "liver", "--window-prompts", "shifted"], "window prompts"),
 }
 
 

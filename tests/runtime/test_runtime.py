@@ -90,6 +90,7 @@ def test_segment_many_matches_single_calls(rt):
 def test_window_cache_encodes_shared_windows_once(tiny, scan):
     rt = SegVolRuntime.load(tiny[0], backend="onnxruntime", device="cpu")
     counting = CountingBackend(rt.backend)
+    counting.window_batch = 8  # a GPU's choice, capped to the spec's max (4)
     rt.backend = counting
     rt.set_volume(scan)
     a, b = rt.segment_many(["liver", {"box": BOX}])
@@ -265,3 +266,14 @@ def test_clear_caches(tiny, scan):
     rt.clear_caches()
     rt.segment(text="a free phrase")
     assert counting.images == 2 * 7 and counting.calls[S.TEXT_ENCODER] == 2
+
+
+def test_cpu_backends_encode_one_window_per_call(tiny, scan):
+    rt = SegVolRuntime.load(tiny[0], backend="onnxruntime", device="cpu")
+    assert rt.backend.preferred_batch(S.IMAGE_ENCODER) == 1
+    assert rt.backend.preferred_batch(S.PROMPT_DECODER) == rt.backend.specs[S.PROMPT_DECODER].ranges["B"][2]
+    counting = CountingBackend(rt.backend)
+    rt.backend = counting
+    rt.set_volume(scan)
+    rt.segment(text="liver")
+    assert counting.calls[S.IMAGE_ENCODER] == counting.images == 1 + 6

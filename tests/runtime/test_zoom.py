@@ -98,6 +98,42 @@ def test_window_prompts_reproduce_unpadded_map_quirk():
     assert coords[0].tolist() == [0, 20 - plan.roi.lo[1], 20 - plan.roi.lo[2]]
 
 
+def test_aligned_window_prompts_sit_on_the_padded_window():
+    """The same case with ``window_prompts="aligned"``: the box is the cube's box
+    in the padded window, i.e. shifted by the padding, on the voxels it marks."""
+    shape = (16, 64, 64)
+    logits = _logits_with_box(shape, (0, 20, 20), (2, 40, 40))
+    target = Z.Target(None, (0, 20, 20, 2, 40, 40), None)
+    official = Z.plan_zoom_in(target, logits, WINDOW, shape)
+    aligned = Z.plan_zoom_in(target, logits, WINDOW, shape, "aligned")
+    pad = np.array(aligned.plan.pad_before)
+    np.testing.assert_array_equal(aligned.windows[0].coords, official.windows[0].coords + pad)
+    window = np.zeros(WINDOW, np.uint8)  # the cube as the padded window image holds it
+    cube = Z.pad_like_roi(P.binary_cube(target.box_zoom, shape)[aligned.roi.slices], aligned.plan)
+    window[...] = cube[aligned.plan.slices(aligned.plan.starts[0])]
+    assert P.generate_box(window) == tuple(int(v) for v in aligned.windows[0].coords.reshape(-1))
+
+
+def test_window_prompts_agree_when_the_roi_fills_the_window():
+    shape = (32, 128, 128)
+    logits = _logits_with_box(shape, (2, 10, 10), (30, 120, 100))
+    pts = P.Points([[5, 20, 20], [10, 30, 30]], [1, 1])
+    for target in (Z.Target(None, (2, 10, 10, 30, 120, 100), None), Z.Target(None, None, pts, seed=1)):
+        official = Z.plan_zoom_in(target, logits, WINDOW, shape)
+        aligned = Z.plan_zoom_in(target, logits, WINDOW, shape, "aligned")
+        assert official.plan.pad_before == (0, 0, 0)
+        for a, b in zip(official.windows, aligned.windows):
+            np.testing.assert_array_equal(a.coords, b.coords)
+
+
+def test_unknown_window_prompts_is_refused():
+    from segvol_rt.errors import SegVolError
+    from segvol_rt.runtime import Request
+
+    with pytest.raises(SegVolError, match="window prompts"):
+        Request(text="liver", window_prompts="shifted")
+
+
 def test_point_window_prompts_use_global_box_and_seeded_points():
     shape = (32, 128, 128)
     logits = _logits_with_box(shape, (2, 10, 10), (30, 120, 100))
