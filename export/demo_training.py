@@ -3,14 +3,15 @@ from scratch on synthetic phantoms (:mod:`segvol_rt.phantom`), shipped in
 ``segvol_rt/assets/demo`` so ``segvol-rt demo`` and the end-to-end tests have
 a model that really segments without the 700 MB release.
 
-Run (reproducible from the seed; about 50 minutes on 2 CPU cores)::
+Run (about an hour on 2 CPU cores; ``--tokenizer segvol_rt/assets/demo`` reuses
+the shipped token ids, see :func:`reuse_tokenizer`)::
 
-    python -m segvol_rt.export.demo_training --seed 0 --out /tmp/demo_model
+    python -m segvol_rt.export.demo_training --seed 0 --steps 4800 --out /tmp/demo_model
 
 The recipe follows SegVol's supervised training, made small:
 
 * **Model**: :class:`segvol_rt.export.model.segvol.SegVol` with
-  :func:`demo_config` (window 32x128x128, 4x16x16 patches, width 128), and a
+  :func:`demo_config` (window 32x128x128, 4x16x16 patches, width 96), and a
   CLIP-style BPE tokenizer trained here on the prompt template filled with
   SegVol's category names and the phantom organs' synonyms.
 * **Data**: phantoms of :func:`segvol_rt.phantom.random_phantom` (random size,
@@ -22,8 +23,9 @@ The recipe follows SegVol's supervised training, made small:
   over an ROI around the organ, at crop resolution, the image zero outside the
   ROI, as :mod:`segvol_rt.zoom` cuts it).
 * **Steps**: 2 zoom-out views with all 10 organs prompted (one prompt kind
-  each: many targets per image push the decoder to use its prompts) and 2
-  zoom-in windows with 3 prompt kinds for their organ.
+  each: many targets per image push the decoder to use its prompts) and 4
+  zoom-in windows with 3 prompt kinds for their organ (the zoom-in pass sees
+  organs at crop resolution, cut by window borders: it needs the practice).
 * **Init**: MONAI's, except the patch embedding (:func:`init_for_ct`): the
   organ contrasts are about 1% of the normalised range, and the default init
   leaves the encoder blind to them for thousands of steps.
@@ -105,8 +107,24 @@ def build_tokenizer(out_dir: str | os.PathLike[str], vocab_size: int = TOKENIZER
     return train_bpe(tokenizer_corpus(), vocab_size, out_dir)
 
 
-def demo_config(tokenizer: ClipTokenizer, spatial_size: Sequence[int] = (32, 128, 128)) -> SegVolConfig:
-    """The demo architecture: official layout, small sizes; text ids from ``tokenizer``."""
+def reuse_tokenizer(source: str | os.PathLike[str], out_dir: Path) -> ClipTokenizer:
+    """Copy a saved tokenizer's files to ``out_dir`` and load it.
+
+    ``tokenizers``' BPE trainer breaks ties between equally frequent pairs by
+    symbol ids it assigns in hash-map order, so two trainings on the same corpus
+    can number (and rarely choose) tokens differently; reusing the shipped
+    tokenizer makes a rerun see the token ids the shipped model was trained with."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (Path(source) / name).is_file():
+            shutil.copy(Path(source) / name, out_dir / name)
+    return ClipTokenizer.from_dir(out_dir)
+
+
+def demo_config(tokenizer: ClipTokenizer, spatial_size: Sequence[int] = (32, 128, 128), width: int = 96
+                ) -> SegVolConfig:
+    """The demo architecture: official layout, small sizes (``width`` channels in
+    the image encoder and decoder, 4 heads); text ids from ``tokenizer``."""
     text = TextConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=64,
@@ -121,13 +139,13 @@ def demo_config(tokenizer: ClipTokenizer, spatial_size: Sequence[int] = (32, 128
     return SegVolConfig(
         spatial_size=tuple(int(s) for s in spatial_size),
         patch_size=(4, 16, 16),
-        embed_dim=128,
+        embed_dim=width,
         encoder_depth=4,
         encoder_heads=4,
-        encoder_mlp_dim=512,
+        encoder_mlp_dim=4 * width,
         decoder_depth=2,
         decoder_heads=4,
-        decoder_mlp_dim=256,
+        decoder_mlp_dim=2 * width,
         iou_head_hidden_dim=32,
         text=text,
     )
@@ -301,7 +319,7 @@ def zoom_in_view(case: Case, organ: int, window: Sequence[int], rng: np.random.G
 ZOOM_OUT_KINDS = ("text", "text+box", "box", "points", "text+points", "box+points")
 ZOOM_OUT_WEIGHTS = (0.25, 0.25, 0.15, 0.1, 0.1, 0.15)
 ZOOM_IN_KINDS = ("text", "text+box", "box", "points+box", "text+points+box")
-ZOOM_IN_WEIGHTS = (0.25, 0.3, 0.15, 0.15, 0.15)
+ZOOM_IN_WEIGHTS = (0.3, 0.3, 0.15, 0.1, 0.15)
 MAX_POINTS = 8  # point prompts per row in training (1 positive + extras), padded with -1
 
 
@@ -465,14 +483,14 @@ def batch_loss(model: SegVol, tokenizer: ClipTokenizer, views: Sequence[View], r
 
 @dataclass
 class TrainOptions:
-    steps: int = 5000
+    steps: int = 4800
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
     warmup: int = 50
     weight_decay: float = 0.01
     clip: float = 1.0
     zoom_out_views: int = 2
-    zoom_in_views: int = 2
+    zoom_in_views: int = 4
     zoom_out_organs: int = 10
     kinds_per_organ: int = 1
     zoom_in_kinds: int = 3
@@ -649,7 +667,8 @@ def _prepare(graphs: _TorchGraphs, config: SegVolConfig, phantom: Phantom) -> _S
 
 
 def segment_phantom(graphs: _TorchGraphs, config: SegVolConfig, tokenizer: ClipTokenizer, scan: _Scan,
-                    mask: np.ndarray, name: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+                    mask: np.ndarray, name: str, kind: str, window_prompts: str = "aligned"
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Scan-space masks (zoom-out only, zoom-out-zoom-in) of the organ ``mask``
     (scan space) prompted by ``kind`` (its ``name``, its box, a point),
     computed the way :class:`segvol_rt.runtime.SegVolRuntime` computes them."""
@@ -664,7 +683,7 @@ def segment_phantom(graphs: _TorchGraphs, config: SegVolConfig, tokenizer: ClipT
     low = Z.decode_batched(graphs, [scan.embedding], [target.coarse_tokens()], [text], 8, config.embed_dim)[0]
     coarse = Z.coarse_crop_logits(low, config.spatial_size, scan.crop.shape)
     to_scan = lambda logits: np.asarray(scan.pre.geometry.crop_to_scan((logits > 0).astype(np.uint8)))  # noqa: E731
-    plan = Z.plan_zoom_in(target, coarse, config.spatial_size, config.spatial_size)
+    plan = Z.plan_zoom_in(target, coarse, config.spatial_size, config.spatial_size, window_prompts)
     if plan is None:
         return to_scan(coarse), to_scan(coarse)
     fine = coarse.copy()
@@ -674,9 +693,10 @@ def segment_phantom(graphs: _TorchGraphs, config: SegVolConfig, tokenizer: ClipT
 
 
 def evaluate(model: SegVol, tokenizer: ClipTokenizer, phantoms: Sequence[Phantom],
-             kinds: Sequence[str] = EVAL_KINDS, log=print) -> dict[str, Any]:
+             kinds: Sequence[str] = EVAL_KINDS, log=print, window_prompts: str = "aligned") -> dict[str, Any]:
     """Per-organ Dice, zoom-out only and zoom-out-zoom-in, per prompt kind:
-    ``{kind: {"organs": {name: {"zoom_out": mean, "zoom_in": mean}}, "mean": {...}}}``."""
+    ``{kind: {"organs": {name: {"zoom_out": mean, "zoom_in": mean}}, "mean": {...}}}``.
+    ``window_prompts``: the zoom-in window prompt placement (:mod:`segvol_rt.zoom`)."""
     graphs = _TorchGraphs(model)
     scores: dict[str, dict[str, dict[str, list[float]]]] = {k: {} for k in kinds}
     for i, ph in enumerate(phantoms):
@@ -685,7 +705,7 @@ def evaluate(model: SegVol, tokenizer: ClipTokenizer, phantoms: Sequence[Phantom
             truth = ph.labels == organ
             name = PHANTOM_LABELS[organ]
             for kind in kinds:
-                zo, zi = segment_phantom(graphs, model.config, tokenizer, scan, truth, name, kind)
+                zo, zi = segment_phantom(graphs, model.config, tokenizer, scan, truth, name, kind, window_prompts)
                 rec = scores[kind].setdefault(name, {"zoom_out": [], "zoom_in": []})
                 rec["zoom_out"].append(dice(zo, truth))
                 rec["zoom_in"].append(dice(zi, truth))
@@ -745,8 +765,10 @@ def training_report(config: SegVolConfig, params: int, args: dict[str, Any], his
             lines.append(f"| {h['step']} | {h['loss']:.4f} | {cell} |")
     if results:
         n = results.get("phantoms", 0)
-        lines += ["", f"## Dice on {n} held-out phantoms (zoom-out only / zoom-out-zoom-in)", ""]
-        kinds = [k for k in results if k != "phantoms"]
+        lines += ["", f"## Dice on {n} held-out phantoms (zoom-out only / zoom-out-zoom-in)", "",
+                  "Scan space, through the runtime's zoom-out-zoom-in code on the torch model, with"
+                  f" `window_prompts=\"{results.get('window_prompts', 'aligned')}\"` (see `segvol_rt/zoom.py`).", ""]
+        kinds = [k for k in results if k not in ("phantoms", "window_prompts")]
         lines += ["| organ | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
         organs = list(results[kinds[0]]["organs"])
         for organ in organs:
@@ -773,15 +795,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=TrainOptions.warmup)
     parser.add_argument("--weight-decay", type=float, default=TrainOptions.weight_decay)
     parser.add_argument("--spatial-size", type=int, nargs=3, default=(32, 128, 128))
+    parser.add_argument("--width", type=int, default=96, help="image encoder / decoder channels")
+    parser.add_argument("--zoom-in-views", type=int, default=TrainOptions.zoom_in_views,
+                        help="crop-resolution windows per step (3 prompt kinds each)")
     parser.add_argument("--eval-phantoms", type=int, default=6)
     parser.add_argument("--save-every", type=float, default=300.0, help="seconds between checkpoints")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokenizer", default=None, metavar="DIR",
+                        help="reuse this tokenizer (e.g. segvol_rt/assets/demo) instead of training one: the "
+                             "tokenizers trainer numbers tokens in a run-dependent order")
+    parser.add_argument("--window-prompts", choices=Z.WINDOW_PROMPTS, default="aligned",
+                        help="zoom-in window prompt placement of the evaluation")
     parser.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
                         help="only evaluate a saved checkpoint directory; write OUT as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.evaluate:
-        evaluate_checkpoint(args.evaluate, args.eval_phantoms, Path(args.out))
+        evaluate_checkpoint(args.evaluate, args.eval_phantoms, Path(args.out), args.window_prompts)
         return
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -790,15 +820,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     log = _logger()
 
     tok_dir = work / "tokenizer"
-    tokenizer = build_tokenizer(tok_dir)
-    config = demo_config(tokenizer, args.spatial_size)
+    tokenizer = reuse_tokenizer(args.tokenizer, tok_dir) if args.tokenizer else build_tokenizer(tok_dir)
+    config = demo_config(tokenizer, args.spatial_size, args.width)
     model = SegVol(config)
     init_for_ct(model, args.seed)
     params = sum(p.numel() for p in model.parameters())
     log(f"config {json.dumps(config.to_dict())}")
     log(f"parameters {params:,}; tokenizer {tokenizer.vocab_size} ids")
     cases = build_cases(args.seed, args.phantoms, config.spatial_size, args.cache or None, log)
-    opts = replace(TrainOptions(), steps=args.steps, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay)
+    opts = replace(TrainOptions(), steps=args.steps, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
+                   zoom_in_views=args.zoom_in_views)
 
     def snapshot(step: int) -> None:
         export_model(model, tok_dir, work / "latest")
@@ -814,8 +845,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     export_model(model, tok_dir, staging)
     results = None
     if args.eval_phantoms > 0:
-        results = evaluate(model, tokenizer, validation_phantoms(args.eval_phantoms), log=log)
+        results = evaluate(model, tokenizer, validation_phantoms(args.eval_phantoms), log=log,
+                           window_prompts=args.window_prompts)
         results["phantoms"] = args.eval_phantoms
+        results["window_prompts"] = args.window_prompts
         (work / "eval.json").write_text(json.dumps(results, indent=2))
     report = {"argv": list(argv) if argv is not None else __import__("sys").argv[1:], **vars(args)}
     (staging / "TRAINING.md").write_text(
@@ -826,14 +859,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     log(f"wrote {out}")
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike[str], phantoms: int, out: Path) -> dict[str, Any]:
+def evaluate_checkpoint(checkpoint: str | os.PathLike[str], phantoms: int, out: Path,
+                        window_prompts: str = "aligned") -> dict[str, Any]:
     """:func:`evaluate` a saved checkpoint directory (with its tokenizer); results as JSON at ``out``."""
     from .checkpoint import build_model
 
     model, ckpt = build_model(checkpoint)
     tokenizer = ClipTokenizer.from_dir(ckpt.tokenizer_dir or checkpoint)
-    results = evaluate(model, tokenizer, validation_phantoms(phantoms), log=_logger())
+    results = evaluate(model, tokenizer, validation_phantoms(phantoms), log=_logger(), window_prompts=window_prompts)
     results["phantoms"] = phantoms
+    results["window_prompts"] = window_prompts
     out.write_text(json.dumps(results, indent=2))
     return results
 

@@ -47,6 +47,28 @@ def test_tokenizer_fits_config(tokenizer):
     assert ids.max() < cfg.text.vocab_size
 
 
+def test_reused_tokenizer_has_the_shipped_ids(tmp_path):
+    from segvol_rt.demo_model import demo_checkpoint_dir
+    from segvol_rt.tokenizer import ClipTokenizer
+
+    shipped = demo_checkpoint_dir()
+    reused = DT.reuse_tokenizer(shipped, tmp_path / "tok")
+    names = ["liver", "ivc", "gall bladder", "left kidney"]
+    np.testing.assert_array_equal(reused.encode_names(names), ClipTokenizer.from_dir(shipped).encode_names(names))
+    assert (tmp_path / "tok" / "tokenizer.json").read_bytes() == (shipped / "tokenizer.json").read_bytes()
+
+
+def test_shipped_demo_config_is_the_default_recipe():
+    from segvol_rt.demo_model import demo_checkpoint_dir
+    from segvol_rt.export.checkpoint import build_model
+
+    from segvol_rt.tokenizer import ClipTokenizer
+
+    shipped = demo_checkpoint_dir()
+    model, _ = build_model(shipped)
+    assert model.config.to_dict() == DT.demo_config(ClipTokenizer.from_dir(shipped)).to_dict()
+
+
 def test_cases_follow_runtime_geometry(cases):
     case = cases[0]
     assert case.zoom.shape == case.zoom_labels.shape == TINY_WINDOW
