@@ -142,6 +142,20 @@ def test_emulated_gpu_pipeline_matches_cpu(pairs, emulated, volume, mode):
     _same_result(want, got)
 
 
+@pytest.mark.parametrize("mode", ["box", "points", "box+points"])
+def test_emulated_gpu_pipeline_matches_cpu_with_aligned_window_prompts(pairs, emulated, mode):
+    """A scan smaller than a window, where the aligned placement changes the window prompts."""
+    shape, _ = VOLUMES["one_window"]
+    cpu, gpu = pairs["one_window"]
+    prompt = _scale(PROMPTS[mode], shape)
+    want = cpu.segment(**prompt, seed=11, keep_logits=True, window_prompts="aligned")
+    got = gpu.segment(**prompt, seed=11, keep_logits=True, window_prompts="aligned")
+    assert got.zoom_in_applied
+    _same_result(want, got)
+    official = cpu.segment(**prompt, seed=11, keep_logits=True)
+    assert not np.array_equal(official.crop_logits, want.crop_logits)  # the placement matters here
+
+
 def test_emulated_several_targets_share_work_and_match_cpu(tiny, emulated):
     shape = VOLUMES["six_windows"][0]
     cpu, gpu = _runtimes(tiny[0], emulated)
