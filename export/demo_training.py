@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from segvol_rt import prompts as P
 from segvol_rt import zoom as Z
 from segvol_rt.config import SegVolConfig, TextConfig
+from segvol_rt.evaluation import dice
 from segvol_rt.phantom import PHANTOM_LABELS, Phantom, make_phantom, random_phantom
 from segvol_rt.preprocess import preprocess
 from segvol_rt.tokenizer import ClipTokenizer, format_prompt, train_bpe
@@ -284,18 +285,6 @@ def zoom_out_view(case: Case) -> View:
     return View(case.zoom.astype(np.float32), case.zoom_labels, False, 0, (1, 1, 1))
 
 
-def _roi_from_box(box: Sequence[int], shape: Sequence[int], window: Sequence[int]) -> Z.Roi:
-    """:func:`segvol_rt.zoom.find_roi` for a coarse mask whose box is ``box``."""
-    mins, maxs = [], []
-    for axis in range(3):
-        a, b = int(box[axis]), int(box[axis + 3])
-        pad = max(0, int(window[axis]) - (b - a + 1))
-        mins.append(max(0, a - pad // 2))
-        maxs.append(min(int(shape[axis]), b + pad // 2))
-    hi = tuple(min(m + 1, s) for m, s in zip(maxs, shape))
-    return Z.Roi(tuple(mins + maxs), tuple(mins), hi)  # type: ignore[arg-type]
-
-
 def zoom_in_view(case: Case, organ: int, window: Sequence[int], rng: np.random.Generator) -> View:
     """A window of the runtime's zoom-in plan for ``organ``: the ROI comes from
     the organ's crop box with corners moved by up to one zoom-out voxel (the
@@ -305,7 +294,7 @@ def zoom_in_view(case: Case, organ: int, window: Sequence[int], rng: np.random.G
     box = np.array(case.boxes[organ]) + rng.integers(-1, 2, 6) * np.array(scale * 2)
     box = np.clip(box, 0, np.array(shape * 2) - 1)
     box[3:] = np.maximum(box[3:], box[:3])
-    roi = _roi_from_box(box, shape, window)
+    roi = Z.roi_from_box(box, shape, window)
     plan = Z.plan_windows(roi.shape, window)
     start = plan.starts[int(rng.integers(len(plan)))]
     key = Z.window_key(roi, plan, start)
@@ -642,12 +631,6 @@ def _scan_points(mask: np.ndarray) -> P.Points:
     idx = np.argwhere(mask)
     best = idx[np.argmin(((idx - idx.mean(axis=0)) ** 2).sum(axis=1))]
     return P.Points(best[None], np.array([1]))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
 
 
 @dataclass

@@ -158,7 +158,7 @@ def run_demo(out_dir: str | os.PathLike[str], open_runtime: Callable[[], Any], s
     timings = {"phantom": t0 - start, "load": time.perf_counter() - t0}
     scan = read_scan(image_path)
     rt.set_volume(scan.data, scan.affine)
-    rows, masks = _segment_organs(rt, phantom, advance or (lambda _m: None), window_prompts)
+    rows, masks = segment_organs(rt, phantom, advance, window_prompts)
     timings["segment"] = sum(r.seconds for r in rows)
     result = DemoResult(rows, rt.backend_reason, [image_path, labels_path], timings, window_prompts)
     t0 = time.perf_counter()
@@ -171,10 +171,14 @@ def run_demo(out_dir: str | os.PathLike[str], open_runtime: Callable[[], Any], s
     return result
 
 
-def _segment_organs(rt: Any, phantom: Any, advance: Callable[[str], None], window_prompts: str
-                    ) -> tuple[list[DemoRow], dict[str, dict[int, np.ndarray]]]:
+def segment_organs(rt: Any, phantom: Any, advance: Callable[[str], None] | None = None,
+                   window_prompts: str = "aligned") -> tuple[list[DemoRow], dict[str, dict[int, np.ndarray]]]:
+    """Every organ of ``phantom`` (the runtime's current volume) by each of
+    :data:`PROMPT_KINDS`, zoom-out only and zoom-out-zoom-in: a row per organ
+    and kind (scan-space Dice, timing) and the final masks per kind and label."""
     from .runtime import Request
 
+    advance = advance or (lambda _m: None)
     rows: list[DemoRow] = []
     masks: dict[str, dict[int, np.ndarray]] = {k: {} for k in PROMPT_KINDS}
     for label, name in sorted(phantom.label_names.items()):

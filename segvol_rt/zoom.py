@@ -134,16 +134,19 @@ class Roi:
 def find_roi(crop_logits: Any, window: Sequence[int]) -> Roi | None:
     """Official ``logits2roi_coor`` on crop logits (D, H, W); None without foreground."""
     box = ops.positive_box(crop_logits)
-    if box is None:
-        return None
-    size = crop_logits.shape
+    return None if box is None else roi_from_box(box, crop_logits.shape, window)
+
+
+def roi_from_box(box: Sequence[int], size: Sequence[int], window: Sequence[int]) -> Roi:
+    """:func:`find_roi` of a coarse prediction whose inclusive positive box is ``box``
+    ``(d0, h0, w0, d1, h1, w1)`` in a crop of ``size``."""
     mins, maxs = [], []
     for axis in range(3):
         a, b = int(box[axis]), int(box[axis + 3])
         pad = max(0, int(window[axis]) - (b - a + 1))
         mins.append(max(0, a - pad // 2))
-        maxs.append(min(size[axis], b + pad // 2))
-    hi = tuple(min(m + 1, s) for m, s in zip(maxs, size))
+        maxs.append(min(int(size[axis]), b + pad // 2))
+    hi = tuple(min(m + 1, int(s)) for m, s in zip(maxs, size))
     return Roi(tuple(mins + maxs), tuple(mins), hi)  # type: ignore[arg-type]
 
 

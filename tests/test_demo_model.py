@@ -13,15 +13,14 @@ import pytest
 
 pytest.importorskip("torch")
 
-from segvol_rt import evaluation as E  # noqa: E402
-from segvol_rt import prompts as P  # noqa: E402
+from segvol_rt.demo import PROMPT_KINDS as KINDS  # noqa: E402
+from segvol_rt.demo import segment_organs  # noqa: E402
 from segvol_rt.phantom import make_phantom, random_phantom  # noqa: E402
-from segvol_rt.runtime import Request, SegVolRuntime  # noqa: E402
+from segvol_rt.runtime import SegVolRuntime  # noqa: E402
 
 # Two phantoms of the demo's default shape and one of random shape and spacing.
 HELD_OUT = (lambda: make_phantom(90001), lambda: make_phantom(90002),
             lambda: random_phantom(np.random.default_rng([90003])))
-KINDS = ("text", "text+box")
 # Achieved (2026-11-29), mean over 30 organs, zoom-out / zoom-out-zoom-in:
 # text 0.618 / 0.651, text+box 0.695 / 0.765 (with the official window-prompt
 # placement text+box zoom-in falls to 0.565: these phantoms are narrower than
@@ -38,20 +37,10 @@ def demo_runtime(tmp_path_factory):
 
 
 def _dice_rows(rt, phantom):
-    """{kind: [(zoom-out Dice, zoom-out-zoom-in Dice) per organ]} in scan space."""
+    """{kind: [(zoom-out Dice, zoom-out-zoom-in Dice) per organ]} in scan space, as the demo computes them."""
     rt.set_volume(phantom.image.astype(np.float32), phantom.affine)
-    out: dict[str, list[tuple[float, float]]] = {k: [] for k in KINDS}
-    for label, name in sorted(phantom.label_names.items()):
-        truth = phantom.labels == label
-        if not truth.any():
-            continue
-        reference = E.reference_from_mask(truth, rt.geometry, name)
-        for kind in KINDS:
-            box = P.generate_box(truth) if "box" in kind else None
-            request = Request(text=name, box=box, window_prompts="aligned")
-            ev = E.evaluate(E.scan_space_runner(rt, request), reference, zoom_in=True)
-            out[kind].append((ev.scan_zoom_out, float(ev.scan_zoom_in)))
-    return out
+    rows, _ = segment_organs(rt, phantom, window_prompts="aligned")
+    return {k: [(r.dice_zoom_out, r.dice_zoom_in) for r in rows if r.kind == k] for k in KINDS}
 
 
 @pytest.fixture(scope="module")
