@@ -37,8 +37,8 @@ versions, shapes, p50/p90/min and window counts.
 
 Run time on a 2-core CPU (see benchmarks/README.md): ``--config tiny`` about
 1-2 minutes; ``--config official --quick`` about 10 minutes;
-``--config official`` (1 and 5 targets) 30-40 minutes, dominated by
-full-size image encoder calls of about 3-7 s per window. First use of
+``--config official`` (1 and 5 targets, all cases) 1.5-2 hours, dominated
+by full-size image encoder calls of about 3-7 s per window. First use of
 ``official`` adds the export (a few minutes).
 """
 
@@ -242,7 +242,7 @@ def guarded(ctx: Context, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool
         fn(*args, **kwargs)
         return True
     except Exception as exc:  # noqa: BLE001 - one broken backend must not lose the other rows
-        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:300]
+        reason = B.failure_reason(exc)
         ctx.log(f"FAILED {what}: {reason}")
         ctx.report.note(f"{what} failed: {reason}")
         return False

@@ -102,6 +102,22 @@ class Timing:
         }
 
 
+def _time_once(fn: Callable[[], Any], before: Callable[[], Any] | None = None) -> float:
+    """Seconds of one ``fn()`` with the GPU synchronised at both ends; ``before`` runs untimed first."""
+    if before:
+        before()
+    synchronize()
+    t0 = time.perf_counter()
+    fn()
+    synchronize()
+    return time.perf_counter() - t0
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line (at most 300 characters) naming an exception, for report notes."""
+    return " ".join(f"{exc.__class__.__name__}: {exc}".split())[:300]
+
+
 def time_calls(fn: Callable[[], Any], repeat: int, warmup: int, before: Callable[[], Any] | None = None) -> Timing:
     """Run ``fn`` ``warmup`` times untimed, then ``repeat`` times timed.
 
@@ -112,16 +128,7 @@ def time_calls(fn: Callable[[], Any], repeat: int, warmup: int, before: Callable
         if before:
             before()
         fn()
-    samples = []
-    for _ in range(repeat):
-        if before:
-            before()
-        synchronize()
-        t0 = time.perf_counter()
-        fn()
-        synchronize()
-        samples.append(time.perf_counter() - t0)
-    return Timing(samples)
+    return Timing([_time_once(fn, before) for _ in range(repeat)])
 
 
 # -- the report -----------------------------------------------------------------
@@ -671,14 +678,6 @@ class Settings:
     heavy_warmup: int | None = None
 
     @property
-    def batch_repeat(self) -> int:
-        return self.pipeline_repeat
-
-    @property
-    def batch_warmup(self) -> int:
-        return self.pipeline_warmup  # the batch-1 calls before it warmed the session up
-
-    @property
     def pipeline_repeat(self) -> int:
         return self.repeat if self.heavy_repeat is None else self.heavy_repeat
 
@@ -700,7 +699,8 @@ def bench_graphs(report: Report, case: str, label: str, backend: Any, config: An
     max_b = int(backend.specs[S.IMAGE_ENCODER].ranges["B"][2])
     for b in sorted({1, min(8, max_b)}):
         x = xp.asarray(rng.random((b, 1, *window), dtype=np.float32))
-        r, w = (settings.repeat, settings.warmup) if b == 1 else (settings.batch_repeat, settings.batch_warmup)
+        # batch 8 takes pipeline-sized time; the batch-1 calls before it warmed the session up
+        r, w = (settings.repeat, settings.warmup) if b == 1 else (settings.pipeline_repeat, settings.pipeline_warmup)
         t = time_calls(lambda x=x: backend.encode_image(x), r, w)
         report.add(case, label, f"image encoder, batch {b}", t, batch=b)
         del x
@@ -714,10 +714,14 @@ def bench_graphs(report: Report, case: str, label: str, backend: Any, config: An
     report.add(case, label, "decoder (text + box), batch 1", t)
 
 
+def bench_box(config: Any) -> tuple[int, ...]:
+    """The decoder benchmarks' box prompt: the middle half of the window, (d0, h0, w0, d1, h1, w1)."""
+    return tuple(s // 4 for s in config.spatial_size) + tuple(3 * s // 4 for s in config.spatial_size)
+
+
 def decoder_feeds(config: Any, batch: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prompt tokens of a text + box target: box corners then the text token."""
-    D, H, W = config.spatial_size
-    coords = np.array([[D // 4, H // 4, W // 4], [3 * D // 4, 3 * H // 4, 3 * W // 4], [0, 0, 0]], np.float32)
+    coords = np.array([*np.reshape(bench_box(config), (2, 3)), [0, 0, 0]], np.float32)
     labels = np.array([S.LABEL_BOX_MIN, S.LABEL_BOX_MAX, S.LABEL_TEXT], np.int32)
     text = np.random.default_rng(1).standard_normal((batch, config.embed_dim)).astype(np.float32)
     return np.repeat(coords[None], batch, 0), np.repeat(labels[None], batch, 0), text
@@ -786,18 +790,6 @@ def bench_kernels(report: Report, case: str, crop_image: Any, config: Any, setti
         report.add(case, f"kernels ({xp_name})", name, time_calls(fn, settings.repeat, settings.warmup))
 
 
-def reset_volume_caches(runtime: Any) -> None:
-    """Forget the zoom-out and window embeddings of the current volume (not the
-    preprocessing), so a repeated segmentation does all its work again."""
-    clear = getattr(runtime, "clear_caches", None)
-    if callable(clear):
-        clear()
-        return
-    runtime._require_volume().zoom_embedding = None
-    _clear_windows(runtime)
-    runtime._text_cache.clear()
-
-
 _ZOOM_STAGES = ("encode_zoom_out", "decode_zoom_out", "upsample_zoom_out", "plan_windows", "encode_windows",
                 "decode_windows", "blend", "postprocess", "text", "prompts")
 
@@ -825,13 +817,7 @@ def time_interleaved(trials: Sequence[Trial], repeat: int, warmup: int) -> list[
             if isinstance(results[i], BaseException):
                 continue
             try:
-                if trial.before:
-                    trial.before()
-                synchronize()
-                t0 = time.perf_counter()
-                trial.run()
-                synchronize()
-                elapsed = time.perf_counter() - t0
+                elapsed = _time_once(trial.run, trial.before)
             except Exception as exc:  # noqa: BLE001 - the other contenders still count
                 results[i] = exc
                 continue
@@ -846,8 +832,7 @@ def run_trials(report: Report, trials: Sequence[Trial], settings: Settings) -> l
     rows: list[Row | None] = []
     for trial, result in zip(trials, time_interleaved(trials, settings.pipeline_repeat, settings.pipeline_warmup)):
         if isinstance(result, BaseException):
-            reason = " ".join(f"{result.__class__.__name__}: {result}".split())[:300]
-            report.note(f"{trial.label} failed: {reason}")
+            report.note(f"{trial.label} failed: {failure_reason(result)}")
             rows.append(None)
         else:
             rows.append(trial.record(report, result))
@@ -892,7 +877,7 @@ def pipeline_trial(case: str, label: str, runtime: Any, targets: Sequence[Mappin
             report.note(f"{case}: the coarse pass found no foreground; zoom-in did not run")
         return row
 
-    return Trial(f"{case}: {label}", run, record, before=lambda: reset_volume_caches(runtime))
+    return Trial(f"{case}: {label}", run, record, before=runtime.clear_caches)
 
 
 def bench_pipeline(report: Report, case: str, label: str, runtime: Any, targets: Sequence[Mapping[str, Any]],
@@ -1015,8 +1000,7 @@ def bench_official_graphs(report: Report, case: str, wrapper: OfficialStyleModel
         t = time_calls(lambda: model.encode_text(ids()), settings.repeat, settings.warmup)
         report.add(case, label, "text: tokenize + text encoder", t)
         text = model.encode_text(ids())
-        D, H, W = config.spatial_size
-        boxes = torch.tensor([[D // 4, H // 4, W // 4, 3 * D // 4, 3 * H // 4, 3 * W // 4]], dtype=torch.float32).to(dev)
+        boxes = torch.tensor([bench_box(config)], dtype=torch.float32).to(dev)
         t = time_calls(lambda: model.forward_decoder(emb, text, boxes), settings.repeat, settings.warmup)
         report.add(case, label, "decoder (text + box) + upsample, batch 1", t)
         wrapper.phrase = "liver"
