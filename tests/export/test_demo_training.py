@@ -24,6 +24,14 @@ def tokenizer(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def shipped_tokenizer(tmp_path_factory):
+    """The shipped demo tokenizer: fixed token ids, unlike a fresh BPE training."""
+    from segvol_rt.demo_model import demo_checkpoint_dir
+
+    return DT.reuse_tokenizer(demo_checkpoint_dir(), tmp_path_factory.mktemp("shipped_tok"))
+
+
+@pytest.fixture(scope="module")
 def cases():
     phantoms = [make_phantom(s, shape=(72, 72, 24), spacing=(2.5, 2.5, 6.0)) for s in (1, 2)]
     return [DT.make_case(p, TINY_WINDOW) for p in phantoms]
@@ -90,15 +98,18 @@ def test_batches_cover_views_and_prompt_kinds(cases):
             assert all(0 <= a <= b < s for a, b, s in zip(r.box[:3], r.box[3:], TINY_WINDOW))
 
 
-def test_a_few_steps_reduce_the_loss(tokenizer, cases):
+def test_a_few_steps_reduce_the_loss(shipped_tokenizer, cases):
+    # 20 steps on one batch: the loss falls to 0.60-0.65 of its start over seeds 0-5 and
+    # fresh tokenizers (measured); 8 steps reached only 0.77-0.90, too close to a bound.
+    tokenizer = shipped_tokenizer
     torch.manual_seed(0)
     model = SegVol(tiny_config(tokenizer))
-    opts = DT.TrainOptions(steps=8, lr=3e-3, warmup=1)
+    opts = DT.TrainOptions(steps=20, lr=3e-3, warmup=1)
     optimizer = DT.make_optimizer(model, opts)
     views, rows = DT.sample_batch(cases, TINY_WINDOW, np.random.default_rng(0))
     losses = [DT.train_step(model, optimizer, tokenizer, views, rows, opts.lr, opts.clip) for _ in range(opts.steps)]
     assert all(np.isfinite(losses))
-    assert losses[-1] < 0.9 * losses[0]
+    assert losses[-1] < 0.8 * losses[0]
 
 
 def test_learning_rate_schedule():
