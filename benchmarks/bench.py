@@ -311,8 +311,8 @@ def synthetic_case(ctx: Context) -> None:
     ctx.save()
     for n in rest:
         run_targets(ctx, case, rts, some, scan_shape, n, s)
-    if rest and not (ctx.args.quick or ctx.args.no_unshared):
-        n = rest[-1]
+    if targets[-1] > 1 and not (ctx.args.quick or ctx.args.no_unshared):
+        n = targets[-1]
         ctx.log(f"{case}: {n} targets, no shared windows, interleaved")
         trials = [B.pipeline_trial(case, label, rt, B.requests_for(scan_shape, n), shared_windows=False)
                   for label, rt in rts.items()]
@@ -320,7 +320,7 @@ def synthetic_case(ctx: Context) -> None:
         ctx.save()
     pipeline_ratios(ctx, case, targets)
     for rt in rts.values():
-        rt._volume = None  # free the volume; the backends stay open
+        rt.release_volume()  # the backends stay open
 
 
 def run_targets(ctx: Context, case: str, rts: dict[str, Any], some: Any, scan_shape: Sequence[int], n: int,
@@ -431,7 +431,7 @@ def in_process(ctx: Context, case: str, label: str, backend: Any, path: Path, ta
     t = B.time_calls(run, ctx.settings.pipeline_repeat, ctx.settings.pipeline_warmup)
     ctx.report.add(case, label, "read + preprocess + zoom-out-zoom-in + write, 1 target (in process)", t,
                    windows=windows[-1], note="backend already loaded")
-    rt._volume = None
+    rt.release_volume()
     ctx.save()
 
 
@@ -451,7 +451,7 @@ def real_case(ctx: Context) -> None:
     run_targets(ctx, case, rts, some, scan.shape, 1, ctx.settings)
     pipeline_ratios(ctx, case, [1])
     for rt in rts.values():
-        rt._volume = None
+        rt.release_volume()
 
 
 # -- the infer process ----------------------------------------------------------------

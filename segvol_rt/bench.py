@@ -855,7 +855,7 @@ def pipeline_trial(case: str, label: str, runtime: Any, targets: Sequence[Mappin
         segs, encoded, stages = [], 0, {}
         for chunk in calls:
             if not shared_windows:
-                _clear_windows(runtime)
+                runtime.clear_window_cache()
             out = runtime.segment_many(chunk)
             encoded += int(runtime.stats.get("windows_encoded") or 0)
             for k, v in out[0].timings.items():  # one timings dict per call
@@ -884,12 +884,6 @@ def bench_pipeline(report: Report, case: str, label: str, runtime: Any, targets:
                    settings: Settings, shared_windows: bool = True) -> Row | None:
     """:func:`pipeline_trial` timed on its own."""
     return run_trials(report, [pipeline_trial(case, label, runtime, targets, shared_windows)], settings)[0]
-
-
-def _clear_windows(runtime: Any) -> None:
-    from . import zoom as Z
-
-    runtime._require_volume().windows = Z.EmbeddingCache()
 
 
 # -- the official-style torch reference ------------------------------------------------

@@ -274,8 +274,19 @@ class SegVolRuntime:
         phrases (not the preprocessing): the next call does all its work again."""
         if self._volume is not None:
             self._volume.zoom_embedding = None
-            self._volume.windows = Z.EmbeddingCache()
+        self.clear_window_cache()
         self._text_cache.clear()
+
+    def clear_window_cache(self) -> None:
+        """Forget the zoom-in window embeddings only: the next target encodes
+        its windows again, as the official per-target flow does."""
+        if self._volume is not None:
+            self._volume.windows = Z.EmbeddingCache()
+
+    def release_volume(self) -> None:
+        """Drop the current scan, its preprocessed images and embeddings (host
+        or GPU memory); the backend stays open for the next :meth:`set_volume`."""
+        self._volume = None
 
     def _require_volume(self) -> _Volume:
         if self._volume is None:
@@ -519,4 +530,4 @@ class SegVolRuntime:
 
     def close(self) -> None:
         self.backend.close()
-        self._volume = None
+        self.release_volume()

@@ -268,6 +268,29 @@ def test_clear_caches(tiny, scan):
     assert counting.images == 2 * 7 and counting.calls[S.TEXT_ENCODER] == 2
 
 
+def test_clear_window_cache_keeps_zoom_out_and_text(tiny, scan):
+    rt = SegVolRuntime.load(tiny[0], backend="onnxruntime", device="cpu")
+    counting = CountingBackend(rt.backend)
+    rt.backend = counting
+    rt.set_volume(scan)
+    rt.segment(text="a free phrase")
+    rt.clear_window_cache()
+    rt.segment(text="a free phrase")
+    assert counting.images == 1 + 2 * 6 and counting.calls[S.TEXT_ENCODER] == 1
+
+
+def test_release_volume_keeps_the_backend(tiny, scan):
+    rt = SegVolRuntime.load(tiny[0], backend="onnxruntime", device="cpu")
+    rt.set_volume(scan)
+    first = rt.segment(text="liver").mask
+    rt.release_volume()
+    with pytest.raises(SegVolError, match="no volume"):
+        rt.segment(text="liver")
+    assert rt.stats["timings"]  # still usable: stats need no volume
+    rt.set_volume(scan)
+    np.testing.assert_array_equal(rt.segment(text="liver").mask, first)
+
+
 def test_cpu_backends_encode_one_window_per_call(tiny, scan):
     rt = SegVolRuntime.load(tiny[0], backend="onnxruntime", device="cpu")
     assert rt.backend.preferred_batch(S.IMAGE_ENCODER) == 1
