@@ -10,7 +10,9 @@ once; the zoom-out image is encoded lazily once per volume; zoom-in window
 embeddings are cached per volume by window (see :mod:`segvol_rt.zoom`), so
 targets that share windows encode them once. Text embeddings come from the
 artifacts' table for known names (:func:`segvol_rt.vocabulary.normalize_name`)
-and from the text encoder otherwise (cached per phrase).
+and from the text encoder otherwise (cached per phrase). ``release_volume()``
+frees a scan and its embeddings (host or GPU memory) while the backend stays
+open; ``clear_window_cache()`` forgets only the window embeddings.
 
 Spaces: prompts and outputs are in **scan** voxel indices ``(i, j, k)``; the
 pipeline runs in crop / zoom-out space ``(D, H, W)`` (``geometry.py``).
