@@ -141,7 +141,7 @@ def run_demo(out_dir: str | os.PathLike[str], open_runtime: Callable[[], Any], s
              window_prompts: str = "aligned") -> DemoResult:
     """The demo flow of the module docstring, writing into ``out_dir``."""
     from .nifti import read_scan, write_json_sidecar
-    from .runtime import check_window_prompts
+    from .zoom import check_window_prompts
 
     check_window_prompts(window_prompts)
     say = say or (lambda _m: None)

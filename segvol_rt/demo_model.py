@@ -35,8 +35,3 @@ def demo_checkpoint_dir() -> Path:
         )
     return path
 
-
-def demo_training_notes() -> str:
-    """The recipe, training time and Dice of the shipped demo model (TRAINING.md)."""
-    notes = demo_checkpoint_dir() / "TRAINING.md"
-    return notes.read_text(encoding="utf-8") if notes.is_file() else ""

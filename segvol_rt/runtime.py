@@ -82,13 +82,6 @@ class Segmentation:
     prompt: str = ""
 
 
-def check_window_prompts(value: str) -> str:
-    """``value`` if it names a zoom-in window-prompt placement, else a :class:`SegVolError`."""
-    if value not in Z.WINDOW_PROMPTS:
-        raise SegVolError(f"window prompts {value!r}: choose {' or '.join(Z.WINDOW_PROMPTS)}")
-    return value
-
-
 @dataclass(frozen=True)
 class Request:
     """One target of :meth:`SegVolRuntime.segment_many` (scan-space prompts)."""
@@ -104,7 +97,7 @@ class Request:
     window_prompts: str = "official"  # or "aligned": see segvol_rt.zoom (scans smaller than a window)
 
     def __post_init__(self) -> None:
-        check_window_prompts(self.window_prompts)
+        Z.check_window_prompts(self.window_prompts)
 
     @classmethod
     def of(cls, item: "Request | Mapping[str, Any] | str") -> "Request":

@@ -69,6 +69,7 @@ import numpy as np
 from . import ops, ops_extra
 from . import prompts as P
 from .arrays import to_host
+from .errors import SegVolError
 
 Vec3 = tuple[int, int, int]
 OVERLAP = 0.5
@@ -317,6 +318,13 @@ def global_preds_box(crop_logits: Any, key: Sequence[int]) -> P.Box:
 WINDOW_PROMPTS = ("official", "aligned")
 
 
+def check_window_prompts(value: str) -> str:
+    """``value`` if it names a zoom-in window-prompt placement, else a :class:`SegVolError`."""
+    if value not in WINDOW_PROMPTS:
+        raise SegVolError(f"window prompts {value!r}: choose {' or '.join(WINDOW_PROMPTS)}")
+    return value
+
+
 def plan_zoom_in(
     target: Target,
     crop_logits: Any,
@@ -330,8 +338,7 @@ def plan_zoom_in(
     ``window_prompts``: ``"official"`` slices the unpadded prompt maps with
     padded window slices, as the official code does; ``"aligned"`` pads them
     like the image first (see the module doc)."""
-    if window_prompts not in WINDOW_PROMPTS:
-        raise ValueError(f"window_prompts must be one of {WINDOW_PROMPTS}, not {window_prompts!r}")
+    check_window_prompts(window_prompts)
     roi = find_roi(crop_logits, window)
     if roi is None:
         return None

@@ -57,6 +57,15 @@ class CountingBackend(Backend):
         return self.inner._run(graph, feeds)
 
 
+def counting_runtime(tiny, scan) -> tuple[SegVolRuntime, CountingBackend]:
+    """An ORT CPU runtime on ``scan`` whose backend counts graph calls."""
+    rt = SegVolRuntime.load(tiny[0], backend="onnxruntime", device="cpu")
+    counting = CountingBackend(rt.backend)
+    rt.backend = counting
+    rt.set_volume(scan)
+    return rt, counting
+
+
 # -- the API -------------------------------------------------------------------------
 
 
@@ -88,11 +97,8 @@ def test_segment_many_matches_single_calls(rt):
 
 
 def test_window_cache_encodes_shared_windows_once(tiny, scan):
-    rt = SegVolRuntime.load(tiny[0], backend="onnxruntime", device="cpu")
-    counting = CountingBackend(rt.backend)
+    rt, counting = counting_runtime(tiny, scan)
     counting.window_batch = 8  # a GPU's choice, capped to the spec's max (4)
-    rt.backend = counting
-    rt.set_volume(scan)
     a, b = rt.segment_many(["liver", {"box": BOX}])
     assert a.roi == b.roi and a.n_windows == b.n_windows == 6  # same ROI -> same windows
     # zoom-out image once, the 6 shared windows once, in batches of the spec's max (4)
@@ -257,26 +263,19 @@ def test_load_verifies_hashes(tiny, tmp_path):
         SegVolRuntime.load(copy, backend="onnxruntime", device="cpu")
 
 
-def test_clear_caches(tiny, scan):
-    rt = SegVolRuntime.load(tiny[0], backend="onnxruntime", device="cpu")
-    counting = CountingBackend(rt.backend)
-    rt.backend = counting
-    rt.set_volume(scan)
+@pytest.mark.parametrize(
+    "clear, images, text_calls",
+    [
+        ("clear_caches", 2 * 7, 2),  # zoom-out, 6 windows and the phrase again
+        ("clear_window_cache", 1 + 2 * 6, 1),  # only the 6 windows again
+    ],
+)
+def test_clearing_caches_redoes_that_work(tiny, scan, clear, images, text_calls):
+    rt, counting = counting_runtime(tiny, scan)
     rt.segment(text="a free phrase")
-    rt.clear_caches()
+    getattr(rt, clear)()
     rt.segment(text="a free phrase")
-    assert counting.images == 2 * 7 and counting.calls[S.TEXT_ENCODER] == 2
-
-
-def test_clear_window_cache_keeps_zoom_out_and_text(tiny, scan):
-    rt = SegVolRuntime.load(tiny[0], backend="onnxruntime", device="cpu")
-    counting = CountingBackend(rt.backend)
-    rt.backend = counting
-    rt.set_volume(scan)
-    rt.segment(text="a free phrase")
-    rt.clear_window_cache()
-    rt.segment(text="a free phrase")
-    assert counting.images == 1 + 2 * 6 and counting.calls[S.TEXT_ENCODER] == 1
+    assert counting.images == images and counting.calls[S.TEXT_ENCODER] == text_calls
 
 
 def test_release_volume_keeps_the_backend(tiny, scan):
@@ -292,11 +291,9 @@ def test_release_volume_keeps_the_backend(tiny, scan):
 
 
 def test_cpu_backends_encode_one_window_per_call(tiny, scan):
-    rt = SegVolRuntime.load(tiny[0], backend="onnxruntime", device="cpu")
-    assert rt.backend.preferred_batch(S.IMAGE_ENCODER) == 1
-    assert rt.backend.preferred_batch(S.PROMPT_DECODER) == rt.backend.specs[S.PROMPT_DECODER].ranges["B"][2]
-    counting = CountingBackend(rt.backend)
-    rt.backend = counting
-    rt.set_volume(scan)
+    rt, counting = counting_runtime(tiny, scan)
+    ort = counting.inner
+    assert ort.preferred_batch(S.IMAGE_ENCODER) == 1
+    assert ort.preferred_batch(S.PROMPT_DECODER) == ort.specs[S.PROMPT_DECODER].ranges["B"][2]
     rt.segment(text="liver")
     assert counting.calls[S.IMAGE_ENCODER] == counting.images == 1 + 6
