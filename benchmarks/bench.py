@@ -24,7 +24,7 @@ What runs, per case and backend (every backend that can run here):
 The model (``--config``): ``official`` is SegVol's full size (180.9 M
 parameters) with random weights, ``tiny`` a few-kB model of the same
 architecture, ``demo`` the shipped demo model. Random models get a decoder
-edit that makes the coarse prediction a fixed box (``segvol_rt.bench.blob_model``)
+edit that makes the coarse prediction a fixed box (``segvol_rt.export.bench_model.blob_model``)
 so each target runs 6 zoom-in windows on the synthetic case, as in the
 reference figures; the targets then share their ROI, which the runtime's
 window cache exploits - the ``no shared windows`` rows show the cost when
@@ -55,9 +55,34 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from segvol_rt.export.bench_model import default_cache_dir, prepare_bench_model
+from segvol_rt.export.bench_reference import (
+    OfficialStyleModel,
+    bench_official_graphs,
+    official_trial,
+)
 
-from segvol_rt import bench as B
 from segvol_rt._optional import available
+from segvol_rt.app.bench import (
+    BACKEND_CHOICES,
+    capped_backend,
+    open_backends,
+    torch_device,
+)
+from segvol_rt.bench.machine import machine_info
+from segvol_rt.bench.report import Report
+from segvol_rt.bench.scans import requests_for, scaled_crop, synthetic_scan, write_scan
+from segvol_rt.bench.stages import (
+    Settings,
+    bench_graphs,
+    bench_io,
+    bench_kernels,
+    bench_text_lookup,
+    decoder_feeds,
+    pipeline_trial,
+    run_trials,
+)
+from segvol_rt.bench.timing import failure_reason, synchronize, time_calls
 from segvol_rt.errors import SegVolError
 
 CASES = ("synthetic", "raw", "real")
@@ -77,7 +102,7 @@ PREPROCESS_OVER_READ = 1.5
 # not there: read, load, preprocess, segment one target, write the mask.
 API_INFER = """
 import sys
-from segvol_rt.nifti import read_scan, write_mask
+from segvol_rt.io.nifti import read_scan, write_mask
 from segvol_rt.runtime import SegVolRuntime
 artifacts, scan_path, out, backend, device, text, box = sys.argv[1:8]
 rt = SegVolRuntime.load(artifacts, backend=backend, device=device)
@@ -99,7 +124,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--config", choices=("official", "tiny", "demo"), default="tiny", help="model size (default tiny)")
     p.add_argument("--artifacts", help="reuse this artifacts directory instead of the cached benchmark model")
     p.add_argument("--checkpoint", help="the checkpoint of --artifacts (for the torch rows)")
-    p.add_argument("--cache-dir", default=None, help=f"where benchmark models and scans are kept (default {B.default_cache_dir()})")
+    p.add_argument("--cache-dir", default=None, help=f"where benchmark models and scans are kept (default {default_cache_dir()})")
     p.add_argument("--rebuild", action="store_true", help="export the benchmark model again")
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
@@ -137,8 +162,8 @@ class Context:
     """Everything one benchmark run shares."""
 
     args: argparse.Namespace
-    report: B.Report
-    settings: B.Settings
+    report: Report
+    settings: Settings
     artifacts: Any
     checkpoint: Path | None
     work: Path
@@ -164,7 +189,7 @@ class Context:
 # -- setup ------------------------------------------------------------------------------
 
 
-def default_settings(args: argparse.Namespace, gpu: bool) -> B.Settings:
+def default_settings(args: argparse.Namespace, gpu: bool) -> Settings:
     """Repeats by model size and device: full-size windows take seconds on a CPU."""
     slow = args.config == "official" and not gpu
     if args.quick:
@@ -175,21 +200,21 @@ def default_settings(args: argparse.Namespace, gpu: bool) -> B.Settings:
         base = (3, 1, 1, 0) if slow else (10, 2, 5, 1)
     given = (args.repeat, args.warmup, args.pipeline_repeat, args.pipeline_warmup)
     r, w, pr, pw = (g if g is not None else d for g, d in zip(given, base))
-    return B.Settings(repeat=r, warmup=w, heavy_repeat=pr, heavy_warmup=pw)
+    return Settings(repeat=r, warmup=w, heavy_repeat=pr, heavy_warmup=pw)
 
 
 def resolve_model(args: argparse.Namespace, log: Any) -> tuple[Path, Path | None, dict[str, Any]]:
     if args.artifacts:
         ckpt = Path(args.checkpoint) if args.checkpoint else None
         return Path(args.artifacts), ckpt, {"config": "given", "artifacts": args.artifacts}
-    bm = B.prepare_bench_model(args.config, args.cache_dir, seed=args.seed, rebuild=args.rebuild, log=log)
+    bm = prepare_bench_model(args.config, args.cache_dir, seed=args.seed, rebuild=args.rebuild, log=log)
     return bm.artifacts, bm.checkpoint, bm.info
 
 
 def open_all(ctx: Context) -> None:
     """Open every requested backend that can run; build the torch model once
     for both torch modes."""
-    labels = [b for b in ctx.args.backends if b in B.BACKEND_CHOICES]
+    labels = [b for b in ctx.args.backends if b in BACKEND_CHOICES]
     model = None
     wants_torch = {"torch-pipeline", "torch-official"} & set(ctx.args.backends)
     if wants_torch:
@@ -201,17 +226,17 @@ def open_all(ctx: Context) -> None:
             from segvol_rt.export.checkpoint import build_model
 
             model, _ = build_model(ctx.checkpoint)
-            device = B.torch_device(ctx.args.torch_device)
+            device = torch_device(ctx.args.torch_device)
             model = model.to(device).eval()
             if "torch-official" in ctx.args.backends:
-                ctx.official = B.OfficialStyleModel(model, ctx.tokenizer, ctx.artifacts.prompt_template, device)
+                ctx.official = OfficialStyleModel(model, ctx.tokenizer, ctx.artifacts.prompt_template, device)
     if model is None:
         labels = [b for b in labels if b != "torch-pipeline"]
-    ctx.backends = B.open_backends(ctx.artifacts, labels, ctx.checkpoint, model, ctx.log, ctx.args.threads)
+    ctx.backends = open_backends(ctx.artifacts, labels, ctx.checkpoint, model, ctx.log, ctx.args.threads)
     for n in ctx.args.window_batch:
         for label, backend in list(ctx.backends.items()):
             if " windows/call" not in label:
-                ctx.backends[f"{label}, {n} windows/call"] = B.capped_backend(backend, n)
+                ctx.backends[f"{label}, {n} windows/call"] = capped_backend(backend, n)
 
 
 def prime(ctx: Context) -> None:
@@ -232,7 +257,7 @@ def prime(ctx: Context) -> None:
         ctx.log(f"priming torch official-style ({ctx.official.device})")
         ctx.official.phrase = "liver"
         ctx.official(torch.from_numpy(x), torch.zeros(1, ctx.config.embed_dim))
-    B.synchronize()
+    synchronize()
 
 
 def guarded(ctx: Context, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
@@ -242,7 +267,7 @@ def guarded(ctx: Context, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool
         fn(*args, **kwargs)
         return True
     except Exception as exc:  # noqa: BLE001 - one broken backend must not lose the other rows
-        reason = B.failure_reason(exc)
+        reason = failure_reason(exc)
         ctx.log(f"FAILED {what}: {reason}")
         ctx.report.note(f"{what} failed: {reason}")
         return False
@@ -250,7 +275,7 @@ def guarded(ctx: Context, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool
 
 def _prime_backend(backend: Any, config: Any, x: np.ndarray, ids: np.ndarray) -> None:
     xp = backend.xp
-    coords, labels, text = (xp.asarray(a) for a in B.decoder_feeds(config))
+    coords, labels, text = (xp.asarray(a) for a in decoder_feeds(config))
     emb = backend.encode_image(xp.asarray(x))
     backend.decode(emb, coords, labels, text)
     backend.encode_text(ids)
@@ -273,11 +298,11 @@ def runtimes_for(ctx: Context, data: np.ndarray, affine: np.ndarray) -> dict[str
 def synthetic_case(ctx: Context) -> None:
     """Phantom scan whose crop is the official demo's (scaled to the window)."""
     cfg = ctx.config
-    crop = B.scaled_crop(cfg.spatial_size)
+    crop = scaled_crop(cfg.spatial_size)
     scan_shape = crop[::-1]
     case = "synthetic " + "x".join(map(str, crop))
     ctx.log(f"{case}: making the scan {scan_shape}")
-    ph, image = B.synthetic_scan(scan_shape, ctx.args.seed)
+    ph, image = synthetic_scan(scan_shape, ctx.args.seed)
     data = np.asfortranarray(image, dtype=np.float32)
     rts = runtimes_for(ctx, data, ph.affine)
     some = next(iter(rts.values()), None)
@@ -296,27 +321,27 @@ def synthetic_case(ctx: Context) -> None:
         if _capped(label) or ctx.args.pipelines_only:
             continue
         ctx.log(f"{case}: {label}: graphs")
-        guarded(ctx, f"{case}: {label}: graphs", B.bench_graphs,
+        guarded(ctx, f"{case}: {label}: graphs", bench_graphs,
                 ctx.report, case, label, backend, cfg, ctx.tokenizer, s, ctx.artifacts.prompt_template)
         ctx.save()
     if ctx.official is not None and not ctx.args.pipelines_only:
         ctx.log(f"{case}: torch official-style: per-window pieces")
-        guarded(ctx, f"{case}: official-style pieces", B.bench_official_graphs, ctx.report, case, ctx.official, cfg, s)
+        guarded(ctx, f"{case}: official-style pieces", bench_official_graphs, ctx.report, case, ctx.official, cfg, s)
     if some is not None and not ctx.args.pipelines_only:
-        B.bench_text_lookup(ctx.report, case, some, s)
+        bench_text_lookup(ctx.report, case, some, s)
         ctx.log(f"{case}: kernels")
-        B.bench_kernels(ctx.report, case, some.crop_image, cfg, s, "numpy")
+        bench_kernels(ctx.report, case, some.crop_image, cfg, s, "numpy")
         if any(l in GPU_BACKENDS for l in ctx.backends) and available("cupy"):
-            guarded(ctx, f"{case}: cupy kernels", B.bench_kernels, ctx.report, case, some.crop_image, cfg, s, "cupy")
+            guarded(ctx, f"{case}: cupy kernels", bench_kernels, ctx.report, case, some.crop_image, cfg, s, "cupy")
     ctx.save()
     for n in rest:
         run_targets(ctx, case, rts, some, scan_shape, n, s)
     if targets[-1] > 1 and not (ctx.args.quick or ctx.args.no_unshared):
         n = targets[-1]
         ctx.log(f"{case}: {n} targets, no shared windows, interleaved")
-        trials = [B.pipeline_trial(case, label, rt, B.requests_for(scan_shape, n), shared_windows=False)
+        trials = [pipeline_trial(case, label, rt, requests_for(scan_shape, n), shared_windows=False)
                   for label, rt in rts.items()]
-        B.run_trials(ctx.report, trials, s)
+        run_trials(ctx.report, trials, s)
         ctx.save()
     pipeline_ratios(ctx, case, targets)
     for rt in rts.values():
@@ -324,15 +349,15 @@ def synthetic_case(ctx: Context) -> None:
 
 
 def run_targets(ctx: Context, case: str, rts: dict[str, Any], some: Any, scan_shape: Sequence[int], n: int,
-                s: B.Settings) -> None:
+                s: Settings) -> None:
     """Zoom-out-zoom-in of ``n`` targets on every backend and the official-style
     flow, timed in interleaved rounds (all contenders see the same machine load)."""
-    targets = B.requests_for(scan_shape, n)
-    trials = [B.pipeline_trial(case, label, rt, targets) for label, rt in rts.items()]
+    targets = requests_for(scan_shape, n)
+    trials = [pipeline_trial(case, label, rt, targets) for label, rt in rts.items()]
     if ctx.official is not None and some is not None:
-        trials.append(B.official_trial(case, ctx.official, some, targets))
+        trials.append(official_trial(case, ctx.official, some, targets))
     ctx.log(f"{case}: {n} target(s), interleaved: " + ", ".join(t.label.split(": ", 1)[1] for t in trials))
-    B.run_trials(ctx.report, trials, s)
+    run_trials(ctx.report, trials, s)
     ctx.save()
 
 
@@ -382,24 +407,24 @@ def raw_case(ctx: Context) -> None:
     path = ctx.work / f"raw_{'x'.join(map(str, shape))}_seed{ctx.args.seed}.nii.gz"
     if not path.is_file():
         ctx.log(f"{case}: writing {path}")
-        ph, _ = B.synthetic_scan(shape, ctx.args.seed, fill_air=False)
-        B.write_scan(path, ph)
+        ph, _ = synthetic_scan(shape, ctx.args.seed, fill_air=False)
+        write_scan(path, ph)
     ctx.log(f"{case}: read / preprocess / write")
-    io = B.bench_io(ctx.report, case, path, ctx.config.spatial_size, ctx.settings, ctx.work)
+    io = bench_io(ctx.report, case, path, ctx.config.spatial_size, ctx.settings, ctx.work)
     ctx.report.cases[case] = {**io, "window": list(ctx.config.spatial_size), "note": "phantom, int16, gzip"}
     ctx.save()
-    target = B.requests_for(shape, 1)[0]
+    target = requests_for(shape, 1)[0]
     exe, how = infer_command(ctx)
     ctx.report.cases[case]["infer"] = how
     for label in ctx.backends:
-        name, device = B.BACKEND_CHOICES.get(label, (None, None))
+        name, device = BACKEND_CHOICES.get(label, (None, None))
         if name is None or name == "torch":
             continue  # the torch backend needs the checkpoint; its numbers come from the in-process rows
         out = ctx.work / "infer_mask.nii.gz"
         cmd = build_infer(ctx, exe, path, out, name, device, target)
         ctx.log(f"{case}: {label}: {how} as a subprocess")
         try:
-            t = B.time_calls(lambda: run_process(cmd), ctx.settings.pipeline_repeat, ctx.settings.pipeline_warmup)
+            t = time_calls(lambda: run_process(cmd), ctx.settings.pipeline_repeat, ctx.settings.pipeline_warmup)
         except SegVolError as exc:
             ctx.report.note(f"{case}: {label}: the infer process failed: {exc}")
             continue
@@ -413,7 +438,7 @@ def raw_case(ctx: Context) -> None:
 
 def in_process(ctx: Context, case: str, label: str, backend: Any, path: Path, target: dict[str, Any]) -> None:
     """Read, preprocess, zoom-out-zoom-in and write in this process (loaded backend)."""
-    from segvol_rt.nifti import read_scan, write_mask
+    from segvol_rt.io.nifti import read_scan, write_mask
     from segvol_rt.runtime import SegVolRuntime
 
     rt = SegVolRuntime(ctx.artifacts, backend, label)
@@ -428,7 +453,7 @@ def in_process(ctx: Context, case: str, label: str, backend: Any, path: Path, ta
         write_mask(out, seg.mask, scan)
 
     ctx.log(f"{case}: {label}: in-process read to write")
-    t = B.time_calls(run, ctx.settings.pipeline_repeat, ctx.settings.pipeline_warmup)
+    t = time_calls(run, ctx.settings.pipeline_repeat, ctx.settings.pipeline_warmup)
     ctx.report.add(case, label, "read + preprocess + zoom-out-zoom-in + write, 1 target (in process)", t,
                    windows=windows[-1], note="backend already loaded")
     rt.release_volume()
@@ -440,7 +465,7 @@ def real_case(ctx: Context) -> None:
     if not REAL_CT.is_file():
         ctx.report.note(f"real CT case skipped: {REAL_CT} not present")
         return
-    from segvol_rt.nifti import read_scan
+    from segvol_rt.io.nifti import read_scan
 
     scan = read_scan(REAL_CT)
     case = f"real CT {REAL_CT.name}"
@@ -497,10 +522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.targets = [1] if args.quick else [1, 5]
     if args.quick and "raw" in args.cases and args.config == "official":
         args.cases = [c for c in args.cases if c != "raw"]
-    from segvol_rt.artifacts import Artifacts
+    from segvol_rt.io.artifacts import Artifacts
 
-    report = B.Report(f"segvol-rt benchmark, config {args.config}")
-    report.meta.update(B.machine_info())
+    report = Report(f"segvol-rt benchmark, config {args.config}")
+    report.meta.update(machine_info())
     if args.threads and available("torch"):
         import torch
 
@@ -512,9 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SegVolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    work = Path(args.cache_dir) if args.cache_dir else B.default_cache_dir()
+    work = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     work.mkdir(parents=True, exist_ok=True)
-    ctx = Context(args, report, B.Settings(), arts, checkpoint, work)
+    ctx = Context(args, report, Settings(), arts, checkpoint, work)
     ctx.tokenizer = arts.tokenizer()
     open_all(ctx)
     gpu = any(l in GPU_BACKENDS for l in ctx.backends) or (ctx.official is not None and ctx.official.device == "cuda")

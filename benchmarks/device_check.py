@@ -4,7 +4,7 @@
 
 1. **tests**: the GPU parametrisations of tests/runtime/test_kernels.py and
    the compile tests (pytest, in a subprocess);
-2. **twins**: every kernel (through segvol_rt.gpu_ops) against its NumPy twin
+2. **twins**: every kernel (through segvol_rt.ops.cuda) against its NumPy twin
    at realistic sizes - a CT scan, its crop, zoom-out and window volumes -
    with max errors and mismatch counts (exact everywhere but sigmoid);
 3. **timing**: each GPU op at those sizes (CUDA events, warm-up, median of
@@ -88,7 +88,7 @@ class Env:
     """The device under test: cupy + real kernels, or numpy + the CPU emulator."""
 
     def __init__(self, emulate: bool):
-        from segvol_rt import gpu_ops
+        from segvol_rt.ops import cuda as gpu_ops
 
         self.emulated = emulate
         if emulate:
@@ -207,7 +207,8 @@ def workload(small: bool, seed: int = 0) -> dict[str, Any]:
 
 def cases(w: dict[str, Any]) -> list[dict[str, Any]]:
     """name, GPU call (on device arrays), NumPy twin call, bytes moved, exactness."""
-    from segvol_rt import gpu_ops, ops, ops_extra
+    from segvol_rt import ops
+    from segvol_rt.ops import cuda as gpu_ops
 
     crop_box = (2, 3, 4) + tuple(w["crop"].shape)  # the foreground box inside the padded scan
     n_crop = int(np.prod(w["crop"].shape))
@@ -246,15 +247,15 @@ def cases(w: dict[str, Any]) -> list[dict[str, Any]]:
              bytes=4 * (int(np.prod(w["padded"])) + w["windows"].size)),
         dict(name="blend_windows_box ROI (unpadded)", arrays=("windows",),
              gpu=lambda a: gpu_ops.blend_windows_box(a, w["starts"], w["padded"], w["unpad_box"]),
-             ref=lambda a: ops_extra.blend_windows_box(a, w["starts"], w["padded"], w["unpad_box"]),
+             ref=lambda a: ops.blend_windows_box(a, w["starts"], w["padded"], w["unpad_box"]),
              bytes=4 * (int(np.prod(w["padded"])) + w["windows"].size)),
         dict(name="scan_mask crop+ROI -> scan (perm 2,1,0)", arrays=("crop_logits", "roi_logits"),
              gpu=lambda a, r: gpu_ops.scan_mask(a, scan, (2, 1, 0), (False,) * 3, w["origin"], r, w["roi_start"]),
-             ref=lambda a, r: ops_extra.scan_mask(a, scan, (2, 1, 0), (False,) * 3, w["origin"], r, w["roi_start"]),
+             ref=lambda a, r: ops.scan_mask(a, scan, (2, 1, 0), (False,) * 3, w["origin"], r, w["roi_start"]),
              bytes=n_scan + 4 * n_crop),
         dict(name="scan_mask with flips (perm 2,1,0, flip D,W)", arrays=("crop_logits",),
              gpu=lambda a: gpu_ops.scan_mask(a, scan, (2, 1, 0), (True, False, True), w["origin"]),
-             ref=lambda a: ops_extra.scan_mask(a, scan, (2, 1, 0), (True, False, True), w["origin"]),
+             ref=lambda a: ops.scan_mask(a, scan, (2, 1, 0), (True, False, True), w["origin"]),
              bytes=n_scan + 4 * n_crop),
     ]
 
@@ -311,7 +312,7 @@ def torch_reference(env: Env, case: dict[str, Any], host: list[np.ndarray], gpu_
 
 
 def run_cases(env: Env, small: bool) -> list[dict[str, Any]]:
-    from segvol_rt import gpu_ops
+    from segvol_rt.ops import cuda as gpu_ops
 
     w = workload(small)
     results = []
@@ -422,11 +423,11 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _phantom(small: bool) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], np.ndarray | None]:
-    """A synthetic CT (segvol_rt.phantom if present, else an ellipsoid) and a box
+    """A synthetic CT (segvol_rt.demo.phantom if present, else an ellipsoid) and a box
     prompt around one organ, in scan voxels."""
     shape = (96, 96, 48) if small else (256, 256, 96)
     try:
-        from segvol_rt.phantom import make_phantom
+        from segvol_rt.demo.phantom import make_phantom
 
         ph = make_phantom(0, shape)
         name = next(iter(ph.label_names.values()))

@@ -25,8 +25,8 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import secrets
+import shutil
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from segvol_rt.export.model.segvol import SegVol
 
-from segvol_rt.config import SegVolConfig
 from segvol_rt.errors import SegVolError
-
-from .model.segvol import SegVol
+from segvol_rt.io.config import SegVolConfig
 
 FORMAT_PTH = "pth"
 FORMAT_HF = "hf"

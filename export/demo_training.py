@@ -1,5 +1,5 @@
 """Train the demo SegVol: a small model of the official architecture, trained
-from scratch on synthetic phantoms (:mod:`segvol_rt.phantom`), shipped in
+from scratch on synthetic phantoms (:mod:`segvol_rt.demo.phantom`), shipped in
 ``segvol_rt/assets/demo`` so ``segvol-rt demo`` and the end-to-end tests have
 a model that really segments without the 700 MB release.
 
@@ -14,14 +14,14 @@ The recipe follows SegVol's supervised training, made small:
   :func:`demo_config` (window 32x128x128, 4x16x16 patches, width 96), and a
   CLIP-style BPE tokenizer trained here on the prompt template filled with
   SegVol's category names and the phantom organs' synonyms.
-* **Data**: phantoms of :func:`segvol_rt.phantom.random_phantom` (random size,
+* **Data**: phantoms of :func:`segvol_rt.demo.phantom.random_phantom` (random size,
   spacing, RAS/LPS storage), run through the runtime's own
-  :func:`segvol_rt.preprocess.preprocess`; labels follow the same geometry
+  :func:`segvol_rt.pipeline.preprocess.preprocess`; labels follow the same geometry
   (swap, pad, crop, nearest-exact zoom-out). Cached once (``--cache``).
 * **Views**: *zoom-out* (the whole crop resized to the window, as the coarse
   pass sees it) and *zoom-in* (a window of the runtime's sliding-window plan
   over an ROI around the organ, at crop resolution, the image zero outside the
-  ROI, as :mod:`segvol_rt.zoom` cuts it).
+  ROI, as :mod:`segvol_rt.pipeline.zoom` cuts it).
 * **Steps**: 2 zoom-out views with all 10 organs prompted (one prompt kind
   each: many targets per image push the decoder to use its prompts) and 4
   zoom-in windows with 3 prompt kinds for their organ (the zoom-in pass sees
@@ -43,8 +43,8 @@ The recipe follows SegVol's supervised training, made small:
   ``--seed`` (data from ``[seed, 1]``, step ``s`` from ``[seed, 2, s]``).
 
 :func:`evaluate` measures per-organ Dice on held-out phantoms with the
-runtime's own zoom-out-zoom-in code (:mod:`segvol_rt.zoom`, prompts mapped by
-:func:`segvol_rt.prompts.to_model_space`) on the torch model.
+runtime's own zoom-out-zoom-in code (:mod:`segvol_rt.pipeline.zoom`, prompts mapped by
+:func:`segvol_rt.pipeline.prompts.to_model_space`) on the torch model.
 """
 
 from __future__ import annotations
@@ -62,18 +62,17 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from segvol_rt.export.checkpoint import save_hf
+from segvol_rt.export.model.segvol import SegVol, prompt_tokens
 
-from segvol_rt import prompts as P
-from segvol_rt import zoom as Z
-from segvol_rt.config import SegVolConfig, TextConfig
-from segvol_rt.evaluation import dice
-from segvol_rt.phantom import PHANTOM_LABELS, Phantom, make_phantom, random_phantom
-from segvol_rt.preprocess import preprocess
-from segvol_rt.tokenizer import ClipTokenizer, format_prompt, train_bpe
-from segvol_rt.vocabulary import CATEGORIES
-
-from .checkpoint import save_hf
-from .model.segvol import SegVol, prompt_tokens
+from segvol_rt.demo.phantom import PHANTOM_LABELS, Phantom, make_phantom, random_phantom
+from segvol_rt.io.config import SegVolConfig, TextConfig
+from segvol_rt.io.tokenizer import ClipTokenizer, format_prompt, train_bpe
+from segvol_rt.io.vocabulary import CATEGORIES
+from segvol_rt.pipeline import prompts as P
+from segvol_rt.pipeline import zoom as Z
+from segvol_rt.pipeline.evaluation import dice
+from segvol_rt.pipeline.preprocess import preprocess
 
 # -- model and tokenizer -------------------------------------------------------
 
@@ -601,7 +600,7 @@ def train(model: SegVol, tokenizer: ClipTokenizer, cases: Sequence[Case], opts: 
 
 
 class _TorchGraphs:
-    """The runtime's backend calls (:mod:`segvol_rt.zoom`) on a torch :class:`SegVol`."""
+    """The runtime's backend calls (:mod:`segvol_rt.pipeline.zoom`) on a torch :class:`SegVol`."""
 
     def __init__(self, model: SegVol):
         self.model = model.eval()
@@ -679,7 +678,7 @@ def evaluate(model: SegVol, tokenizer: ClipTokenizer, phantoms: Sequence[Phantom
              kinds: Sequence[str] = EVAL_KINDS, log=print, window_prompts: str = "aligned") -> dict[str, Any]:
     """Per-organ Dice, zoom-out only and zoom-out-zoom-in, per prompt kind:
     ``{kind: {"organs": {name: {"zoom_out": mean, "zoom_in": mean}}, "mean": {...}}}``.
-    ``window_prompts``: the zoom-in window prompt placement (:mod:`segvol_rt.zoom`)."""
+    ``window_prompts``: the zoom-in window prompt placement (:mod:`segvol_rt.pipeline.zoom`)."""
     graphs = _TorchGraphs(model)
     scores: dict[str, dict[str, dict[str, list[float]]]] = {k: {} for k in kinds}
     for i, ph in enumerate(phantoms):
@@ -845,7 +844,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def evaluate_checkpoint(checkpoint: str | os.PathLike[str], phantoms: int, out: Path,
                         window_prompts: str = "aligned") -> dict[str, Any]:
     """:func:`evaluate` a saved checkpoint directory (with its tokenizer); results as JSON at ``out``."""
-    from .checkpoint import build_model
+    from segvol_rt.export.checkpoint import build_model
 
     model, ckpt = build_model(checkpoint)
     tokenizer = ClipTokenizer.from_dir(ckpt.tokenizer_dir or checkpoint)

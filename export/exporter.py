@@ -3,10 +3,10 @@
 Stages, each reported through ``progress``:
 
 1. load the checkpoint (strict, ``weights_only``) and its tokenizer files;
-2. per graph: export (opset >= 17, dynamic axes from :mod:`segvol_rt.spec`),
+2. per graph: export (opset >= 17, dynamic axes from :mod:`segvol_rt.io.spec`),
    TensorRT operator/type check, parity against torch on ONNX Runtime CPU;
 3. the text-embedding table of the vocabulary (torch text encoder);
-4. manifest.json (:mod:`segvol_rt.artifacts`).
+4. manifest.json (:mod:`segvol_rt.io.artifacts`).
 
 Everything is written into a temporary directory beside ``out`` and renamed
 into place at the end, so ``out`` is never half-written. An existing ``out``
@@ -28,16 +28,15 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from segvol_rt.export import onnx as O
+from segvol_rt.export import trt_support
+from segvol_rt.export.checkpoint import TOKENIZER_FILES, Checkpoint, build_model
 
 import segvol_rt
-from segvol_rt import artifacts as A
-from segvol_rt import spec as S
-from segvol_rt.config import SegVolConfig
 from segvol_rt.errors import SegVolError
-
-from . import onnx as O
-from . import trt_support
-from .checkpoint import TOKENIZER_FILES, Checkpoint, build_model
+from segvol_rt.io import artifacts as A
+from segvol_rt.io import spec as S
+from segvol_rt.io.config import SegVolConfig
 
 Progress = Callable[[str], None]
 # Example sizes the graphs are traced with: not 1, so no axis is specialised.
@@ -220,7 +219,7 @@ def _points_within(options: ExportOptions) -> tuple[int, ...]:
 def _copy_tokenizer(work: Path, ckpt: Checkpoint, given: Any, config: SegVolConfig) -> tuple[Any, dict[str, str]]:
     """Copy the CLIP tokenizer files into ``work/tokenizer``; returns the
     loaded tokenizer and {file name: sha256}."""
-    from segvol_rt.tokenizer import ClipTokenizer
+    from segvol_rt.io.tokenizer import ClipTokenizer
 
     source = Path(given) if given is not None else ckpt.tokenizer_dir
     if source is None:
@@ -258,13 +257,13 @@ def _check_tokenizer(tok: Any, config: SegVolConfig, source: Path) -> None:
 
 
 def _vocabulary_ids(tok: Any, config: SegVolConfig) -> np.ndarray:
-    from segvol_rt.vocabulary import CATEGORIES
+    from segvol_rt.io.vocabulary import CATEGORIES
 
     return tok.encode_names(CATEGORIES, template=config.prompt_template)
 
 
 def _write_text_table(work: Path, model: Any, ids: np.ndarray) -> dict[str, Any]:
-    from segvol_rt.vocabulary import CATEGORIES
+    from segvol_rt.io.vocabulary import CATEGORIES
 
     chunks = []
     with torch.no_grad():
@@ -366,3 +365,16 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def export_demo_model(target: Path, say: Callable[[str], None] | None = None) -> Path:
+    """Export the shipped demo checkpoint into ``target`` (replacing a damaged copy)."""
+    from segvol_rt.demo.model import demo_checkpoint_dir
+
+    say = say or (lambda _msg: None)
+    # A light parity check: the shipped model was verified when it was made;
+    # this only guards against a broken local torch / onnxruntime pair.
+    options = ExportOptions(image_batches=(1,), text_batches=(1,), decoder_batches=(1, 2), point_counts=(1, 5))
+    say(f"exporting the demo model into {target} (once; later runs reuse it)")
+    export_artifacts(demo_checkpoint_dir(), target, options=options, force=True, progress=say)
+    return target

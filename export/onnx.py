@@ -1,7 +1,7 @@
 """The three ONNX graphs: one small torch wrapper per graph, the export, and
 the verification of each exported file against torch on ONNX Runtime (CPU).
 
-Graph inputs and outputs are exactly those of :mod:`segvol_rt.spec`; the
+Graph inputs and outputs are exactly those of :mod:`segvol_rt.io.spec`; the
 wrappers only fix the call signature, so the model code stays the one
 implementation of the math.
 
@@ -10,8 +10,8 @@ Prompt decoder exactness
 Official SegVol builds the decoder's sparse tokens from optional points,
 box and text (``PromptEncoder.forward``). The ``prompt_decoder`` graph takes
 one token sequence (``prompt_coords``, ``prompt_labels``; kinds in
-:mod:`segvol_rt.spec`) and is *exactly* the official computation when the
-runtime lays the tokens out as :func:`segvol_rt.prompts.decoder_tokens` does:
+:mod:`segvol_rt.io.spec`) and is *exactly* the official computation when the
+runtime lays the tokens out as :func:`segvol_rt.pipeline.prompts.decoder_tokens` does:
 
 * order and count are the official ones: ``[points..., pad point iff points
   and no box, box min corner, box max corner, text]``. No token that the
@@ -51,9 +51,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from segvol_rt import spec as S
-from segvol_rt.config import SegVolConfig
 from segvol_rt.errors import SegVolError
+from segvol_rt.io import spec as S
+from segvol_rt.io.config import SegVolConfig
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 17
@@ -139,7 +139,7 @@ def stage_volume_norms(module: nn.Module) -> nn.Module:
 class PromptDecoderGraph(nn.Module):
     """Prompt tokens + image embedding -> low_res_logits (B, 1, 4d, 4h, 4w).
 
-    Inputs (see :mod:`segvol_rt.spec`): image_embedding (B, C, d, h, w),
+    Inputs (see :mod:`segvol_rt.io.spec`): image_embedding (B, C, d, h, w),
     prompt_coords (B, N, 3) float32 model-window voxel indices in (D, H, W)
     order before the +0.5 shift, prompt_labels (B, N) int32 token kinds,
     text_embedding (B, C) (read only in rows with a label-4 token). The
@@ -388,7 +388,7 @@ class PromptCase:
 
     def tokens(self) -> tuple[np.ndarray, np.ndarray]:
         """The runtime's token layout of this case, stacked: (B, N, 3), (B, N)."""
-        from segvol_rt.prompts import Points, decoder_tokens
+        from segvol_rt.pipeline.prompts import Points, decoder_tokens
 
         rows = []
         for i in range(self.batch):

@@ -5,7 +5,7 @@ official ``inference_demo.zoom_in_zoom_out`` calls the official model: torch
 ``F.interpolate`` for every resize, ``torch.sigmoid`` for every threshold, a
 MONAI-style sliding window written with torch ops, one window at a time and a
 full model forward (image encoder + decoder + trilinear upsampling) per window.
-It shares no code with :mod:`segvol_rt.zoom` - only its inputs - so the two
+It shares no code with :mod:`segvol_rt.pipeline.zoom` - only its inputs - so the two
 implementations check each other. The benchmarks use it as the "official
 flow" baseline.
 

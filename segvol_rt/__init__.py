@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import MissingDependencyError, SegVolError
+from segvol_rt.errors import MissingDependencyError, SegVolError
 
 __version__ = "0.1.0"
 
 __all__ = ["SegVolError", "MissingDependencyError", "SegVolRuntime", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runtime import SegVolRuntime
+    from segvol_rt.runtime import SegVolRuntime
 
 
 def __getattr__(name: str) -> Any:
     if name == "SegVolRuntime":
-        from .runtime import SegVolRuntime
+        from segvol_rt.runtime import SegVolRuntime
 
         return SegVolRuntime
     raise AttributeError(name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from .errors import MissingDependencyError
+from segvol_rt.errors import MissingDependencyError
 
 # module -> (pip extra, what it is needed for)
 _EXTRAS = {

@@ -7,9 +7,9 @@
 
 The runtime is stateful: :meth:`SegVolRuntime.set_volume` preprocesses a scan
 once; the zoom-out image is encoded lazily once per volume; zoom-in window
-embeddings are cached per volume by window (see :mod:`segvol_rt.zoom`), so
+embeddings are cached per volume by window (see :mod:`segvol_rt.pipeline.zoom`), so
 targets that share windows encode them once. Text embeddings come from the
-artifacts' table for known names (:func:`segvol_rt.vocabulary.normalize_name`)
+artifacts' table for known names (:func:`segvol_rt.io.vocabulary.normalize_name`)
 and from the text encoder otherwise (cached per phrase). ``release_volume()``
 frees a scan and its embeddings (host or GPU memory) while the backend stays
 open; ``clear_window_cache()`` forgets only the window embeddings.
@@ -39,12 +39,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import arrays as A
-from . import ops, ops_extra
-from . import prompts as P
-from . import spec as S
-from . import zoom as Z
-from .errors import SegVolError
+from segvol_rt import ops
+from segvol_rt.errors import SegVolError
+from segvol_rt.io import spec as S
+from segvol_rt.ops import arrays as A
+from segvol_rt.pipeline import prompts as P
+from segvol_rt.pipeline import zoom as Z
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Segmentation:
         probabilities: float32 ``(I, J, K)`` sigmoid of the logits in scan
             space (0 outside the crop), when asked for. (On the GPU the
             sigmoid's ``exp`` may differ from numpy's by an ulp or two.)
-        roi: the zoom-in ROI in crop space (:class:`segvol_rt.zoom.Roi`), or None.
+        roi: the zoom-in ROI in crop space (:class:`segvol_rt.pipeline.zoom.Roi`), or None.
         n_windows: zoom-in windows run for this target (0 without zoom-in).
         zoom_in_applied: the zoom-in stage ran and its logits were pasted.
         no_foreground: the coarse pass found no voxel with sigmoid > 0.5, so
@@ -94,7 +94,7 @@ class Request:
     seed: int = 0
     keep_logits: bool = False
     on_device: bool = False  # keep the outputs on the GPU (cupy) instead of downloading them
-    window_prompts: str = "official"  # or "aligned": see segvol_rt.zoom (scans smaller than a window)
+    window_prompts: str = "official"  # or "aligned": see segvol_rt.pipeline.zoom (scans smaller than a window)
 
     def __post_init__(self) -> None:
         Z.check_window_prompts(self.window_prompts)
@@ -146,8 +146,8 @@ class SegVolRuntime:
     """SegVol inference on an artifacts directory with any backend.
 
     Attributes:
-        artifacts: the loaded :class:`segvol_rt.artifacts.Artifacts`.
-        config: the model's :class:`segvol_rt.config.SegVolConfig`.
+        artifacts: the loaded :class:`segvol_rt.io.artifacts.Artifacts`.
+        config: the model's :class:`segvol_rt.io.config.SegVolConfig`.
         backend: the open :class:`segvol_rt.backends.base.Backend`.
         backend_reason: why this backend (from :func:`segvol_rt.backends.select.open_backend`).
     """
@@ -161,7 +161,7 @@ class SegVolRuntime:
         self._text_cache: dict[str, np.ndarray] = {}
         self._table: dict[str, np.ndarray] | None = None
         self._tokenizer: Any = None
-        self._stats = Z.Timings(on_exit=self._stage_end)
+        self._stats = Z.StageClock(on_exit=self._stage_end)
         self._memory: A.GpuMemory | None = None
 
     @classmethod
@@ -174,8 +174,8 @@ class SegVolRuntime:
         checkpoint: str | os.PathLike[str] | None = None,
     ) -> "SegVolRuntime":
         """Read the manifest, check every file's hash (``verify``) and open a backend."""
-        from .artifacts import Artifacts
-        from .backends.select import open_backend
+        from segvol_rt.backends.select import open_backend
+        from segvol_rt.io.artifacts import Artifacts
 
         artifacts = Artifacts.load(artifacts_dir)
         if verify:
@@ -211,7 +211,7 @@ class SegVolRuntime:
     @property
     def stats(self) -> dict[str, Any]:
         """Seconds per stage since load, window-cache counters, and the GPU
-        memory high-water marks (:class:`segvol_rt.arrays.GpuMemory`; None on
+        memory high-water marks (:class:`segvol_rt.ops.arrays.GpuMemory`; None on
         CPU backends) sampled at stage ends since load."""
         out: dict[str, Any] = {"timings": self._stats.as_dict()}
         memory = self._memory.as_dict() if self._memory is not None else A.GpuMemory(np).as_dict()
@@ -235,12 +235,12 @@ class SegVolRuntime:
         is) and preprocessed on the GPU; the crop and zoom-out images stay there.
 
         ``reorient``: None (official: no reorientation) or axis codes such as "RAS"."""
-        from .preprocess import preprocess
+        from segvol_rt.pipeline.preprocess import preprocess
 
         xp = self.xp
         with self._stats.stage("read"):
             if isinstance(volume, (str, os.PathLike)):
-                from .nifti import read_scan
+                from segvol_rt.io.nifti import read_scan
 
                 scan = read_scan(Path(volume))
                 data, affine = scan.data, scan.affine
@@ -303,7 +303,7 @@ class SegVolRuntime:
     def geometry(self) -> Any:
         return self._require_volume().geometry
 
-    def _zoom_embedding(self, timings: Z.Timings) -> Any:
+    def _zoom_embedding(self, timings: Z.StageClock) -> Any:
         """The zoom-out image's embedding (C, d, h, w), encoded once per volume and
         shared by all targets; stays in the backend's array module."""
         vol = self._require_volume()
@@ -315,7 +315,7 @@ class SegVolRuntime:
     # -- text ----------------------------------------------------------------------
     def _known_names(self) -> dict[str, np.ndarray]:
         if self._table is None:
-            from .vocabulary import normalize_name
+            from segvol_rt.io.vocabulary import normalize_name
 
             try:
                 names, table = self.artifacts.text_table()
@@ -327,7 +327,7 @@ class SegVolRuntime:
     def text_embeddings(self, texts: Sequence[str]) -> list[np.ndarray]:
         """(C,) float32 per text: the table row of a known name, else the text
         encoder on the prompt template (one batched call for the new phrases)."""
-        from .vocabulary import normalize_name
+        from segvol_rt.io.vocabulary import normalize_name
 
         table = self._known_names()
         keys = [normalize_name(t) for t in texts]
@@ -385,7 +385,7 @@ class SegVolRuntime:
         requests = [Request.of(t) for t in targets]
         if not requests:
             return []
-        timings = Z.Timings()
+        timings = Z.StageClock()
         model_targets = self._model_targets(vol, requests, timings)
         return self._run(vol, requests, model_targets, timings)
 
@@ -398,10 +398,10 @@ class SegVolRuntime:
         window_prompts: str = "official",
     ) -> list[Segmentation]:
         """Segment targets whose box/points are already in **zoom-out** voxel indices
-        ``(D, H, W)`` of the current volume (:class:`segvol_rt.zoom.Target`), e.g.
+        ``(D, H, W)`` of the current volume (:class:`segvol_rt.pipeline.zoom.Target`), e.g.
         evaluation prompts derived from a reference label the way the official
-        demo derives them (:mod:`segvol_rt.evaluation`). A box may be
-        :data:`segvol_rt.prompts.EMPTY_BOX` and points may carry label -1, as
+        demo derives them (:mod:`segvol_rt.pipeline.evaluation`). A box may be
+        :data:`segvol_rt.pipeline.prompts.EMPTY_BOX` and points may carry label -1, as
         official ``generate_box`` / ``select_points`` produce them."""
         vol = self._require_volume()
         size = np.asarray(self.config.spatial_size)
@@ -417,10 +417,10 @@ class SegVolRuntime:
                     window_prompts=window_prompts)
             for t in targets
         ]
-        return self._run(vol, requests, list(targets), Z.Timings()) if requests else []
+        return self._run(vol, requests, list(targets), Z.StageClock()) if requests else []
 
     def _run(
-        self, vol: _Volume, requests: Sequence[Request], model_targets: Sequence[Z.Target], timings: Z.Timings
+        self, vol: _Volume, requests: Sequence[Request], model_targets: Sequence[Z.Target], timings: Z.StageClock
     ) -> list[Segmentation]:
         """Coarse pass, zoom-in and paste for model-space targets (options from ``requests``)."""
         timings.on_exit = self._stage_end
@@ -469,7 +469,7 @@ class SegVolRuntime:
             res.timings = timings.as_dict()
         return results
 
-    def _model_targets(self, vol: _Volume, requests: Sequence[Request], timings: Z.Timings) -> list[Z.Target]:
+    def _model_targets(self, vol: _Volume, requests: Sequence[Request], timings: Z.StageClock) -> list[Z.Target]:
         """Validate scan-space prompts, map them to zoom-out space, embed the texts."""
         with timings.stage("prompts"):
             mapped = []
@@ -494,7 +494,7 @@ class SegVolRuntime:
         plan: Z.ZoomInPlan | None,
         roi_logits: Any,
         found: bool,
-        timings: Z.Timings,
+        timings: Z.StageClock,
     ) -> Segmentation:
         """The scan-space result of crop logits (D, H, W) and the zoom-in ROI logits
         (or None): the mask straight from both (no paste, one pass on the GPU);
@@ -502,11 +502,11 @@ class SegVolRuntime:
         roi_start = plan.roi.lo if plan is not None else (0, 0, 0)
         if roi_logits is not None and (req.keep_logits or req.probabilities):
             with timings.stage("paste"):
-                ops_extra.paste(logits, roi_logits, roi_start)
+                ops.paste(logits, roi_logits, roi_start)
             roi_logits = None
         with timings.stage("postprocess"):
-            mapping = ops_extra.scan_mapping(vol.geometry)
-            mask = ops_extra.scan_mask(logits, vol.scan_shape, *mapping, roi_logits, roi_start)
+            mapping = vol.geometry.scan_mapping()
+            mask = ops.scan_mask(logits, vol.scan_shape, *mapping, roi_logits, roi_start)
             probs = vol.geometry.crop_to_scan(ops.sigmoid(logits)) if req.probabilities else None
             kept = logits if req.keep_logits else None
         if not req.on_device and not A.is_host(self.xp):

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from shared_data import shared_path  # noqa: E402  (tests/ is on pythonpath)
 
 

@@ -1,5 +1,5 @@
 """Smoke tests of the benchmarks on the tiny model: the output is well formed
-(markdown table, JSON keys, window counts). Timings are never asserted."""
+(markdown table, JSON keys, window counts). StageClock are never asserted."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from segvol_rt.export.bench_model import DEFAULT_BLOB, _cells, prepare_bench_model
 
-from segvol_rt import bench as B
+from segvol_rt.app.bench import quick_bench
+from segvol_rt.bench.machine import machine_info
+from segvol_rt.bench.report import Report
+from segvol_rt.bench.scans import DEMO_CROP, requests_for, scaled_crop
+from segvol_rt.bench.timing import LatencyStats, percentile, time_calls
 
 REPO = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"case", "backend", "stage", "p50_ms", "p90_ms", "min_ms", "n", "samples_ms"}
@@ -20,7 +25,8 @@ ROW_KEYS = {"case", "backend", "stage", "p50_ms", "p90_ms", "min_ms", "n", "samp
 
 def test_import_needs_numpy_only():
     code = (
-        "import sys, segvol_rt.bench; "
+        "import sys, segvol_rt.bench.timing, segvol_rt.bench.report, segvol_rt.bench.machine, "
+        "segvol_rt.bench.scans, segvol_rt.bench.stages; "
         "print(sorted(m for m in ('torch', 'onnxruntime', 'cupy', 'nibabel', 'tensorrt') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -28,10 +34,10 @@ def test_import_needs_numpy_only():
 
 
 def test_report_table_and_json(tmp_path):
-    rep = B.Report("unit")
-    rep.meta.update(B.machine_info())
-    slow = rep.add("case", "a", "stage", B.Timing([0.3, 0.1, 0.2]), windows=6)
-    fast = rep.add("case", "b", "stage", B.Timing([0.1, 0.1]), batch=8)
+    rep = Report("unit")
+    rep.meta.update(machine_info())
+    slow = rep.add("case", "a", "stage", LatencyStats([0.3, 0.1, 0.2]), windows=6)
+    fast = rep.add("case", "b", "stage", LatencyStats([0.1, 0.1]), batch=8)
     ratio = rep.ratio("a / b", slow, fast, target=2.0)
     assert rep.ratio("missing", slow, None) is None
     rep.check("b per item", fast, 1.0, per_item=True)
@@ -47,15 +53,15 @@ def test_report_table_and_json(tmp_path):
 
 def test_time_calls_counts_calls():
     calls = []
-    t = B.time_calls(lambda: calls.append(1), repeat=3, warmup=2, before=lambda: calls.append(0))
+    t = time_calls(lambda: calls.append(1), repeat=3, warmup=2, before=lambda: calls.append(0))
     assert len(t.samples) == 3 and calls.count(1) == 5 and calls.count(0) == 5
-    assert B.percentile([1.0, 2.0, 3.0], 50) == 2.0
+    assert percentile([1.0, 2.0, 3.0], 50) == 2.0
 
 
 def test_scaled_crop_and_prompts():
-    assert B.scaled_crop((32, 256, 256)) == B.DEMO_CROP
-    assert B.scaled_crop((16, 64, 64)) == (100, 88, 120)
-    reqs = B.requests_for((120, 88, 100), 5)
+    assert scaled_crop((32, 256, 256)) == DEMO_CROP
+    assert scaled_crop((16, 64, 64)) == (100, 88, 120)
+    reqs = requests_for((120, 88, 100), 5)
     assert len(reqs) == 5 and all(r["text"] and len(r["box"].split(",")) == 6 for r in reqs)
 
 
@@ -71,7 +77,7 @@ def cache(tmp_path_factory):
 
 @torch_needed
 def test_quick_bench(cache, tmp_path):
-    rep = B.quick_bench(cache_dir=cache, backends=("ort-cpu",), repeat=1, warmup=0, scan_shape=(96, 96, 32),
+    rep = quick_bench(cache_dir=cache, backends=("ort-cpu",), repeat=1, warmup=0, scan_shape=(96, 96, 32),
                         threads=1)
     data = json.loads(rep.write_json(tmp_path / "quick.json").read_text())
     stages = {(r["backend"], r["stage"]) for r in data["rows"]}
@@ -122,9 +128,9 @@ def test_full_benchmark_script_tiny(cache, tmp_path, capsys):
 def test_cli_bench(cache, tmp_path):
     from typer.testing import CliRunner
 
-    from segvol_rt.cli import app
+    from segvol_rt.app.cli import app
 
-    bm = B.prepare_bench_model("tiny", cache)
+    bm = prepare_bench_model("tiny", cache)
     out = tmp_path / "cli.json"
     res = CliRunner().invoke(app, ["bench", "--artifacts", str(bm.artifacts), "--backend", "ort-cpu",
                                    "--repeat", "1", "--warmup", "0", "--threads", "1", "--json", str(out)])
@@ -136,7 +142,7 @@ def test_cli_bench(cache, tmp_path):
 def test_cli_bench_rejects_unknown_backend():
     from typer.testing import CliRunner
 
-    from segvol_rt.cli import app
+    from segvol_rt.app.cli import app
     from segvol_rt.errors import SegVolError
 
     res = CliRunner().invoke(app, ["bench", "--backend", "nope"])
@@ -145,7 +151,7 @@ def test_cli_bench_rejects_unknown_backend():
 
 def test_blob_cells_never_empty():
     for n in (2, 8, 16, 32):
-        for lo, hi in B.DEFAULT_BLOB:
-            a, b = B._cells(lo, hi, n)
+        for lo, hi in DEFAULT_BLOB:
+            a, b = _cells(lo, hi, n)
             assert 0 <= a < b <= n
-    assert np.isfinite(B.percentile([0.5], 90))
+    assert np.isfinite(percentile([0.5], 90))

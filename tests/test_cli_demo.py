@@ -17,10 +17,10 @@ import pytest
 nib = pytest.importorskip("nibabel")
 PIL_Image = pytest.importorskip("PIL.Image")
 
-from segvol_rt import defaults  # noqa: E402
-from segvol_rt.demo import COLOURS, LEGEND_COLS, preview_size, render_preview  # noqa: E402
+from segvol_rt.app.demo import COLOURS, LEGEND_COLS, preview_size, render_preview  # noqa: E402
+from segvol_rt.app import console as defaults  # noqa: E402
+from segvol_rt.demo.phantom import PHANTOM_LABELS, make_phantom  # noqa: E402
 from segvol_rt.errors import MissingDependencyError  # noqa: E402
-from segvol_rt.phantom import PHANTOM_LABELS, make_phantom  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "runtime"))
 
@@ -102,8 +102,9 @@ def test_preview_size_grows_with_the_legend():
 @pytest.fixture
 def fake_demo_checkpoint(tmp_path, tiny, monkeypatch):
     """The tiny model in the demo checkpoint's Hugging Face layout, as the shipped one."""
-    from segvol_rt import demo_model
     from segvol_rt.export.checkpoint import save_hf
+
+    from segvol_rt.demo import model as demo_model
 
     ckpt = save_hf(tiny[2], tmp_path / "demo_ckpt", tokenizer_files=Path(tiny[1]).parent / "tokenizer")
     monkeypatch.setattr(demo_model, "demo_checkpoint_dir", lambda: Path(ckpt))
@@ -113,7 +114,7 @@ def fake_demo_checkpoint(tmp_path, tiny, monkeypatch):
 
 
 def test_demo_artifacts_exported_once_into_the_cache(fake_demo_checkpoint, monkeypatch):
-    from segvol_rt.artifacts import Artifacts, sha256_file
+    from segvol_rt.io.artifacts import Artifacts, sha256_file
 
     said: list[str] = []
     first = defaults.demo_artifacts(said.append)

@@ -21,13 +21,14 @@ nib = pytest.importorskip("nibabel")
 sys.path.insert(0, str(Path(__file__).parent / "runtime"))
 from tiny_artifacts import tiny_artifacts  # noqa: E402
 
-from segvol_rt import evaluation as E  # noqa: E402
-from segvol_rt import ops  # noqa: E402
-from segvol_rt import spec as S  # noqa: E402
+from segvol_rt.app.console import ConsoleReporter  # noqa: E402
+from segvol_rt.app.infer import InferOptions, run_infer  # noqa: E402
 from segvol_rt.backends.base import Backend  # noqa: E402
-from segvol_rt.config import SegVolConfig  # noqa: E402
-from segvol_rt.infer import ConsoleReporter, InferOptions, run_infer  # noqa: E402
-from segvol_rt.phantom import make_phantom  # noqa: E402
+from segvol_rt.demo.phantom import make_phantom  # noqa: E402
+from segvol_rt.io import spec as S  # noqa: E402
+from segvol_rt.io.config import SegVolConfig  # noqa: E402
+from segvol_rt import ops  # noqa: E402
+from segvol_rt.pipeline import evaluation as E  # noqa: E402
 from segvol_rt.runtime import SegVolRuntime  # noqa: E402
 
 SHAPE = (96, 96, 40)
@@ -134,7 +135,7 @@ def test_python_dash_m_entry_points(data, tiny, tmp_path):
                            str(tiny), "--out", str(out), "-q"], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert out.is_file()
-    proc = subprocess.run([sys.executable, "-m", "segvol_rt.cli", "infer", str(data.scan)],
+    proc = subprocess.run([sys.executable, "-m", "segvol_rt.app.cli", "infer", str(data.scan)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error: no prompt")
 
@@ -165,7 +166,7 @@ def test_evaluation_matches_an_independent_computation(data, tiny):
     """Official prompts and Dice recomputed from the label with plain numpy:
     swap axes, pad, crop to the image's foreground box, nearest-exact resize."""
     rt = SegVolRuntime.load(tiny, backend="onnxruntime", device="cpu")
-    from segvol_rt.nifti import read_scan
+    from segvol_rt.io.nifti import read_scan
 
     scan = read_scan(data.scan)
     rt.set_volume(scan.data, scan.affine)

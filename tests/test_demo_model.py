@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from segvol_rt.demo import PROMPT_KINDS as KINDS  # noqa: E402
-from segvol_rt.demo import segment_organs  # noqa: E402
-from segvol_rt.phantom import make_phantom, random_phantom  # noqa: E402
+from segvol_rt.app.demo import PROMPT_KINDS as KINDS  # noqa: E402
+from segvol_rt.app.demo import segment_organs  # noqa: E402
+from segvol_rt.demo.phantom import make_phantom, random_phantom  # noqa: E402
 from segvol_rt.runtime import SegVolRuntime  # noqa: E402
 
 # Two phantoms of the demo's default shape and one of random shape and spacing.
@@ -30,7 +30,7 @@ MIN_DICE = {"text": (0.55, 0.58), "text+box": (0.62, 0.69)}
 
 @pytest.fixture(scope="module")
 def demo_runtime(tmp_path_factory):
-    from segvol_rt.defaults import export_demo
+    from segvol_rt.app.console import export_demo
 
     artifacts = export_demo(tmp_path_factory.mktemp("demo") / "artifacts")
     return SegVolRuntime.load(artifacts, backend="onnxruntime", device="cpu")

@@ -6,7 +6,7 @@ import sys
 
 def test_import_does_not_load_heavy_modules():
     code = (
-        "import sys, segvol_rt, segvol_rt.spec, segvol_rt.config, segvol_rt.cli;"
+        "import sys, segvol_rt, segvol_rt.io.spec, segvol_rt.io.config, segvol_rt.app.cli;"
         "heavy = [m for m in ('torch', 'cupy', 'tensorrt', 'onnx', 'transformers') if m in sys.modules];"
         "print(','.join(heavy))"
     )

@@ -4,6 +4,6 @@
 (CLIP text tower), ``prompt_encoder.py`` and ``mask_decoder.py``.
 """
 
-from .segvol import SegVol, prompt_tokens
+from segvol_rt.export.model.segvol import SegVol, prompt_tokens
 
 __all__ = ["SegVol", "prompt_tokens"]

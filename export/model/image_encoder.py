@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segvol_rt.config import SegVolConfig
+from segvol_rt.io.config import SegVolConfig
 
 LAYER_NORM_EPS = 1e-5
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segvol_rt.config import SegVolConfig
+from segvol_rt.io.config import SegVolConfig
 
 # Cross-attention projects to C / 2 inside (SAM's default, fixed in SegVol).
 ATTENTION_DOWNSAMPLE = 2

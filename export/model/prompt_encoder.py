@@ -1,7 +1,7 @@
 """SegVol's prompt encoder (SAM's, made 3D): prompt tokens -> sparse embeddings,
 plus the dense positional encoding of the image-embedding grid.
 
-Prompts are one token sequence in the form of :mod:`segvol_rt.spec`:
+Prompts are one token sequence in the form of :mod:`segvol_rt.io.spec`:
 ``coords (B, N, 3)`` in model-window voxel indices, ``labels (B, N)`` with
 the token kinds -1 (pad point), 0/1 (negative/positive point), 2/3 (box min/
 max corner), 4 (the text embedding). Every token is computed without
@@ -27,8 +27,15 @@ import math
 import torch
 from torch import nn
 
-from segvol_rt.config import SegVolConfig
-from segvol_rt.spec import LABEL_BOX_MAX, LABEL_BOX_MIN, LABEL_NEGATIVE, LABEL_PAD, LABEL_POSITIVE, LABEL_TEXT
+from segvol_rt.io.config import SegVolConfig
+from segvol_rt.io.spec import (
+    LABEL_BOX_MAX,
+    LABEL_BOX_MIN,
+    LABEL_NEGATIVE,
+    LABEL_PAD,
+    LABEL_POSITIVE,
+    LABEL_TEXT,
+)
 
 # Row r of the additive table in embed_tokens holds token kind r + LABEL_PAD.
 _TABLE_KINDS = (LABEL_PAD, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_BOX_MIN, LABEL_BOX_MAX, LABEL_TEXT)

@@ -12,7 +12,7 @@ receives them, before SegVol's +0.5 shift:
 * ``text_embedding``: (B, C) from :meth:`SegVol.encode_text`.
 
 The prompt mix is turned into one token sequence (:func:`prompt_tokens`, the
-form of :mod:`segvol_rt.spec`) and decoded by :meth:`SegVol.decode_tokens`,
+form of :mod:`segvol_rt.io.spec`) and decoded by :meth:`SegVol.decode_tokens`,
 the graph the ONNX export wraps; the official order and padding rules make
 the result equal to the official ``SegVol.forward_decoder``.
 
@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from segvol_rt.export.model.image_encoder import ImageEncoder
+from segvol_rt.export.model.mask_decoder import MaskDecoder
+from segvol_rt.export.model.prompt_encoder import PromptEncoder
+from segvol_rt.export.model.text_encoder import TextEncoder
 from torch import nn
 
-from segvol_rt.config import SegVolConfig
 from segvol_rt.errors import SegVolError
-from segvol_rt.spec import LABEL_BOX_MAX, LABEL_BOX_MIN, LABEL_PAD, LABEL_TEXT
-
-from .image_encoder import ImageEncoder
-from .mask_decoder import MaskDecoder
-from .prompt_encoder import PromptEncoder
-from .text_encoder import TextEncoder
+from segvol_rt.io.config import SegVolConfig
+from segvol_rt.io.spec import LABEL_BOX_MAX, LABEL_BOX_MIN, LABEL_PAD, LABEL_TEXT
 
 Points = tuple[torch.Tensor, torch.Tensor]
 
@@ -80,7 +79,7 @@ class SegVol(nn.Module):
         labels: torch.Tensor,
         text_embedding: torch.Tensor,
     ) -> torch.Tensor:
-        """The prompt decoder graph of :mod:`segvol_rt.spec`.
+        """The prompt decoder graph of :mod:`segvol_rt.io.spec`.
 
         Args:
             image_embedding: (B, C, d, h, w), or (1, ...) shared by all rows.

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segvol_rt.config import SegVolConfig, TextConfig
+from segvol_rt.io.config import SegVolConfig, TextConfig
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:

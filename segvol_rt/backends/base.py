@@ -4,7 +4,7 @@ A backend runs the three graphs of an artifacts directory and nothing else:
 it knows no geometry, prompts or zoom logic. The pipeline drives any backend
 through :meth:`Backend.run` (or its three typed shortcuts) and never asks
 which one it is. Arrays are numpy on CPU backends and cupy on CUDA backends
-(``backend.xp``); shapes and dtypes are those of :mod:`segvol_rt.spec`.
+(``backend.xp``); shapes and dtypes are those of :mod:`segvol_rt.io.spec`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Mapping
 
-from .. import spec as S
+from segvol_rt.io import spec as S
 
 
 class Backend(ABC):
@@ -22,7 +22,7 @@ class Backend(ABC):
         name: ``"onnxruntime"``, ``"tensorrt"`` or ``"torch"``.
         device: ``"cpu"`` or ``"cuda"``.
         xp: the array module of inputs and outputs (numpy or cupy).
-        specs: graph name -> :class:`segvol_rt.spec.GraphSpec`.
+        specs: graph name -> :class:`segvol_rt.io.spec.GraphSpec`.
     """
 
     name: str = "?"
@@ -79,7 +79,7 @@ class Backend(ABC):
         return self.run(S.TEXT_ENCODER, {"token_ids": token_ids})["text_embedding"]
 
     def decode(self, image_embedding: Any, coords: Any, labels: Any, text_embedding: Any) -> Any:
-        """Prompt tokens (see :mod:`segvol_rt.spec`) -> low-res logits (B, 1, 4d, 4h, 4w)."""
+        """Prompt tokens (see :mod:`segvol_rt.io.spec`) -> low-res logits (B, 1, 4d, 4h, 4w)."""
         feeds = {
             "image_embedding": image_embedding,
             "prompt_coords": coords,

@@ -22,10 +22,10 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
-from .. import spec as S
-from .._optional import require
-from ..engines import GpuIdentity
-from ..errors import SegVolError
+from segvol_rt._optional import require
+from segvol_rt.backends.tensorrt.engines import GpuIdentity
+from segvol_rt.errors import SegVolError
+from segvol_rt.io import spec as S
 
 # cuDeviceGetAttribute ids (cuda.h, stable since CUDA 2.x)
 _CC_MAJOR = 75

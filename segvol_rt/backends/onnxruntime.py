@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from .. import spec as S
-from .._optional import require
-from ..errors import SegVolError
-from .base import Backend
+from segvol_rt._optional import require
+from segvol_rt.backends.base import Backend
+from segvol_rt.errors import SegVolError
+from segvol_rt.io import spec as S
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -50,7 +50,7 @@ class OnnxRuntimeBackend(Backend):
     """Runs the three ONNX graphs with ONNX Runtime.
 
     Args:
-        artifacts: a loaded :class:`segvol_rt.artifacts.Artifacts`.
+        artifacts: a loaded :class:`segvol_rt.io.artifacts.Artifacts`.
         device: ``"cpu"`` or ``"cuda"``.
         threads: intra-op threads (default: all cores of this process).
     """

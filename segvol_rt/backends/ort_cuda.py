@@ -24,13 +24,18 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .. import spec as S
-from .._optional import require
-from ..artifacts import Artifacts
-from ..errors import SegVolError
-from .base import Backend
-from .cuda_common import device_inputs, empty_outputs, output_shapes, require_cupy
-from .onnxruntime import CPU_PROVIDER, CUDA_PROVIDER, cuda_problem
+from segvol_rt._optional import require
+from segvol_rt.backends.base import Backend
+from segvol_rt.backends.cuda_common import (
+    device_inputs,
+    empty_outputs,
+    output_shapes,
+    require_cupy,
+)
+from segvol_rt.backends.onnxruntime import CPU_PROVIDER, CUDA_PROVIDER, cuda_problem
+from segvol_rt.errors import SegVolError
+from segvol_rt.io import spec as S
+from segvol_rt.io.artifacts import Artifacts
 
 
 def bind_io(

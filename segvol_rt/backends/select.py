@@ -10,17 +10,17 @@ A backend or device asked for by name that cannot run is a
 The CUDA backends keep the pipeline on the GPU (``xp`` is cupy): ONNX
 Runtime on CUDA is :class:`segvol_rt.backends.ort_cuda.OrtCudaBackend` (IO
 binding on CuPy memory; needs onnxruntime-gpu, CuPy and a GPU - the ``gpu``
-extra), TensorRT is :class:`segvol_rt.backends.tensorrt.TensorRTBackend`.
+extra), TensorRT is :class:`segvol_rt.backends.tensorrt.runner.TensorRTBackend`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from .._optional import available
-from ..engines import has_engines
-from ..errors import SegVolError
-from .base import Backend
+from segvol_rt._optional import available
+from segvol_rt.backends.base import Backend
+from segvol_rt.backends.tensorrt.engines import has_engines
+from segvol_rt.errors import SegVolError
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 DEVICES = ("auto", "cpu", "cuda")
@@ -28,7 +28,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def gpu_problem() -> str | None:
     """Why there is no usable CUDA GPU here, or None when there is one."""
-    from .cuda_common import query_gpu
+    from segvol_rt.backends.cuda_common import query_gpu
 
     try:
         query_gpu(0)
@@ -52,20 +52,20 @@ def _open_tensorrt(artifacts: Any, device: str, **_: Any) -> Backend:
     if problem:
         raise SegVolError(f"the tensorrt backend cannot run: {problem}")
     try:
-        from .tensorrt import TensorRTBackend
+        from segvol_rt.backends.tensorrt.runner import TensorRTBackend
     except ImportError as exc:
         raise SegVolError(f"the tensorrt backend is not available in this install ({exc})") from exc
     return TensorRTBackend(artifacts)
 
 
 def _open_onnxruntime(artifacts: Any, device: str, **_: Any) -> Backend:
-    from .onnxruntime import OnnxRuntimeBackend, cuda_problem
+    from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend, cuda_problem
 
     if device == "cuda":
         problem = cuda_problem() or gpu_problem()
         if problem:
             raise SegVolError(f"onnxruntime on CUDA is not available: {problem}")
-        from .ort_cuda import OrtCudaBackend
+        from segvol_rt.backends.ort_cuda import OrtCudaBackend
 
         # CuPy missing: a MissingDependencyError naming the gpu extra
         return OrtCudaBackend(artifacts)
@@ -73,7 +73,7 @@ def _open_onnxruntime(artifacts: Any, device: str, **_: Any) -> Backend:
 
 
 def _open_torch(artifacts: Any, device: str, checkpoint: Any = None, **_: Any) -> Backend:
-    from .torch import TorchBackend
+    from segvol_rt.backends.torch import TorchBackend
 
     return TorchBackend(artifacts, device=device, checkpoint=checkpoint)
 
@@ -128,7 +128,7 @@ def open_backend(
     device: str = "auto",
     checkpoint: Any = None,
 ) -> tuple[Backend, str]:
-    """Open a backend for ``artifacts`` (:class:`segvol_rt.artifacts.Artifacts`).
+    """Open a backend for ``artifacts`` (:class:`segvol_rt.io.artifacts.Artifacts`).
 
     Args:
         backend: ``"auto"``, ``"tensorrt"``, ``"onnxruntime"`` or ``"torch"``.
@@ -157,12 +157,12 @@ def _default_device(backend: str) -> tuple[str, str]:
     if backend == "tensorrt":
         return "cuda", "requested"
     if backend == "torch":
-        from .._optional import require
+        from segvol_rt._optional import require
 
         if require("torch").cuda.is_available():
             return "cuda", "requested, CUDA available"
         return "cpu", "no CUDA device for torch"
-    from .onnxruntime import cuda_problem
+    from segvol_rt.backends.onnxruntime import cuda_problem
 
     problem = cuda_problem() or gpu_problem()
     if problem is None and not available("cupy"):

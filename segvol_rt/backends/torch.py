@@ -15,10 +15,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import spec as S
-from .._optional import require
-from ..errors import SegVolError
-from .base import Backend
+from segvol_rt._optional import require
+from segvol_rt.backends.base import Backend
+from segvol_rt.errors import SegVolError
+from segvol_rt.io import spec as S
 
 
 def checkpoint_path(artifacts: Any, checkpoint: str | Path | None) -> Path:
@@ -45,7 +45,7 @@ class TorchBackend(Backend):
     """Runs the three graph wrappers on a PyTorch :class:`SegVol`.
 
     Args:
-        artifacts: a loaded :class:`segvol_rt.artifacts.Artifacts`.
+        artifacts: a loaded :class:`segvol_rt.io.artifacts.Artifacts`.
         device: ``"cpu"`` or ``"cuda"``.
         checkpoint: checkpoint path overriding the manifest's.
         model: an already built model (tests); skips the checkpoint.
@@ -60,7 +60,7 @@ class TorchBackend(Backend):
             raise SegVolError(f"device must be 'cpu' or 'cuda', not {device!r}")
         if device == "cuda" and not torch.cuda.is_available():
             raise SegVolError(f"torch {torch.__version__} sees no CUDA device; use device='cpu'")
-        from ..export.onnx import graph_module
+        from segvol_rt.export.onnx import graph_module
 
         if model is None:
             model = self._build(artifacts, checkpoint)
@@ -71,7 +71,7 @@ class TorchBackend(Backend):
 
     @staticmethod
     def _build(artifacts: Any, checkpoint: str | Path | None) -> Any:
-        from ..export.checkpoint import build_model
+        from segvol_rt.export.checkpoint import build_model
 
         path = checkpoint_path(artifacts, checkpoint)
         model, ckpt = build_model(path)

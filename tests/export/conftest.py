@@ -15,9 +15,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from segvol_rt.config import SegVolConfig  # noqa: E402
 from segvol_rt.export.checkpoint import save_hf, save_pth  # noqa: E402
 from segvol_rt.export.model.segvol import SegVol  # noqa: E402
+
+from segvol_rt.io.config import SegVolConfig  # noqa: E402
 
 TINY_SEED = 1234
 _SHARED = Path(os.environ.get("SEGVOL_RT_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))

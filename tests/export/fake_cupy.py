@@ -9,7 +9,6 @@ import itertools
 import types
 
 import numpy as np
-
 from fake_tensorrt import FakeContext
 
 

@@ -1,7 +1,7 @@
 """A FAKE, minimal ``tensorrt`` module for CPU tests of our builder wiring.
 
 It implements only the TensorRT 10 Python API surface that
-``segvol_rt.export.tensorrt_build`` calls, records every call in
+``segvol_rt.backends.tensorrt.build`` calls, records every call in
 ``module.calls`` and returns plausible objects. It builds nothing: tests
 using it check that we call the documented API in the right order with the
 right profile shapes, NOT that TensorRT accepts our graphs.
@@ -289,7 +289,7 @@ class FakeRuntime:
         head = b"FAKE-SERIALIZED-ENGINE/"
         if not bytes(blob).startswith(head):
             return None
-        from segvol_rt.spec import spec_from_dict
+        from segvol_rt.io.spec import spec_from_dict
 
         return FakeEngine(self.calls, spec_from_dict(json.loads(bytes(blob)[len(head):])))
 

@@ -10,10 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from segvol_rt.config import TextConfig  # noqa: E402
 from segvol_rt.export import demo_training as DT  # noqa: E402
 from segvol_rt.export.model.segvol import SegVol  # noqa: E402
-from segvol_rt.phantom import make_phantom  # noqa: E402
+
+from segvol_rt.demo.phantom import make_phantom  # noqa: E402
+from segvol_rt.io.config import TextConfig  # noqa: E402
 
 TINY_WINDOW = (16, 64, 64)
 
@@ -26,7 +27,7 @@ def tokenizer(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shipped_tokenizer(tmp_path_factory):
     """The shipped demo tokenizer: fixed token ids, unlike a fresh BPE training."""
-    from segvol_rt.demo_model import demo_checkpoint_dir
+    from segvol_rt.demo.model import demo_checkpoint_dir
 
     return DT.reuse_tokenizer(demo_checkpoint_dir(), tmp_path_factory.mktemp("shipped_tok"))
 
@@ -56,8 +57,8 @@ def test_tokenizer_fits_config(tokenizer):
 
 
 def test_reused_tokenizer_has_the_shipped_ids(tmp_path):
-    from segvol_rt.demo_model import demo_checkpoint_dir
-    from segvol_rt.tokenizer import ClipTokenizer
+    from segvol_rt.demo.model import demo_checkpoint_dir
+    from segvol_rt.io.tokenizer import ClipTokenizer
 
     shipped = demo_checkpoint_dir()
     reused = DT.reuse_tokenizer(shipped, tmp_path / "tok")
@@ -67,10 +68,10 @@ def test_reused_tokenizer_has_the_shipped_ids(tmp_path):
 
 
 def test_shipped_demo_config_is_the_default_recipe():
-    from segvol_rt.demo_model import demo_checkpoint_dir
     from segvol_rt.export.checkpoint import build_model
 
-    from segvol_rt.tokenizer import ClipTokenizer
+    from segvol_rt.demo.model import demo_checkpoint_dir
+    from segvol_rt.io.tokenizer import ClipTokenizer
 
     shipped = demo_checkpoint_dir()
     model, _ = build_model(shipped)
@@ -121,7 +122,8 @@ def test_learning_rate_schedule():
 
 def test_export_round_trip(tmp_path, tokenizer):
     from segvol_rt.export.checkpoint import build_model
-    from segvol_rt.tokenizer import ClipTokenizer
+
+    from segvol_rt.io.tokenizer import ClipTokenizer
 
     model = SegVol(tiny_config(tokenizer))
     tok_dir = tmp_path / "tok"
@@ -134,7 +136,7 @@ def test_export_round_trip(tmp_path, tokenizer):
 
 
 def test_shipped_demo_model():
-    from segvol_rt.demo_model import DEMO_FILES, demo_checkpoint_dir
+    from segvol_rt.demo.model import DEMO_FILES, demo_checkpoint_dir
     from segvol_rt.errors import SegVolError
 
     try:
@@ -142,7 +144,8 @@ def test_shipped_demo_model():
     except SegVolError as exc:
         pytest.skip(str(exc))
     from segvol_rt.export.checkpoint import build_model
-    from segvol_rt.tokenizer import ClipTokenizer
+
+    from segvol_rt.io.tokenizer import ClipTokenizer
 
     assert sum((path / n).stat().st_size for n in DEMO_FILES) < 20e6
     model, ckpt = build_model(path)

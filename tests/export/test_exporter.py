@@ -10,20 +10,20 @@ import sys
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from segvol_rt import artifacts as A
-from segvol_rt import spec as S
-from segvol_rt.cli import app, main
-from segvol_rt.config import SegVolConfig
-from segvol_rt.errors import SegVolError
 from segvol_rt.export import exporter as X
 from segvol_rt.export import onnx as O
 from segvol_rt.export import trt_support
 from segvol_rt.export.checkpoint import save_hf, save_pth
 from segvol_rt.export.model.segvol import SegVol
-from segvol_rt.tokenizer import ClipTokenizer, format_prompt, train_bpe
-from segvol_rt.vocabulary import CATEGORIES
+from typer.testing import CliRunner
+
+from segvol_rt.app.cli import app, main
+from segvol_rt.errors import SegVolError
+from segvol_rt.io import artifacts as A
+from segvol_rt.io import spec as S
+from segvol_rt.io.config import SegVolConfig
+from segvol_rt.io.tokenizer import ClipTokenizer, format_prompt, train_bpe
+from segvol_rt.io.vocabulary import CATEGORIES
 
 QUICK = X.ExportOptions(verify=False)
 

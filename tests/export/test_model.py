@@ -14,11 +14,11 @@ import sys
 
 import pytest
 import torch
-
-from segvol_rt.config import SegVolConfig
-from segvol_rt.errors import SegVolError
 from segvol_rt.export.model.segvol import SegVol, prompt_tokens
-from segvol_rt.spec import LABEL_BOX_MAX, LABEL_BOX_MIN, LABEL_PAD, LABEL_TEXT
+
+from segvol_rt.errors import SegVolError
+from segvol_rt.io.config import SegVolConfig
+from segvol_rt.io.spec import LABEL_BOX_MAX, LABEL_BOX_MIN, LABEL_PAD, LABEL_TEXT
 
 # sha256 of "key shape" lines (sorted) of the official SegVol built from the
 # official code (MONAI ViT, SAM modules, transformers CLIPTextModel), without

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segvol_rt import artifacts as A
-from segvol_rt import engines as E
-from segvol_rt import spec as S
-from segvol_rt.config import SegVolConfig
+from segvol_rt.backends.tensorrt import engines as E
 from segvol_rt.errors import SegVolError
+from segvol_rt.io import artifacts as A
+from segvol_rt.io import spec as S
+from segvol_rt.io.config import SegVolConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fake_cupy  # noqa: E402
@@ -60,7 +60,7 @@ def make_artifacts(root: Path, config: SegVolConfig | None = None, broken: str |
 
 @pytest.fixture
 def fake_trt(monkeypatch):
-    from segvol_rt.export import tensorrt_build
+    from segvol_rt.backends.tensorrt import build as tensorrt_build
 
     trt = fake_tensorrt.make()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
@@ -75,7 +75,7 @@ def _one_build(calls: list[tuple]) -> list[tuple]:
 
 
 def test_fake_fp16_build_calls_the_documented_api_in_order(tmp_path, fake_trt):
-    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     root = make_artifacts(tmp_path / "art")
     build_engines(root, BuildOptions(precision="fp16", max_batch=2, max_points=4), graphs=[S.PROMPT_DECODER])
@@ -120,7 +120,7 @@ def test_fake_fp16_build_calls_the_documented_api_in_order(tmp_path, fake_trt):
 
 
 def test_fake_fp16_pins_norms_softmax_reductions_pow_sqrt_div(tmp_path, fake_trt):
-    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     root = make_artifacts(tmp_path / "art")
     records = build_engines(root, BuildOptions(precision="fp16"), graphs=[S.IMAGE_ENCODER])
@@ -141,7 +141,7 @@ def test_fake_fp16_pins_norms_softmax_reductions_pow_sqrt_div(tmp_path, fake_trt
 
 
 def test_fake_fp32_build_sets_no_precision_flags(tmp_path, fake_trt):
-    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     root = make_artifacts(tmp_path / "art")
     build_engines(root, BuildOptions(precision="fp32"))
@@ -151,7 +151,7 @@ def test_fake_fp32_build_sets_no_precision_flags(tmp_path, fake_trt):
 
 
 def test_fake_build_writes_plain_engines_and_manifest_records(tmp_path, fake_trt):
-    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     root = make_artifacts(tmp_path / "art")
     cache = tmp_path / "trt.cache"
@@ -180,7 +180,7 @@ def test_fake_build_writes_plain_engines_and_manifest_records(tmp_path, fake_trt
 
 
 def test_fake_parser_errors_name_the_node(tmp_path, fake_trt):
-    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     root = make_artifacts(tmp_path / "art", broken=S.TEXT_ENCODER)
     with pytest.raises(SegVolError) as info:
@@ -191,7 +191,7 @@ def test_fake_parser_errors_name_the_node(tmp_path, fake_trt):
 
 
 def test_fake_build_refuses_limits_above_the_exported_range(tmp_path, fake_trt):
-    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     root = make_artifacts(tmp_path / "art")
     with pytest.raises(SegVolError, match="exceeds the exported range"):
@@ -202,7 +202,7 @@ def test_fake_build_refuses_limits_above_the_exported_range(tmp_path, fake_trt):
 
 
 def test_fake_failed_build_leaves_a_consistent_manifest(tmp_path, fake_trt):
-    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     root = make_artifacts(tmp_path / "art", broken=S.PROMPT_DECODER)  # the last of the three
     with pytest.raises(SegVolError, match="parser rejected prompt_decoder.onnx"):
@@ -213,7 +213,7 @@ def test_fake_failed_build_leaves_a_consistent_manifest(tmp_path, fake_trt):
 
 
 def test_fake_build_refuses_a_changed_graph(tmp_path, fake_trt):
-    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     root = make_artifacts(tmp_path / "art")
     (root / "image_encoder.onnx").write_bytes(b"changed")
@@ -222,14 +222,14 @@ def test_fake_build_refuses_a_changed_graph(tmp_path, fake_trt):
 
 
 def test_build_options_are_validated():
-    from segvol_rt.export.tensorrt_build import BuildOptions
+    from segvol_rt.backends.tensorrt.build import BuildOptions
 
     with pytest.raises(SegVolError, match="precision"):
         BuildOptions(precision="int8")
 
 
 def test_needs_fp32_decisions():
-    from segvol_rt.export.tensorrt_build import needs_fp32
+    from segvol_rt.backends.tensorrt.build import needs_fp32
 
     assert needs_fp32("NORMALIZATION", None, "x") and needs_fp32("SOFTMAX", None, "x")
     assert needs_fp32("REDUCE", None, "x") and needs_fp32("ELEMENTWISE", "POW", "x")
@@ -240,7 +240,7 @@ def test_needs_fp32_decisions():
 
 
 def test_missing_tensorrt_names_the_extra(tmp_path, monkeypatch):
-    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as if not installed
     with pytest.raises(SegVolError, match=r"segvol-rt\[trt\]"):
@@ -250,7 +250,7 @@ def test_missing_tensorrt_names_the_extra(tmp_path, monkeypatch):
 def test_cli_build_reports_missing_tensorrt(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from segvol_rt.cli import app
+    from segvol_rt.app.cli import app
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     root = make_artifacts(tmp_path / "art")
@@ -262,7 +262,7 @@ def test_cli_build_reports_missing_tensorrt(tmp_path, monkeypatch):
 def test_fake_cli_build(tmp_path, fake_trt):
     from typer.testing import CliRunner
 
-    from segvol_rt.cli import app
+    from segvol_rt.app.cli import app
 
     root = make_artifacts(tmp_path / "art")
     result = CliRunner().invoke(app, ["build", "--artifacts", str(root), "--max-batch", "2"])
@@ -276,7 +276,7 @@ def test_fake_cli_build(tmp_path, fake_trt):
 @pytest.fixture
 def fake_stack(fake_trt, monkeypatch):
     """Fake tensorrt and cupy; engines built by the fake builder (max batch 2)."""
-    from segvol_rt.backends import tensorrt as trt_backend
+    from segvol_rt.backends.tensorrt import runner as trt_backend
 
     cp = fake_cupy.make()
     monkeypatch.setitem(sys.modules, "cupy", cp)
@@ -285,7 +285,7 @@ def fake_stack(fake_trt, monkeypatch):
 
 
 def _built(tmp_path) -> Path:
-    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     root = make_artifacts(tmp_path / "art")
     build_engines(root, BuildOptions(precision="fp16", max_batch=2, max_points=4))
@@ -308,8 +308,8 @@ def _feeds(config, batch, seed=0):
 
 
 def test_fake_backend_binds_every_tensor_and_orders_streams(tmp_path, fake_stack):
-    from segvol_rt.artifacts import Artifacts
-    from segvol_rt.backends.tensorrt import TensorRTBackend
+    from segvol_rt.backends.tensorrt.runner import TensorRTBackend
+    from segvol_rt.io.artifacts import Artifacts
 
     trt, cp = fake_stack
     backend = TensorRTBackend(Artifacts.load(_built(tmp_path)))
@@ -337,8 +337,8 @@ def test_fake_backend_binds_every_tensor_and_orders_streams(tmp_path, fake_stack
 
 
 def test_fake_backend_validates_against_the_engine_profile(tmp_path, fake_stack):
-    from segvol_rt.artifacts import Artifacts
-    from segvol_rt.backends.tensorrt import TensorRTBackend
+    from segvol_rt.backends.tensorrt.runner import TensorRTBackend
+    from segvol_rt.io.artifacts import Artifacts
 
     _, cp = fake_stack
     backend = TensorRTBackend(Artifacts.load(_built(tmp_path)))
@@ -348,8 +348,8 @@ def test_fake_backend_validates_against_the_engine_profile(tmp_path, fake_stack)
 
 
 def test_fake_backend_refuses_foreign_or_changed_engines(tmp_path, fake_stack):
-    from segvol_rt.artifacts import Artifacts
-    from segvol_rt.backends.tensorrt import TensorRTBackend
+    from segvol_rt.backends.tensorrt.runner import TensorRTBackend
+    from segvol_rt.io.artifacts import Artifacts
 
     root = _built(tmp_path)
     art = Artifacts.load(root)
@@ -367,8 +367,8 @@ def test_fake_backend_refuses_foreign_or_changed_engines(tmp_path, fake_stack):
 
 
 def test_fake_backend_casts_int64_inputs_for_int32_engines(tmp_path, fake_stack, monkeypatch):
-    from segvol_rt.artifacts import Artifacts
-    from segvol_rt.backends.tensorrt import TensorRTBackend
+    from segvol_rt.backends.tensorrt.runner import TensorRTBackend
+    from segvol_rt.io.artifacts import Artifacts
 
     _, cp = fake_stack
     monkeypatch.setattr(fake_tensorrt.FakeEngine, "narrowed", {"token_ids"})
@@ -383,8 +383,8 @@ def test_fake_backend_casts_int64_inputs_for_int32_engines(tmp_path, fake_stack,
 
 
 def test_fake_backend_cuda_graph_captures_once_then_replays(tmp_path, fake_stack):
-    from segvol_rt.artifacts import Artifacts
-    from segvol_rt.backends.tensorrt import TensorRTBackend
+    from segvol_rt.backends.tensorrt.runner import TensorRTBackend
+    from segvol_rt.io.artifacts import Artifacts
 
     trt, cp = fake_stack
     backend = TensorRTBackend(Artifacts.load(_built(tmp_path)), cuda_graph_batch=2)
@@ -455,7 +455,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def _build_copy(src: Path, dst: Path, precision: str) -> Path:
     import shutil
 
-    from segvol_rt.export.tensorrt_build import BuildOptions, build_engines
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     shutil.copytree(src, dst)
     build_engines(dst, BuildOptions(precision=precision, workspace_gib=1.0))
@@ -485,9 +485,9 @@ def _inputs(config, batch=2, seed=0):
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_real_engines_match_ort_cpu(tiny_artifacts, tmp_path, precision):
-    from segvol_rt.artifacts import Artifacts
     from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend
-    from segvol_rt.backends.tensorrt import TensorRTBackend
+    from segvol_rt.backends.tensorrt.runner import TensorRTBackend
+    from segvol_rt.io.artifacts import Artifacts
 
     root = _build_copy(tiny_artifacts, tmp_path / precision, precision)
     art = Artifacts.load(root)
@@ -506,8 +506,8 @@ def test_real_engines_match_ort_cpu(tiny_artifacts, tmp_path, precision):
 
 @pytest.mark.tensorrt
 def test_real_cuda_graph_replay_matches_plain_run(tiny_artifacts, tmp_path):
-    from segvol_rt.artifacts import Artifacts
-    from segvol_rt.backends.tensorrt import TensorRTBackend
+    from segvol_rt.backends.tensorrt.runner import TensorRTBackend
+    from segvol_rt.io.artifacts import Artifacts
 
     root = _build_copy(tiny_artifacts, tmp_path / "graph", "fp32")
     art = Artifacts.load(root)
@@ -534,8 +534,8 @@ def test_real_cuda_graph_replay_matches_plain_run(tiny_artifacts, tmp_path):
     ],
 )
 def test_real_foreign_engine_is_refused(tiny_artifacts, tmp_path, field, value, words):
-    from segvol_rt.artifacts import Artifacts
-    from segvol_rt.backends.tensorrt import TensorRTBackend
+    from segvol_rt.backends.tensorrt.runner import TensorRTBackend
+    from segvol_rt.io.artifacts import Artifacts
 
     root = _build_copy(tiny_artifacts, tmp_path / field, "fp32")
     art = Artifacts.load(root)

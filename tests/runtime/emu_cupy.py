@@ -3,7 +3,7 @@
 :func:`make` returns a module that stands in for ``cupy``: numpy underneath,
 but its arrays are :class:`DeviceArray` - a numpy subclass whose type claims
 to come from cupy, so :mod:`segvol_rt.ops` dispatches them to
-:mod:`segvol_rt.gpu_ops`, whose kernels run on the CPU emulator of
+:mod:`segvol_rt.ops.cuda`, whose kernels run on the CPU emulator of
 kernel_emu.py. The whole pipeline then runs its GPU code path here.
 
 What it checks beyond the numbers:
@@ -66,7 +66,7 @@ TRANSFERS = Transfers()
 class DeviceArray(np.ndarray):
     """numpy memory standing in for a cupy array."""
 
-    __module__ = "cupy._emulated"  # what segvol_rt.ops._is_cupy looks at
+    __module__ = "cupy._emulated"  # what segvol_rt.ops.dispatch.is_cupy looks at
 
     def get(self) -> np.ndarray:
         """Download (cupy's ``ndarray.get``), counted."""
@@ -156,12 +156,12 @@ def make() -> types.ModuleType:
 
 
 def gpu_ops_device(cp: types.ModuleType) -> Any:
-    """A :class:`segvol_rt.gpu_ops.Device` on the emulated cupy and the CPU
+    """A :class:`segvol_rt.ops.cuda.Device` on the emulated cupy and the CPU
     emulator of the kernels; fresh outputs poisoned (NaN / 0xAB)."""
     import importlib.util
     from pathlib import Path
 
-    from segvol_rt import gpu_ops
+    from segvol_rt.ops import cuda as gpu_ops
 
     spec = importlib.util.spec_from_file_location("segvol_rt_kernel_emu", Path(__file__).with_name("kernel_emu.py"))
     emu = importlib.util.module_from_spec(spec)
@@ -174,7 +174,7 @@ def activated(cp: types.ModuleType, device: Any) -> Any:
     """Inside the block ``import cupy`` gives ``cp`` and gpu_ops runs on ``device``."""
     import sys
 
-    from segvol_rt import gpu_ops
+    from segvol_rt.ops import cuda as gpu_ops
 
     missing = object()
     previous = sys.modules.get("cupy", missing)

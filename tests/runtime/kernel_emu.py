@@ -12,7 +12,7 @@ unpacks an argument array, and a signature function that the Python side
 checks every call against (pointer or scalar, kind, size, pointee dtype), so a
 wrong argument dtype - the classic RawKernel bug - fails here too.
 
-:func:`backend` returns a ``segvol_rt.gpu_ops`` device backend that runs the
+:func:`backend` returns a ``segvol_rt.ops.cuda`` device backend that runs the
 GPU code path on numpy arrays with these emulated kernels.
 
 What this cannot show: races between threads, launch configurations, shared
@@ -189,6 +189,6 @@ def kernel(name: str) -> Kernel:
 def backend(poison: bool = True):
     """A gpu_ops device backend: numpy arrays, emulated kernels; fresh outputs
     are poisoned (NaN / 0xAB bytes) so unwritten elements show."""
-    from segvol_rt import gpu_ops
+    from segvol_rt.ops import cuda as gpu_ops
 
     return gpu_ops.Device(xp=np, kernel=kernel, to_host=np.asarray, poison=poison)

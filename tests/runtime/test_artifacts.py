@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-from segvol_rt import artifacts as A
-from segvol_rt import spec as S
-from segvol_rt.config import SegVolConfig
 from segvol_rt.errors import SegVolError
+from segvol_rt.io import artifacts as A
+from segvol_rt.io import spec as S
+from segvol_rt.io.config import SegVolConfig
 
 
 def _make(root, config=None):

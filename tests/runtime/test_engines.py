@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from segvol_rt import engines as E
-from segvol_rt import spec as S
-from segvol_rt.config import SegVolConfig
+from segvol_rt.backends.tensorrt import engines as E
 from segvol_rt.errors import SegVolError
+from segvol_rt.io import spec as S
+from segvol_rt.io.config import SegVolConfig
 
 MODEL = "a" * 64
 GRAPH = "b" * 64

@@ -1,4 +1,4 @@
-"""segvol_rt.geometry: every step and the whole chain undo themselves exactly,
+"""segvol_rt.pipeline.geometry: every step and the whole chain undo themselves exactly,
 points and boxes move with the volumes, and the zoom follows the official
 resizes."""
 
@@ -9,7 +9,7 @@ import pytest
 
 from segvol_rt import ops
 from segvol_rt.errors import SegVolError
-from segvol_rt.geometry import Geometry, Reorient, SwapAxes, Window, Zoom
+from segvol_rt.pipeline.geometry import Geometry, Reorient, SwapAxes, Window, Zoom
 
 nib_orient = pytest.importorskip("nibabel.orientations")
 

@@ -13,7 +13,7 @@ model where the blob is, and the mask must come back to the scan's grid
 through every geometry step (reorientation, axis swap, padding, crop, zoom-out
 resize, zoom-in windows, and back). "Touches" rather than "inside": with a
 single zoom-in window the official prompt box is shifted by the window padding
-(the quirk :mod:`segvol_rt.zoom` reproduces), as a real model would tolerate.
+(the quirk :mod:`segvol_rt.pipeline.zoom` reproduces), as a real model would tolerate.
 
 Also ``segvol-rt infer`` on the real CT of ../shared with a box from its liver
 label (tiny artifacts): the output opens, has the input's grid and is non-empty.
@@ -29,10 +29,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from segvol_rt import spec as S
+from segvol_rt.app.infer import InferOptions, run_infer
 from segvol_rt.backends.base import Backend
-from segvol_rt.config import SegVolConfig
-from segvol_rt.infer import InferOptions, run_infer
+from segvol_rt.io import spec as S
+from segvol_rt.io.config import SegVolConfig
 from segvol_rt.runtime import SegVolRuntime
 
 nib = pytest.importorskip("nibabel")
@@ -58,7 +58,7 @@ LAYOUTS = {
     "large": Layout((72, 80, 68), ((38, 44, 34), (5, 4, 3)), ((10, 44, 34), (3, 3, 2))),
     # axes below the window (64): padded; zoom-out only, because a single
     # zoom-in window of a small ROI gets its box shifted by the window padding
-    # (the official quirk segvol_rt.zoom reproduces) - a real model may miss too
+    # (the official quirk segvol_rt.pipeline.zoom reproduces) - a real model may miss too
     "small": Layout((40, 48, 30), ((27, 14, 19), (5, 4, 3)), ((7, 39, 19), (3, 3, 2))),
 }
 BRIGHT = 0.5

@@ -23,12 +23,13 @@ import pytest
 pytest.importorskip("torch")  # the tiny artifacts are exported from a torch model
 
 import emu_cupy  # noqa: E402
-from segvol_rt import spec as S  # noqa: E402
-from segvol_rt.artifacts import Artifacts  # noqa: E402
+from tiny_artifacts import tiny_artifacts  # noqa: E402
+
 from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from segvol_rt.errors import SegVolError  # noqa: E402
+from segvol_rt.io import spec as S  # noqa: E402
+from segvol_rt.io.artifacts import Artifacts  # noqa: E402
 from segvol_rt.runtime import Request, SegVolRuntime  # noqa: E402
-from tiny_artifacts import tiny_artifacts  # noqa: E402
 
 REL_TOL = 1e-6
 # scan (I, J, K) -> crop (K, J, I); zoom-in windows of the tiny model (16, 64, 64)
@@ -195,7 +196,7 @@ def test_emulated_reoriented_scan_matches_cpu(tiny, emulated):
 def test_emulated_phantom_matches_cpu(tiny, emulated, orientation, reorient):
     """A synthetic CT (int16, Fortran order) whose foreground crop is a strict
     part of the scan: the crop origin, and flips when reoriented, in scan_mask."""
-    from segvol_rt.phantom import make_phantom
+    from segvol_rt.demo.phantom import make_phantom
 
     ph = make_phantom(0, (96, 96, 48), orientation=orientation)
     cpu, gpu = _runtimes(tiny[0], emulated)

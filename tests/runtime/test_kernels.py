@@ -1,4 +1,4 @@
-"""The CUDA kernels (through segvol_rt.gpu_ops) against their NumPy twins.
+"""The CUDA kernels (through segvol_rt.ops.cuda) against their NumPy twins.
 
 Every test runs twice: on ``emu`` - numpy arrays and the CPU emulator of the
 kernels (kernel_emu.py: the .cu sources compiled as C++), so the kernels'
@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segvol_rt import gpu_ops, ops, ops_extra
+from segvol_rt import ops
 from segvol_rt.errors import SegVolError
+from segvol_rt.ops import cuda as gpu_ops
 
 _spec = importlib.util.spec_from_file_location("segvol_rt_kernel_emu", Path(__file__).with_name("kernel_emu.py"))
 emu = importlib.util.module_from_spec(_spec)
@@ -265,7 +266,7 @@ def test_blend_windows_and_box(dev):
         assert same(get(dev, gpu_ops.blend_windows(put(dev, windows), starts, padded)), ref)
         box = tuple(a for a, _ in pads) + tuple(n - b for n, (_, b) in zip(padded, pads))
         got = gpu_ops.blend_windows_box(put(dev, windows), starts, padded, box)
-        assert same(get(dev, got), ops_extra.blend_windows_box(windows, starts, padded, box))
+        assert same(get(dev, got), ops.blend_windows_box(windows, starts, padded, box))
     # voxels that no window covers are NaN on both sides
     w = np.ones((1, 2, 2, 2), np.float32)
     assert same(get(dev, gpu_ops.blend_windows(put(dev, w), [(1, 1, 1)], (4, 4, 4))),
@@ -279,11 +280,11 @@ def test_blend_accumulate_in_batches(dev):
         total, count = np.zeros(padded, np.float32), np.zeros(padded, np.float32)
         total_d, count_d = put(dev, total), put(dev, count)
         for lo in range(0, len(starts), 3):
-            ops_extra.blend_accumulate(total, count, windows[lo : lo + 3], starts[lo : lo + 3])
+            ops.blend_accumulate(total, count, windows[lo : lo + 3], starts[lo : lo + 3])
             gpu_ops.blend_accumulate(total_d, count_d, put(dev, windows[lo : lo + 3]), starts[lo : lo + 3])
         assert same(get(dev, total_d), total) and same(get(dev, count_d), count)
         blended = gpu_ops.blend_divide(total_d, count_d)
-        assert same(get(dev, blended), ops_extra.blend_divide(total, count))
+        assert same(get(dev, blended), ops.blend_divide(total, count))
         assert same(get(dev, blended), ops.blend_windows(windows, starts, padded))
 
 
@@ -292,7 +293,7 @@ def test_paste(dev):
     for dtype in (np.float32, np.uint8, np.bool_):
         dst = _volume((10, 12, 14), dtype, rng)
         src = _volume((4, 12, 5), dtype, rng)
-        ref = ops_extra.paste(dst.copy(), src, (3, 0, 9))
+        ref = ops.paste(dst.copy(), src, (3, 0, 9))
         got = gpu_ops.paste(put(dev, dst), put(dev, src), (3, 0, 9))
         assert same(get(dev, got), ref)
     with pytest.raises(ValueError):
@@ -315,7 +316,7 @@ def test_scan_mask(dev):
             box = _random_box(crop, rng)
             roi_start = box[:3]
             roi = rng.standard_normal([b - a for a, b in zip(box[:3], box[3:])]).astype(np.float32)
-        ref = ops_extra.scan_mask(logits, scan, perm, flips, origin, roi, roi_start)
+        ref = ops.scan_mask(logits, scan, perm, flips, origin, roi, roi_start)
         got = gpu_ops.scan_mask(put(dev, logits), scan, perm, flips, origin,
                                 None if roi is None else put(dev, roi), roi_start)
         assert same(get(dev, got), ref), (scan, perm, flips, crop, origin)
@@ -336,14 +337,14 @@ def test_scan_mask_twin_official_swap():
         if 0 <= md < 8 and 0 <= mh < 7 and 0 <= mw < 6:
             model[md, mh, mw] = v
     expected = model.transpose(2, 1, 0)
-    assert same(ops_extra.scan_mask(logits, scan, (2, 1, 0), (False,) * 3, origin), expected)
-    flipped = ops_extra.scan_mask(logits, scan, (2, 1, 0), (True, False, False), origin)
+    assert same(ops.scan_mask(logits, scan, (2, 1, 0), (False,) * 3, origin), expected)
+    flipped = ops.scan_mask(logits, scan, (2, 1, 0), (True, False, False), origin)
     assert same(flipped, expected[:, :, ::-1])
 
 
 def test_scan_mask_matches_geometry(dev):
     """scan_mask with scan_mapping(geometry) == geometry.crop_to_scan of the positive mask."""
-    from segvol_rt.geometry import Geometry, Reorient
+    from segvol_rt.pipeline.geometry import Geometry, Reorient
 
     rng = np.random.default_rng(12)
     orderings = [(0, 1, 2), (2, 0, 1), (1, 0, 2), (2, 1, 0)]
@@ -361,8 +362,8 @@ def test_scan_mask_matches_geometry(dev):
         geo = Geometry.build(scan, crop_box, (8, 16, 16), reorient)
         logits = rng.standard_normal(geo.crop.out_shape).astype(np.float32)
         expected = np.asarray(geo.crop_to_scan(np.asarray(ops.positive_mask(logits), dtype=np.uint8)))
-        mapping = ops_extra.scan_mapping(geo)
-        assert same(ops_extra.scan_mask(logits, scan, *mapping), expected), (scan, reorient, crop_box)
+        mapping = geo.scan_mapping()
+        assert same(ops.scan_mask(logits, scan, *mapping), expected), (scan, reorient, crop_box)
         assert same(get(dev, gpu_ops.scan_mask(put(dev, logits), scan, *mapping)), expected)
 
 

@@ -4,8 +4,8 @@ mask round trips, atomic writes, and a clear SegVolError for every bad file."""
 from __future__ import annotations
 
 import gzip
-import sys
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from segvol_rt.errors import SegVolError
-from segvol_rt.nifti import parse_label_spec, read_label, read_scan, write_json_sidecar, write_mask
+from segvol_rt.io.nifti import (
+    parse_label_spec,
+    read_label,
+    read_scan,
+    write_json_sidecar,
+    write_mask,
+)
 
 AFFINE = np.array(
     [[0.0, -0.8, 0.0, 120.0], [0.7, 0.0, 0.0, -90.5], [0.0, 0.0, 2.5, 33.0], [0.0, 0.0, 0.0, 1.0]]
@@ -208,7 +214,7 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("segvol_rt._atomic.os.replace", boom)
+    monkeypatch.setattr("segvol_rt.io.atomic.os.replace", boom)
     with pytest.raises(SegVolError, match="cannot write .*disk full"):
         write_mask(out, np.ones(scan.shape, np.uint8), scan)
     assert out.read_bytes() == before

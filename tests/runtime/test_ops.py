@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from segvol_rt import ops
+from segvol_rt.ops import dispatch
+from segvol_rt.ops import numpy1 as N
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -248,10 +250,10 @@ def _python_numpy1_sum(values: np.ndarray) -> np.float32:
 @pytest.mark.parametrize("n", [1, 7, 8, 100, 129, 8192, 8195, 20000])
 def test_float32_sum_follows_numpy1(n):
     x = (np.random.default_rng(n).standard_normal(n) * 300).astype(np.float32)
-    assert ops._sum_f32(x) == _python_numpy1_sum(x)
+    assert N.sum_f32(x) == _python_numpy1_sum(x)
     big = (np.random.default_rng(0).standard_normal(5 * 8192 + 77) * 300).astype(np.float32)
     blocks = big[: 5 * 8192].reshape(5, 8192)
-    np.testing.assert_array_equal(ops._block_sums(blocks), ops._emulated_block_sums(blocks))
+    np.testing.assert_array_equal(N.block_sums(blocks), N.emulated_block_sums(blocks))
 
 
 def test_tail_selection_equals_sorting():
@@ -268,9 +270,9 @@ def test_tail_selection_equals_sorting():
         s = np.sort(a)
         n = a.size
         for q in (0.05, 99.95):
-            prev, nxt, _ = ops._np1_percentile_positions(n, q)
+            prev, nxt, _ = N.percentile_positions(n, q)
             low = q < 50
-            assert ops._select_ranks(a, [prev, nxt], low=low) == [float(s[prev]), float(s[nxt])]
+            assert N.select_ranks(a, [prev, nxt], low=low) == [float(s[prev]), float(s[nxt])]
 
 
 def test_stats_close_to_plain_numpy():
@@ -352,9 +354,38 @@ def test_blend_windows_matches_monai_accumulation_in_torch():
     assert ops.unpad(got, pads).shape == image
 
 
-def test_gpu_twin_is_only_looked_up_for_cupy_arrays():
-    assert ops._gpu_twin("resize", np.zeros(3)) is None
+def test_gpu_twin_is_only_looked_up_for_cupy_arrays(monkeypatch):
+    def no_lookup(name):
+        raise AssertionError(f"looked up the CUDA twin of {name} for a numpy array")
+
+    monkeypatch.setattr(dispatch, "twin_of", no_lookup)
+    assert ops.resize(np.zeros((2, 2, 2), np.float32), (3, 3, 3), "nearest").shape == (3, 3, 3)
     assert ops.array_namespace(np.zeros(3)) is np
+
+
+def test_every_registered_operation_has_its_cuda_twin():
+    import inspect
+
+    from segvol_rt.ops import cuda
+
+    twins = dispatch.registered_twins()
+    assert len(twins) >= 16
+    for name, fn in twins.items():
+        twin = getattr(cuda, name, None)
+        assert callable(twin), f"segvol_rt.ops.cuda has no twin {name}"
+        assert getattr(ops, name).__wrapped__ is fn
+        ref, got = inspect.signature(fn).parameters, inspect.signature(twin).parameters
+        assert list(ref) == list(got), f"{name}: twin takes {list(got)}, reference {list(ref)}"
+
+
+def test_a_twin_that_does_not_exist_is_an_error_not_a_numpy_run(monkeypatch):
+    from segvol_rt.ops import cuda
+
+    monkeypatch.delattr(cuda, "sigmoid")
+    with pytest.raises(LookupError, match="no twin 'sigmoid'"):
+        dispatch.twin_of("sigmoid")
+    with pytest.raises(LookupError, match="registered twice"):
+        dispatch.cuda_twin(dispatch.registered_twins()["sigmoid"])
 
 
 def test_cupy_arrays_give_the_numpy_results():

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segvol_rt import spec as S
 from segvol_rt.backends import cuda_common as C
-from segvol_rt.config import SegVolConfig
-from segvol_rt.engines import GpuIdentity
+from segvol_rt.backends.tensorrt.engines import GpuIdentity
 from segvol_rt.errors import SegVolError
+from segvol_rt.io import spec as S
+from segvol_rt.io.config import SegVolConfig
 
 TOY = S.GraphSpec(
     "toy",
@@ -177,9 +177,9 @@ def test_backend_plumbing_with_fake_cupy_on_ort_cpu(tiny_artifacts_dir_cpu, monk
     sys.path.insert(0, str(Path(__file__).parents[1] / "export"))
     import fake_cupy
 
-    from segvol_rt.artifacts import Artifacts
     from segvol_rt.backends import ort_cuda
     from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend
+    from segvol_rt.io.artifacts import Artifacts
 
     cp = fake_cupy.make()
     monkeypatch.setitem(sys.modules, "cupy", cp)
@@ -271,9 +271,9 @@ def tiny_artifacts_dir(tmp_path_factory):
 
 def test_gpu_ort_cuda_backend_matches_ort_cpu(tiny_artifacts_dir):
     cp = _gpu_stack_or_skip()
-    from segvol_rt.artifacts import Artifacts
     from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend
     from segvol_rt.backends.ort_cuda import OrtCudaBackend
+    from segvol_rt.io.artifacts import Artifacts
 
     art = Artifacts.load(tiny_artifacts_dir)
     gpu, cpu = OrtCudaBackend(art), OnnxRuntimeBackend(art, device="cpu")

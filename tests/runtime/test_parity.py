@@ -15,11 +15,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from segvol_rt import ops  # noqa: E402
-from segvol_rt import prompts as P  # noqa: E402
 from segvol_rt.export.reference import official_zoom_out_zoom_in  # noqa: E402
-from segvol_rt.runtime import SegVolRuntime  # noqa: E402
 from tiny_artifacts import tiny_artifacts  # noqa: E402
+
+from segvol_rt import ops  # noqa: E402
+from segvol_rt.pipeline import prompts as P  # noqa: E402
+from segvol_rt.runtime import SegVolRuntime  # noqa: E402
 
 REL_TOL = 1e-5
 

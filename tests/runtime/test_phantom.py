@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from segvol_rt.demo.phantom import PHANTOM_LABELS, Phantom, make_phantom, random_phantom
 from segvol_rt.errors import SegVolError
-from segvol_rt.phantom import PHANTOM_LABELS, Phantom, make_phantom, random_phantom
 
 SMALL = (96, 80, 24)  # non-square in-plane, so a swapped i/j would show
 SPACING = (0.8, 0.9, 4.0)
@@ -46,7 +46,7 @@ def test_defaults():
 
 
 def test_every_label_has_one_organ_model():
-    from segvol_rt.phantom import _ORGANS
+    from segvol_rt.demo.phantom import _ORGANS
 
     assert sorted(organ.label for organ in _ORGANS) == sorted(PHANTOM_LABELS)
 

@@ -1,4 +1,4 @@
-"""segvol_rt.preprocess against a plain re-derivation of the official
+"""segvol_rt.pipeline.preprocess against a plain re-derivation of the official
 transforms (ForegroundNormalization, DimTranspose, MinMaxNormalization,
 SpatialPad, CropForeground, Resize nearest-exact), plus timing on a full-size
 volume (reported, not asserted)."""
@@ -12,7 +12,7 @@ import pytest
 
 from segvol_rt import ops
 from segvol_rt.errors import SegVolError
-from segvol_rt.preprocess import preprocess
+from segvol_rt.pipeline.preprocess import preprocess
 
 SPATIAL = (16, 64, 64)
 

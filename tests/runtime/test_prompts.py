@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segvol_rt import prompts as P
-from segvol_rt import spec as S
 from segvol_rt.errors import SegVolError
+from segvol_rt.io import spec as S
+from segvol_rt.pipeline import prompts as P
 
 
 def test_parse_box_and_points():

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segvol_rt.config import PROMPT_TEMPLATE
 from segvol_rt.errors import SegVolError
-from segvol_rt.tokenizer import ClipTokenizer, format_prompt, train_bpe
-from segvol_rt.vocabulary import CATEGORIES
+from segvol_rt.io.config import PROMPT_TEMPLATE
+from segvol_rt.io.tokenizer import ClipTokenizer, format_prompt, train_bpe
+from segvol_rt.io.vocabulary import CATEGORIES
 
 ODD = [
     "",

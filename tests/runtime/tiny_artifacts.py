@@ -28,12 +28,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from segvol_rt.config import SegVolConfig
 from segvol_rt.export.checkpoint import save_pth
 from segvol_rt.export.exporter import ExportOptions, export_artifacts
 from segvol_rt.export.model.segvol import SegVol
-from segvol_rt.tokenizer import format_prompt, train_bpe
-from segvol_rt.vocabulary import CATEGORIES
+
+from segvol_rt.io.config import SegVolConfig
+from segvol_rt.io.tokenizer import format_prompt, train_bpe
+from segvol_rt.io.vocabulary import CATEGORIES
 
 SEED = 0
 MAX_BATCH = 4  # small, so several windows need several encoder calls
@@ -44,7 +45,7 @@ _CACHE: dict[str, Any] = {}
 
 def roi_friendly(model: SegVol) -> SegVol:
     """Edit ``model``'s mask decoder in place as the module docstring says."""
-    from segvol_rt.bench import shape_decoder_blob
+    from segvol_rt.export.bench_model import shape_decoder_blob
 
     return shape_decoder_blob(model, BLOB)
 

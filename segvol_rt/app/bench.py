@@ -1,0 +1,225 @@
+"""The quick run behind ``segvol-rt bench``: per-stage latencies of each backend
+that can run here, on a small phantom, one target. The full side-by-side
+benchmark is ``benchmarks/bench.py``; it drives the same pieces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from segvol_rt._optional import available, require
+from segvol_rt.bench.machine import machine_info
+from segvol_rt.bench.report import Report
+from segvol_rt.bench.scans import requests_for, synthetic_scan, write_scan
+from segvol_rt.bench.stages import (
+    Settings,
+    bench_graphs,
+    bench_io,
+    bench_kernels,
+    bench_pipeline,
+    bench_text_lookup,
+)
+from segvol_rt.errors import SegVolError
+from segvol_rt.export.bench_model import prepare_bench_model
+from segvol_rt.export.bench_reference import (
+    OfficialStyleModel,
+    bench_official,
+    bench_official_graphs,
+)
+from segvol_rt.io import spec as S
+
+Log = Callable[[str], None]
+
+
+# -- the quick run (`segvol-rt bench`) -------------------------------------------------
+
+
+def _open(artifacts: Any, backend: str, device: str, checkpoint: Any = None, model: Any = None,
+          threads: int | None = None) -> tuple[Any, str]:
+    """A backend by name, or raise SegVolError saying why it cannot run."""
+    if backend == "torch" and model is not None:
+        from segvol_rt.backends.torch import TorchBackend
+
+        return TorchBackend(artifacts, device=device, model=model), "torch"
+    if backend == "onnxruntime" and device == "cpu" and threads:
+        from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(artifacts, device="cpu", threads=threads), "requested"
+    from segvol_rt.backends.select import open_backend
+
+    return open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint)
+
+
+BACKEND_CHOICES = {
+    # label: (backend name, device)
+    "ort-cpu": ("onnxruntime", "cpu"),
+    "ort-cuda": ("onnxruntime", "cuda"),
+    "tensorrt": ("tensorrt", "cuda"),
+    "torch-pipeline": ("torch", "auto"),
+}
+
+
+def torch_device(requested: str = "auto") -> str:
+    torch = require("torch")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def open_backends(artifacts: Any, labels: Sequence[str], checkpoint: Any, model: Any, log: Log,
+                  threads: int | None = None) -> dict[str, Any]:
+    """Open each backend of ``labels`` that can run here; log why the others
+    cannot. ``threads``: intra-op threads of ONNX Runtime on the CPU (default: all cores)."""
+    opened = {}
+    for label in labels:
+        name, device = BACKEND_CHOICES[label]
+        try:
+            if name == "torch":
+                if model is None and checkpoint is None:
+                    raise SegVolError("no checkpoint to build the torch model from")
+                device = torch_device(device)
+            backend, _ = _open(artifacts, name, device, checkpoint, model, threads)
+        except SegVolError as exc:
+            log(f"skipping {label}: {exc}")
+            continue
+        opened[f"{label}" if name != "torch" else f"torch-pipeline ({backend.device})"] = backend
+    return opened
+
+
+def capped_backend(backend: Any, max_windows: int) -> Any:
+    """A view of ``backend`` whose image encoder takes at most ``max_windows``
+    windows per call: the runtime reads its batch limit from the specs, so
+    this times the pipeline with smaller encoder batches on the same sessions."""
+    from segvol_rt.backends.base import Backend
+
+    class Capped(Backend):
+        name = backend.name
+        device = backend.device
+
+        def __init__(self) -> None:
+            specs = dict(backend.specs)
+            enc = specs[S.IMAGE_ENCODER]
+            lo, _, hi = enc.ranges["B"]
+            cap = max(lo, min(hi, int(max_windows)))
+            specs[S.IMAGE_ENCODER] = dataclasses.replace(enc, ranges={**enc.ranges, "B": (lo, cap, cap)})
+            super().__init__(specs)
+            self.window_batch = cap
+
+        @property
+        def xp(self) -> Any:
+            return backend.xp
+
+        def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
+            return backend._run(graph, feeds)
+
+        def describe(self) -> str:
+            return f"{backend.describe()}, at most {max_windows} window(s) per encoder call"
+
+    return Capped()
+
+
+def quick_bench(
+    artifacts: str | os.PathLike[str] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    backends: Sequence[str] = ("ort-cpu", "ort-cuda", "tensorrt", "torch-pipeline"),
+    repeat: int = 5,
+    warmup: int = 1,
+    scan_shape: Sequence[int] = (160, 160, 48),
+    cache_dir: str | os.PathLike[str] | None = None,
+    log: Log | None = None,
+    model_name: str = "tiny",
+    threads: int | None = None,
+) -> Report:
+    """A run of seconds on whatever is installed: per-stage latencies of each
+    backend that can run, on a small phantom scan, one target.
+
+    The model: ``artifacts`` when given (with ``checkpoint`` for the torch
+    rows), else ``model_name``: ``"tiny"`` (the tiny benchmark model, exported
+    into the cache once; needs the ``export`` extra) or ``"demo"`` (the
+    shipped demo model). ``threads``: CPU threads of ONNX Runtime and torch
+    (default: all cores)."""
+    import tempfile
+
+    say = log or (lambda _m: None)
+    from segvol_rt.io.artifacts import Artifacts
+
+    model = None
+    if threads and available("torch"):
+        require("torch").set_num_threads(threads)
+    if artifacts is None:
+        if model_name == "tiny" and not available("torch"):
+            raise SegVolError(
+                "segvol-rt bench needs a model: pass --artifacts DIR (from segvol-rt export), use --model demo, "
+                "or install the export extra to build the tiny benchmark model: pip install 'segvol-rt[export]'"
+            )
+        bm = prepare_bench_model(model_name, cache_dir, log=say)
+        artifacts, checkpoint = bm.artifacts, bm.checkpoint
+    arts = Artifacts.load(artifacts)
+    arts.verify()
+    config = arts.config
+    report = Report("segvol-rt bench (quick)")
+    report.meta.update(machine_info())
+    report.meta["settings"] = {"repeat": repeat, "warmup": warmup, "artifacts": str(artifacts), "threads": threads}
+    report.meta["model"] = {"window": list(config.spatial_size), "embed_dim": config.embed_dim,
+                            "encoder_depth": config.encoder_depth}
+    settings = Settings(repeat=repeat, warmup=warmup)
+    tokenizer = arts.tokenizer()
+    with tempfile.TemporaryDirectory(prefix="segvol-rt-bench-") as tmp:
+        tmpdir = Path(tmp)
+        ph, image = synthetic_scan(scan_shape, fill_air=False)
+        path = write_scan(tmpdir / "scan.nii.gz", ph)
+        case = "phantom " + "x".join(str(s) for s in scan_shape)
+        say(f"read / preprocess / write: {path.name}")
+        report.cases[case] = bench_io(report, case, path, config.spatial_size, settings, tmpdir)
+        report.cases[case]["window"] = list(config.spatial_size)
+        opened = open_backends(arts, backends, checkpoint, model, say, threads)
+        if not opened:
+            raise SegVolError("no backend can run on this machine")
+        from segvol_rt.runtime import SegVolRuntime
+
+        targets = requests_for(image.shape, 1)
+        for label, backend in opened.items():
+            say(f"{label}: graphs")
+            bench_graphs(report, case, label, backend, config, tokenizer, settings, arts.prompt_template)
+            rt = SegVolRuntime(arts, backend, label)
+            rt.set_volume(path)
+            say(f"{label}: zoom-out-zoom-in")
+            bench_pipeline(report, case, label, rt, targets, settings)
+            if label == next(iter(opened)):
+                bench_text_lookup(report, case, rt, settings)
+                say("kernels (numpy)")
+                bench_kernels(report, case, rt.crop_image, config, settings, "numpy")
+                report.cases[case]["crop_shape"] = list(rt.crop_image.shape)
+            if label == next(iter(opened)) and checkpoint is not None and available("torch"):
+                say("torch official-style reference")
+                _quick_official(report, case, rt, checkpoint, tokenizer, arts.prompt_template, targets, settings)
+            rt.close()
+    _pipeline_ratios(report, case, list(opened))
+    return report
+
+
+def _quick_official(report: Report, case: str, rt: Any, checkpoint: Any, tokenizer: Any, template: str,
+                    targets: Sequence[Mapping[str, Any]], settings: Settings) -> None:
+    from segvol_rt.export.checkpoint import build_model
+
+    model, _ = build_model(checkpoint)
+    device = torch_device()
+    wrapper = OfficialStyleModel(model.to(device).eval(), tokenizer, template, device)
+    bench_official_graphs(report, case, wrapper, rt.config, settings)
+    bench_official(report, case, wrapper, rt, targets, settings)
+
+
+def _pipeline_ratios(report: Report, case: str, labels: Sequence[str]) -> None:
+    """Each backend's 1-target zoom-out-zoom-in against the official-style
+    torch flow, and against the first backend."""
+    stage = "zoom-out-zoom-in, 1 target"
+    official = [r for r in report.rows if r.case == case and r.backend.startswith("torch official") and r.stage == stage]
+    for label in labels:
+        row = report.find(case, label, stage)
+        if official:
+            report.ratio(f"{case}: {official[-1].backend} / {label}, {stage}", official[-1], row)
+        if label != labels[0]:
+            report.ratio(f"{case}: {label} / {labels[0]}, {stage}", row, report.find(case, labels[0], stage))

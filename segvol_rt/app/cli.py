@@ -1,0 +1,233 @@
+"""The ``segvol-rt`` command line: a thin typer layer over the public API.
+
+Every command parses its options, calls the API and prints. A
+:class:`~segvol_rt.errors.SegVolError` becomes one line on stderr and exit
+code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from segvol_rt.errors import SegVolError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="SegVol deployment SDK: export, build, infer, bench, demo.",
+)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line and exit code 2."""
+    try:
+        app()  # standalone: click prints usage errors and exits by itself
+    except SegVolError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+@app.callback()
+def _root() -> None:
+    """SegVol deployment SDK: export, build, infer, bench, demo."""
+
+
+@app.command()
+def version() -> None:
+    """Print the segvol-rt version."""
+    from segvol_rt import __version__
+
+    typer.echo(__version__)
+
+
+_PROMPT_HELP = (
+    "Box and points are voxel indices (i, j, k) of SCAN as nibabel loads it - 3D Slicer's IJK - "
+    "inclusive, 0-based."
+)
+
+
+@app.command(epilog=_PROMPT_HELP)
+def infer(
+    scan: str = typer.Argument(..., help="CT scan, .nii or .nii.gz."),
+    text: Optional[list[str]] = typer.Option(None, "--text", help="Target name or free phrase; repeat for several targets (one target each)."),
+    box: Optional[str] = typer.Option(None, "--box", help="i0,j0,k0,i1,j1,k1: inclusive box in SCAN voxel indices (IJK); applies to every --text."),
+    point: Optional[list[str]] = typer.Option(None, "--point", help="i,j,k[,label] in SCAN voxel indices (IJK), label 1 positive (default) or 0 negative; repeatable; applies to every --text."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output mask (.nii/.nii.gz); default SCAN stem + _segvol.nii.gz beside it. Several targets: a multi-label file (label i = i-th target; where targets overlap the later one wins) and a .json sidecar naming the labels."),
+    split: bool = typer.Option(False, "--split", help="One 0/1 file per target, <out stem>_<name>.nii.gz, instead of a multi-label file."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write float32 probability maps <out stem>_prob[_<name>].nii.gz."),
+    backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | torch | tensorrt."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    no_zoom_in: bool = typer.Option(False, "--no-zoom-in", help="Coarse (zoom-out) pass only."),
+    window_prompts: str = typer.Option("official", "--window-prompts", help="official | aligned. Zoom-in window boxes/points: 'official' reproduces SegVol, which misplaces them by the padding on scans smaller than a window (32x256x256 at full size) along an axis; 'aligned' places them where they belong. Same result on larger scans."),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Artifacts directory from `segvol-rt export`; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
+    reorient: Optional[str] = typer.Option(None, "--reorient", help="Reorient to axis codes (e.g. RAS) before the model. Off by default: SegVol itself does not reorient. Prompts and masks stay in SCAN's voxel grid either way."),
+    seed: int = typer.Option(0, "--seed", help="Seed of point sampling (zoom-in windows, --prompt-points)."),
+    prompt_from: Optional[str] = typer.Option(None, "--prompt-from", help="Evaluation: LABEL.nii.gz:ID - derive the prompts from this reference label as the official demo does (zoom-out-space box of the resized label); also the --reference by default."),
+    prompt_box: bool = typer.Option(True, "--prompt-box/--no-prompt-box", help="With --prompt-from: use the label's box."),
+    prompt_points: bool = typer.Option(False, "--prompt-points", help="With --prompt-from: also sample points from the label (official select_points, 3 positive + 3 negative extra, seeded)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="LABEL.nii.gz:ID - print the Dice of the result, zoom-out only and with zoom-in (official formula, crop space) and in scan space."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and information lines (errors, warnings and Dice still print)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-target details: ROI, windows, prompts."),
+) -> None:
+    """Segment targets of a CT scan by text, box and/or point prompts; write NIfTI masks."""
+    from segvol_rt.app.console import ConsoleReporter, load_runtime
+    from segvol_rt.app.infer import InferOptions, run_infer
+
+    opts = InferOptions(
+        texts=tuple(text or ()), box=box, points=tuple(point or ()), out=out, split=split,
+        probabilities=probabilities, zoom_in=not no_zoom_in, window_prompts=window_prompts, reorient=reorient, seed=seed,
+        prompt_from=prompt_from, prompt_box=prompt_box, prompt_points=prompt_points, reference=reference,
+    )
+    report = ConsoleReporter(quiet=quiet)
+    try:
+        result = run_infer(scan, opts, lambda: load_runtime(artifacts, backend, device, report), report)
+    finally:
+        report.close()
+    for res in result.targets:
+        seg = res.segmentation
+        zoom = f"{seg.n_windows} zoom-in window(s)" if seg.zoom_in_applied else "zoom-out only"
+        report.note(f"{res.plan.name}: {int(seg.mask.sum())} voxels, {zoom}")
+        if verbose:
+            stats = res.stats(result.geometry)
+            report.note(f"  prompt {seg.prompt}; ROI (crop) {stats['roi_crop']}, ROI (scan) {stats['roi_scan']}")
+        if res.evaluation is not None:
+            for line in res.evaluation.lines():
+                typer.echo(f"{res.plan.name}: {line}")
+    for path in result.files:
+        report.note(f"wrote {path}")
+    report.note(result.timing_line(detailed=verbose))
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("segvol-demo", "--out", help="Folder for the phantom, masks, results.json and preview.png."),
+    make_phantom: Optional[str] = typer.Option(None, "--make-phantom", help="Only write a phantom to this .nii.gz (and <stem>_labels.nii.gz), then exit."),
+    seed: int = typer.Option(0, "--seed", help="Phantom seed."),
+    backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | torch | tensorrt."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Artifacts directory; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
+    window_prompts: str = typer.Option("aligned", "--window-prompts", help="aligned | official: zoom-in window prompts (see `infer --help`). Phantoms are often narrower than the demo model's window, where 'official' misplaces the window boxes."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the Dice table and errors."),
+) -> None:
+    """Run the pipeline on a synthetic phantom: Dice per organ (text, text+box; zoom-out vs zoom-in), masks and a PNG preview."""
+    from segvol_rt.app.demo import demo_steps, run_demo, write_phantom
+    from segvol_rt.app.console import ConsoleReporter, load_runtime
+
+    if make_phantom is not None:
+        image, labels, phantom = write_phantom(make_phantom, seed)
+        typer.echo(f"wrote {image} and {labels} (seed {seed}, shape {phantom.image.shape}, labels {phantom.label_names})")
+        return
+    report = ConsoleReporter(quiet=quiet)
+    report.stage("segmenting the phantom's organs", total=demo_steps())
+    try:
+        result = run_demo(out, lambda: load_runtime(artifacts, backend, device, report), seed, say=report.note,
+                          advance=report.advance, window_prompts=window_prompts)
+    finally:
+        report.close()
+    for line in result.table():
+        typer.echo(line)
+    report.note("Dice: scan space, 2|A&B|/(|A|+|B|) against the phantom's labels; time: both runs of both prompts;"
+                f" zoom-in window prompts: {result.window_prompts}")
+    for path in result.files:
+        report.note(f"wrote {path}")
+    report.note("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+
+
+@app.command()
+def export(
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", help="SegVol checkpoint: a .pth file or a Hugging Face directory; default: the shipped demo model."
+    ),
+    out: str = typer.Option(..., "--out", help="Artifacts directory to write (created; see --force)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset, at least 17."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="CLIP tokenizer directory (needed for a .pth: the official repo's config/clip)."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Largest batch of windows the graphs accept."),
+    max_points: int = typer.Option(16, "--max-points", help="Largest number of point prompts per target."),
+    skip_verify: bool = typer.Option(False, "--skip-verify", help="Skip the ONNX Runtime vs torch parity checks."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing artifacts directory at --out."),
+) -> None:
+    """Export a checkpoint to verified ONNX graphs, tokenizer files, text table and manifest."""
+    import time
+
+    from segvol_rt.export.exporter import ExportOptions, export_artifacts
+
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        typer.echo(f"[{time.perf_counter() - start:7.1f}s] {message}")
+
+    if checkpoint is None:
+        from segvol_rt.demo.model import demo_checkpoint_dir
+
+        checkpoint = str(demo_checkpoint_dir())
+        typer.echo("no --checkpoint: exporting the demo model (synthetic phantoms, not for clinical use)")
+    options = ExportOptions(opset=opset, max_batch=max_batch, max_points=max_points, verify=not skip_verify)
+    result = export_artifacts(checkpoint, out, tokenizer=tokenizer, options=options, force=force, progress=progress)
+    rows = [("file", "size", "operators", "parity (ORT vs torch)"), *result.table()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    typer.echo(f"\nwrote {result.out} in {time.perf_counter() - start:.1f}s")
+    for row in rows:
+        typer.echo("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+@app.command()
+def build(
+    artifacts: str = typer.Option(..., "--artifacts", help="Artifacts directory written by `segvol-rt export`."),
+    precision: str = typer.Option("fp16", "--precision", help="fp16 (norms/softmax/reductions kept fp32) or fp32."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Lower the windows-per-batch maximum (default: the exported one, 8)."),
+    max_points: Optional[int] = typer.Option(None, "--max-points", help="Lower the points-per-prompt maximum (default: the exported one, 16)."),
+    timing_cache: Optional[str] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file to read and update."),
+    workspace_gib: float = typer.Option(4.0, "--workspace-gib", help="TensorRT builder workspace limit in GiB."),
+) -> None:
+    """Build TensorRT engines for the three graphs and record them in the manifest."""
+    from pathlib import Path
+
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
+
+    options = BuildOptions(
+        precision=precision,
+        max_batch=max_batch,
+        max_points=max_points,
+        timing_cache=Path(timing_cache) if timing_cache else None,
+        workspace_gib=workspace_gib,
+    )
+    records = build_engines(artifacts, options, log=typer.echo)
+    for graph, record in records.items():
+        typer.echo(f"{graph}: {record.file} ({record.precision}, TensorRT {record.tensorrt_version}, {record.gpu_name})")
+
+
+@app.command()
+def bench(
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Artifacts directory to time; default: the tiny benchmark model, exported once into the cache (needs the export extra)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="The checkpoint of --artifacts, for the torch rows (torch pipeline and official-style reference)."),
+    model: str = typer.Option("tiny", "--model", help="Without --artifacts: tiny (random weights, built once) or demo (the shipped demo model)."),
+    backend: Optional[list[str]] = typer.Option(None, "--backend", help="ort-cpu | ort-cuda | tensorrt | torch-pipeline; repeatable (default: every one that can run)."),
+    repeat: int = typer.Option(5, "--repeat", help="Timed calls per stage (the median, p90 and min are reported)."),
+    warmup: int = typer.Option(1, "--warmup", help="Untimed calls before them."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write the report (machine, versions, every sample) as JSON."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of ONNX Runtime and torch (default: all cores)."),
+) -> None:
+    """Time each stage on this machine in seconds: a small phantom scan, one target, every backend that can run.
+
+    For the full side-by-side benchmark against the official-style PyTorch flow, run benchmarks/bench.py."""
+    from segvol_rt.app.bench import BACKEND_CHOICES, quick_bench
+
+    chosen = tuple(backend or BACKEND_CHOICES)
+    unknown = sorted(set(chosen) - set(BACKEND_CHOICES))
+    if unknown:
+        raise SegVolError(f"unknown --backend {', '.join(unknown)}; choose from {', '.join(BACKEND_CHOICES)}")
+    if model not in ("tiny", "demo"):
+        raise SegVolError(f"unknown --model {model!r}; choose tiny or demo")
+    report = quick_bench(artifacts, checkpoint, backends=chosen, repeat=repeat, warmup=warmup,
+                         log=lambda m: typer.echo(m, err=True), model_name=model, threads=threads)
+    typer.echo(report.markdown())
+    if json_out:
+        typer.echo(f"wrote {report.write_json(json_out)}", err=True)
+
+
+if __name__ == "__main__":
+    main()

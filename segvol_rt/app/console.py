@@ -1,0 +1,158 @@
+"""Console reporting and runtime loading shared by the commands (``infer``,
+``demo``): what a run tells its user (:class:`Reporter`, printed by
+:class:`ConsoleReporter`), and :func:`load_runtime`, which opens the given
+artifacts or the demo model's (exported on first use, :func:`demo_artifacts`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from segvol_rt._optional import require
+from segvol_rt.demo.model import (  # noqa: F401  (re-exported: the cache's names)
+    CACHE_ENV,
+    DEMO_ARTIFACTS_ENV,
+    DEMO_BANNER,
+    WEIGHTS_FILE,
+    cache_root,
+    cached_demo_artifacts,
+    demo_cache_dir,
+)
+from segvol_rt.errors import SegVolError
+from segvol_rt.runtime import SegVolRuntime
+
+Say = Callable[[str], None]
+
+
+# -- progress and messages -------------------------------------------------------------
+
+
+class Reporter:
+    """What a run tells its user. This base is silent; :class:`ConsoleReporter` prints."""
+
+    def note(self, line: str) -> None:
+        """An information line (stdout)."""
+
+    def warn(self, line: str) -> None:
+        """A warning line (stderr)."""
+
+    def log(self, line: str) -> None:
+        """A progress message of a long step (stderr), e.g. the demo model's export."""
+
+    def stage(self, description: str, total: int = 1) -> None:
+        """A new progress stage of ``total`` steps."""
+
+    def advance(self, description: str | None = None) -> None:
+        """One step of the current stage done."""
+
+    def close(self) -> None:
+        """Remove the progress display."""
+
+
+class ConsoleReporter(Reporter):
+    """stdout notes, stderr warnings and a rich progress bar on stderr when it is a terminal.
+
+    ``quiet`` keeps warnings only; results the caller prints are its own business."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self._progress: Any = None
+        self._task: Any = None
+        if not quiet and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                redirect_stdout=False, redirect_stderr=False,
+            )
+            self._progress.start()
+
+    def note(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None and sys.stdout.isatty():
+            # same terminal: print above the live bar instead of through it
+            self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            return
+        print(line, flush=True)
+
+    def warn(self, line: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(f"warning: {line}", markup=False, highlight=False)
+        else:
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+
+    def log(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def stage(self, description: str, total: int = 1) -> None:
+        if self._progress is None:
+            return
+        if self._task is not None:  # one line: the stage running now
+            self._progress.update(self._task, visible=False)
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, description: str | None = None) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=1, **({"description": description} if description else {}))
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+# -- the model ---------------------------------------------------------------------
+
+
+def load_runtime(artifacts: str | None, backend: str, device: str, report: Reporter) -> SegVolRuntime:
+    """The runtime on ``artifacts`` (default: the demo model, exported on demand)."""
+    if artifacts is None:
+        directory = demo_artifacts(say=report.log)
+        rt = SegVolRuntime.load(directory, backend=backend, device=device)
+        report.note(f"backend: {rt.backend_reason}")
+        report.note(DEMO_BANNER)
+        return rt
+    if not Path(artifacts).is_dir():
+        raise SegVolError(
+            f"artifacts directory {artifacts} does not exist or is not a directory (write one with `segvol-rt export`)"
+        )
+    rt = SegVolRuntime.load(artifacts, backend=backend, device=device)
+    report.note(f"backend: {rt.backend_reason}")
+    return rt
+
+
+
+
+def demo_artifacts(say: Say | None = None) -> Path:
+    """The demo model's artifacts directory, exported first if needed.
+
+    Raises :class:`segvol_rt.errors.MissingDependencyError` naming the
+    ``export`` extra when an export is needed and torch or onnx is missing."""
+    found = cached_demo_artifacts()
+    return found if found is not None else export_demo(demo_cache_dir(), say)
+
+
+def export_demo(target: Path, say: Say | None = None) -> Path:
+    """Export the shipped demo checkpoint into ``target`` (needs the ``export`` extra)."""
+    for module in ("torch", "onnx"):
+        require(module)  # the error names the `export` extra
+    from segvol_rt.export.exporter import export_demo_model
+
+    return export_demo_model(target, say)

@@ -1,0 +1,103 @@
+"""What machine a benchmark ran on: CPU model, memory, GPUs, package versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+# -- the machine ----------------------------------------------------------------
+
+_VERSION_PACKAGES = (
+    "segvol-rt", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "onnx", "nibabel", "tokenizers",
+    "isal", "cupy-cuda12x", "cupy-cuda13x", "tensorrt", "scipy",
+)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def gpu_info() -> list[dict[str, str]]:
+    """GPUs as nvidia-smi lists them (name, memory, driver); empty without one."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    query = "name,memory.total,driver_version,compute_cap"
+    try:
+        out = subprocess.run(
+            [exe, f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    keys = query.split(",")
+    return [dict(zip(keys, (v.strip() for v in line.split(",")))) for line in out.splitlines() if line.strip()]
+
+
+def package_versions(names: Iterable[str] = _VERSION_PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages that matter here (metadata only, no imports)."""
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and cores, memory, load, GPUs and package versions."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "usable_cores": usable,
+            "memory_gib": _memory_gib(),
+            "os": platform.platform(),
+            "load_average_at_start": load,
+        },
+        "gpu": gpu_info(),
+        "versions": package_versions(),
+    }
+
+
+def machine_line(meta: Mapping[str, Any]) -> str:
+    m = meta.get("machine", {})
+    gpus = meta.get("gpu") or []
+    gpu = ", ".join(g.get("name", "?") for g in gpus) or "no GPU"
+    v = meta.get("versions", {})
+    libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "numpy") if k in v)
+    return (
+        f"Machine: {m.get('cpu', '?')}, {m.get('usable_cores', '?')} cores, {m.get('memory_gib', '?')} GiB; {gpu}; "
+        f"load average at start {m.get('load_average_at_start')}; {libs}."
+    )
+
+

@@ -1,0 +1,90 @@
+"""The demo model shipped inside the package, and where its exported artifacts
+are cached: a small SegVol trained on the synthetic phantoms of
+:mod:`segvol_rt.demo.phantom` (see ``assets/demo/TRAINING.md``
+and :mod:`segvol_rt.export.demo_training`), so ``segvol-rt demo`` and the
+end-to-end tests run without downloading the released weights.
+
+It is a checkpoint directory in the official Hugging Face layout
+(``config.json`` with ``segvol_rt_config``, ``model.safetensors``,
+``tokenizer.json``), exported like any SegVol checkpoint. It only knows the
+phantom organs (:data:`segvol_rt.demo.phantom.PHANTOM_LABELS`); never use it on
+real scans. No torch here: this module only locates the files.
+
+Its artifacts are exported the first time they are needed (the ``export``
+extra: torch, onnx; see :func:`segvol_rt.app.console.demo_artifacts`) into
+
+    $SEGVOL_RT_CACHE/demo-<sha256 of the weights, 12 hex digits>
+
+(``~/.cache/segvol-rt`` when ``SEGVOL_RT_CACHE`` is unset), so a changed
+checkpoint gets a new directory, and later runs only check the hashes.
+``SEGVOL_RT_DEMO_ARTIFACTS=DIR`` makes DIR the demo artifacts outright (tests,
+machines without torch that were given exported artifacts).
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from segvol_rt.errors import SegVolError
+
+CACHE_ENV = "SEGVOL_RT_CACHE"
+DEMO_ARTIFACTS_ENV = "SEGVOL_RT_DEMO_ARTIFACTS"
+DEMO_BANNER = "using the demo model (synthetic phantoms, not for clinical use)"
+WEIGHTS_FILE = "model.safetensors"
+DEMO_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def demo_checkpoint_dir() -> Path:
+    """Directory of the shipped demo checkpoint (Hugging Face layout).
+
+    Raises SegVolError when the package was installed without its data files
+    or from a zip (the directory must exist on disk)."""
+    root = resources.files("segvol_rt").joinpath("assets", "demo")
+    path = Path(str(root))
+    missing = [name for name in DEMO_FILES if not (path / name).is_file()]
+    if missing:
+        raise SegVolError(
+            f"the demo model is incomplete at {path} (missing {', '.join(missing)}); "
+            "reinstall segvol-rt with its package data"
+        )
+    return path
+
+
+
+def cache_root() -> Path:
+    """``$SEGVOL_RT_CACHE``, else ``~/.cache/segvol-rt``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "segvol-rt"
+
+
+def demo_cache_dir() -> Path:
+    """Where the demo model's artifacts live: ``cache_root()/demo-<sha256[:12]>``."""
+    from segvol_rt.io.artifacts import sha256_file
+
+    digest = sha256_file(demo_checkpoint_dir() / WEIGHTS_FILE)
+    return cache_root() / f"demo-{digest[:12]}"
+
+
+def usable_artifacts(directory: Path) -> bool:
+    """True when ``directory`` holds artifacts whose hashes all match."""
+    from segvol_rt.io.artifacts import MANIFEST, Artifacts
+
+    if not (directory / MANIFEST).is_file():
+        return False
+    try:
+        Artifacts.load(directory).verify()
+    except SegVolError:
+        return False
+    return True
+
+
+def cached_demo_artifacts() -> Path | None:
+    """``$SEGVOL_RT_DEMO_ARTIFACTS``, else the cache directory when it holds
+    verified artifacts, else None (an export is needed)."""
+    override = os.environ.get(DEMO_ARTIFACTS_ENV)
+    if override:
+        return Path(override)
+    target = demo_cache_dir()
+    return target if usable_artifacts(target) else None

@@ -1,0 +1,356 @@
+"""NIfTI input and output in **scan** space (voxel indices ``(i, j, k)`` as nibabel
+loads them; 3D Slicer's IJK).
+
+Reading is gzip-bound, so ``.nii.gz`` files are decompressed in one call with
+ISA-L (``isal.igzip``, about 2x zlib) and the voxels are viewed straight from
+that buffer; nibabel parses the header and supplies the scaling rule, so values
+are those of ``np.asanyarray(img.dataobj)`` cast to float32 (what MONAI's
+``LoadImage`` gives the official pipeline). Uncompressed ``.nii`` files are
+memory-mapped by nibabel.
+
+Arrays are Fortran-ordered, as in the file: ``scan.data.T`` is a C-contiguous
+``(k, j, i)`` = model-space ``(D, H, W)`` view, no copy. Likewise a mask
+computed in model space is written fastest as ``mask_dhw.T``.
+
+Runtime dependencies: numpy, nibabel (isal optional, zlib otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from segvol_rt._optional import require
+from segvol_rt.errors import SegVolError
+from segvol_rt.io.atomic import atomic_write_bytes
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_GZIP_MAGIC = b"\x1f\x8b"
+_SLAB_VOXELS = 1 << 22  # scaled reads go through float64 in slabs of this many voxels
+
+
+@dataclass(frozen=True, eq=False)
+class Scan:
+    """A CT volume in scan space.
+
+    ``data``: float32 ``(I, J, K)``, Fortran-ordered; ``affine``: 4x4 voxel ->
+    world (mm, RAS+ as nibabel defines it); ``header``: a copy of the file's
+    NIfTI header, reused when writing masks.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: Any
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along ``(i, j, k)``."""
+        return tuple(float(z) for z in self.header.get_zooms()[:3])  # type: ignore[return-value]
+
+
+# -- reading ------------------------------------------------------------------
+def _gunzip(raw: bytes) -> bytes:
+    try:
+        from isal import igzip
+    except ImportError:  # isal is a dependency, but zlib is always there
+        return zlib.decompress(raw, wbits=31)
+    return igzip.decompress(raw)
+
+
+def _image_class(block: bytes) -> Any:
+    """nibabel single-file image class from the header size field (either byte order)."""
+    nib = require("nibabel")
+    if len(block) < 4:
+        return None
+    sizes = {int.from_bytes(block[:4], "little"), int.from_bytes(block[:4], "big")}
+    if 348 in sizes:
+        return nib.Nifti1Image
+    if 540 in sizes:
+        return nib.Nifti2Image
+    return None
+
+
+def _gz_load(path: Path) -> tuple[Any, np.ndarray]:
+    """Header image and raw (unscaled) voxels of a ``.nii.gz``, decompressed in one call."""
+    try:
+        raw = _gunzip(path.read_bytes())
+    except Exception as exc:  # noqa: BLE001 - zlib, gzip and isal each raise their own types
+        raise ValueError(f"corrupt or truncated gzip data ({exc})") from exc
+    klass = _image_class(raw)
+    if klass is None:
+        raise ValueError("not a NIfTI-1 or NIfTI-2 header")
+    img = klass.from_bytes(raw)
+    if img.header["magic"].tobytes()[:3] not in (b"n+1", b"n+2"):
+        raise ValueError("header of a .hdr/.img pair, not a single-file NIfTI")
+    proxy = img.dataobj
+    count = int(np.prod(proxy.shape, dtype=np.int64))
+    if len(raw) < proxy.offset + count * proxy.dtype.itemsize:
+        raise ValueError("file is shorter than its header says (truncated)")
+    arr = np.ndarray(proxy.shape, dtype=proxy.dtype, buffer=raw, offset=proxy.offset, order="F")
+    return img, arr
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == _GZIP_MAGIC
+
+
+def _nibabel_load(path: Path) -> tuple[Any, np.ndarray]:
+    nib = require("nibabel")
+    img = nib.load(str(path))
+    return img, np.asarray(img.dataobj.get_unscaled())
+
+
+def _load(path: str | os.PathLike[str], what: str) -> tuple[Any, np.ndarray, Path]:
+    """(nibabel image, raw voxels with trailing singleton axes beyond 3 dropped, path)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SegVolError(f"{what} {p} does not exist")
+    if not p.name.lower().endswith(NIFTI_SUFFIXES):
+        raise SegVolError(f"{what} {p} is not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        # nibabel memory-maps uncompressed files, faster than reading them. For
+        # .nii.gz it is no fallback: indexed_gzip returns garbage for some
+        # corrupt streams instead of failing.
+        img, arr = _gz_load(p) if _is_gzip(p) else _nibabel_load(p)
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable file
+        reason = " ".join(str(exc).split())  # one line, whatever the library wrote
+        raise SegVolError(f"cannot read {what} {p}: {exc.__class__.__name__}: {reason}") from exc
+    if arr.dtype.kind not in "biuf":
+        raise SegVolError(f"{what} {p} has voxel type {arr.dtype}, expected integers or floats")
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise SegVolError(f"{what} {p} has shape {arr.shape}; a 3D volume is needed")
+    return img, arr, p
+
+
+def _scale_params(img: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """nibabel's slope/intercept for this image, or None when they leave values unchanged."""
+    slope, inter = np.asanyarray(img.dataobj.slope), np.asanyarray(img.dataobj.inter)
+    if slope == 1 and inter == 0:
+        return None
+    return slope, inter
+
+
+def _scaled(arr: np.ndarray, scale: tuple[np.ndarray, np.ndarray] | None, dtype: Any) -> np.ndarray:
+    """``arr`` with nibabel's read scaling applied, cast to ``dtype``; Fortran order kept.
+
+    Scaling runs per slab along the last axis so the float64 intermediate
+    nibabel may use stays small.
+    """
+    if scale is None:
+        return arr.astype(dtype, order="F")
+    apply_read_scaling = require("nibabel.volumeutils").apply_read_scaling
+    out = np.empty(arr.shape, dtype=dtype, order="F")
+    step = max(1, _SLAB_VOXELS // max(1, arr.shape[0] * arr.shape[1]))
+    for k in range(0, arr.shape[2], step):
+        out[..., k : k + step] = apply_read_scaling(arr[..., k : k + step], *scale)
+    return out
+
+
+def _check_values(data: np.ndarray, raw: np.ndarray, exact_ints: bool, p: Path) -> None:
+    """Reject NaN/Inf and constant volumes (statistics of either would be meaningless)."""
+    if not exact_ints:
+        finite = np.isfinite(data)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise SegVolError(f"scan {p} has {bad} NaN or infinite voxels")
+    # For unscaled integers the raw array has the same extremes and is smaller.
+    ref = raw if exact_ints else data
+    lo, hi = ref.min(), ref.max()
+    if lo == hi:
+        raise SegVolError(f"scan {p} is constant (every voxel is {float(lo):g}); nothing to segment")
+
+
+def read_scan(path: str | os.PathLike[str]) -> Scan:
+    """Read a 3D CT volume as float32 ``(I, J, K)`` in scan space, validated."""
+    img, raw, p = _load(path, "scan")
+    scale = _scale_params(img)
+    data = _scaled(raw, scale, np.float32)
+    _check_values(data, raw, exact_ints=scale is None and raw.dtype.kind in "biu", p=p)
+    return Scan(data=data, affine=np.array(img.affine, dtype=np.float64), header=img.header.copy(), path=p)
+
+
+def parse_label_spec(spec: str) -> tuple[Path, int]:
+    """``"LABEL.nii.gz:ID"`` -> (path, ID); the ID is a positive integer."""
+    text = str(spec)
+    path, sep, ident = text.rpartition(":")
+    if not sep or not path:
+        raise SegVolError(f"label {text!r} must be given as LABEL.nii.gz:ID (e.g. seg.nii.gz:1)")
+    try:
+        label_id = int(ident.strip())
+    except ValueError:
+        raise SegVolError(f"label {text!r}: ID {ident!r} is not an integer (expected LABEL.nii.gz:ID)") from None
+    if label_id < 1:
+        raise SegVolError(f"label {text!r}: ID must be a positive integer (0 is background)")
+    return Path(path), label_id
+
+
+def read_label(path_spec: str, scan: Scan | None = None) -> tuple[np.ndarray, int]:
+    """Label map ``(I, J, K)`` (integer, Fortran-ordered) and the label ID from ``"LABEL.nii.gz:ID"``.
+
+    With ``scan``, the label map must have its shape and affine. The ID must
+    occur in the map.
+    """
+    path, label_id = parse_label_spec(path_spec)
+    img, raw, p = _load(path, "label map")
+    labels = _integer_labels(raw, _scale_params(img), p)
+    if scan is not None:
+        _check_same_grid(labels.shape, np.asarray(img.affine), scan, p)
+    if not np.any(labels == label_id):
+        present = np.unique(labels)
+        present = present[present != 0]
+        shown = ", ".join(str(int(v)) for v in present[:20]) + (" ..." if present.size > 20 else "")
+        raise SegVolError(f"label {label_id} does not occur in {p} (labels present: {shown or 'none'})")
+    return labels, label_id
+
+
+def _integer_labels(raw: np.ndarray, scale: tuple[np.ndarray, np.ndarray] | None, p: Path) -> np.ndarray:
+    if scale is None and raw.dtype.kind in "biu":
+        return raw.astype(raw.dtype.newbyteorder("="), order="F")
+    values = _scaled(raw, scale, np.float64)
+    if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
+        raise SegVolError(f"label map {p} holds non-integer values; expected integer labels")
+    return values.astype(np.int32, order="F")
+
+
+def _check_same_grid(shape: tuple[int, ...], affine: np.ndarray, scan: Scan, p: Path) -> None:
+    if tuple(shape) != scan.shape:
+        raise SegVolError(f"label map {p} has shape {tuple(shape)} but the scan has {scan.shape}")
+    if not np.allclose(affine, scan.affine, rtol=1e-4, atol=1e-3):
+        raise SegVolError(f"label map {p} and the scan have different affines (voxel -> world); not the same grid")
+
+
+# -- writing ------------------------------------------------------------------
+def _output_path(path: str | os.PathLike[str], like: Scan | None) -> Path:
+    p = Path(path)
+    if not p.name.lower().endswith(NIFTI_SUFFIXES):
+        raise SegVolError(f"output {p} must end in .nii or .nii.gz")
+    if like is not None and like.path is not None and _same_file(p, Path(like.path)):
+        raise SegVolError(f"refusing to overwrite the input scan {like.path} with a mask")
+    if p.is_dir():
+        raise SegVolError(f"output {p} is a directory")
+    _make_parent(p)
+    return p
+
+
+def _make_parent(p: Path) -> None:
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SegVolError(f"cannot create the output folder {p.parent}: {exc.strerror or exc}") from exc
+
+
+def _write(p: Path, data: bytes) -> Path:
+    """Atomic write; OS failures (permissions, full disk) become one-line errors."""
+    try:
+        return atomic_write_bytes(p, data)
+    except OSError as exc:
+        raise SegVolError(f"cannot write {p}: {exc.strerror or exc}") from exc
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _as_uint8_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.asanyarray(mask)
+    if tuple(arr.shape) != tuple(shape):
+        raise SegVolError(f"mask has shape {tuple(arr.shape)} but the scan has {tuple(shape)}")
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind == "b":
+        return arr.view(np.uint8)
+    if arr.dtype.kind not in "iu":
+        raise SegVolError(f"mask must be boolean or integer, got {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise SegVolError("mask values must lie in 0..255 to be written as uint8")
+    return arr.astype(np.uint8)
+
+
+def _mask_image(mask: np.ndarray, like: Scan, extra_header: Mapping[str, Any] | None) -> Any:
+    """uint8 image on the scan's grid: its header, with exact (unscaled) values."""
+    nib = require("nibabel")
+    header = like.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    # The CT's display window would hide a 0/1 mask in viewers.
+    header["cal_min"], header["cal_max"] = 0, 0
+    header["descrip"] = b"segvol-rt mask"
+    for key, value in (extra_header or {}).items():
+        if key not in header.keys():
+            raise SegVolError(f"{key!r} is not a NIfTI header field")
+        try:
+            header[key] = value
+        except (TypeError, ValueError) as exc:
+            raise SegVolError(f"cannot set NIfTI header field {key!r} to {value!r}: {exc}") from exc
+    klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    return klass(mask, like.affine, header=header)
+
+
+def write_mask(
+    path: str | os.PathLike[str],
+    mask: Any,
+    like: Scan,
+    extra_header: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a uint8 mask ``(I, J, K)`` in scan space with the input's affine and header.
+
+    Atomic (temporary file + rename); ``.nii.gz`` is compressed with ISA-L when
+    available. Never overwrites ``like.path``. A Fortran-ordered mask (e.g.
+    ``mask_dhw.T``) avoids a transpose while serialising.
+    """
+    p = _output_path(path, like)
+    img = _mask_image(_as_uint8_mask(mask, like.shape), like, extra_header)
+    data = img.to_bytes()
+    if p.name.lower().endswith(".gz"):
+        data = _gzip(data)
+    return _write(p, data)
+
+
+def _gzip(data: bytes) -> bytes:
+    try:
+        from isal import igzip
+    except ImportError:
+        import gzip
+
+        return gzip.compress(data, compresslevel=1)
+    return igzip.compress(data, compresslevel=1)
+
+
+def write_json_sidecar(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically; numpy values become plain numbers/lists."""
+    p = Path(path)
+    try:
+        text = json.dumps(obj, indent=2, default=json_default)
+    except (TypeError, ValueError) as exc:
+        raise SegVolError(f"cannot write {p} as JSON: {exc}") from exc
+    _make_parent(p)
+    return _write(p, (text + "\n").encode("utf-8"))
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

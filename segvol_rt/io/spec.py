@@ -1,0 +1,220 @@
+"""IO specs of the three graphs: the single source of truth for tensor names,
+dtypes, axis order and min/opt/max shapes.
+
+One :class:`GraphSpec` per graph drives the ONNX export's dynamic axes, the
+TensorRT optimisation profiles, the runtime's input validation and the
+manifest. Nothing else spells a tensor name.
+
+Prompt decoder token formulation
+--------------------------------
+Official SegVol builds the decoder's sparse tokens as
+``[points..., (pad point if points and no box), box corner 1, box corner 2, text]``
+where each part is present only if that prompt is. To export this as one graph
+that is *exact* for every combination, the decoder takes one token sequence
+``prompt_coords (B, N, 3)`` with a kind per token, ``prompt_labels (B, N)``:
+
+========  =====================================================
+ label     token embedding (official equivalent)
+========  =====================================================
+ -1        ``not_a_point_embed`` (the pad point; coords ignored)
+  0        PE(coords) + negative point embedding
+  1        PE(coords) + positive point embedding
+  2        PE(coords) + box corner 1 embedding
+  3        PE(coords) + box corner 2 embedding
+  4        the text embedding (coords ignored)
+========  =====================================================
+
+The runtime lays the tokens out in the official order and includes exactly
+the tokens the official model would see, so no padding token ever enters the
+attention. The text-similarity term is added iff a label-4 token is present;
+``text_embedding`` is then read, otherwise it is ignored (pass zeros).
+Coordinates are in the model window's voxel indices (D, H, W order), before
+SegVol's +0.5 shift, which the graph applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from segvol_rt.errors import SegVolError
+from segvol_rt.io.config import SegVolConfig
+
+IMAGE_ENCODER = "image_encoder"
+TEXT_ENCODER = "text_encoder"
+PROMPT_DECODER = "prompt_decoder"
+GRAPH_NAMES = (IMAGE_ENCODER, TEXT_ENCODER, PROMPT_DECODER)
+
+# Token kinds of the prompt decoder (see module docstring).
+LABEL_PAD = -1
+LABEL_NEGATIVE = 0
+LABEL_POSITIVE = 1
+LABEL_BOX_MIN = 2
+LABEL_BOX_MAX = 3
+LABEL_TEXT = 4
+
+DEFAULT_MAX_BATCH = 8
+DEFAULT_MAX_POINTS = 16
+# Box corners (2), text (1) and the pad point (1) on top of the user's points.
+EXTRA_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output.
+
+    ``shape`` holds ints for fixed axes and axis names (str) for dynamic ones;
+    ``axes`` names every axis, in order. ``min/opt/max`` give the values of
+    the dynamic axes (by name) for profiles and validation.
+    """
+
+    name: str
+    dtype: str
+    axes: tuple[str, ...]
+    shape: tuple[int | str, ...]
+
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def resolve(self, dims: Mapping[str, int]) -> tuple[int, ...]:
+        return tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "axes": list(self.axes), "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph: its file, inputs, outputs and the range of each dynamic axis."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # dynamic axis name -> (min, opt, max)
+    ranges: Mapping[str, tuple[int, int, int]]
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.onnx"
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def onnx_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """``dynamic_axes`` argument of ``torch.onnx.export``."""
+        return {t.name: t.dynamic_axes() for t in (*self.inputs, *self.outputs) if t.dynamic_axes()}
+
+    def profile(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """Input name -> (min, opt, max) shapes, for a TensorRT optimisation profile."""
+        out = {}
+        for t in self.inputs:
+            shapes = [t.resolve({k: v[i] for k, v in self.ranges.items()}) for i in range(3)]
+            out[t.name] = (shapes[0], shapes[1], shapes[2])
+        return out
+
+    def validate_inputs(self, feeds: Mapping[str, Any]) -> None:
+        """Check names, dtypes, ranks, fixed dims, dynamic-axis ranges and that a
+        dynamic axis has one value across inputs. Raises :class:`SegVolError`."""
+        missing = [n for n in self.input_names if n not in feeds]
+        extra = [n for n in feeds if n not in self.input_names]
+        if missing or extra:
+            raise SegVolError(f"{self.name}: inputs missing {missing}, unexpected {extra}")
+        seen: dict[str, int] = {}
+        for t in self.inputs:
+            arr = feeds[t.name]
+            if str(arr.dtype) != t.dtype:
+                raise SegVolError(f"{self.name}.{t.name}: dtype {arr.dtype}, expected {t.dtype}")
+            if len(arr.shape) != len(t.shape):
+                raise SegVolError(f"{self.name}.{t.name}: shape {tuple(arr.shape)}, expected axes {t.axes}")
+            for axis, want, got in zip(t.axes, t.shape, arr.shape):
+                if isinstance(want, int):
+                    if got != want:
+                        raise SegVolError(f"{self.name}.{t.name}: axis {axis} is {got}, expected {want}")
+                    continue
+                lo, _, hi = self.ranges[want]
+                if not lo <= got <= hi:
+                    raise SegVolError(f"{self.name}.{t.name}: axis {axis}={got} outside [{lo}, {hi}]")
+                if seen.setdefault(want, got) != got:
+                    raise SegVolError(f"{self.name}: axis {want} is {seen[want]} and {got} across inputs")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "file": self.file,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "ranges": {k: list(v) for k, v in self.ranges.items()},
+        }
+
+
+def graph_specs(
+    config: SegVolConfig,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_points: int = DEFAULT_MAX_POINTS,
+) -> dict[str, GraphSpec]:
+    """The three graphs' specs for ``config``; keys are :data:`GRAPH_NAMES`."""
+    if max_batch < 1 or max_points < 1:
+        raise SegVolError("max_batch and max_points must be at least 1")
+    c = config.embed_dim
+    d, h, w = config.grid_size
+    D, H, W = config.spatial_size
+    ld, lh, lw = config.low_res_size
+    L = config.text.max_length
+    embedding = TensorSpec("image_embedding", "float32", ("B", "C", "d", "h", "w"), ("B", c, d, h, w))
+    image = GraphSpec(
+        IMAGE_ENCODER,
+        inputs=(TensorSpec("image", "float32", ("B", "1", "D", "H", "W"), ("B", 1, D, H, W)),),
+        outputs=(embedding,),
+        ranges={"B": (1, max_batch, max_batch)},  # zoom-in windows run in full batches
+    )
+    text = GraphSpec(
+        TEXT_ENCODER,
+        inputs=(TensorSpec("token_ids", "int64", ("B", "L"), ("B", L)),),
+        outputs=(TensorSpec("text_embedding", "float32", ("B", "C"), ("B", c)),),
+        ranges={"B": (1, 1, max(max_batch, 16))},
+    )
+    decoder = GraphSpec(
+        PROMPT_DECODER,
+        inputs=(
+            embedding,
+            TensorSpec("prompt_coords", "float32", ("B", "N", "3"), ("B", "N", 3)),
+            TensorSpec("prompt_labels", "int32", ("B", "N"), ("B", "N")),
+            TensorSpec("text_embedding", "float32", ("B", "C"), ("B", c)),
+        ),
+        outputs=(TensorSpec("low_res_logits", "float32", ("B", "1", "d4", "h4", "w4"), ("B", 1, ld, lh, lw)),),
+        ranges={"B": (1, 1, max_batch), "N": (1, 3, max_points + EXTRA_TOKENS)},
+    )
+    return {IMAGE_ENCODER: image, TEXT_ENCODER: text, PROMPT_DECODER: decoder}
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> GraphSpec:
+    """Rebuild a :class:`GraphSpec` from the manifest."""
+
+    def tensor(t: Mapping[str, Any]) -> TensorSpec:
+        return TensorSpec(t["name"], t["dtype"], tuple(t["axes"]), tuple(t["shape"]))
+
+    return GraphSpec(
+        data["name"],
+        tuple(tensor(t) for t in data["inputs"]),
+        tuple(tensor(t) for t in data["outputs"]),
+        {k: tuple(v) for k, v in data["ranges"].items()},  # type: ignore[misc]
+    )
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    return np.dtype(name)
+
+
+def check_tokens(labels: Sequence[int]) -> None:
+    """Reject token sequences the official model could never see."""
+    allowed = {LABEL_PAD, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_BOX_MIN, LABEL_BOX_MAX, LABEL_TEXT}
+    bad = sorted({int(v) for v in labels} - allowed)
+    if bad:
+        raise SegVolError(f"prompt labels {bad} are not token kinds {sorted(allowed)}")
