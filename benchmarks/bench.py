@@ -45,22 +45,18 @@ by full-size image encoder calls of about 3-7 s per window. First use of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-from segvol_rt.export.bench_model import default_cache_dir, prepare_bench_model
-from segvol_rt.export.bench_reference import (
-    OfficialStyleModel,
-    bench_official_graphs,
-    official_trial,
-)
 
 from segvol_rt._optional import available
 from segvol_rt.app.bench import (
@@ -84,6 +80,12 @@ from segvol_rt.bench.stages import (
 )
 from segvol_rt.bench.timing import failure_reason, synchronize, time_calls
 from segvol_rt.errors import SegVolError
+from segvol_rt.export.bench_model import default_cache_dir, prepare_bench_model
+from segvol_rt.export.bench_reference import (
+    OfficialStyleModel,
+    bench_official_graphs,
+    official_trial,
+)
 
 CASES = ("synthetic", "raw", "real")
 BACKENDS = ("ort-cpu", "ort-cuda", "tensorrt", "torch-pipeline", "torch-official")
@@ -424,7 +426,7 @@ def raw_case(ctx: Context) -> None:
         cmd = build_infer(ctx, exe, path, out, name, device, target)
         ctx.log(f"{case}: {label}: {how} as a subprocess")
         try:
-            t = time_calls(lambda: run_process(cmd), ctx.settings.pipeline_repeat, ctx.settings.pipeline_warmup)
+            t = time_calls(lambda cmd=cmd: run_process(cmd), ctx.settings.pipeline_repeat, ctx.settings.pipeline_warmup)
         except SegVolError as exc:
             ctx.report.note(f"{case}: {label}: the infer process failed: {exc}")
             continue
@@ -565,10 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for case in args.cases:
         {"synthetic": synthetic_case, "raw": raw_case, "real": real_case}[case](ctx)
     report.meta["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    try:
+    with contextlib.suppress(OSError):  # no load average on this platform
         report.meta["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        pass
     ctx.save()
     print(report.markdown())
     return 0

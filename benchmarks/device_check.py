@@ -23,7 +23,7 @@ directory travels with the tree (``carry``), so it must be small (tiny model).
 Writes ``device_check.json`` and ``device_check.md`` to ``--out`` (default
 $OUT). Needs numpy and cupy; torch, onnxruntime-gpu and the runtime are
 optional. ``--emulate`` runs everything on the CPU emulator of the kernels
-(tests/runtime/kernel_emu.py) to check this script without a GPU.
+(tests/support/kernel_emu.py) to check this script without a GPU.
 Sized to finish within ~5 minutes on an H200 (``--small``: seconds).
 """
 
@@ -40,8 +40,9 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,7 @@ class Env:
 
         self.emulated = emulate
         if emulate:
-            spec = importlib.util.spec_from_file_location("kernel_emu", ROOT / "tests" / "runtime" / "kernel_emu.py")
+            spec = importlib.util.spec_from_file_location("kernel_emu", ROOT / "tests" / "support" / "kernel_emu.py")
             emu = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(emu)
             self.cupy = None
@@ -328,7 +329,7 @@ def run_cases(env: Env, small: bool) -> list[dict[str, Any]]:
                 got = case["gpu"](*dev)
                 res.update(compare(got if not hasattr(got, "shape") else env.get(got), ref, case.get("exact", True)))
                 reps = 3 if small or env.emulated else case.get("reps", 20)
-                times = env.time_ms(lambda: case["gpu"](*dev), reps, 1 if small or env.emulated else 3)
+                times = env.time_ms(lambda case=case, dev=dev: case["gpu"](*dev), reps, 1 if small or env.emulated else 3)
                 med = statistics.median(times)
                 res.update(median_ms=med, min_ms=min(times), reps=reps)
                 res["GBps"] = case["bytes"] / (med * 1e-3) / 1e9 if med > 0 else None
@@ -452,16 +453,16 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"- {k}: {v}" for k, v in env.items()] + [""]
     lines += ["## Compile", "", f"`{json.dumps(report['compile'])}`", ""]
     pt = report["pytest"]
-    lines += ["## pytest (kernel + compile tests)", "", f"- ok: {pt.get('ok')} - {pt.get('summary', pt.get('error', pt.get('skipped', '')))}", ""]
+    lines += ["## pytest (kernel + compile tests)", "", f"- ok: {pt.get('ok')} - {pt.get('summary', pt.get('error', pt.get('skipped', '')))}", ""]  # noqa: E501 - one markdown table row
     lines += ["## Kernels vs NumPy twins", "",
               "| op | ok | mismatches | max abs err | GPU median ms | GB/s | NumPy ms | speed-up | torch CUDA ms (diff vs ours) |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["twins"]:
         t = r.get("torch_cuda") or {}
-        tcol = f"{t['median_ms']:.3f} ({t['mismatches_vs_ours']} differ, max {t['max_abs_diff_vs_ours']:.2e})" if "median_ms" in t else t.get("error", "")
+        tcol = f"{t['median_ms']:.3f} ({t['mismatches_vs_ours']} differ, max {t['max_abs_diff_vs_ours']:.2e})" if "median_ms" in t else t.get("error", "")  # noqa: E501 - one markdown table row
         lines.append(
             f"| {r['name']} | {r.get('ok')} | {r.get('mismatches', r.get('error', ''))} | {r.get('max_abs_err', '')} | "
-            f"{_fmt(r.get('median_ms'))} | {_fmt(r.get('GBps'))} | {_fmt(r.get('numpy_twin_ms'))} | {_fmt(r.get('speedup_vs_numpy'))} | {tcol} |"
+            f"{_fmt(r.get('median_ms'))} | {_fmt(r.get('GBps'))} | {_fmt(r.get('numpy_twin_ms'))} | {_fmt(r.get('speedup_vs_numpy'))} | {tcol} |"  # noqa: E501 - one markdown table row
         )
     lines += ["", "## Pipeline (ORT CUDA vs CPU)", "", "```", json.dumps(report["pipeline"], indent=1, default=str)[:6000], "```", ""]
     lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]]

@@ -11,14 +11,19 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from segvol_rt._optional import require
 from segvol_rt.bench.report import json_default
 from segvol_rt.errors import SegVolError
 from segvol_rt.io.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from segvol_rt.export.model.segvol import SegVol
+    from segvol_rt.io.config import SegVolConfig
 
 Log = Callable[[str], None]
 
@@ -76,7 +81,7 @@ def _tokenizer_for(config_name: str, work: Path) -> tuple[Path, str]:
     return out, f"CLIP-style BPE trained on the vocabulary prompts ({tok.vocab_size} ids)"
 
 
-def _config_with_tokenizer(config: Any, tokenizer_dir: Path) -> Any:
+def _config_with_tokenizer(config: SegVolConfig, tokenizer_dir: Path) -> Any:
     """``config`` with the text ids of the tokenizer (vocabulary size, special ids)."""
     from segvol_rt.io.tokenizer import ClipTokenizer
 
@@ -90,7 +95,7 @@ def _config_with_tokenizer(config: Any, tokenizer_dir: Path) -> Any:
     return dataclasses.replace(config, text=text)
 
 
-def blob_model(config: Any, seed: int = 0, blob: Sequence[tuple[float, float]] = DEFAULT_BLOB) -> Any:
+def blob_model(config: SegVolConfig, seed: int = 0, blob: Sequence[tuple[float, float]] = DEFAULT_BLOB) -> Any:
     """A seeded random SegVol whose mask decoder predicts a box-shaped blob.
 
     Random weights predict noise (``sigmoid > 0.5`` everywhere), so the
@@ -112,7 +117,7 @@ def blob_model(config: Any, seed: int = 0, blob: Sequence[tuple[float, float]] =
     return model.eval()
 
 
-def shape_decoder_blob(model: Any, box: Sequence[slice]) -> Any:
+def shape_decoder_blob(model: SegVol, box: Sequence[slice]) -> Any:
     """Edit ``model``'s mask decoder in place so it predicts a blob over ``box``
     (slices of the ``(2d, 2h, 2w)`` grid), as :func:`blob_model` describes."""
     torch = require("torch")
@@ -166,11 +171,16 @@ def prepare_bench_model(
     its ROI follows the phantom organs) through :func:`segvol_rt.demo.model.cached_demo_artifacts`."""
     say = log or (lambda _m: None)
     if config_name == "demo":
-        from segvol_rt.demo.model import cached_demo_artifacts, demo_cache_dir, demo_checkpoint_dir
+        from segvol_rt.demo.model import (
+            cached_demo_artifacts,
+            demo_cache_dir,
+            demo_checkpoint_dir,
+        )
         from segvol_rt.export.exporter import export_demo_model
 
         ckpt = demo_checkpoint_dir()
-        return BenchModel("demo", cached_demo_artifacts() or export_demo_model(demo_cache_dir(), say), ckpt, {"config": "demo", "weights": "the shipped demo model"})
+        artifacts = cached_demo_artifacts() or export_demo_model(demo_cache_dir(), say)
+        return BenchModel("demo", artifacts, ckpt, {"config": "demo", "weights": "the shipped demo model"})
     config = _named_config(config_name)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     work = cache / f"{config_name}-seed{seed}"

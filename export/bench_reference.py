@@ -4,7 +4,8 @@ the official ``SegVol.forward`` is, and its stage timings beside ours.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,6 +13,12 @@ from segvol_rt._optional import require
 from segvol_rt.bench.report import Report, Row
 from segvol_rt.bench.stages import Settings, Trial, bench_box, run_trials
 from segvol_rt.bench.timing import LatencyStats, time_calls
+
+if TYPE_CHECKING:
+    from segvol_rt.export.model.segvol import SegVol
+    from segvol_rt.io.config import SegVolConfig
+    from segvol_rt.io.tokenizer import ClipTokenizer
+    from segvol_rt.runtime import SegVolRuntime
 
 # -- the official-style torch reference ------------------------------------------------
 
@@ -23,7 +30,7 @@ class OfficialStyleModel:
     model's device and the logits brought back to the host (the official demo
     resizes and blends logits on the CPU). fp32, eager, no_grad."""
 
-    def __init__(self, model: Any, tokenizer: Any, template: str, device: str):
+    def __init__(self, model: SegVol, tokenizer: ClipTokenizer, template: str, device: str):
         self.torch = require("torch")
         self.model = model
         self.tokenizer = tokenizer
@@ -48,7 +55,7 @@ class OfficialStyleModel:
             return self.model(image.to(dev), text, boxes, points).cpu()
 
 
-def official_targets(runtime: Any, targets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def official_targets(runtime: SegVolRuntime, targets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Zoom-out-space prompts of ``targets`` for :func:`run_official` (mapped
     through the runtime's geometry, as the official demo derives them)."""
     from segvol_rt.pipeline import prompts as P
@@ -75,7 +82,7 @@ def run_official(wrapper: OfficialStyleModel, crop_image: Any, zoom_image: Any, 
     return out
 
 
-def official_trial(case: str, wrapper: OfficialStyleModel, runtime: Any, targets: Sequence[Mapping[str, Any]]) -> Trial:
+def official_trial(case: str, wrapper: OfficialStyleModel, runtime: SegVolRuntime, targets: Sequence[Mapping[str, Any]]) -> Trial:
     """The official-style flow on the runtime's crop and zoom-out images
     (preprocessing excluded, as in the reference figures)."""
     torch = wrapper.torch
@@ -98,13 +105,13 @@ def official_trial(case: str, wrapper: OfficialStyleModel, runtime: Any, targets
     return Trial(f"{case}: {label}", run, record)
 
 
-def bench_official(report: Report, case: str, wrapper: OfficialStyleModel, runtime: Any,
+def bench_official(report: Report, case: str, wrapper: OfficialStyleModel, runtime: SegVolRuntime,
                    targets: Sequence[Mapping[str, Any]], settings: Settings) -> Row | None:
     """:func:`official_trial` timed on its own."""
     return run_trials(report, [official_trial(case, wrapper, runtime, targets)], settings)[0]
 
 
-def bench_official_graphs(report: Report, case: str, wrapper: OfficialStyleModel, config: Any, settings: Settings) -> None:
+def bench_official_graphs(report: Report, case: str, wrapper: OfficialStyleModel, config: SegVolConfig, settings: Settings) -> None:
     """The official model's per-window pieces: image encoder (batch 1, the
     official code never batches), text encoder, decoder with the upsample to
     the window (official ``forward_decoder``), one whole window."""

@@ -21,6 +21,7 @@ unexpected or mis-shaped key is a :class:`SegVolError`. Pickles load with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -35,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from segvol_rt.export.model.segvol import SegVol
 
 from segvol_rt.errors import SegVolError
+from segvol_rt.export.model.segvol import SegVol
 from segvol_rt.io.config import SegVolConfig
 
 FORMAT_PTH = "pth"
@@ -113,6 +114,7 @@ def _load_pth(path: Path) -> Checkpoint:
 
 def _load_hf(directory: Path, weights: Path, given: Path | None = None) -> Checkpoint:
     config = _hf_config(directory)
+    raw: Mapping[str, Any]
     if weights.suffix == ".safetensors":
         raw = _safetensors_load(weights)
     else:
@@ -144,7 +146,7 @@ def _hf_config(directory: Path) -> SegVolConfig:
         raise SegVolError(f"{file} is not a JSON object")
     if CONFIG_KEY in data:
         return _config_from_dict(data[CONFIG_KEY], file)
-    sizes = {k: tuple(int(v) for v in data[k]) for k in ("spatial_size", "patch_size") if k in data}
+    sizes: dict[str, Any] = {k: tuple(int(v) for v in data[k]) for k in ("spatial_size", "patch_size") if k in data}
     try:
         return replace(SegVolConfig.official(), **sizes)
     except (TypeError, ValueError) as exc:
@@ -325,7 +327,7 @@ def save_hf(
     text = json.dumps(config, indent=2) + "\n"
     _atomic_write(directory / HF_CONFIG, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     for file in _tokenizer_sources(tokenizer_files):
-        _atomic_write(directory / file.name, lambda tmp, src=file: shutil.copyfile(src, tmp))
+        _atomic_write(directory / file.name, functools.partial(shutil.copyfile, file))
     return directory
 
 

@@ -8,6 +8,13 @@ the shipped token ids, see :func:`reuse_tokenizer`)::
 
     python -m segvol_rt.export.demo_training --seed 0 --steps 4800 --out /tmp/demo_model
 
+The training loop, its loss and the shipped layout are here; the recipe's
+other parts are siblings: :mod:`segvol_rt.export.demo_setup` (tokenizer,
+architecture, init), :mod:`segvol_rt.export.demo_cases` (preprocessed
+phantoms), :mod:`segvol_rt.export.demo_batches` (views, prompt rows, the
+prompt mixture) and :mod:`segvol_rt.export.demo_evaluation` (Dice through
+the runtime's zoom-out-zoom-in); their public names are re-exported here.
+
 The recipe follows SegVol's supervised training, made small:
 
 * **Model**: :class:`segvol_rt.export.model.segvol.SegVol` with
@@ -55,352 +62,67 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from segvol_rt.demo.phantom import PHANTOM_LABELS, random_phantom
+from segvol_rt.evaluation import dice
 from segvol_rt.export.checkpoint import save_hf
+from segvol_rt.export.demo_batches import (
+    MAX_POINTS,
+    ZOOM_IN_KINDS,
+    ZOOM_IN_WEIGHTS,
+    ZOOM_OUT_KINDS,
+    ZOOM_OUT_WEIGHTS,
+    Row,
+    View,
+    jittered_box,
+    make_row,
+    sample_batch,
+    zoom_in_view,
+    zoom_out_view,
+)
+from segvol_rt.export.demo_cases import Case, build_cases, make_case, training_phantoms, validation_phantoms
+from segvol_rt.export.demo_evaluation import EVAL_KINDS, evaluate, segment_phantom
+from segvol_rt.export.demo_setup import (
+    SYNONYM_RATE,
+    SYNONYMS,
+    TOKENIZER_VOCAB_SIZE,
+    build_tokenizer,
+    demo_config,
+    init_for_ct,
+    reuse_tokenizer,
+    tokenizer_corpus,
+)
 from segvol_rt.export.model.segvol import SegVol, prompt_tokens
-
-from segvol_rt.demo.phantom import PHANTOM_LABELS, Phantom, make_phantom, random_phantom
-from segvol_rt.io.config import SegVolConfig, TextConfig
-from segvol_rt.io.tokenizer import ClipTokenizer, format_prompt, train_bpe
-from segvol_rt.io.vocabulary import CATEGORIES
-from segvol_rt.pipeline import prompts as P
+from segvol_rt.io.config import SegVolConfig
+from segvol_rt.io.tokenizer import ClipTokenizer
 from segvol_rt.pipeline import zoom as Z
-from segvol_rt.pipeline.evaluation import dice
-from segvol_rt.pipeline.preprocess import preprocess
 
-# -- model and tokenizer -------------------------------------------------------
-
-TOKENIZER_VOCAB_SIZE = 768
-# Extra names per phantom label the text encoder learns besides its own name.
-SYNONYMS: dict[int, tuple[str, ...]] = {
-    1: ("hepatic parenchyma",),
-    2: ("splenic parenchyma",),
-    3: ("kidney left",),
-    4: ("kidney right",),
-    5: ("abdominal aorta",),
-    6: ("ivc", "postcava"),
-    7: ("gastric",),
-    8: ("pancreatic gland",),
-    9: ("gall bladder",),
-    10: ("urinary bladder",),
-}
-SYNONYM_RATE = 0.2  # share of text prompts that use a synonym
-
-
-def tokenizer_corpus() -> list[str]:
-    """Sentences the demo tokenizer is trained on: the prompt template filled
-    with every SegVol category, phantom organ and synonym (organs weighted up,
-    so their words become single tokens)."""
-    names = list(CATEGORIES) + [s for syn in SYNONYMS.values() for s in syn]
-    organs = list(PHANTOM_LABELS.values())
-    return [format_prompt(n) for n in names] + [format_prompt(n) for n in organs] * 4
-
-
-def build_tokenizer(out_dir: str | os.PathLike[str], vocab_size: int = TOKENIZER_VOCAB_SIZE) -> ClipTokenizer:
-    """Train the demo's CLIP-style BPE and save ``tokenizer.json`` (+ config) to ``out_dir``."""
-    return train_bpe(tokenizer_corpus(), vocab_size, out_dir)
-
-
-def reuse_tokenizer(source: str | os.PathLike[str], out_dir: Path) -> ClipTokenizer:
-    """Copy a saved tokenizer's files to ``out_dir`` and load it.
-
-    ``tokenizers``' BPE trainer breaks ties between equally frequent pairs by
-    symbol ids it assigns in hash-map order, so two trainings on the same corpus
-    can number (and rarely choose) tokens differently; reusing the shipped
-    tokenizer makes a rerun see the token ids the shipped model was trained with."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        if (Path(source) / name).is_file():
-            shutil.copy(Path(source) / name, out_dir / name)
-    return ClipTokenizer.from_dir(out_dir)
-
-
-def demo_config(tokenizer: ClipTokenizer, spatial_size: Sequence[int] = (32, 128, 128), width: int = 96
-                ) -> SegVolConfig:
-    """The demo architecture: official layout, small sizes (``width`` channels in
-    the image encoder and decoder, 4 heads); text ids from ``tokenizer``."""
-    text = TextConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=256,
-        max_length=tokenizer.max_length,
-        bos_token_id=tokenizer.bos_id,
-        eos_token_id=tokenizer.eos_id,
-        pad_token_id=tokenizer.pad_id,
-    )
-    return SegVolConfig(
-        spatial_size=tuple(int(s) for s in spatial_size),
-        patch_size=(4, 16, 16),
-        embed_dim=width,
-        encoder_depth=4,
-        encoder_heads=4,
-        encoder_mlp_dim=4 * width,
-        decoder_depth=2,
-        decoder_heads=4,
-        decoder_mlp_dim=2 * width,
-        iou_head_hidden_dim=32,
-        text=text,
-    )
-
-
-def init_for_ct(model: SegVol, seed: int, level: float = 0.45, gain: float = 20.0, structure: float = 5.0) -> None:
-    """Re-initialise the patch embedding so tokens see CT contrast from step 0.
-
-    After SegVol's min-max normalisation the phantom organs differ by about
-    0.003-0.03 on a [0, 1] scale (soft tissue near ``level``). With MONAI's
-    init (std 0.02) a token is dominated by its patch's mean intensity, which
-    the blocks' LayerNorm then divides away, so the encoder starts nearly
-    blind to organ contrast and spends its first thousands of steps growing
-    these weights. Here each output channel is a zero-mean random filter
-    (the default draw, mean removed, times ``structure``) plus ``g_c`` times
-    the patch mean minus ``level``, with ``g_c ~ N(0, gain^2)``."""
-    linear = model.image_encoder.patch_embedding.patch_embeddings[1]
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        w = linear.weight
-        w.sub_(w.mean(dim=1, keepdim=True)).mul_(structure)
-        g = torch.randn(w.shape[0], generator=gen) * gain
-        w.add_(g[:, None] / w.shape[1])
-        linear.bias.copy_(-g * level)
-
-
-# -- preprocessed phantoms -------------------------------------------------------
-
-
-@dataclass
-class Case:
-    """One preprocessed phantom, as the runtime sees it.
-
-    ``crop`` (D, H, W) float16 crop-space image in [0, 1]; ``labels`` (D, H, W)
-    uint8 in crop space; ``zoom`` / ``zoom_labels``: the same at
-    ``spatial_size`` (nearest-exact); ``boxes``: organ id -> inclusive
-    crop-space box (d0, h0, w0, d1, h1, w1)."""
-
-    crop: np.ndarray
-    labels: np.ndarray
-    zoom: np.ndarray
-    zoom_labels: np.ndarray
-    boxes: dict[int, tuple[int, ...]]
-
-
-def make_case(phantom: Phantom, spatial_size: Sequence[int]) -> Case:
-    """Preprocess a phantom with the runtime's code; labels through the same geometry."""
-    pre = preprocess(phantom.image, spatial_size)
-    labels = np.ascontiguousarray(pre.geometry.volume(phantom.labels, "scan", "crop"), dtype=np.uint8)
-    zoom_labels = np.ascontiguousarray(pre.geometry.zoom.forward_volume(labels), dtype=np.uint8)
-    boxes = {}
-    for organ in np.unique(labels)[1:]:
-        boxes[int(organ)] = P.generate_box(labels == organ)
-    return Case(
-        np.ascontiguousarray(pre.image, dtype=np.float16),
-        labels,
-        np.ascontiguousarray(pre.zoom_image, dtype=np.float16),
-        zoom_labels,
-        boxes,
-    )
-
-
-def training_phantoms(seed: int, count: int) -> Iterable[Phantom]:
-    """The training phantoms of ``seed``: random ones, plus the default shape every 8th."""
-    rng = np.random.default_rng([seed, 1])
-    for i in range(count):
-        if i % 8 == 7:
-            yield make_phantom(int(rng.integers(2**31)))
-        else:
-            yield random_phantom(rng)
-
-
-def validation_phantoms(count: int) -> list[Phantom]:
-    """Held-out phantoms: a stream no training seed draws from (fixed, seed-independent)."""
-    rng = np.random.default_rng([2**20, 7])
-    out = [make_phantom(10_000_019)]  # the demo's default shape
-    while len(out) < count:
-        out.append(random_phantom(rng))
-    return out
-
-
-def _save_case(case: Case, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    boxes = np.array([[k, *v] for k, v in sorted(case.boxes.items())], dtype=np.int64).reshape(-1, 7)
-    np.savez(tmp, crop=case.crop, labels=case.labels, zoom=case.zoom, zoom_labels=case.zoom_labels, boxes=boxes)
-    os.replace(tmp, path)
-
-
-def _load_case(path: Path) -> Case:
-    with np.load(path) as z:
-        boxes = {int(r[0]): tuple(int(v) for v in r[1:]) for r in z["boxes"]}
-        return Case(z["crop"], z["labels"], z["zoom"], z["zoom_labels"], boxes)
-
-
-def build_cases(seed: int, count: int, spatial_size: Sequence[int], cache: str | os.PathLike[str] | None,
-                log=print) -> list[Case]:
-    """``count`` preprocessed training phantoms; cached as npz under ``cache`` (keyed by seed and size)."""
-    folder = None
-    if cache is not None:
-        folder = Path(cache) / f"seed{seed}_{'x'.join(map(str, spatial_size))}"
-        folder.mkdir(parents=True, exist_ok=True)
-    cases = []
-    t0 = time.perf_counter()
-    for i, phantom in enumerate(training_phantoms(seed, count)):
-        path = None if folder is None else folder / f"{i:04d}.npz"
-        if path is not None and path.is_file():
-            cases.append(_load_case(path))
-            continue
-        case = make_case(phantom, spatial_size)
-        if path is not None:
-            _save_case(case, path)
-        cases.append(case)
-        if (i + 1) % 16 == 0:
-            log(f"phantoms {i + 1}/{count} ({time.perf_counter() - t0:.0f}s)")
-    return cases
-
-
-# -- views: what one image-encoder input and its labels look like ------------------
-
-
-@dataclass
-class View:
-    """One encoder input: ``image`` (D, H, W) float32 of the window size,
-    ``labels`` (D, H, W) uint8 in the same voxels, ``zoom_in`` whether it is a
-    crop-resolution window, ``focus`` the organ a zoom-in window was cut for,
-    ``jitter`` the box-corner jitter in voxels per axis (D, H, W)."""
-
-    image: np.ndarray
-    labels: np.ndarray
-    zoom_in: bool
-    focus: int
-    jitter: tuple[int, int, int]
-
-
-def zoom_out_view(case: Case) -> View:
-    return View(case.zoom.astype(np.float32), case.zoom_labels, False, 0, (1, 1, 1))
-
-
-def zoom_in_view(case: Case, organ: int, window: Sequence[int], rng: np.random.Generator) -> View:
-    """A window of the runtime's zoom-in plan for ``organ``: the ROI comes from
-    the organ's crop box with corners moved by up to one zoom-out voxel (the
-    coarse pass's resolution), then one window of its plan at random."""
-    shape = case.crop.shape
-    scale = [max(1, math.ceil(c / w)) for c, w in zip(shape, window)]
-    box = np.array(case.boxes[organ]) + rng.integers(-1, 2, 6) * np.array(scale * 2)
-    box = np.clip(box, 0, np.array(shape * 2) - 1)
-    box[3:] = np.maximum(box[3:], box[:3])
-    roi = Z.roi_from_box(box, shape, window)
-    plan = Z.plan_windows(roi.shape, window)
-    start = plan.starts[int(rng.integers(len(plan)))]
-    key = Z.window_key(roi, plan, start)
-    image = Z.window_image(case.crop, key)
-    labels = Z.window_image(case.labels, key).astype(np.uint8)
-    return View(image, labels, True, organ, tuple(scale))  # type: ignore[arg-type]
-
-
-# -- prompt rows -------------------------------------------------------------------
-
-ZOOM_OUT_KINDS = ("text", "text+box", "box", "points", "text+points", "box+points")
-ZOOM_OUT_WEIGHTS = (0.25, 0.25, 0.15, 0.1, 0.1, 0.15)
-ZOOM_IN_KINDS = ("text", "text+box", "box", "points+box", "text+points+box")
-ZOOM_IN_WEIGHTS = (0.3, 0.3, 0.15, 0.1, 0.15)
-MAX_POINTS = 8  # point prompts per row in training (1 positive + extras), padded with -1
-
-
-@dataclass
-class Row:
-    """One decoder query: ``view`` index, target mask (D, H, W) bool in the
-    view, and the prompts in the view's voxel indices."""
-
-    view: int
-    mask: np.ndarray
-    text: str | None
-    box: tuple[int, ...] | None
-    points: P.Points | None
-
-    @property
-    def kind(self) -> tuple[bool, bool, bool]:
-        return (self.points is not None, self.box is not None, self.text is not None)
-
-
-def _organ_text(organ: int, rng: np.random.Generator) -> str:
-    if rng.random() < SYNONYM_RATE:
-        options = SYNONYMS[organ]
-        return options[int(rng.integers(len(options)))]
-    return PHANTOM_LABELS[organ]
-
-
-def jittered_box(mask: np.ndarray, jitter: Sequence[int], rng: np.random.Generator) -> tuple[int, ...]:
-    """``generate_box`` of ``mask``, each corner moved by up to ``jitter`` voxels
-    (per axis), clipped to the view; the empty box when the mask is empty."""
-    box = P.generate_box(mask)
-    if box == P.EMPTY_BOX:
-        return box
-    j = np.array(list(jitter) * 2)
-    out = np.array(box) + np.round(rng.uniform(-1, 1, 6) * j).astype(np.int64)
-    out = np.clip(out, 0, np.array(mask.shape * 2) - 1)
-    out[3:] = np.maximum(out[3:], out[:3])
-    return tuple(int(v) for v in out)
-
-
-def _points(mask: np.ndarray, rng: np.random.Generator, negatives: bool) -> P.Points:
-    """Official ``select_points`` with random extras, padded to :data:`MAX_POINTS`."""
-    extra_pos = int(rng.integers(0, 4))
-    extra_neg = int(rng.integers(0, 4)) if negatives else 0
-    pts = P.select_points(mask, rng, extra_pos, extra_neg)
-    pad = MAX_POINTS - len(pts)
-    coords = np.concatenate([pts.coords, np.full((pad, 3), -1)])
-    labels = np.concatenate([pts.labels, np.full(pad, -1)])
-    return P.Points(coords, labels)
-
-
-def make_row(view_index: int, view: View, organ: int, kind: str, rng: np.random.Generator) -> Row:
-    """The prompts of ``kind`` (e.g. ``"text+box"``) for ``organ`` in ``view``."""
-    mask = view.labels == organ
-    parts = set(kind.split("+"))
-    text = _organ_text(organ, rng) if "text" in parts else None
-    box = jittered_box(mask, view.jitter, rng) if "box" in parts else None
-    points = _points(mask, rng, negatives=not view.zoom_in) if "points" in parts else None
-    return Row(view_index, mask, text, box, points)
-
-
-def _choose(kinds: Sequence[str], weights: Sequence[float], rng: np.random.Generator, n: int) -> list[str]:
-    idx = rng.choice(len(kinds), size=n, replace=False, p=np.asarray(weights) / np.sum(weights))
-    return [kinds[i] for i in idx]
-
-
-def sample_batch(cases: Sequence[Case], window: Sequence[int], rng: np.random.Generator,
-                 zoom_out_views: int = 2, zoom_in_views: int = 2, zoom_out_organs: int = 3,
-                 kinds_per_organ: int = 2, zoom_in_kinds: int = 3) -> tuple[list[View], list[Row]]:
-    """Views and their prompt rows for one step: each zoom-out view gets
-    ``zoom_out_organs`` organs with ``kinds_per_organ`` prompt kinds each, each
-    zoom-in view ``zoom_in_kinds`` kinds for the organ it was cut for (point
-    kinds only when the organ is in the window)."""
-    views: list[View] = []
-    rows: list[Row] = []
-    organs = sorted(PHANTOM_LABELS)
-    for _ in range(zoom_out_views):
-        case = cases[int(rng.integers(len(cases)))]
-        views.append(zoom_out_view(case))
-        present = [o for o in organs if o in case.boxes]
-        for organ in rng.choice(present, size=min(zoom_out_organs, len(present)), replace=False):
-            for kind in _choose(ZOOM_OUT_KINDS, ZOOM_OUT_WEIGHTS, rng, kinds_per_organ):
-                rows.append(make_row(len(views) - 1, views[-1], int(organ), kind, rng))
-    for _ in range(zoom_in_views):
-        case = cases[int(rng.integers(len(cases)))]
-        present = [o for o in organs if o in case.boxes]
-        organ = int(present[int(rng.integers(len(present)))])
-        views.append(zoom_in_view(case, organ, window, rng))
-        found = bool((views[-1].labels == organ).any())
-        kinds = [k for k in ZOOM_IN_KINDS if found or "points" not in k]
-        weights = [w for k, w in zip(ZOOM_IN_KINDS, ZOOM_IN_WEIGHTS) if found or "points" not in k]
-        for kind in _choose(kinds, weights, rng, min(zoom_in_kinds, len(kinds))):
-            rows.append(make_row(len(views) - 1, views[-1], organ, kind, rng))
-    return views, rows
+# The public names of this module before its split into the demo_* siblings
+# (re-exported from them, so ``demo_training.<name>`` keeps working), then its own.
+__all__ = [
+    # demo_setup: tokenizer, architecture, init
+    "TOKENIZER_VOCAB_SIZE", "SYNONYMS", "SYNONYM_RATE", "tokenizer_corpus", "build_tokenizer", "reuse_tokenizer",
+    "demo_config", "init_for_ct",
+    # demo_cases: preprocessed phantoms
+    "Case", "make_case", "training_phantoms", "validation_phantoms", "build_cases",
+    # demo_batches: views, prompt rows, the batch of a step
+    "View", "zoom_out_view", "zoom_in_view", "ZOOM_OUT_KINDS", "ZOOM_OUT_WEIGHTS", "ZOOM_IN_KINDS", "ZOOM_IN_WEIGHTS",
+    "MAX_POINTS", "Row", "jittered_box", "make_row", "sample_batch",
+    # demo_evaluation: Dice through the runtime's zoom-out-zoom-in
+    "EVAL_KINDS", "segment_phantom", "evaluate",
+    # this module: loss, training, the shipped layout, the command line
+    "low_res_targets", "segmentation_loss", "batch_loss", "TrainOptions", "learning_rate", "make_optimizer",
+    "train_step", "monitor_dice", "monitor_cases", "train", "export_model", "training_report", "main",
+    "evaluate_checkpoint",
+]
 
 
 # -- loss ------------------------------------------------------------------------------
@@ -494,7 +216,8 @@ def learning_rate(step: int, opts: TrainOptions) -> float:
 
 def make_optimizer(model: SegVol, opts: TrainOptions) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms, embeddings and tokens."""
-    decay, plain = [], []
+    decay: list[torch.nn.Parameter] = []
+    plain: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "embedding" not in name and "token" not in name else plain).append(p)
     groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": plain, "weight_decay": 0.0}]
@@ -596,111 +319,6 @@ def train(model: SegVol, tokenizer: ClipTokenizer, cases: Sequence[Case], opts: 
     return history
 
 
-# -- evaluation through the runtime's zoom-out-zoom-in -----------------------------------
-
-
-class _TorchGraphs:
-    """The runtime's backend calls (:mod:`segvol_rt.pipeline.zoom`) on a torch :class:`SegVol`."""
-
-    def __init__(self, model: SegVol):
-        self.model = model.eval()
-
-    @torch.no_grad()
-    def encode_image(self, batch: np.ndarray) -> np.ndarray:
-        return self.model.encode_image(torch.from_numpy(np.ascontiguousarray(batch, np.float32))).numpy()
-
-    @torch.no_grad()
-    def decode(self, emb, coords, labels, text) -> np.ndarray:
-        t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(dt)  # noqa: E731
-        out = self.model.decode_tokens(t(emb, torch.float32), t(coords, torch.float32), t(labels, torch.int64),
-                                       t(text, torch.float32))
-        return out.numpy()
-
-    @torch.no_grad()
-    def encode_text(self, ids: np.ndarray) -> np.ndarray:
-        return self.model.encode_text(torch.from_numpy(ids)).numpy()
-
-
-EVAL_KINDS = ("text", "text+box", "box", "points")
-
-
-def _scan_points(mask: np.ndarray) -> P.Points:
-    """One positive point, as a user's click near the organ's centre: the
-    organ voxel closest to its centroid."""
-    idx = np.argwhere(mask)
-    best = idx[np.argmin(((idx - idx.mean(axis=0)) ** 2).sum(axis=1))]
-    return P.Points(best[None], np.array([1]))
-
-
-@dataclass
-class _Scan:
-    """A preprocessed evaluation phantom and its zoom-out embedding."""
-
-    pre: Any
-    crop: np.ndarray
-    embedding: np.ndarray
-    windows: Z.EmbeddingCache
-
-
-def _prepare(graphs: _TorchGraphs, config: SegVolConfig, phantom: Phantom) -> _Scan:
-    pre = preprocess(phantom.image, config.spatial_size)
-    emb = graphs.encode_image(np.asarray(pre.zoom_image, np.float32)[None, None])[0]
-    return _Scan(pre, np.ascontiguousarray(pre.image, np.float32), emb, Z.EmbeddingCache())
-
-
-def segment_phantom(graphs: _TorchGraphs, config: SegVolConfig, tokenizer: ClipTokenizer, scan: _Scan,
-                    mask: np.ndarray, name: str, kind: str, window_prompts: str = "aligned"
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Scan-space masks (zoom-out only, zoom-out-zoom-in) of the organ ``mask``
-    (scan space) prompted by ``kind`` (its ``name``, its box, a point),
-    computed the way :class:`segvol_rt.runtime.SegVolRuntime` computes them."""
-    parts = set(kind.split("+"))
-    box = P.generate_box(mask) if "box" in parts else None
-    points = _scan_points(mask) if "points" in parts else None
-    mp = P.to_model_space(scan.pre.geometry, box, points)
-    text = None
-    if "text" in parts:
-        text = graphs.encode_text(tokenizer.encode_names([name], config.prompt_template))[0]
-    target = Z.Target(text, mp.box_zoom, mp.points_zoom, 0)
-    low = Z.decode_batched(graphs, [scan.embedding], [target.coarse_tokens()], [text], 8, config.embed_dim)[0]
-    coarse = Z.coarse_crop_logits(low, config.spatial_size, scan.crop.shape)
-    to_scan = lambda logits: np.asarray(scan.pre.geometry.crop_to_scan((logits > 0).astype(np.uint8)))  # noqa: E731
-    plan = Z.plan_zoom_in(target, coarse, config.spatial_size, config.spatial_size, window_prompts)
-    if plan is None:
-        return to_scan(coarse), to_scan(coarse)
-    fine = coarse.copy()
-    fine[plan.roi.slices] = Z.zoom_in(graphs, scan.crop, [plan], [target], scan.windows, config.spatial_size,
-                                      (8, 8), config.embed_dim)[0]
-    return to_scan(coarse), to_scan(fine)
-
-
-def evaluate(model: SegVol, tokenizer: ClipTokenizer, phantoms: Sequence[Phantom],
-             kinds: Sequence[str] = EVAL_KINDS, log=print, window_prompts: str = "aligned") -> dict[str, Any]:
-    """Per-organ Dice, zoom-out only and zoom-out-zoom-in, per prompt kind:
-    ``{kind: {"organs": {name: {"zoom_out": mean, "zoom_in": mean}}, "mean": {...}}}``.
-    ``window_prompts``: the zoom-in window prompt placement (:mod:`segvol_rt.pipeline.zoom`)."""
-    graphs = _TorchGraphs(model)
-    scores: dict[str, dict[str, dict[str, list[float]]]] = {k: {} for k in kinds}
-    for i, ph in enumerate(phantoms):
-        scan = _prepare(graphs, model.config, ph)
-        for organ in sorted(ph.label_names):
-            truth = ph.labels == organ
-            name = PHANTOM_LABELS[organ]
-            for kind in kinds:
-                zo, zi = segment_phantom(graphs, model.config, tokenizer, scan, truth, name, kind, window_prompts)
-                rec = scores[kind].setdefault(name, {"zoom_out": [], "zoom_in": []})
-                rec["zoom_out"].append(dice(zo, truth))
-                rec["zoom_in"].append(dice(zi, truth))
-        log(f"evaluated phantom {i + 1}/{len(phantoms)}")
-    out: dict[str, Any] = {}
-    for kind in kinds:
-        table = {name: {k: float(np.mean(v)) for k, v in rec.items()} for name, rec in scores[kind].items()}
-        mean = {k: float(np.mean([t[k] for t in table.values()])) for k in ("zoom_out", "zoom_in")}
-        out[kind] = {"organs": table, "mean": mean}
-        log(f"eval {kind}: zoom-out {mean['zoom_out']:.3f} zoom-in {mean['zoom_in']:.3f}")
-    return out
-
-
 # -- the shipped layout ------------------------------------------------------------------
 
 
@@ -749,7 +367,7 @@ def training_report(config: SegVolConfig, params: int, args: dict[str, Any], his
         n = results.get("phantoms", 0)
         lines += ["", f"## Dice on {n} held-out phantoms (zoom-out only / zoom-out-zoom-in)", "",
                   "Scan space, through the runtime's zoom-out-zoom-in code on the torch model, with"
-                  f" `window_prompts=\"{results.get('window_prompts', 'aligned')}\"` (see `segvol_rt/zoom.py`).", ""]
+                  f" `window_prompts=\"{results.get('window_prompts', 'aligned')}\"` (see `segvol_rt/pipeline/zoom.py`).", ""]
         kinds = [k for k in results if k not in ("phantoms", "window_prompts")]
         lines += ["| organ | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
         organs = list(results[kinds[0]]["organs"])
@@ -765,7 +383,8 @@ def _file_sizes(directory: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _argument_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m segvol_rt.export.demo_training``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output directory (Hugging Face layout + TRAINING.md)")
@@ -790,7 +409,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="zoom-in window prompt placement of the evaluation")
     parser.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
                         help="only evaluate a saved checkpoint directory; write OUT as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _argument_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.evaluate:
         evaluate_checkpoint(args.evaluate, args.eval_phantoms, Path(args.out), args.window_prompts)

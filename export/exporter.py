@@ -22,21 +22,26 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from segvol_rt.export import onnx as O
-from segvol_rt.export import trt_support
-from segvol_rt.export.checkpoint import TOKENIZER_FILES, Checkpoint, build_model
 
 import segvol_rt
 from segvol_rt.errors import SegVolError
+from segvol_rt.export import onnx as O
+from segvol_rt.export import trt_support
+from segvol_rt.export.checkpoint import TOKENIZER_FILES, Checkpoint, build_model
 from segvol_rt.io import artifacts as A
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
+
+if TYPE_CHECKING:
+    from segvol_rt.export.model.segvol import SegVol
+    from segvol_rt.io.tokenizer import ClipTokenizer
 
 Progress = Callable[[str], None]
 # Example sizes the graphs are traced with: not 1, so no axis is specialised.
@@ -134,7 +139,7 @@ def export_artifacts(
 
 # -- stages --------------------------------------------------------------------
 def _export_into(
-    work: Path, model: Any, ckpt: Checkpoint, tokenizer: Any, options: ExportOptions, say: Progress,
+    work: Path, model: SegVol, ckpt: Checkpoint, tokenizer: str | os.PathLike[str] | None, options: ExportOptions, say: Progress,
     timings: dict[str, float],
 ) -> ExportResult:
     config = ckpt.config
@@ -163,7 +168,7 @@ def _export_into(
 
 def export_graph(
     work: Path,
-    model: Any,
+    model: SegVol,
     spec: S.GraphSpec,
     config: SegVolConfig,
     options: ExportOptions = ExportOptions(),
@@ -195,7 +200,7 @@ def export_graph(
 
 
 def _verify(
-    path: Path, module: Any, model: Any, spec: S.GraphSpec, config: SegVolConfig, options: ExportOptions,
+    path: Path, module: Any, model: SegVol, spec: S.GraphSpec, config: SegVolConfig, options: ExportOptions,
     extra: dict[str, dict[str, np.ndarray]] | None,
 ) -> O.Parity:
     session = O.ort_session(path)
@@ -241,7 +246,7 @@ def _copy_tokenizer(work: Path, ckpt: Checkpoint, given: Any, config: SegVolConf
     return tok, {f.name: A.sha256_file(target / f.name) for f in files}
 
 
-def _check_tokenizer(tok: Any, config: SegVolConfig, source: Path) -> None:
+def _check_tokenizer(tok: ClipTokenizer, config: SegVolConfig, source: Path) -> None:
     """The tokenizer must fit the text encoder: ids inside its table, the end
     token where the encoder pools, the same context length."""
     text = config.text
@@ -256,13 +261,13 @@ def _check_tokenizer(tok: Any, config: SegVolConfig, source: Path) -> None:
         raise SegVolError(f"tokenizer {source} does not fit this checkpoint: {'; '.join(problems)}")
 
 
-def _vocabulary_ids(tok: Any, config: SegVolConfig) -> np.ndarray:
+def _vocabulary_ids(tok: ClipTokenizer, config: SegVolConfig) -> np.ndarray:
     from segvol_rt.io.vocabulary import CATEGORIES
 
     return tok.encode_names(CATEGORIES, template=config.prompt_template)
 
 
-def _write_text_table(work: Path, model: Any, ids: np.ndarray) -> dict[str, Any]:
+def _write_text_table(work: Path, model: SegVol, ids: np.ndarray) -> dict[str, Any]:
     from segvol_rt.io.vocabulary import CATEGORIES
 
     chunks = []
@@ -360,11 +365,12 @@ def _swap_into_place(work: Path, out: Path) -> None:
 
 
 def _size(n: int) -> str:
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
 
 
 def export_demo_model(target: Path, say: Callable[[str], None] | None = None) -> Path:

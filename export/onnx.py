@@ -43,9 +43,10 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +55,7 @@ from torch import nn
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
+from segvol_rt.ops.boxes import int_box
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 17
@@ -393,7 +395,7 @@ class PromptCase:
         rows = []
         for i in range(self.batch):
             pts = None if self.points is None else Points(self.points[0][i], self.points[1][i])
-            box = None if self.boxes is None else tuple(int(v) for v in self.boxes[i])
+            box = None if self.boxes is None else int_box(self.boxes[i])
             rows.append(decoder_tokens(pts, box, self.text is not None))
         return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
@@ -457,7 +459,7 @@ def decoder_cases(
     """Every combo x batch size. Combos with points take the point counts in
     turn across the batch sizes, or every (batch, count) pair with ``product``."""
     rng = np.random.default_rng(seed)
-    cases = []
+    cases: list[Any] = []
     for combo in combos:
         for i, b in enumerate(batches):
             if "points" not in combo:

@@ -21,7 +21,8 @@ boxes ``(d0, h0, w0, d1, h1, w1)`` inclusive.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -168,6 +169,68 @@ def sliding_window(
 # -- the pipeline ------------------------------------------------------------------
 
 
+def _zoom_out_prompts(
+    box_zoom: Sequence[int] | None, points_zoom: tuple[Any, Any] | None, spatial: Sequence[int]
+) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None, torch.Tensor | None]:
+    """The zoom-out pass's prompts, as the official model takes them, and their maps.
+
+    Returns ``(boxes, points, cube_zoom, points_map_zoom)``: ``boxes`` (1, 6),
+    ``points`` ``(coords (1, N, 3), labels (1, N))``, and the binary box cube
+    and positive-point map of ``spatial`` (D', H', W'); each None without its prompt.
+    """
+    boxes = points = cube_zoom = points_map_zoom = None
+    if points_zoom is not None:
+        coords, labels = _tensor(points_zoom[0]).reshape(-1, 3), _tensor(points_zoom[1]).reshape(-1)
+        points = (coords[None], labels[None])
+        points_map_zoom = point_map_of(coords, labels, spatial)
+    if box_zoom is not None:
+        boxes = torch.tensor([float(v) for v in box_zoom])[None]
+        cube_zoom = cube_of(box_zoom, spatial)
+    return boxes, points, cube_zoom, points_map_zoom
+
+
+def _to_crop(map_zoom: torch.Tensor | None, shape: Sequence[int]) -> torch.Tensor | None:
+    """A zoom-out (D', H', W') prompt map resized to the crop's (D, H, W), nearest; None stays None."""
+    if map_zoom is None:
+        return None
+    return F.interpolate(map_zoom[None, None].float(), size=shape, mode="nearest")[0, 0]
+
+
+def _zoom_in_stage(
+    model: Any,
+    crop: torch.Tensor,
+    coarse: torch.Tensor,
+    spatial: Sequence[int],
+    text: torch.Tensor | None,
+    binary_cube: torch.Tensor | None,
+    binary_points: torch.Tensor | None,
+    seed: int,
+) -> torch.Tensor:
+    """The official zoom-in: the ROI of the coarse logits, a sliding window of
+    ``spatial`` windows over it, its logits written into ``coarse`` (in place).
+
+    ``crop``, ``coarse`` and the crop-space prompt maps are (D, H, W); returns
+    ``coarse``, unchanged when no voxel of it is foreground."""
+    roi = roi_of(spatial, coarse)
+    if roi is None:
+        return coarse
+    d0, h0, w0, d1, h1, w1 = roi
+    sl = (slice(d0, d1 + 1), slice(h0, h1 + 1), slice(w0, w1 + 1))
+    global_preds = (torch.sigmoid(coarse[sl]) > 0.5).long()
+    fine = sliding_window(
+        model,
+        crop[sl][None, None],
+        spatial,
+        text,
+        None if binary_cube is None else binary_cube[sl],
+        None if binary_points is None else binary_points[sl],
+        global_preds,
+        np.random.default_rng(seed),
+    )
+    coarse[sl] = fine
+    return coarse
+
+
 def official_zoom_out_zoom_in(
     model: Any,
     crop_image: Any,
@@ -195,41 +258,13 @@ def official_zoom_out_zoom_in(
     spatial = tuple(int(s) for s in zoom.shape)
     shape = tuple(int(s) for s in crop.shape)
     text = None if text_embedding is None else _tensor(text_embedding).reshape(1, -1)
-    boxes = points = cube_zoom = points_map_zoom = None
-    if points_zoom is not None:
-        coords, labels = _tensor(points_zoom[0]).reshape(-1, 3), _tensor(points_zoom[1]).reshape(-1)
-        points = (coords[None], labels[None])
-        points_map_zoom = point_map_of(coords, labels, spatial)
-    if box_zoom is not None:
-        boxes = torch.tensor([float(v) for v in box_zoom])[None]
-        cube_zoom = cube_of(box_zoom, spatial)
+    boxes, points, cube_zoom, points_map_zoom = _zoom_out_prompts(box_zoom, points_zoom, spatial)
 
     with torch.no_grad():
         global_logits = model(zoom[None, None], text, boxes, points)
     coarse = F.interpolate(global_logits, size=shape, mode="nearest")[0, 0]
     if not zoom_in:
         return coarse
-    binary_points = binary_cube = None
-    if points_map_zoom is not None:
-        binary_points = F.interpolate(points_map_zoom[None, None].float(), size=shape, mode="nearest")[0, 0]
-    if cube_zoom is not None:
-        binary_cube = F.interpolate(cube_zoom[None, None].float(), size=shape, mode="nearest")[0, 0]
-
-    roi = roi_of(spatial, coarse)
-    if roi is None:
-        return coarse
-    d0, h0, w0, d1, h1, w1 = roi
-    sl = (slice(d0, d1 + 1), slice(h0, h1 + 1), slice(w0, w1 + 1))
-    global_preds = (torch.sigmoid(coarse[sl]) > 0.5).long()
-    fine = sliding_window(
-        model,
-        crop[sl][None, None],
-        spatial,
-        text,
-        None if binary_cube is None else binary_cube[sl],
-        None if binary_points is None else binary_points[sl],
-        global_preds,
-        np.random.default_rng(seed),
-    )
-    coarse[sl] = fine
-    return coarse
+    binary_points = _to_crop(points_map_zoom, shape)
+    binary_cube = _to_crop(cube_zoom, shape)
+    return _zoom_in_stage(model, crop, coarse, spatial, text, binary_cube, binary_points, seed)

@@ -15,7 +15,7 @@ frees a scan and its embeddings (host or GPU memory) while the backend stays
 open; ``clear_window_cache()`` forgets only the window embeddings.
 
 Spaces: prompts and outputs are in **scan** voxel indices ``(i, j, k)``; the
-pipeline runs in crop / zoom-out space ``(D, H, W)`` (``geometry.py``).
+pipeline runs in crop / zoom-out space ``(D, H, W)`` (:mod:`segvol_rt.pipeline.geometry`).
 
 Device: the pipeline runs in the backend's array module (``backend.xp``). On
 a CUDA backend (ONNX Runtime CUDA with IO binding, TensorRT) the scan is
@@ -33,9 +33,10 @@ the same code on numpy arrays.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +46,17 @@ from segvol_rt.io import spec as S
 from segvol_rt.ops import arrays as A
 from segvol_rt.pipeline import prompts as P
 from segvol_rt.pipeline import zoom as Z
+
+if TYPE_CHECKING:  # runtime types only: importing segvol_rt stays light
+    from segvol_rt.backends.base import Backend
+    from segvol_rt.io.artifacts import Artifacts
+    from segvol_rt.io.tokenizer import ClipTokenizer
+    from segvol_rt.pipeline.geometry import Geometry
+
+# A box prompt: "i0,j0,k0,i1,j1,k1" or six ints, inclusive, scan voxel indices.
+BoxPrompt = str | Sequence[int]
+# Point prompts: "i,j,k[,label];..." or [(i, j, k[, label]), ...] (label 1 positive, 0 negative).
+PointsPrompt = str | Sequence[Sequence[int]] | P.Points
 
 
 @dataclass
@@ -87,8 +99,8 @@ class Request:
     """One target of :meth:`SegVolRuntime.segment_many` (scan-space prompts)."""
 
     text: str | None = None
-    box: Any = None  # "i0,j0,k0,i1,j1,k1" or 6 ints, inclusive
-    points: Any = None  # "i,j,k[,label];..." or [(i, j, k[, label]), ...]
+    box: BoxPrompt | None = None  # "i0,j0,k0,i1,j1,k1" or 6 ints, inclusive
+    points: PointsPrompt | None = None  # "i,j,k[,label];..." or [(i, j, k[, label]), ...]
     zoom_in: bool = True
     probabilities: bool = False
     seed: int = 0
@@ -100,7 +112,7 @@ class Request:
         Z.check_window_prompts(self.window_prompts)
 
     @classmethod
-    def of(cls, item: "Request | Mapping[str, Any] | str") -> "Request":
+    def of(cls, item: Request | Mapping[str, Any] | str) -> Request:
         if isinstance(item, Request):
             return item
         if isinstance(item, str):
@@ -128,9 +140,9 @@ class _Volume:
 
     scan_shape: tuple[int, int, int]
     affine: np.ndarray
-    crop_image: Any  # (D, H, W) float32
-    zoom_image: Any  # spatial_size float32
-    geometry: Any
+    crop_image: Any  # (D, H, W) float32, numpy or cupy
+    zoom_image: Any  # spatial_size float32, numpy or cupy
+    geometry: Geometry
     zoom_embedding: Any = None
     windows: Z.EmbeddingCache = field(default_factory=Z.EmbeddingCache)
     host: dict[str, np.ndarray] = field(default_factory=dict)  # downloaded copies, on demand
@@ -152,7 +164,7 @@ class SegVolRuntime:
         backend_reason: why this backend (from :func:`segvol_rt.backends.select.open_backend`).
     """
 
-    def __init__(self, artifacts: Any, backend: Any, backend_reason: str = ""):
+    def __init__(self, artifacts: Artifacts, backend: Backend, backend_reason: str = ""):
         self.artifacts = artifacts
         self.config = artifacts.config
         self.backend = backend
@@ -160,7 +172,7 @@ class SegVolRuntime:
         self._volume: _Volume | None = None
         self._text_cache: dict[str, np.ndarray] = {}
         self._table: dict[str, np.ndarray] | None = None
-        self._tokenizer: Any = None
+        self._tokenizer: ClipTokenizer | None = None
         self._stats = Z.StageClock(on_exit=self._stage_end)
         self._memory: A.GpuMemory | None = None
 
@@ -172,7 +184,7 @@ class SegVolRuntime:
         device: str = "auto",
         verify: bool = True,
         checkpoint: str | os.PathLike[str] | None = None,
-    ) -> "SegVolRuntime":
+    ) -> SegVolRuntime:
         """Read the manifest, check every file's hash (``verify``) and open a backend."""
         from segvol_rt.backends.select import open_backend
         from segvol_rt.io.artifacts import Artifacts
@@ -195,7 +207,17 @@ class SegVolRuntime:
     @property
     def xp(self) -> Any:
         """The array module the pipeline runs in: the backend's (numpy or cupy)."""
-        return Z.backend_xp(self.backend)
+        return self.backend.xp
+
+    def zoom_settings(self, window_prompts: str = "official") -> Z.ZoomSettings:
+        """The zoom-in settings of this model and backend: the model's window,
+        the official overlap and the backend's preferred batch per graph call."""
+        return Z.ZoomSettings(
+            window=self.config.spatial_size,
+            encoder_batch=self._max_batch(S.IMAGE_ENCODER),
+            decoder_batch=self._max_batch(S.PROMPT_DECODER),
+            window_prompts=window_prompts,
+        )
 
     def _stage_end(self) -> None:
         """End of a timed stage: on the GPU, wait for the queued kernels (so the
@@ -218,7 +240,8 @@ class SegVolRuntime:
         out.update(device="cpu" if A.is_host(self.xp) else "cuda", **memory)
         if self._volume is not None:
             cache = self._volume.windows
-            out.update(windows_encoded=cache.windows_encoded, encoder_calls=cache.encoder_calls, windows_cached=len(cache.embeddings))
+            out.update(windows_encoded=cache.windows_encoded, encoder_calls=cache.encoder_calls,
+                       windows_cached=len(cache.embeddings))
         return out
 
     # -- volume ------------------------------------------------------------------
@@ -300,7 +323,8 @@ class SegVolRuntime:
         return self._require_volume().on_host("zoom_image")
 
     @property
-    def geometry(self) -> Any:
+    def geometry(self) -> Geometry:
+        """The current volume's coordinate chain (scan -> model -> padded -> crop -> zoom)."""
         return self._require_volume().geometry
 
     def _zoom_embedding(self, timings: Z.StageClock) -> Any:
@@ -349,14 +373,9 @@ class SegVolRuntime:
     def segment(
         self,
         text: str | None = None,
-        box: Any = None,
-        points: Any = None,
-        zoom_in: bool = True,
-        probabilities: bool = False,
-        seed: int = 0,
-        keep_logits: bool = False,
-        on_device: bool = False,
-        window_prompts: str = "official",
+        box: BoxPrompt | None = None,
+        points: PointsPrompt | None = None,
+        **options: Any,
     ) -> Segmentation:
         """Segment one target of the current volume; prompts in scan voxel indices.
 
@@ -364,6 +383,9 @@ class SegVolRuntime:
             text: a target name (table lookup) or a free phrase (text encoder).
             box: ``"i0,j0,k0,i1,j1,k1"`` or 6 ints, inclusive.
             points: ``"i,j,k[,label];..."`` or ``[(i, j, k[, label]), ...]`` (label 1/0).
+            options: the other fields of :class:`Request`, by keyword:
+
+        Options:
             zoom_in: run the zoom-in stage after the coarse pass.
             probabilities: also return sigmoid probabilities in scan space.
             seed: seed of the point-mode window prompt sampling.
@@ -375,8 +397,7 @@ class SegVolRuntime:
                 smaller than a window along an axis; ``"aligned"`` places them
                 on the padded window (identical results on larger scans).
         """
-        req = Request(text, box, points, zoom_in, probabilities, seed, keep_logits, on_device, window_prompts)
-        return self.segment_many([req])[0]
+        return self.segment_many([Request.of({"text": text, "box": box, "points": points, **options})])[0]
 
     def segment_many(self, targets: Sequence[Request | Mapping[str, Any] | str]) -> list[Segmentation]:
         """Segment several targets of the current volume, sharing preprocessing, the
@@ -389,20 +410,15 @@ class SegVolRuntime:
         model_targets = self._model_targets(vol, requests, timings)
         return self._run(vol, requests, model_targets, timings)
 
-    def segment_zoom_space(
-        self,
-        targets: Sequence[Z.Target],
-        zoom_in: bool = True,
-        probabilities: bool = False,
-        keep_logits: bool = False,
-        window_prompts: str = "official",
-    ) -> list[Segmentation]:
+    def segment_zoom_space(self, targets: Sequence[Z.Target], **options: Any) -> list[Segmentation]:
         """Segment targets whose box/points are already in **zoom-out** voxel indices
         ``(D, H, W)`` of the current volume (:class:`segvol_rt.pipeline.zoom.Target`), e.g.
         evaluation prompts derived from a reference label the way the official
-        demo derives them (:mod:`segvol_rt.pipeline.evaluation`). A box may be
+        demo derives them (:mod:`segvol_rt.evaluation`). A box may be
         :data:`segvol_rt.pipeline.prompts.EMPTY_BOX` and points may carry label -1, as
-        official ``generate_box`` / ``select_points`` produce them."""
+        official ``generate_box`` / ``select_points`` produce them. ``options``:
+        the :class:`Request` fields other than the prompts and the seed
+        (``zoom_in``, ``probabilities``, ``keep_logits``, ``window_prompts``)."""
         vol = self._require_volume()
         size = np.asarray(self.config.spatial_size)
         for t in targets:
@@ -412,11 +428,10 @@ class SegVolRuntime:
                     raise SegVolError(f"zoom-out box {tuple(t.box_zoom)} is empty or outside {tuple(size)}")
             if t.points_zoom is not None and len(t.points_zoom) > self.max_points:
                 raise SegVolError(f"{len(t.points_zoom)} points given; the artifacts take at most {self.max_points}")
-        requests = [
-            Request(zoom_in=zoom_in, probabilities=probabilities, seed=t.seed, keep_logits=keep_logits,
-                    window_prompts=window_prompts)
-            for t in targets
-        ]
+        unknown = set(options) - {"zoom_in", "probabilities", "keep_logits", "on_device", "window_prompts"}
+        if unknown:
+            raise SegVolError(f"segment_zoom_space takes no {', '.join(sorted(unknown))}")
+        requests = [Request.of({**options, "seed": t.seed}) for t in targets]
         return self._run(vol, requests, list(targets), Z.StageClock()) if requests else []
 
     def _run(
@@ -436,9 +451,10 @@ class SegVolRuntime:
             )
         with timings.stage("upsample_zoom_out"):
             coarse = [Z.coarse_crop_logits(lg, self.config.spatial_size, vol.crop_image.shape) for lg in low]
+        zoom = self.zoom_settings()  # each request brings its own window prompts
         with timings.stage("plan_windows"):
             plans = [
-                Z.plan_zoom_in(t, c, self.config.spatial_size, self.config.spatial_size, r.window_prompts)
+                Z.plan_zoom_in(t, c, zoom.window, self.config.spatial_size, r.window_prompts, zoom.overlap)
                 if r.zoom_in
                 else None
                 for r, t, c in zip(requests, model_targets, coarse)
@@ -452,11 +468,10 @@ class SegVolRuntime:
             roi_logits = Z.zoom_in(
                 self.backend,
                 vol.crop_image,
-                [plans[i] for i in active],
+                [p for p in plans if p is not None],
                 [model_targets[i] for i in active],
                 vol.windows,
-                self.config.spatial_size,
-                (self._max_batch(S.IMAGE_ENCODER), self._max_batch(S.PROMPT_DECODER)),
+                zoom,
                 self.config.embed_dim,
                 timings,
             )
@@ -505,8 +520,8 @@ class SegVolRuntime:
                 ops.paste(logits, roi_logits, roi_start)
             roi_logits = None
         with timings.stage("postprocess"):
-            mapping = vol.geometry.scan_mapping()
-            mask = ops.scan_mask(logits, vol.scan_shape, *mapping, roi_logits, roi_start)
+            perm, flips, origin = vol.geometry.scan_mapping()
+            mask = ops.scan_mask(logits, vol.scan_shape, perm, flips, origin, roi_logits, roi_start)
             probs = vol.geometry.crop_to_scan(ops.sigmoid(logits)) if req.probabilities else None
             kept = logits if req.keep_logits else None
         if not req.on_device and not A.is_host(self.xp):

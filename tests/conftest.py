@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from shared_data import shared_path  # noqa: E402  (tests/ is on pythonpath)
+
+from tests.support.shared import shared_path
 
 
 @pytest.fixture

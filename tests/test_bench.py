@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from segvol_rt.export.bench_model import DEFAULT_BLOB, _cells, prepare_bench_model
 
 from segvol_rt.app.bench import quick_bench
 from segvol_rt.bench.machine import machine_info
 from segvol_rt.bench.report import Report
 from segvol_rt.bench.scans import DEMO_CROP, requests_for, scaled_crop
 from segvol_rt.bench.timing import LatencyStats, percentile, time_calls
+from segvol_rt.export.bench_model import DEFAULT_BLOB, _cells, prepare_bench_model
 
 REPO = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"case", "backend", "stage", "p50_ms", "p90_ms", "min_ms", "n", "samples_ms"}
@@ -47,7 +47,7 @@ def test_report_table_and_json(tmp_path):
     data = json.loads(rep.write_json(tmp_path / "r.json").read_text())
     assert {"machine", "gpu", "versions", "rows", "ratios", "checks", "notes", "cases"} <= set(data)
     assert {"cpu", "cores", "usable_cores"} <= set(data["machine"])
-    assert ROW_KEYS <= set(data["rows"][0]) and data["rows"][0]["windows"] == 6
+    assert set(data["rows"][0]) >= ROW_KEYS and data["rows"][0]["windows"] == 6
     assert data["rows"][1]["p50_ms_per_item"] == pytest.approx(100 / 8)
 
 
@@ -85,7 +85,7 @@ def test_quick_bench(cache, tmp_path):
         assert ("ort-cpu", stage) in stages
     assert ("numpy", "preprocess") in stages and ("runtime", "text: table lookup") in stages
     assert any(b.startswith("torch official-style") for b, _ in stages)
-    assert all(ROW_KEYS <= set(r) for r in data["rows"])
+    assert all(set(r) >= ROW_KEYS for r in data["rows"])
     zoom = [r for r in data["rows"] if r["stage"] == "zoom-out-zoom-in, 1 target"]
     assert zoom and all(r["windows"] >= 1 for r in zoom)
     assert any("official-style" in q["name"] for q in data["ratios"])

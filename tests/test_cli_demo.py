@@ -17,12 +17,10 @@ import pytest
 nib = pytest.importorskip("nibabel")
 PIL_Image = pytest.importorskip("PIL.Image")
 
-from segvol_rt.app.demo import COLOURS, LEGEND_COLS, preview_size, render_preview  # noqa: E402
 from segvol_rt.app import console as defaults  # noqa: E402
+from segvol_rt.app.demo import COLOURS, LEGEND_COLS, preview_size, render_preview  # noqa: E402
 from segvol_rt.demo.phantom import PHANTOM_LABELS, make_phantom  # noqa: E402
 from segvol_rt.errors import MissingDependencyError  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent / "runtime"))
 
 
 def cli() -> list[str]:
@@ -33,7 +31,7 @@ def cli() -> list[str]:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     pytest.importorskip("torch")
-    from tiny_artifacts import tiny_artifacts
+    from tests.support.tiny_artifacts import tiny_artifacts
 
     return tiny_artifacts(tmp_path_factory.getbasetemp() / "tiny_artifacts")
 
@@ -102,9 +100,8 @@ def test_preview_size_grows_with_the_legend():
 @pytest.fixture
 def fake_demo_checkpoint(tmp_path, tiny, monkeypatch):
     """The tiny model in the demo checkpoint's Hugging Face layout, as the shipped one."""
-    from segvol_rt.export.checkpoint import save_hf
-
     from segvol_rt.demo import model as demo_model
+    from segvol_rt.export.checkpoint import save_hf
 
     ckpt = save_hf(tiny[2], tmp_path / "demo_ckpt", tokenizer_files=Path(tiny[1]).parent / "tokenizer")
     monkeypatch.setattr(demo_model, "demo_checkpoint_dir", lambda: Path(ckpt))

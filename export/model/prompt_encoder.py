@@ -36,10 +36,11 @@ from segvol_rt.io.spec import (
     LABEL_POSITIVE,
     LABEL_TEXT,
 )
+from segvol_rt.ops.boxes import int3
 
 # Row r of the additive table in embed_tokens holds token kind r + LABEL_PAD.
 _TABLE_KINDS = (LABEL_PAD, LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_BOX_MIN, LABEL_BOX_MAX, LABEL_TEXT)
-assert _TABLE_KINDS == tuple(range(LABEL_PAD, LABEL_TEXT + 1))
+assert tuple(range(LABEL_PAD, LABEL_TEXT + 1)) == _TABLE_KINDS
 
 
 class LayerNorm2d(nn.Module):
@@ -92,7 +93,7 @@ class PromptEncoder(nn.Module):
         dim = config.embed_dim
         self.embed_dim = dim
         self.input_image_size = tuple(config.spatial_size)
-        self.image_embedding_size = tuple(config.grid_size)
+        self.image_embedding_size = int3(config.grid_size)
         self.pe_layer = PositionEmbeddingRandom(dim // 2)
         self.point_embeddings = nn.ModuleList(nn.Embedding(1, dim) for _ in range(self.num_point_embeddings))
         self.not_a_point_embed = nn.Embedding(1, dim)

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from segvol_rt.errors import SegVolError
 from segvol_rt.export.model.image_encoder import ImageEncoder
 from segvol_rt.export.model.mask_decoder import MaskDecoder
 from segvol_rt.export.model.prompt_encoder import PromptEncoder
 from segvol_rt.export.model.text_encoder import TextEncoder
-from torch import nn
-
-from segvol_rt.errors import SegVolError
 from segvol_rt.io.config import SegVolConfig
 from segvol_rt.io.spec import LABEL_BOX_MAX, LABEL_BOX_MIN, LABEL_PAD, LABEL_TEXT
 
@@ -48,7 +48,7 @@ class SegVol(nn.Module):
         self.text_encoder = TextEncoder(self.config)
 
     @classmethod
-    def random(cls, config: SegVolConfig | None = None, seed: int = 0) -> "SegVol":
+    def random(cls, config: SegVolConfig | None = None, seed: int = 0) -> SegVol:
         """A model with seeded random weights, for tests: parameters that
         initialise to a constant (LayerNorm affines, biases) get noise too, so
         a swapped or skipped parameter changes the output."""

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from segvol_rt._optional import available, require
 from segvol_rt.bench.machine import machine_info
@@ -149,22 +150,11 @@ def quick_bench(
     model = None
     if threads and available("torch"):
         require("torch").set_num_threads(threads)
-    if artifacts is None:
-        if model_name == "tiny" and not available("torch"):
-            raise SegVolError(
-                "segvol-rt bench needs a model: pass --artifacts DIR (from segvol-rt export), use --model demo, "
-                "or install the export extra to build the tiny benchmark model: pip install 'segvol-rt[export]'"
-            )
-        bm = prepare_bench_model(model_name, cache_dir, log=say)
-        artifacts, checkpoint = bm.artifacts, bm.checkpoint
+    artifacts, checkpoint = _quick_model(artifacts, checkpoint, model_name, cache_dir, say)
     arts = Artifacts.load(artifacts)
     arts.verify()
     config = arts.config
-    report = Report("segvol-rt bench (quick)")
-    report.meta.update(machine_info())
-    report.meta["settings"] = {"repeat": repeat, "warmup": warmup, "artifacts": str(artifacts), "threads": threads}
-    report.meta["model"] = {"window": list(config.spatial_size), "embed_dim": config.embed_dim,
-                            "encoder_depth": config.encoder_depth}
+    report = _quick_report(config, artifacts, repeat, warmup, threads)
     settings = Settings(repeat=repeat, warmup=warmup)
     tokenizer = arts.tokenizer()
     with tempfile.TemporaryDirectory(prefix="segvol-rt-bench-") as tmp:
@@ -178,27 +168,61 @@ def quick_bench(
         opened = open_backends(arts, backends, checkpoint, model, say, threads)
         if not opened:
             raise SegVolError("no backend can run on this machine")
-        from segvol_rt.runtime import SegVolRuntime
-
-        targets = requests_for(image.shape, 1)
-        for label, backend in opened.items():
-            say(f"{label}: graphs")
-            bench_graphs(report, case, label, backend, config, tokenizer, settings, arts.prompt_template)
-            rt = SegVolRuntime(arts, backend, label)
-            rt.set_volume(path)
-            say(f"{label}: zoom-out-zoom-in")
-            bench_pipeline(report, case, label, rt, targets, settings)
-            if label == next(iter(opened)):
-                bench_text_lookup(report, case, rt, settings)
-                say("kernels (numpy)")
-                bench_kernels(report, case, rt.crop_image, config, settings, "numpy")
-                report.cases[case]["crop_shape"] = list(rt.crop_image.shape)
-            if label == next(iter(opened)) and checkpoint is not None and available("torch"):
-                say("torch official-style reference")
-                _quick_official(report, case, rt, checkpoint, tokenizer, arts.prompt_template, targets, settings)
-            rt.close()
+        _quick_backends(report, case, opened, arts, path, image.shape, checkpoint, tokenizer, settings, say)
     _pipeline_ratios(report, case, list(opened))
     return report
+
+
+def _quick_model(artifacts: Any, checkpoint: Any, model_name: str, cache_dir: Any, say: Log) -> tuple[Any, Any]:
+    """``(artifacts, checkpoint)``: the given ones, or, without ``artifacts``, those
+    of the bench model ``model_name`` (prepared into ``cache_dir`` once)."""
+    if artifacts is None:
+        if model_name == "tiny" and not available("torch"):
+            raise SegVolError(
+                "segvol-rt bench needs a model: pass --artifacts DIR (from segvol-rt export), use --model demo, "
+                "or install the export extra to build the tiny benchmark model: pip install 'segvol-rt[export]'"
+            )
+        bm = prepare_bench_model(model_name, cache_dir, log=say)
+        artifacts, checkpoint = bm.artifacts, bm.checkpoint
+    return artifacts, checkpoint
+
+
+def _quick_report(config: Any, artifacts: Any, repeat: int, warmup: int, threads: int | None) -> Report:
+    """An empty quick-run report with the machine, the settings and the model's sizes."""
+    report = Report("segvol-rt bench (quick)")
+    report.meta.update(machine_info())
+    report.meta["settings"] = {"repeat": repeat, "warmup": warmup, "artifacts": str(artifacts), "threads": threads}
+    report.meta["model"] = {"window": list(config.spatial_size), "embed_dim": config.embed_dim,
+                            "encoder_depth": config.encoder_depth}
+    return report
+
+
+def _quick_backends(report: Report, case: str, opened: Mapping[str, Any], arts: Any, path: Path,
+                    scan_shape: Sequence[int], checkpoint: Any, tokenizer: Any, settings: Settings, say: Log) -> None:
+    """Each opened backend's graphs and 1-target zoom-out-zoom-in on the scan at
+    ``path`` (``scan_shape``: its image's (I, J, K) shape, for the target's prompts);
+    with the first backend also the text lookup, the numpy kernels and (given a
+    checkpoint and torch) the torch official-style reference."""
+    from segvol_rt.runtime import SegVolRuntime
+
+    config = arts.config
+    targets = requests_for(scan_shape, 1)
+    for label, backend in opened.items():
+        say(f"{label}: graphs")
+        bench_graphs(report, case, label, backend, config, tokenizer, settings, arts.prompt_template)
+        rt = SegVolRuntime(arts, backend, label)
+        rt.set_volume(path)
+        say(f"{label}: zoom-out-zoom-in")
+        bench_pipeline(report, case, label, rt, targets, settings)
+        if label == next(iter(opened)):
+            bench_text_lookup(report, case, rt, settings)
+            say("kernels (numpy)")
+            bench_kernels(report, case, rt.crop_image, config, settings, "numpy")
+            report.cases[case]["crop_shape"] = list(rt.crop_image.shape)
+        if label == next(iter(opened)) and checkpoint is not None and available("torch"):
+            say("torch official-style reference")
+            _quick_official(report, case, rt, checkpoint, tokenizer, arts.prompt_template, targets, settings)
+        rt.close()
 
 
 def _quick_official(report: Report, case: str, rt: Any, checkpoint: Any, tokenizer: Any, template: str,

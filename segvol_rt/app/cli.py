@@ -8,7 +8,6 @@ code 2, never a traceback.
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
@@ -53,23 +52,23 @@ _PROMPT_HELP = (
 @app.command(epilog=_PROMPT_HELP)
 def infer(
     scan: str = typer.Argument(..., help="CT scan, .nii or .nii.gz."),
-    text: Optional[list[str]] = typer.Option(None, "--text", help="Target name or free phrase; repeat for several targets (one target each)."),
-    box: Optional[str] = typer.Option(None, "--box", help="i0,j0,k0,i1,j1,k1: inclusive box in SCAN voxel indices (IJK); applies to every --text."),
-    point: Optional[list[str]] = typer.Option(None, "--point", help="i,j,k[,label] in SCAN voxel indices (IJK), label 1 positive (default) or 0 negative; repeatable; applies to every --text."),
-    out: Optional[str] = typer.Option(None, "--out", help="Output mask (.nii/.nii.gz); default SCAN stem + _segvol.nii.gz beside it. Several targets: a multi-label file (label i = i-th target; where targets overlap the later one wins) and a .json sidecar naming the labels."),
+    text: list[str] | None = typer.Option(None, "--text", help="Target name or free phrase; repeat for several targets (one target each)."),
+    box: str | None = typer.Option(None, "--box", help="i0,j0,k0,i1,j1,k1: inclusive box in SCAN voxel indices (IJK); applies to every --text."),
+    point: list[str] | None = typer.Option(None, "--point", help="i,j,k[,label] in SCAN voxel indices (IJK), label 1 positive (default) or 0 negative; repeatable; applies to every --text."),
+    out: str | None = typer.Option(None, "--out", help="Output mask (.nii/.nii.gz); default SCAN stem + _segvol.nii.gz beside it. Several targets: a multi-label file (label i = i-th target; where targets overlap the later one wins) and a .json sidecar naming the labels."),
     split: bool = typer.Option(False, "--split", help="One 0/1 file per target, <out stem>_<name>.nii.gz, instead of a multi-label file."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write float32 probability maps <out stem>_prob[_<name>].nii.gz."),
     backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | torch | tensorrt."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     no_zoom_in: bool = typer.Option(False, "--no-zoom-in", help="Coarse (zoom-out) pass only."),
     window_prompts: str = typer.Option("official", "--window-prompts", help="official | aligned. Zoom-in window boxes/points: 'official' reproduces SegVol, which misplaces them by the padding on scans smaller than a window (32x256x256 at full size) along an axis; 'aligned' places them where they belong. Same result on larger scans."),
-    artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Artifacts directory from `segvol-rt export`; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
-    reorient: Optional[str] = typer.Option(None, "--reorient", help="Reorient to axis codes (e.g. RAS) before the model. Off by default: SegVol itself does not reorient. Prompts and masks stay in SCAN's voxel grid either way."),
+    artifacts: str | None = typer.Option(None, "--artifacts", help="Artifacts directory from `segvol-rt export`; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
+    reorient: str | None = typer.Option(None, "--reorient", help="Reorient to axis codes (e.g. RAS) before the model. Off by default: SegVol itself does not reorient. Prompts and masks stay in SCAN's voxel grid either way."),
     seed: int = typer.Option(0, "--seed", help="Seed of point sampling (zoom-in windows, --prompt-points)."),
-    prompt_from: Optional[str] = typer.Option(None, "--prompt-from", help="Evaluation: LABEL.nii.gz:ID - derive the prompts from this reference label as the official demo does (zoom-out-space box of the resized label); also the --reference by default."),
+    prompt_from: str | None = typer.Option(None, "--prompt-from", help="Evaluation: LABEL.nii.gz:ID - derive the prompts from this reference label as the official demo does (zoom-out-space box of the resized label); also the --reference by default."),
     prompt_box: bool = typer.Option(True, "--prompt-box/--no-prompt-box", help="With --prompt-from: use the label's box."),
     prompt_points: bool = typer.Option(False, "--prompt-points", help="With --prompt-from: also sample points from the label (official select_points, 3 positive + 3 negative extra, seeded)."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="LABEL.nii.gz:ID - print the Dice of the result, zoom-out only and with zoom-in (official formula, crop space) and in scan space."),
+    reference: str | None = typer.Option(None, "--reference", help="LABEL.nii.gz:ID - print the Dice of the result, zoom-out only and with zoom-in (official formula, crop space) and in scan space."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and information lines (errors, warnings and Dice still print)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-target details: ROI, windows, prompts."),
 ) -> None:
@@ -105,17 +104,17 @@ def infer(
 @app.command()
 def demo(
     out: str = typer.Option("segvol-demo", "--out", help="Folder for the phantom, masks, results.json and preview.png."),
-    make_phantom: Optional[str] = typer.Option(None, "--make-phantom", help="Only write a phantom to this .nii.gz (and <stem>_labels.nii.gz), then exit."),
+    make_phantom: str | None = typer.Option(None, "--make-phantom", help="Only write a phantom to this .nii.gz (and <stem>_labels.nii.gz), then exit."),
     seed: int = typer.Option(0, "--seed", help="Phantom seed."),
     backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | torch | tensorrt."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Artifacts directory; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
+    artifacts: str | None = typer.Option(None, "--artifacts", help="Artifacts directory; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
     window_prompts: str = typer.Option("aligned", "--window-prompts", help="aligned | official: zoom-in window prompts (see `infer --help`). Phantoms are often narrower than the demo model's window, where 'official' misplaces the window boxes."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the Dice table and errors."),
 ) -> None:
     """Run the pipeline on a synthetic phantom: Dice per organ (text, text+box; zoom-out vs zoom-in), masks and a PNG preview."""
-    from segvol_rt.app.demo import demo_steps, run_demo, write_phantom
     from segvol_rt.app.console import ConsoleReporter, load_runtime
+    from segvol_rt.app.demo import demo_steps, run_demo, write_phantom
 
     if make_phantom is not None:
         image, labels, phantom = write_phantom(make_phantom, seed)
@@ -139,12 +138,12 @@ def demo(
 
 @app.command()
 def export(
-    checkpoint: Optional[str] = typer.Option(
+    checkpoint: str | None = typer.Option(
         None, "--checkpoint", help="SegVol checkpoint: a .pth file or a Hugging Face directory; default: the shipped demo model."
     ),
     out: str = typer.Option(..., "--out", help="Artifacts directory to write (created; see --force)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset, at least 17."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="CLIP tokenizer directory (needed for a .pth: the official repo's config/clip)."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="CLIP tokenizer directory (needed for a .pth: the official repo's config/clip)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Largest batch of windows the graphs accept."),
     max_points: int = typer.Option(16, "--max-points", help="Largest number of point prompts per target."),
     skip_verify: bool = typer.Option(False, "--skip-verify", help="Skip the ONNX Runtime vs torch parity checks."),
@@ -178,9 +177,9 @@ def export(
 def build(
     artifacts: str = typer.Option(..., "--artifacts", help="Artifacts directory written by `segvol-rt export`."),
     precision: str = typer.Option("fp16", "--precision", help="fp16 (norms/softmax/reductions kept fp32) or fp32."),
-    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Lower the windows-per-batch maximum (default: the exported one, 8)."),
-    max_points: Optional[int] = typer.Option(None, "--max-points", help="Lower the points-per-prompt maximum (default: the exported one, 16)."),
-    timing_cache: Optional[str] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file to read and update."),
+    max_batch: int | None = typer.Option(None, "--max-batch", help="Lower the windows-per-batch maximum (default: the exported one, 8)."),
+    max_points: int | None = typer.Option(None, "--max-points", help="Lower the points-per-prompt maximum (default: the exported one, 16)."),
+    timing_cache: str | None = typer.Option(None, "--timing-cache", help="TensorRT timing cache file to read and update."),
     workspace_gib: float = typer.Option(4.0, "--workspace-gib", help="TensorRT builder workspace limit in GiB."),
 ) -> None:
     """Build TensorRT engines for the three graphs and record them in the manifest."""
@@ -202,14 +201,14 @@ def build(
 
 @app.command()
 def bench(
-    artifacts: Optional[str] = typer.Option(None, "--artifacts", help="Artifacts directory to time; default: the tiny benchmark model, exported once into the cache (needs the export extra)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="The checkpoint of --artifacts, for the torch rows (torch pipeline and official-style reference)."),
+    artifacts: str | None = typer.Option(None, "--artifacts", help="Artifacts directory to time; default: the tiny benchmark model, exported once into the cache (needs the export extra)."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", help="The checkpoint of --artifacts, for the torch rows (torch pipeline and official-style reference)."),
     model: str = typer.Option("tiny", "--model", help="Without --artifacts: tiny (random weights, built once) or demo (the shipped demo model)."),
-    backend: Optional[list[str]] = typer.Option(None, "--backend", help="ort-cpu | ort-cuda | tensorrt | torch-pipeline; repeatable (default: every one that can run)."),
+    backend: list[str] | None = typer.Option(None, "--backend", help="ort-cpu | ort-cuda | tensorrt | torch-pipeline; repeatable (default: every one that can run)."),
     repeat: int = typer.Option(5, "--repeat", help="Timed calls per stage (the median, p90 and min are reported)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed calls before them."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Also write the report (machine, versions, every sample) as JSON."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads of ONNX Runtime and torch (default: all cores)."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the report (machine, versions, every sample) as JSON."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads of ONNX Runtime and torch (default: all cores)."),
 ) -> None:
     """Time each stage on this machine in seconds: a small phantom scan, one target, every backend that can run.
 

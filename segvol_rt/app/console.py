@@ -7,8 +7,9 @@ artifacts or the demo model's (exported on first use, :func:`demo_artifacts`).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from segvol_rt._optional import require
 from segvol_rt.demo.model import (  # noqa: F401  (re-exported: the cache's names)

@@ -5,7 +5,7 @@
    :mod:`segvol_rt.demo.model`);
 3. segment every organ twice, by its name (text) and by name plus the box of
    its label in scan space (text+box, what a user draws), each zoom-out only and
-   zoom-out-zoom-in (:func:`segvol_rt.pipeline.evaluation.evaluate`), with *aligned*
+   zoom-out-zoom-in (:func:`segvol_rt.evaluation.evaluate`), with *aligned*
    zoom-in window prompts by default: phantoms are often narrower than the
    demo's 128-voxel window, where the official placement misplaces the window
    boxes by the padding (:mod:`segvol_rt.pipeline.zoom`; ``window_prompts="official"``
@@ -26,15 +26,22 @@ import io
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from segvol_rt import evaluation as E
 from segvol_rt.errors import SegVolError
-from segvol_rt.pipeline import evaluation as E
+from segvol_rt.ops.boxes import int3
 from segvol_rt.pipeline import prompts as P
+
+if TYPE_CHECKING:
+    from segvol_rt.demo.phantom import Phantom
+    from segvol_rt.io.nifti import Scan
+    from segvol_rt.runtime import SegVolRuntime
 
 PROMPT_KINDS = ("text", "text+box")
 PHANTOM_FILE = "phantom.nii.gz"
@@ -171,7 +178,7 @@ def run_demo(out_dir: str | os.PathLike[str], open_runtime: Callable[[], Any], s
     return result
 
 
-def segment_organs(rt: Any, phantom: Any, advance: Callable[[str], None] | None = None,
+def segment_organs(rt: SegVolRuntime, phantom: Phantom, advance: Callable[[str], None] | None = None,
                    window_prompts: str = "aligned") -> tuple[list[DemoRow], dict[str, dict[int, np.ndarray]]]:
     """Every organ of ``phantom`` (the runtime's current volume) by each of
     :data:`PROMPT_KINDS`, zoom-out only and zoom-out-zoom-in: a row per organ
@@ -192,14 +199,15 @@ def segment_organs(rt: Any, phantom: Any, advance: Callable[[str], None] | None 
             request = Request(text=name, box=box, window_prompts=window_prompts)
             ev = E.evaluate(E.scan_space_runner(rt, request), reference, zoom_in=True)
             seconds = time.perf_counter() - t0
-            rows.append(DemoRow(name, kind, ev.scan_zoom_out, float(ev.scan_zoom_in), ev.as_dict(),
+            zoomed = ev.scan_zoom_in if ev.scan_zoom_in is not None else float("nan")
+            rows.append(DemoRow(name, kind, ev.scan_zoom_out, zoomed, ev.as_dict(),
                                 ev.final.n_windows, seconds))
             masks[kind][label] = np.asarray(ev.final.mask)
             advance(f"{name} ({kind}): Dice {ev.scan_zoom_in:.3f}")
     return rows, masks
 
 
-def _write_masks(out: Path, masks: dict[str, dict[int, np.ndarray]], scan: Any, phantom: Any) -> list[Path]:
+def _write_masks(out: Path, masks: dict[str, dict[int, np.ndarray]], scan: Scan, phantom: Phantom) -> list[Path]:
     """One multi-label file per prompt kind, labels = phantom ids (later ids win overlaps)."""
     from segvol_rt.io.nifti import write_mask
 
@@ -212,7 +220,7 @@ def _write_masks(out: Path, masks: dict[str, dict[int, np.ndarray]], scan: Any, 
     return written
 
 
-def _results_json(result: DemoResult, phantom: Any, seed: int) -> dict[str, Any]:
+def _results_json(result: DemoResult, phantom: Phantom, seed: int) -> dict[str, Any]:
     return {
         "backend": result.backend,
         "window_prompts": result.window_prompts,
@@ -309,7 +317,7 @@ def render_preview(image: Any, affine: Any, masks: dict[str, Any], path: str | o
     for m in ras_masks.values():
         union |= m
     centre = np.argwhere(union).mean(axis=0) if union.any() else (np.array(vol.shape) - 1) / 2
-    centre = np.round(centre).astype(int)
+    centre = int3(np.round(centre))
 
     width, height = preview_size(len(masks))
     canvas = Image.new("RGB", (width, height), (0, 0, 0))

@@ -6,7 +6,7 @@ touched, so option mistakes fail at once); :func:`run_infer` reads and checks
 the scan, validates every prompt and the output paths, loads the model,
 segments target by target (zoom-out encoding and window embeddings are cached
 across targets by the runtime), optionally evaluates against a reference label
-(:mod:`segvol_rt.pipeline.evaluation`) and only then writes, so a bad input leaves no
+(:mod:`segvol_rt.evaluation`) and only then writes, so a bad input leaves no
 output file.
 
 Outputs (scan space, the input's affine and header, see :func:`output_plan`):
@@ -26,17 +26,24 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from segvol_rt.app.console import Reporter
 from segvol_rt.errors import SegVolError
+from segvol_rt.ops.boxes import InclusiveBox
 from segvol_rt.pipeline import prompts as P
 from segvol_rt.pipeline.zoom import StageClock
 from segvol_rt.runtime import Request, Segmentation
+
+if TYPE_CHECKING:
+    from segvol_rt.io.nifti import Scan
+    from segvol_rt.pipeline.geometry import Geometry
+    from segvol_rt.runtime import SegVolRuntime
 
 DEFAULT_SUFFIX = "_segvol"
 MAX_TARGETS = 255  # labels of a uint8 multi-label file
@@ -90,7 +97,7 @@ def plan_targets(opts: InferOptions) -> list[TargetPlan]:
     if any(not t for t in texts):
         raise SegVolError("--text is empty; give a target name or phrase")
     if opts.prompt_from is not None:
-        return [_evaluation_target(opts, texts)]
+        return [_evaluation_target(opts, opts.prompt_from, texts)]
     box = P.parse_box(opts.box) if opts.box is not None else None
     points = P.parse_points(list(opts.points)) if opts.points else None
     if not texts and box is None and points is None:
@@ -101,7 +108,7 @@ def plan_targets(opts: InferOptions) -> list[TargetPlan]:
         raise SegVolError(f"{len(texts)} targets; a multi-label file holds at most {MAX_TARGETS}")
     if opts.reference is not None and len(texts) > 1:
         raise SegVolError("--reference scores one target; give a single --text")
-    common = dict(box=box, points=points, zoom_in=opts.zoom_in, probabilities=opts.probabilities, seed=opts.seed,
+    common: dict[str, Any] = dict(box=box, points=points, zoom_in=opts.zoom_in, probabilities=opts.probabilities, seed=opts.seed,
                   window_prompts=opts.window_prompts)
     if not texts:
         name = "+".join(k for k, v in (("box", box), ("points", points)) if v is not None)
@@ -109,7 +116,7 @@ def plan_targets(opts: InferOptions) -> list[TargetPlan]:
     return _with_slugs([(t, Request(text=t, **common)) for t in texts])
 
 
-def _evaluation_target(opts: InferOptions, texts: list[str]) -> TargetPlan:
+def _evaluation_target(opts: InferOptions, spec: str, texts: list[str]) -> TargetPlan:
     if opts.box is not None or opts.points:
         raise SegVolError("--prompt-from derives the box and points from the label; drop --box/--point")
     if len(texts) > 1:
@@ -118,9 +125,9 @@ def _evaluation_target(opts: InferOptions, texts: list[str]) -> TargetPlan:
         raise SegVolError("--prompt-from with --no-prompt-box needs --prompt-points")
     from segvol_rt.io.nifti import parse_label_spec
 
-    parse_label_spec(opts.prompt_from)  # a malformed spec fails before any file is read
+    parse_label_spec(spec)  # a malformed spec fails before any file is read
     text = texts[0] if texts else None
-    name = text or f"label {parse_label_spec(opts.prompt_from)[1]}"
+    name = text or f"label {parse_label_spec(spec)[1]}"
     req = Request(text=text, zoom_in=opts.zoom_in, probabilities=opts.probabilities, seed=opts.seed,
                   window_prompts=opts.window_prompts)
     return _with_slugs([(name, req)])[0]
@@ -214,7 +221,7 @@ class TargetResult:
     segmentation: Segmentation
     evaluation: Any = None
 
-    def stats(self, geometry: Any) -> dict[str, Any]:
+    def stats(self, geometry: Geometry) -> dict[str, Any]:
         seg = self.segmentation
         roi_scan = None
         if seg.roi is not None:
@@ -303,7 +310,7 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
     return InferResult(results, files, timings, rt.backend_reason, rt.geometry)
 
 
-def _box(req: Request) -> P.Box | None:
+def _box(req: Request) -> InclusiveBox | None:
     return None if req.box is None else P.parse_box(req.box)
 
 
@@ -311,14 +318,14 @@ def _points(req: Request) -> P.Points | None:
     return None if req.points is None else P.parse_points(req.points)
 
 
-def _segment(rt: Any, scan: Any, opts: InferOptions, targets: Sequence[TargetPlan], report: Reporter,
+def _segment(rt: SegVolRuntime, scan: Scan, opts: InferOptions, targets: Sequence[TargetPlan], report: Reporter,
              clock: StageClock) -> list[TargetResult]:
-    from segvol_rt.pipeline import evaluation as E
+    from segvol_rt import evaluation as E
 
     reference = source = None
     if opts.evaluating:
         with clock.stage("reference"):
-            reference = E.load_reference(opts.reference or opts.prompt_from, scan, rt.geometry)
+            reference = E.load_reference(opts.reference or opts.prompt_from or "", scan, rt.geometry)
             if opts.prompt_from is not None:
                 same = opts.reference in (None, opts.prompt_from)
                 source = reference if same else E.load_reference(opts.prompt_from, scan, rt.geometry)
@@ -342,12 +349,12 @@ def _segment(rt: Any, scan: Any, opts: InferOptions, targets: Sequence[TargetPla
     return results
 
 
-def _merge_timings(clock: StageClock, rt: Any) -> dict[str, float]:
+def _merge_timings(clock: StageClock, rt: SegVolRuntime) -> dict[str, float]:
     """Own stages (read, load, reference, write) around the runtime's (minus its
     array-wrapping 'read'), in pipeline order."""
     mine = clock.as_dict()
     theirs = {k: v for k, v in rt.stats["timings"].items() if k != "read"}
-    out = {k: mine[k] for k in ("read", "load", "reference") if k in mine}
+    out: dict[str, float] = {k: mine[k] for k in ("read", "load", "reference") if k in mine}
     out.update(theirs)
     if "write" in mine:
         out["write"] = mine["write"]
@@ -357,7 +364,7 @@ def _merge_timings(clock: StageClock, rt: Any) -> dict[str, float]:
 # -- writing -----------------------------------------------------------------------------
 
 
-def write_outputs(plan: OutputPlan, results: Sequence[TargetResult], scan: Any, rt: Any,
+def write_outputs(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan, rt: SegVolRuntime,
                   opts: InferOptions) -> list[Path]:
     """Write masks, probability maps and the sidecar; returns the files written."""
     from segvol_rt.io.nifti import write_json_sidecar, write_mask
@@ -379,7 +386,7 @@ def write_outputs(plan: OutputPlan, results: Sequence[TargetResult], scan: Any, 
     return written
 
 
-def sidecar(plan: OutputPlan, results: Sequence[TargetResult], scan: Any, rt: Any, opts: InferOptions) -> dict:
+def sidecar(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan, rt: SegVolRuntime, opts: InferOptions) -> dict:
     """The JSON sidecar: label names, files and per-target statistics."""
     file_of = {i: p.name for p, idx in plan.masks.items() for i in idx}
     targets = []
@@ -399,7 +406,7 @@ def sidecar(plan: OutputPlan, results: Sequence[TargetResult], scan: Any, rt: An
     return doc
 
 
-def write_probabilities(path: Path, probs: Any, scan: Any) -> Path:
+def write_probabilities(path: Path, probs: Any, scan: Scan) -> Path:
     """float32 sigmoid map ``(I, J, K)`` on the scan's grid (its affine and header), atomically."""
     import gzip
 

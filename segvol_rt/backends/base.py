@@ -10,7 +10,8 @@ which one it is. Arrays are numpy on CPU backends and cupy on CUDA backends
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from segvol_rt.io import spec as S
 

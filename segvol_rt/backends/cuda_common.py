@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from segvol_rt._optional import require
 from segvol_rt.backends.tensorrt.engines import GpuIdentity

@@ -12,12 +12,16 @@ missing; there is no silent fallback to the CPU.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from segvol_rt._optional import require
 from segvol_rt.backends.base import Backend
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
+
+if TYPE_CHECKING:
+    from segvol_rt.io.artifacts import Artifacts
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -57,7 +61,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, artifacts: Any, device: str = "cpu", threads: int | None = None):
+    def __init__(self, artifacts: Artifacts, device: str = "cpu", threads: int | None = None):
         super().__init__(artifacts.specs)
         ort = require("onnxruntime")
         if device not in ("cpu", "cuda"):

@@ -19,8 +19,9 @@ memory arena, separate from CuPy's pool.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +125,7 @@ class OrtCudaBackend(Backend):
         self._sessions = {g: cuda_session(artifacts.graph_path(g), device_id, session_options) for g in S.GRAPH_NAMES}
 
     @classmethod
-    def load(cls, root: str | Path, **kwargs: Any) -> "OrtCudaBackend":
+    def load(cls, root: str | Path, **kwargs: Any) -> OrtCudaBackend:
         return cls(Artifacts.load(root), **kwargs)
 
     @property

@@ -15,12 +15,17 @@ extra), TensorRT is :class:`segvol_rt.backends.tensorrt.runner.TensorRTBackend`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from segvol_rt._optional import available
 from segvol_rt.backends.base import Backend
 from segvol_rt.backends.tensorrt.engines import has_engines
 from segvol_rt.errors import SegVolError
+
+if TYPE_CHECKING:
+    from segvol_rt.io.artifacts import Artifacts
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 DEVICES = ("auto", "cpu", "cuda")
@@ -37,7 +42,7 @@ def gpu_problem() -> str | None:
     return None
 
 
-def _tensorrt_problem(artifacts: Any) -> str | None:
+def _tensorrt_problem(artifacts: Artifacts) -> str | None:
     if not has_engines(artifacts.manifest):
         return "no TensorRT engines in the manifest (segvol-rt build)"
     if not available("tensorrt"):
@@ -45,7 +50,7 @@ def _tensorrt_problem(artifacts: Any) -> str | None:
     return gpu_problem()
 
 
-def _open_tensorrt(artifacts: Any, device: str, **_: Any) -> Backend:
+def _open_tensorrt(artifacts: Artifacts, device: str, **_: Any) -> Backend:
     if device == "cpu":
         raise SegVolError("the tensorrt backend runs on CUDA only; use --device cuda or another backend")
     problem = _tensorrt_problem(artifacts)
@@ -58,7 +63,7 @@ def _open_tensorrt(artifacts: Any, device: str, **_: Any) -> Backend:
     return TensorRTBackend(artifacts)
 
 
-def _open_onnxruntime(artifacts: Any, device: str, **_: Any) -> Backend:
+def _open_onnxruntime(artifacts: Artifacts, device: str, **_: Any) -> Backend:
     from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend, cuda_problem
 
     if device == "cuda":
@@ -72,7 +77,7 @@ def _open_onnxruntime(artifacts: Any, device: str, **_: Any) -> Backend:
     return OnnxRuntimeBackend(artifacts, device=device)
 
 
-def _open_torch(artifacts: Any, device: str, checkpoint: Any = None, **_: Any) -> Backend:
+def _open_torch(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] | None = None, **_: Any) -> Backend:
     from segvol_rt.backends.torch import TorchBackend
 
     return TorchBackend(artifacts, device=device, checkpoint=checkpoint)
@@ -89,7 +94,7 @@ def _label(backend: Backend) -> str:
     return f"{backend.name} on {'CUDA' if backend.device == 'cuda' else 'CPU'}"
 
 
-def _auto(artifacts: Any, device: str, checkpoint: Any) -> tuple[Backend, str]:
+def _auto(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] | None) -> tuple[Backend, str]:
     """Best runnable (backend, device) for ``device`` ("auto", "cpu" or "cuda")."""
     why_not: list[str] = []
     gpu = None if device == "cpu" else gpu_problem()
@@ -123,10 +128,10 @@ def _auto(artifacts: Any, device: str, checkpoint: Any) -> tuple[Backend, str]:
 
 
 def open_backend(
-    artifacts: Any,
+    artifacts: Artifacts,
     backend: str = "auto",
     device: str = "auto",
-    checkpoint: Any = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> tuple[Backend, str]:
     """Open a backend for ``artifacts`` (:class:`segvol_rt.io.artifacts.Artifacts`).
 

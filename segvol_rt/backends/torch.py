@@ -10,8 +10,10 @@ directory); its sha256 must match the manifest's when the manifest has one.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,8 +22,12 @@ from segvol_rt.backends.base import Backend
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 
+if TYPE_CHECKING:
+    from segvol_rt.export.model.segvol import SegVol
+    from segvol_rt.io.artifacts import Artifacts
 
-def checkpoint_path(artifacts: Any, checkpoint: str | Path | None) -> Path:
+
+def checkpoint_path(artifacts: Artifacts, checkpoint: str | os.PathLike[str] | None) -> Path:
     """The checkpoint to build the model from: ``checkpoint`` or the manifest's."""
     if checkpoint is None:
         entry = artifacts.manifest.get("checkpoint") or {}
@@ -53,7 +59,13 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, artifacts: Any, device: str = "cpu", checkpoint: str | Path | None = None, model: Any = None):
+    def __init__(
+        self,
+        artifacts: Artifacts,
+        device: str = "cpu",
+        checkpoint: str | os.PathLike[str] | None = None,
+        model: SegVol | None = None,
+    ):
         super().__init__(artifacts.specs)
         torch = require("torch")
         if device not in ("cpu", "cuda"):
@@ -70,7 +82,7 @@ class TorchBackend(Backend):
         self.modules = {g: graph_module(self.model, g) for g in S.GRAPH_NAMES}
 
     @staticmethod
-    def _build(artifacts: Any, checkpoint: str | Path | None) -> Any:
+    def _build(artifacts: Artifacts, checkpoint: str | os.PathLike[str] | None) -> Any:
         from segvol_rt.export.checkpoint import build_model
 
         path = checkpoint_path(artifacts, checkpoint)

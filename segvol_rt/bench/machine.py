@@ -7,8 +7,9 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 # -- the machine ----------------------------------------------------------------
 

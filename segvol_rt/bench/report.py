@@ -206,8 +206,9 @@ class Report:
                 )
         if self.checks:
             lines += ["", "| target | p50 ms | limit ms | met |", "|---|---:|---:|---|"]
-            for c in self.checks:
-                lines.append(f"| {c.name} | {c.value_ms:.2f} | {c.limit_ms:g} | {'yes' if c.met else '**no**'} |")
+            for check in self.checks:
+                met = "yes" if check.met else "**no**"
+                lines.append(f"| {check.name} | {check.value_ms:.2f} | {check.limit_ms:g} | {met} |")
         if self.notes:
             lines += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"

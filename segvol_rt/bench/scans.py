@@ -7,10 +7,14 @@ strings as ``segvol-rt infer`` takes them.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from segvol_rt.demo.phantom import Phantom
 
 # Official demo's preprocessed (crop) size, (D, H, W), for the 32x256x256 window.
 DEMO_CROP = (200, 352, 480)
@@ -35,8 +39,9 @@ def synthetic_scan(scan_shape: Sequence[int], seed: int = 0, fill_air: bool = Tr
     so the preprocessed crop is the whole volume (the official demo's crop
     size can then be asked for exactly)."""
     from segvol_rt.demo.phantom import make_phantom
+    from segvol_rt.ops.boxes import int3
 
-    ph = make_phantom(seed, tuple(int(s) for s in scan_shape), spacing=(0.8, 0.8, 1.5))
+    ph = make_phantom(seed, int3(scan_shape), spacing=(0.8, 0.8, 1.5))
     image = ph.image
     if fill_air:
         rng = np.random.default_rng([seed, 7])
@@ -46,7 +51,7 @@ def synthetic_scan(scan_shape: Sequence[int], seed: int = 0, fill_air: bool = Tr
     return ph, image
 
 
-def write_scan(path: str | os.PathLike[str], phantom: Any) -> Path:
+def write_scan(path: str | os.PathLike[str], phantom: Phantom) -> Path:
     """Write a phantom's image as an int16 NIfTI file, atomically; ``.nii.gz`` is compressed."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,11 @@ Each adds rows to a :class:`~segvol_rt.bench.report.Report`.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +23,12 @@ from segvol_rt.bench.timing import (
     time_interleaved,
 )
 from segvol_rt.io import spec as S
+
+if TYPE_CHECKING:
+    from segvol_rt.backends.base import Backend
+    from segvol_rt.io.config import SegVolConfig
+    from segvol_rt.io.tokenizer import ClipTokenizer
+    from segvol_rt.runtime import SegVolRuntime
 
 # -- stages ---------------------------------------------------------------------------
 
@@ -45,7 +53,7 @@ class Settings:
         return self.warmup if self.heavy_warmup is None else self.heavy_warmup
 
 
-def bench_graphs(report: Report, case: str, label: str, backend: Any, config: Any, tokenizer: Any,
+def bench_graphs(report: Report, case: str, label: str, backend: Backend, config: SegVolConfig, tokenizer: ClipTokenizer,
                  settings: Settings, template: str) -> None:
     """Image encoder (batch 1 and 8), text encoder (tokenize + encode one
     prompt), prompt decoder (one text + box prompt) on one backend.
@@ -60,7 +68,7 @@ def bench_graphs(report: Report, case: str, label: str, backend: Any, config: An
         x = xp.asarray(rng.random((b, 1, *window), dtype=np.float32))
         # batch 8 takes pipeline-sized time; the batch-1 calls before it warmed the session up
         r, w = (settings.repeat, settings.warmup) if b == 1 else (settings.pipeline_repeat, settings.pipeline_warmup)
-        t = time_calls(lambda x=x: backend.encode_image(x), r, w)
+        t = time_calls(functools.partial(backend.encode_image, x), r, w)
         report.add(case, label, f"image encoder, batch {b}", t, batch=b)
         del x
     t = time_calls(lambda: tokenizer.encode_names(["liver"], template), settings.repeat, settings.warmup)
@@ -73,12 +81,12 @@ def bench_graphs(report: Report, case: str, label: str, backend: Any, config: An
     report.add(case, label, "decoder (text + box), batch 1", t)
 
 
-def bench_box(config: Any) -> tuple[int, ...]:
+def bench_box(config: SegVolConfig) -> tuple[int, ...]:
     """The decoder benchmarks' box prompt: the middle half of the window, (d0, h0, w0, d1, h1, w1)."""
     return tuple(s // 4 for s in config.spatial_size) + tuple(3 * s // 4 for s in config.spatial_size)
 
 
-def decoder_feeds(config: Any, batch: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decoder_feeds(config: SegVolConfig, batch: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prompt tokens of a text + box target: box corners then the text token."""
     coords = np.array([*np.reshape(bench_box(config), (2, 3)), [0, 0, 0]], np.float32)
     labels = np.array([S.LABEL_BOX_MIN, S.LABEL_BOX_MAX, S.LABEL_TEXT], np.int32)
@@ -86,7 +94,7 @@ def decoder_feeds(config: Any, batch: int = 1) -> tuple[np.ndarray, np.ndarray, 
     return np.repeat(coords[None], batch, 0), np.repeat(labels[None], batch, 0), text
 
 
-def bench_text_lookup(report: Report, case: str, runtime: Any, settings: Settings) -> None:
+def bench_text_lookup(report: Report, case: str, runtime: SegVolRuntime, settings: Settings) -> None:
     """A known target name from the artifacts' embedding table."""
     runtime.text_embeddings(["liver"])  # loads the table once
     t = time_calls(lambda: runtime.text_embeddings(["liver"]), settings.repeat, settings.warmup)
@@ -124,7 +132,7 @@ def bench_io(report: Report, case: str, path: Path, spatial_size: Sequence[int],
     return {"scan_shape": list(scan.shape), "crop_shape": list(pre.image.shape)}
 
 
-def bench_kernels(report: Report, case: str, crop_image: Any, config: Any, settings: Settings, xp_name: str = "numpy") -> None:
+def bench_kernels(report: Report, case: str, crop_image: Any, config: SegVolConfig, settings: Settings, xp_name: str = "numpy") -> None:
     """The array ops of the pipeline on ``crop_image`` (D, H, W): zoom-out
     resize, coarse upsample to the crop, ROI box, window upsample, blending."""
     from segvol_rt import ops
@@ -166,7 +174,7 @@ def run_trials(report: Report, trials: Sequence[Trial], settings: Settings) -> l
     return rows
 
 
-def pipeline_trial(case: str, label: str, runtime: Any, targets: Sequence[Mapping[str, Any]],
+def pipeline_trial(case: str, label: str, runtime: SegVolRuntime, targets: Sequence[Mapping[str, Any]],
                    shared_windows: bool = True) -> Trial:
     """Zoom-out-zoom-in of ``targets`` on the runtime's current volume, caches
     reset before every run; records one row for the whole call and one per
@@ -179,7 +187,9 @@ def pipeline_trial(case: str, label: str, runtime: Any, targets: Sequence[Mappin
 
     def run() -> None:
         calls = [list(targets)] if shared_windows else [[t] for t in targets]
-        segs, encoded, stages = [], 0, {}
+        segs: list[Any] = []
+        encoded = 0
+        stages: dict[str, float] = {}
         for chunk in calls:
             if not shared_windows:
                 runtime.clear_window_cache()
@@ -207,7 +217,7 @@ def pipeline_trial(case: str, label: str, runtime: Any, targets: Sequence[Mappin
     return Trial(f"{case}: {label}", run, record, before=runtime.clear_caches)
 
 
-def bench_pipeline(report: Report, case: str, label: str, runtime: Any, targets: Sequence[Mapping[str, Any]],
+def bench_pipeline(report: Report, case: str, label: str, runtime: SegVolRuntime, targets: Sequence[Mapping[str, Any]],
                    settings: Settings, shared_windows: bool = True) -> Row | None:
     """:func:`pipeline_trial` timed on its own."""
     return run_trials(report, [pipeline_trial(case, label, runtime, targets, shared_windows)], settings)[0]

@@ -14,10 +14,12 @@ numpy only; the GPU modules are looked up in ``sys.modules``, never imported.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,10 +40,8 @@ def synchronize() -> None:
     """Wait for queued GPU work of CuPy and torch, when loaded and on a GPU."""
     cupy = sys.modules.get("cupy")
     if cupy is not None:
-        try:
+        with contextlib.suppress(Exception):  # no device: nothing to wait for
             cupy.cuda.Device().synchronize()
-        except Exception:  # noqa: BLE001 - no device: nothing to wait for
-            pass
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()

@@ -29,8 +29,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ class Artifacts:
             raise SegVolError(f"{root / MANIFEST} lists no graph(s) {missing}; export again")
 
     @classmethod
-    def load(cls, root: str | Path) -> "Artifacts":
+    def load(cls, root: str | os.PathLike[str]) -> Artifacts:
         """Read the manifest of ``root`` (hashes are checked by :meth:`verify`)."""
         root = Path(root)
         return cls(root, read_manifest(root))

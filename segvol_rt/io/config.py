@@ -60,11 +60,11 @@ class SegVolConfig:
             raise SegVolError(f"embed_dim {self.embed_dim} must divide by encoder_heads and by 8")
 
     @classmethod
-    def official(cls) -> "SegVolConfig":
+    def official(cls) -> SegVolConfig:
         return cls()
 
     @classmethod
-    def tiny(cls) -> "SegVolConfig":
+    def tiny(cls) -> SegVolConfig:
         """A few-kB model of the same architecture, for fast tests."""
         return cls(
             spatial_size=(16, 64, 64),
@@ -106,7 +106,7 @@ class SegVolConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SegVolConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SegVolConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

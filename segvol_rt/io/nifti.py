@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -295,7 +296,7 @@ def _mask_image(mask: np.ndarray, like: Scan, extra_header: Mapping[str, Any] | 
     header["cal_min"], header["cal_max"] = 0, 0
     header["descrip"] = b"segvol-rt mask"
     for key, value in (extra_header or {}).items():
-        if key not in header.keys():
+        if key not in header.keys():  # noqa: SIM118 - a NIfTI header is no Mapping
             raise SegVolError(f"{key!r} is not a NIfTI header field")
         try:
             header[key] = value

@@ -34,8 +34,9 @@ SegVol's +0.5 shift, which the graph applies.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -204,7 +205,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> GraphSpec:
         data["name"],
         tuple(tensor(t) for t in data["inputs"]),
         tuple(tensor(t) for t in data["outputs"]),
-        {k: tuple(v) for k, v in data["ranges"].items()},  # type: ignore[misc]
+        {k: tuple(v) for k, v in data["ranges"].items()},
     )
 
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from segvol_rt._optional import require
 from segvol_rt.errors import SegVolError
 from segvol_rt.io.atomic import atomic_write_text
 from segvol_rt.io.config import PROMPT_TEMPLATE
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -55,7 +59,7 @@ def format_prompt(name: str, template: str = PROMPT_TEMPLATE) -> str:
 
 
 # -- the CLIP pipeline, built from parts ---------------------------------------
-def _clip_pipeline(tok: Any, bos_id: int, eos_id: int) -> None:
+def _clip_pipeline(tok: Tokenizer, bos_id: int, eos_id: int) -> None:
     """Install CLIP's normaliser, pre-tokeniser, post-processor and decoder on ``tok``."""
     tk = require("tokenizers")
     n, pt = tk.normalizers, tk.pre_tokenizers
@@ -149,7 +153,7 @@ class ClipTokenizer:
 
     def __init__(
         self,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         *,
         max_length: int = DEFAULT_MAX_LENGTH,
         bos_token: str = BOS_TOKEN,
@@ -177,7 +181,7 @@ class ClipTokenizer:
 
     # -- loading --------------------------------------------------------------
     @classmethod
-    def from_dir(cls, path: str | os.PathLike[str], max_length: int | None = None) -> "ClipTokenizer":
+    def from_dir(cls, path: str | os.PathLike[str], max_length: int | None = None) -> ClipTokenizer:
         """Load ``tokenizer.json``, or else ``vocab.json`` + ``merges.txt``, from ``path``.
 
         ``max_length`` defaults to ``model_max_length`` of ``tokenizer_config.json``
@@ -204,7 +208,7 @@ class ClipTokenizer:
         *,
         max_length: int | None = None,
         **names: str,
-    ) -> "ClipTokenizer":
+    ) -> ClipTokenizer:
         """Rebuild CLIP's tokenizer from ``vocab.json`` and ``merges.txt``."""
         vocab_path, merges_path = Path(vocab_file), Path(merges_file)
         for p in (vocab_path, merges_path):
@@ -353,7 +357,7 @@ def _train_once(corpus: list[str], target: int, alphabet: list[str]) -> tuple[An
     return tok, [s for s in wanted if s not in vocab]
 
 
-def _bpe_with_symbols(tok: Any, extra: list[str]) -> Any:
+def _bpe_with_symbols(tok: Tokenizer, extra: list[str]) -> Any:
     """The trained BPE model with ``extra`` symbols appended to its vocabulary."""
     tk = require("tokenizers")
     model = json.loads(tok.to_str())["model"]

@@ -4,7 +4,8 @@ logits ``(D, H, W)`` back to a uint8 mask ``(I, J, K)`` on the scan grid.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

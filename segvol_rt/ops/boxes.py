@@ -13,11 +13,24 @@ i1, j1, k1)`` in scan space):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 InclusiveBox = tuple[int, int, int, int, int, int]
 HalfOpenBox = tuple[int, int, int, int, int, int]
 Corner = tuple[int, int, int]
+
+
+def int_box(values: Iterable[Any]) -> tuple[int, int, int, int, int, int]:
+    """Six ints (a box of either kind) from any six integer-valued numbers."""
+    a, b, c, d, e, f = (int(v) for v in values)
+    return a, b, c, d, e, f
+
+
+def int3(values: Iterable[Any]) -> Corner:
+    """Three ints (a shape, a corner) from any three integer-valued numbers."""
+    a, b, c = (int(v) for v in values)
+    return a, b, c
 
 
 def to_half_open(box: InclusiveBox) -> HalfOpenBox:

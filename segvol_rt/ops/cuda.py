@@ -1,7 +1,8 @@
 """CUDA twins of the registered :mod:`segvol_rt.ops` functions, for cupy arrays.
 
 ``segvol_rt.ops.<name>`` calls ``segvol_rt.ops.cuda.<name>`` with the same
-arguments when its first argument is a cupy array (:mod:`segvol_rt.ops.dispatch`); each function here returns what its NumPy twin returns, from
+arguments when its first argument is a cupy array (:mod:`segvol_rt.ops.dispatch`);
+each function here returns what its NumPy twin returns, from
 the kernels of ``kernels/*.cu`` (see :mod:`segvol_rt.kernels`). Where the twin
 is exact float32 arithmetic the result is bit-identical; the exception is
 :func:`sigmoid` (the GPU's ``expf`` is within 2 ulp of numpy's) - the
@@ -13,7 +14,7 @@ come back to the host. Volumes are (D, H, W), boxes ``(d0, h0, w0, d1, h1, w1)``
 
 Host logic and kernel launches go through a :class:`Device` - cupy with the
 NVRTC-compiled kernels by default. The tests swap in numpy arrays with a CPU
-emulator of the kernels (tests/runtime/kernel_emu.py) through :func:`use`, so
+emulator of the kernels (tests/support/kernel_emu.py) through :func:`use`, so
 this module's host code runs on machines without a GPU too.
 """
 
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +35,8 @@ from segvol_rt.ops.boxes import (
     InclusiveBox,
     box_bounds,
     check_volume,
+    int3,
+    int_box,
     placed_box,
 )
 from segvol_rt.ops.interpolate import MODES
@@ -42,6 +46,7 @@ BLOCK = 256  # = kernels.BLOCK = SEGVOL_BLOCK of kernels/common.cuh
 MAX_GRID = 1 << 20  # grid-stride loops cover the rest
 REDUCE_GRID = 1024  # blocks of the atomic reductions (about 8 per SM on an H200)
 INT_MAX = 2**31 - 1
+Scalar = float | np.floating[Any]  # host scalars handed to the kernels as float32
 
 # -- device ---------------------------------------------------------------------
 
@@ -70,7 +75,7 @@ class Device:
         out.view(np.uint8)[...] = 0xAB
         return out
 
-    def launch(self, name: str, n: int, args: Sequence[Any], grid_cap: int = MAX_GRID) -> None:
+    def launch(self, name: str, n: int | np.integer[Any], args: Sequence[Any], grid_cap: int = MAX_GRID) -> None:
         """Run kernel ``name`` over ``n`` work items (grid-stride, BLOCK threads)."""
         grid = max(1, min(-(-int(n) // BLOCK), grid_cap))
         self.kernel(name)((grid,), (BLOCK,), tuple(args))
@@ -110,7 +115,7 @@ def _i64(*values: int) -> list[np.int64]:
     return [np.int64(v) for v in values]
 
 
-def _f32(*values: float) -> list[np.float32]:
+def _f32(*values: Scalar) -> list[np.float32]:
     return [np.float32(v) for v in values]
 
 
@@ -151,7 +156,7 @@ def _size3(size: Sequence[int]) -> tuple[int, int, int]:
     for s in out:
         if s < 1:
             raise ValueError(f"resize sizes must be positive, got {out}")
-    return out  # type: ignore[return-value]
+    return int3(out)
 
 
 # -- resize ------------------------------------------------------------------------
@@ -383,7 +388,7 @@ def _flat_pair(volume: Any) -> tuple[Any, Any, Any]:
     return src.reshape(-1), out, out.reshape(-1)
 
 
-def _affine(volume: Any, lo: float, hi: float, sub1: float, div1: float, sub2: float, div2: float) -> Any:
+def _affine(volume: Any, lo: Scalar, hi: Scalar, sub1: Scalar, div1: Scalar, sub2: Scalar, div2: Scalar) -> Any:
     flat, out, out_flat = _flat_pair(volume)
     args = [flat, out_flat, np.int64(flat.shape[0])] + _f32(lo, hi, sub1, div1, sub2, div2)
     device().launch("normalize_affine", flat.shape[0], args)
@@ -446,7 +451,7 @@ def blend_windows(windows: Any, starts: Sequence[Sequence[int]], out_shape: Sequ
     """Twin of :func:`segvol_rt.ops.blend_windows`: MONAI constant blending,
     bit-identical (same additions in the same order); uncovered voxels NaN."""
     shape = tuple(int(s) for s in out_shape)
-    return blend_windows_box(windows, starts, shape, (0, 0, 0) + shape)
+    return blend_windows_box(windows, starts, shape, int_box((0, 0, 0) + shape))
 
 
 def blend_windows_box(windows: Any, starts: Sequence[Sequence[int]], out_shape: Sequence[int], box: HalfOpenBox) -> Any:
@@ -525,6 +530,8 @@ def scan_mask(
 
     check_scan_mapping(crop_logits.shape, scan_shape, perm, flips, origin, roi_logits, roi_start)
     crop = dev.xp.ascontiguousarray(_float32(crop_logits))
+    rstart: Sequence[int]
+    rshape: Sequence[int]
     if roi_logits is None:
         roi, rstart, rshape = crop, (0, 0, 0), (0, 0, 0)
     else:

@@ -5,7 +5,8 @@ transform, and MinMaxNormalization, float32 as numpy 1.x computed them
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 

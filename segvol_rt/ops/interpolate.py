@@ -9,7 +9,8 @@ arithmetic, and the trilinear passes its float32 roundings. Volumes are 3D
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -75,10 +76,10 @@ class LinearTable(NamedTuple):
     w0: np.ndarray  # float32 (n,)
     w1: np.ndarray  # float32 (n,)
 
-    def take(self, positions: np.ndarray) -> "LinearTable":
+    def take(self, positions: np.ndarray) -> LinearTable:
         return LinearTable(*(a[positions] for a in self))
 
-    def shift(self, offset: int) -> "LinearTable":
+    def shift(self, offset: int) -> LinearTable:
         return LinearTable(self.i0 + offset, self.i1 + offset, self.w0, self.w1)
 
 
@@ -114,7 +115,11 @@ def _gather(x: Any, indices: Sequence[np.ndarray | None]) -> Any:
 def _gather_c(x: Any, indices: Sequence[np.ndarray | None]) -> Any:
     xp = array_namespace(x)
     out, copied = x, False
-    order = sorted(range(3), key=lambda a: len(indices[a]) / x.shape[a] if indices[a] is not None else 1.0)
+    def kept(axis: int) -> float:  # the fraction of an axis its gather keeps
+        idx = indices[axis]
+        return 1.0 if idx is None else len(idx) / x.shape[axis]
+
+    order = sorted(range(3), key=kept)
     for axis in order:
         idx = indices[axis]
         if idx is None:
@@ -151,7 +156,7 @@ def _trilinear(x: Any, tables: Sequence[LinearTable]) -> Any:
     xp = array_namespace(x)
     used: list[np.ndarray | None] = []
     local: list[LinearTable] = []
-    for axis, t in enumerate(tables):
+    for t in tables:
         rows = np.unique(np.concatenate([t.i0, t.i1]))
         used.append(rows)
         local.append(LinearTable(np.searchsorted(rows, t.i0), np.searchsorted(rows, t.i1), t.w0, t.w1))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def emulated_block_sums(blocks: Any) -> Any:
     return s[:, 0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def numpy_rows_are_pairwise() -> bool:
     """Whether this numpy sums each contiguous float32 row with the pairwise
     algorithm emulated above (true for numpy 1.9 to 2.x). Then a row-wise

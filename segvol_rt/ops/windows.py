@@ -8,7 +8,8 @@ Volumes are float32 ``(D, H, W)`` in padded-ROI space; window batches are
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -32,17 +32,18 @@ nearest-exact resized box (None when the box vanishes),
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 
 from segvol_rt import ops
 from segvol_rt._optional import require
 from segvol_rt.errors import SegVolError
+from segvol_rt.ops.boxes import InclusiveBox
 
 Shape = tuple[int, int, int]
-IntBox = tuple[int, int, int, int, int, int]
 SPACES = ("scan", "model", "padded", "crop", "zoom")
 
 
@@ -57,14 +58,14 @@ def _shape(values: Sequence[int]) -> Shape:
     return tuple(int(v) for v in values)  # type: ignore[return-value]
 
 
-def _corners_box(lo: np.ndarray, hi: np.ndarray) -> IntBox:
+def _corners_box(lo: np.ndarray, hi: np.ndarray) -> InclusiveBox:
     """Inclusive integer box spanning two mapped corners (rounded: the maps are exact)."""
     a = np.rint(np.minimum(lo, hi)).astype(int)
     b = np.rint(np.maximum(lo, hi)).astype(int)
     return (int(a[0]), int(a[1]), int(a[2]), int(b[0]), int(b[1]), int(b[2]))
 
 
-def _clip_box(box: IntBox, shape: Shape) -> IntBox | None:
+def _clip_box(box: InclusiveBox, shape: Shape) -> InclusiveBox | None:
     """The part of an inclusive box inside ``shape``, or None if nothing is."""
     lo = [max(int(v), 0) for v in box[:3]]
     hi = [min(int(v), n - 1) for v, n in zip(box[3:], shape)]
@@ -78,11 +79,11 @@ class _CornerBoxes:
 
     in_shape: Shape
 
-    def forward_box(self, box: IntBox) -> IntBox | None:
+    def forward_box(self, box: InclusiveBox) -> InclusiveBox | None:
         pts = self.forward_points(np.asarray([box[:3], box[3:]], dtype=np.float64))  # type: ignore[attr-defined]
         return _clip_box(_corners_box(pts[0], pts[1]), self.out_shape)  # type: ignore[attr-defined]
 
-    def inverse_box(self, box: IntBox) -> IntBox | None:
+    def inverse_box(self, box: InclusiveBox) -> InclusiveBox | None:
         pts = self.inverse_points(np.asarray([box[:3], box[3:]], dtype=np.float64))  # type: ignore[attr-defined]
         return _clip_box(_corners_box(pts[0], pts[1]), self.in_shape)
 
@@ -102,7 +103,7 @@ class Reorient(_CornerBoxes):
     codes: str = "RAS"
 
     @classmethod
-    def from_affine(cls, affine: Any, in_shape: Sequence[int], codes: str = "RAS") -> "Reorient":
+    def from_affine(cls, affine: Any, in_shape: Sequence[int], codes: str = "RAS") -> Reorient:
         """The reorientation of a scan with voxel-to-world ``affine`` to ``codes``
         (nibabel io_orientation / ornt_transform; oblique affines take the
         closest axes)."""
@@ -195,14 +196,14 @@ class Window(_CornerBoxes):
     kind: str = "window"
 
     @classmethod
-    def pad(cls, in_shape: Sequence[int], spatial_size: Sequence[int]) -> "Window":
+    def pad(cls, in_shape: Sequence[int], spatial_size: Sequence[int]) -> Window:
         """Symmetric zero padding up to at least ``spatial_size`` (MONAI SpatialPad)."""
         before = [max(int(s) - int(n), 0) // 2 for n, s in zip(in_shape, spatial_size)]
         out = [max(int(n), int(s)) for n, s in zip(in_shape, spatial_size)]
         return cls(_shape(in_shape), tuple(-b for b in before), _shape(out), "pad")  # type: ignore[arg-type]
 
     @classmethod
-    def crop(cls, in_shape: Sequence[int], box: IntBox) -> "Window":
+    def crop(cls, in_shape: Sequence[int], box: InclusiveBox) -> Window:
         """The inclusive ``box`` of a volume of ``in_shape``."""
         if _clip_box(box, _shape(in_shape)) != tuple(int(v) for v in box):
             raise SegVolError(f"crop box {tuple(box)} is empty or outside a volume of shape {tuple(in_shape)}")
@@ -210,7 +211,7 @@ class Window(_CornerBoxes):
         out = tuple(int(b) - int(a) + 1 for a, b in zip(box[:3], box[3:]))
         return cls(_shape(in_shape), start, _shape(out), "crop")  # type: ignore[arg-type]
 
-    def then(self, other: "Window") -> "Window":
+    def then(self, other: Window) -> Window:
         """This window followed by ``other`` as one window (fill between them is lost)."""
         start = tuple(a + b for a, b in zip(self.start, other.start))
         return Window(self.in_shape, start, other.out_shape, f"{self.kind}+{other.kind}")  # type: ignore[arg-type]
@@ -293,12 +294,12 @@ class Zoom:
         tables = [ops.nearest_source_index(n, o, self.forward_mode) for n, o in zip(self.in_shape, self.out_shape)]
         return np.stack([tables[a][z[:, a]] for a in range(3)], axis=1)
 
-    def box_crop_to_zoom(self, box: IntBox) -> IntBox | None:
+    def box_crop_to_zoom(self, box: InclusiveBox) -> InclusiveBox | None:
         """Bounding box of the nearest-exact resize of the binary crop-space ``box``
         (how the official demo derives zoom-out box prompts); None if it vanishes."""
         return _resized_box(box, self.in_shape, self.out_shape, self.forward_mode)
 
-    def box_zoom_to_crop(self, box: IntBox) -> IntBox | None:
+    def box_zoom_to_crop(self, box: InclusiveBox) -> InclusiveBox | None:
         """Bounding box of the nearest resize of the binary zoom-space ``box`` back to crop space."""
         return _resized_box(box, self.out_shape, self.in_shape, self.inverse_mode)
 
@@ -312,7 +313,7 @@ class Zoom:
         return ops.resize(v, self.in_shape, self.inverse_mode)
 
 
-def _resized_box(box: IntBox, in_shape: Shape, out_shape: Shape, mode: str) -> IntBox | None:
+def _resized_box(box: InclusiveBox, in_shape: Shape, out_shape: Shape, mode: str) -> InclusiveBox | None:
     """Bounding box of ``resize(binary box, out_shape, mode)``, from the index tables alone."""
     lo, hi = [], []
     for axis, (n, o) in enumerate(zip(in_shape, out_shape)):
@@ -325,7 +326,7 @@ def _resized_box(box: IntBox, in_shape: Shape, out_shape: Shape, mode: str) -> I
     return (lo[0], lo[1], lo[2], hi[0], hi[1], hi[2])
 
 
-Step = Union[Reorient, SwapAxes, Window, Zoom]
+Step = Reorient | SwapAxes | Window | Zoom
 
 
 # -- the chain ------------------------------------------------------------------------
@@ -349,10 +350,10 @@ class Geometry:
     def build(
         cls,
         scan_shape: Sequence[int],
-        crop_box: IntBox,
+        crop_box: InclusiveBox,
         spatial_size: Sequence[int],
         reorient: Reorient | None = None,
-    ) -> "Geometry":
+    ) -> Geometry:
         """The chain for a scan whose foreground box in *model* space is ``crop_box`` (inclusive)."""
         scan_shape = _shape(scan_shape)
         oriented = reorient.out_shape if reorient else scan_shape
@@ -394,10 +395,10 @@ class Geometry:
             out = step.forward_points(out) if fwd else step.inverse_points(out)
         return out
 
-    def box(self, box: Sequence[int], src: str, dst: str) -> IntBox | None:
+    def box(self, box: Sequence[int], src: str, dst: str) -> InclusiveBox | None:
         """Inclusive integer box of ``src`` in ``dst``; clipped to each space, None if it leaves it."""
         steps, fwd = self._path(src, dst)
-        out: IntBox | None = tuple(int(v) for v in box)  # type: ignore[assignment]
+        out: InclusiveBox | None = tuple(int(v) for v in box)  # type: ignore[assignment]
         if len(out) != 6:  # type: ignore[arg-type]
             raise SegVolError(f"a box has 6 entries (min corner, max corner), got {tuple(box)}")
         for step in steps:
@@ -431,7 +432,7 @@ class Geometry:
         return self.swap.out_shape
 
     @property
-    def crop_box(self) -> IntBox:
+    def crop_box(self) -> InclusiveBox:
         """Inclusive crop box in model space (what the crop keeps of the unpadded volume)."""
         start = [c + p for c, p in zip(self.crop.start, self.pad.start)]
         return tuple(start + [s + n - 1 for s, n in zip(start, self.crop.out_shape)])  # type: ignore[return-value]
@@ -448,13 +449,13 @@ class Geometry:
         o0, o1, o2 = (int(v) for v in self.crop_box[:3])
         return (p0, p1, p2), (f0, f1, f2), (o0, o1, o2)
 
-    def scan_to_model_box(self, box: Sequence[int]) -> IntBox | None:
+    def scan_to_model_box(self, box: Sequence[int]) -> InclusiveBox | None:
         return self.box(box, "scan", "model")
 
-    def scan_to_crop_box(self, box: Sequence[int]) -> IntBox | None:
+    def scan_to_crop_box(self, box: Sequence[int]) -> InclusiveBox | None:
         return self.box(box, "scan", "crop")
 
-    def scan_to_zoom_box(self, box: Sequence[int]) -> IntBox | None:
+    def scan_to_zoom_box(self, box: Sequence[int]) -> InclusiveBox | None:
         return self.box(box, "scan", "zoom")
 
     def scan_to_crop_points(self, p: Any) -> np.ndarray:

@@ -25,11 +25,13 @@ official statistics and the one layout caveat.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from segvol_rt import ops
 from segvol_rt.errors import SegVolError
+from segvol_rt.ops.boxes import int3
 from segvol_rt.pipeline.geometry import Geometry, Reorient
 
 
@@ -62,7 +64,7 @@ def _check_spatial_size(spatial_size: Sequence[int]) -> tuple[int, int, int]:
     size = tuple(int(s) for s in spatial_size)
     if len(size) != 3 or min(size) < 1:
         raise SegVolError(f"spatial_size must be three positive sizes, got {tuple(spatial_size)}")
-    return size  # type: ignore[return-value]
+    return int3(size)
 
 
 def foreground_statistics(data: Any) -> ops.ForegroundStats:

@@ -1,31 +1,35 @@
 """Prompts: the user's box and points, the decoder's token layout and the
 zoom-in window prompt rules of official SegVol.
 
-Coordinate spaces (see ``geometry.py``): users give prompts in **scan** voxel
+Coordinate spaces (see :mod:`segvol_rt.pipeline.geometry`): users give prompts in **scan** voxel
 indices ``(i, j, k)`` (nibabel order, 3D Slicer IJK); the model sees them in
 **crop** and **zoom-out** space, axis order ``(D, H, W)``. Boxes are
 ``(d0, h0, w0, d1, h1, w1)`` with an *inclusive* max corner, as SegVol's
 ``generate_box`` makes them. Points are integer voxel indices with a label per
 point: 1 positive, 0 negative, -1 "not a point" (padding of ``select_points``).
 
-Everything here is numpy and small; the heavy volumes live in ``zoom.py``.
+Everything here is numpy and small; the heavy volumes live in :mod:`segvol_rt.pipeline.zoom`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
+from segvol_rt.ops.boxes import InclusiveBox, int_box
 
-Box = tuple[int, int, int, int, int, int]
+if TYPE_CHECKING:
+    from segvol_rt.pipeline.geometry import Geometry
+
 # generate_box's answer for an empty map: the official model then sees the
 # corners (-1, -1, -1) and (-1, -1, -1) (+0.5 inside the graph).
-EMPTY_BOX: Box = (-1, -1, -1, -1, -1, -1)
+EMPTY_BOX: InclusiveBox = (-1, -1, -1, -1, -1, -1)
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ def _ints(text: str, what: str) -> list[int]:
         raise SegVolError(f"{what} {text!r}: expected integers separated by commas") from None
 
 
-def parse_box(value: str | Sequence[int]) -> Box:
+def parse_box(value: str | Sequence[int]) -> InclusiveBox:
     """``"i0,j0,k0,i1,j1,k1"`` (or six ints) -> inclusive scan-space box."""
     vals = _ints(value, "box") if isinstance(value, str) else [int(v) for v in value]
     if len(vals) != 6:
@@ -95,7 +99,7 @@ def parse_points(value: str | Sequence[Any] | Points) -> Points:
 def validate_prompts(
     shape: Sequence[int],
     text: str | None,
-    box: Box | None,
+    box: InclusiveBox | None,
     points: Points | None,
     max_points: int = S.DEFAULT_MAX_POINTS,
 ) -> None:
@@ -128,13 +132,13 @@ def validate_prompts(
 class ModelPrompts:
     """A target's box and points in crop space and in zoom-out space (D, H, W)."""
 
-    box_crop: Box | None
-    box_zoom: Box | None
+    box_crop: InclusiveBox | None
+    box_zoom: InclusiveBox | None
     points_crop: Points | None
     points_zoom: Points | None
 
 
-def to_model_space(geometry: Any, box: Box | None, points: Points | None) -> ModelPrompts:
+def to_model_space(geometry: Geometry, box: InclusiveBox | None, points: Points | None) -> ModelPrompts:
     """Map scan-space prompts through ``geometry`` (:class:`segvol_rt.pipeline.geometry.Geometry`:
     reorient, swap, pad, crop) to crop space, then to zoom-out space the way
     the official demo derives its zoom-out prompts: the box as the bounding
@@ -151,12 +155,12 @@ def to_model_space(geometry: Any, box: Box | None, points: Points | None) -> Mod
         box_crop = geometry.scan_to_crop_box(box)
         if box_crop is None:
             raise SegVolError(f"box {tuple(box)} lies outside the scan's foreground crop; nothing to segment there")
-        box_crop = tuple(int(v) for v in box_crop)
+        box_crop = int_box(box_crop)
         box_zoom = geometry.zoom.forward_box(box_crop)
         if box_zoom is None:
-            corners = geometry.zoom.crop_to_zoom_index([box_crop[:3], box_crop[3:]])
-            box_zoom = tuple(int(v) for v in corners.reshape(-1))
-        box_zoom = tuple(int(v) for v in box_zoom)
+            corners = geometry.zoom.crop_to_zoom_index(np.asarray([box_crop[:3], box_crop[3:]]))
+            box_zoom = int_box(corners.reshape(-1))
+        box_zoom = int_box(box_zoom)
     pc = pz = None
     if points is not None:
         crop = np.rint(geometry.scan_to_crop_points(points.coords)).astype(np.int64).reshape(-1, 3)
@@ -166,13 +170,13 @@ def to_model_space(geometry: Any, box: Box | None, points: Points | None) -> Mod
             raise SegVolError(f"point {bad} lies outside the scan's foreground crop; nothing to segment there")
         pc = Points(crop, points.labels)
         pz = Points(geometry.zoom.crop_to_zoom_index(crop), points.labels)
-    return ModelPrompts(box_crop, box_zoom, pc, pz)  # type: ignore[arg-type]
+    return ModelPrompts(box_crop, box_zoom, pc, pz)
 
 
 # -- decoder tokens ----------------------------------------------------------
 
 
-def decoder_tokens(points: Points | None, box: Box | None, text: bool) -> tuple[np.ndarray, np.ndarray]:
+def decoder_tokens(points: Points | None, box: InclusiveBox | None, text: bool) -> tuple[np.ndarray, np.ndarray]:
     """Official sparse-token order -> ``coords (N, 3)`` float32, ``labels (N,)`` int32.
 
     ``[points..., pad point if points and no box, box min, box max, text]``
@@ -200,7 +204,7 @@ def decoder_tokens(points: Points | None, box: Box | None, text: bool) -> tuple[
 # -- window prompt rules (official generate_box / select_points / binary maps) --
 
 
-def generate_box(mask: np.ndarray) -> Box:
+def generate_box(mask: np.ndarray) -> InclusiveBox:
     """Inclusive box of ``mask > 0`` in the mask's own indices; :data:`EMPTY_BOX`
     when nothing is set (official ``generate_box`` without perturbation)."""
     nz = np.nonzero(np.asarray(mask) > 0)
@@ -249,7 +253,7 @@ def select_points(
     return Points(np.array(coords), np.array(labels))
 
 
-def binary_cube(box: Box, shape: Sequence[int]) -> np.ndarray:
+def binary_cube(box: InclusiveBox, shape: Sequence[int]) -> np.ndarray:
     """uint8 volume of ``shape`` with the inclusive ``box`` set (official ``build_binary_cube``)."""
     cube = np.zeros(tuple(shape), dtype=np.uint8)
     d0, h0, w0, d1, h1, w1 = (max(int(v), 0) if i < 3 else int(v) for i, v in enumerate(box))

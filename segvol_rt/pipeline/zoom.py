@@ -60,15 +60,17 @@ from __future__ import annotations
 import itertools
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from segvol_rt import ops
 from segvol_rt.errors import SegVolError
 from segvol_rt.ops.arrays import to_host
+from segvol_rt.ops.boxes import InclusiveBox
 from segvol_rt.pipeline import prompts as P
 
 Vec3 = tuple[int, int, int]
@@ -78,6 +80,57 @@ POINT_EXTRA_NEGATIVE = 0
 # windows blended per kernel launch on the device (on the host one at a time:
 # stacking would only add a copy); the sums are the same either way
 DEVICE_BLEND_CHUNK = 8
+
+
+# -- the graphs and the settings -----------------------------------------------------
+
+
+class Graphs(Protocol):
+    """What the pipeline needs of a backend (:class:`segvol_rt.backends.base.Backend`
+    has it): the array module of its inputs and outputs, and two graphs.
+    Shapes as in :mod:`segvol_rt.io.spec`."""
+
+    @property
+    def xp(self) -> Any:
+        """numpy or cupy."""
+
+    def encode_image(self, image: Any) -> Any:
+        """(B, 1, D, H, W) float32 -> image embedding (B, C, d, h, w)."""
+
+    def decode(self, image_embedding: Any, coords: Any, labels: Any, text_embedding: Any) -> Any:
+        """Prompt tokens -> low-res logits (B, 1, 4d, 4h, 4w)."""
+
+
+WINDOW_PROMPTS = ("official", "aligned")
+
+
+def check_window_prompts(value: str) -> str:
+    """``value`` if it names a zoom-in window-prompt placement, else a :class:`SegVolError`."""
+    if value not in WINDOW_PROMPTS:
+        raise SegVolError(f"window prompts {value!r}: choose {' or '.join(WINDOW_PROMPTS)}")
+    return value
+
+
+@dataclass(frozen=True)
+class ZoomSettings:
+    """How the zoom-in runs: the window ``(D, H, W)`` (the model's spatial
+    size), the sliding-window ``overlap``, the rows per graph call
+    (``encoder_batch`` windows per image-encoder call, ``decoder_batch`` rows
+    per decoder call) and the window-prompt placement (``"official"`` or
+    ``"aligned"``, see the module doc)."""
+
+    window: Vec3
+    overlap: float = OVERLAP
+    encoder_batch: int = 1
+    decoder_batch: int = 1
+    window_prompts: str = "official"
+
+    def __post_init__(self) -> None:
+        check_window_prompts(self.window_prompts)
+        if not 0 <= self.overlap < 1:
+            raise SegVolError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.encoder_batch < 1 or self.decoder_batch < 1:
+            raise SegVolError(f"batch limits must be positive, got {self.encoder_batch}, {self.decoder_batch}")
 
 
 # -- timings -------------------------------------------------------------------
@@ -237,7 +290,7 @@ class Target:
     zoom-out voxel indices (D, H, W); ``seed`` drives ``select_points``."""
 
     text_embedding: np.ndarray | None = None
-    box_zoom: P.Box | None = None
+    box_zoom: InclusiveBox | None = None
     points_zoom: P.Points | None = None
     seed: int = 0
 
@@ -298,7 +351,7 @@ def pad_like_roi(roi_map: np.ndarray, plan: WindowPlan) -> np.ndarray:
     return np.pad(roi_map, pads)
 
 
-def global_preds_box(crop_logits: Any, key: Sequence[int]) -> P.Box:
+def global_preds_box(crop_logits: Any, key: Sequence[int]) -> InclusiveBox:
     """Official ``generate_box(global_preds[window])`` for the window of ``key``:
     ``global_preds`` is ``sigmoid(coarse[ROI]) > 0.5`` zero-padded like the ROI
     image, so its window holds the positive voxels of the window's part inside
@@ -315,22 +368,13 @@ def global_preds_box(crop_logits: Any, key: Sequence[int]) -> P.Box:
     return tuple(int(b) + s for b, s in zip(box, shift))  # type: ignore[return-value]
 
 
-WINDOW_PROMPTS = ("official", "aligned")
-
-
-def check_window_prompts(value: str) -> str:
-    """``value`` if it names a zoom-in window-prompt placement, else a :class:`SegVolError`."""
-    if value not in WINDOW_PROMPTS:
-        raise SegVolError(f"window prompts {value!r}: choose {' or '.join(WINDOW_PROMPTS)}")
-    return value
-
-
 def plan_zoom_in(
     target: Target,
     crop_logits: Any,
     window: Sequence[int],
     zoom_shape: Sequence[int],
     window_prompts: str = "official",
+    overlap: float = OVERLAP,
 ) -> ZoomInPlan | None:
     """ROI, windows and each window's prompts for one target; None without foreground.
 
@@ -342,7 +386,7 @@ def plan_zoom_in(
     roi = find_roi(crop_logits, window)
     if roi is None:
         return None
-    plan = plan_windows(roi.shape, window)
+    plan = plan_windows(roi.shape, window, overlap)
     # The cube is read only with a single window.
     cube, point_map = prompt_maps(target, zoom_shape, crop_logits.shape, roi, with_cube=len(plan) == 1)
     if window_prompts == "aligned":
@@ -376,7 +420,7 @@ class EmbeddingCache:
         self.windows_encoded = 0
         self.encoder_calls = 0
 
-    def ensure(self, backend: Any, crop_image: Any, keys: Sequence[tuple[int, ...]], max_batch: int) -> None:
+    def ensure(self, backend: Graphs, crop_image: Any, keys: Sequence[tuple[int, ...]], max_batch: int) -> None:
         """Encode every key not cached yet, ``max_batch`` windows per encoder call
         (the batches are cut from ``crop_image`` where it lives)."""
         todo = list(dict.fromkeys(k for k in keys if k not in self.embeddings))
@@ -392,11 +436,6 @@ class EmbeddingCache:
         self.embeddings.clear()
 
 
-def backend_xp(backend: Any) -> Any:
-    """The array module of a backend's inputs and outputs (numpy when it does not say)."""
-    return getattr(backend, "xp", np)
-
-
 def _text_rows(text_embeddings: Sequence[Any], dim: int) -> np.ndarray:
     """(B, C) float32 host rows; zeros for targets without text (ignored by the graph)."""
     zero = np.zeros(dim, np.float32)
@@ -404,7 +443,7 @@ def _text_rows(text_embeddings: Sequence[Any], dim: int) -> np.ndarray:
 
 
 def decode_batched(
-    backend: Any,
+    backend: Graphs,
     embeddings: Sequence[Any],
     tokens: Sequence[tuple[np.ndarray, np.ndarray]],
     text_embeddings: Sequence[np.ndarray | None],
@@ -415,7 +454,7 @@ def decode_batched(
     with the same token labels share decoder calls of up to ``max_batch`` rows.
     The embeddings stay where they are; tokens and text rows (host, small) are
     uploaded per call."""
-    xp = backend_xp(backend)
+    xp = backend.xp
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, (_, labels) in enumerate(tokens):
         groups[tuple(int(v) for v in labels)].append(i)
@@ -479,23 +518,22 @@ def blend(plan: WindowPlan, window_logits: Iterable[Any]) -> Any:
 
 
 def zoom_in(
-    backend: Any,
+    backend: Graphs,
     crop_image: Any,
     plans: Sequence[ZoomInPlan],
     targets: Sequence[Target],
     cache: EmbeddingCache,
-    window: Sequence[int],
-    max_batch: tuple[int, int],
+    settings: ZoomSettings,
     dim: int,
     timings: StageClock | None = None,
 ) -> list[Any]:
     """ROI logits per plan, in the backend's array module. Windows of all plans
-    go through the encoder once per distinct key (``max_batch[0]`` per call);
-    each target's windows through the decoder (``max_batch[1]`` per call);
-    then upsample and blend."""
+    go through the encoder once per distinct key (``settings.encoder_batch``
+    per call); each target's windows through the decoder
+    (``settings.decoder_batch`` per call); then upsample to the window and blend."""
     timings = timings or StageClock()
     with timings.stage("encode_windows"):
-        cache.ensure(backend, crop_image, [w.key for p in plans for w in p.windows], max_batch[0])
+        cache.ensure(backend, crop_image, [w.key for p in plans for w in p.windows], settings.encoder_batch)
     results = []
     for plan, target in zip(plans, targets):
         with timings.stage("decode_windows"):
@@ -504,12 +542,12 @@ def zoom_in(
                 [cache.embeddings[w.key] for w in plan.windows],
                 [(w.coords, w.labels) for w in plan.windows],
                 [target.text_embedding] * len(plan.windows),
-                max_batch[1],
+                settings.decoder_batch,
                 dim,
             )
         with timings.stage("blend"):
             # upsampled lazily, in window order (MONAI's sum order), so at most a
             # blend chunk of full-size windows exists at a time
-            full = (ops.resize(lg, tuple(window), "trilinear") for lg in low)
+            full = (ops.resize(lg, settings.window, "trilinear") for lg in low)
             results.append(blend(plan.plan, full))
     return results

@@ -8,7 +8,6 @@ equal ``tiny_model``'s. Treat the checkpoint files as read-only.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,10 @@ torch = pytest.importorskip("torch")
 
 from segvol_rt.export.checkpoint import save_hf, save_pth  # noqa: E402
 from segvol_rt.export.model.segvol import SegVol  # noqa: E402
-
 from segvol_rt.io.config import SegVolConfig  # noqa: E402
+from tests.support.shared import SHARED  # noqa: E402
 
 TINY_SEED = 1234
-_SHARED = Path(os.environ.get("SEGVOL_RT_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
 
 
 def tiny_weights(config: SegVolConfig) -> SegVol:
@@ -50,6 +48,6 @@ def tiny_pth(tmp_path_factory: pytest.TempPathFactory, tiny_config: SegVolConfig
 def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory, tiny_config: SegVolConfig) -> Path:
     """The tiny weights in the Hugging Face layout (``model.safetensors``), with the
     CLIP tokenizer files of ../shared/clip when present."""
-    clip = _SHARED / "clip"
+    clip = SHARED / "clip"
     directory = tmp_path_factory.mktemp("hf") / "segvol_tiny"
     return save_hf(tiny_weights(tiny_config), directory, tokenizer_files=clip if clip.is_dir() else None)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from segvol_rt.errors import SegVolError
 from segvol_rt.export.checkpoint import (
     CONFIG_KEY,
     POSITION_IDS,
@@ -23,8 +25,6 @@ from segvol_rt.export.checkpoint import (
     save_pth,
 )
 from segvol_rt.export.model.segvol import SegVol
-
-from segvol_rt.errors import SegVolError
 from segvol_rt.io.config import SegVolConfig
 
 TEXT_KEY = "text_encoder.clip_text_model.text_model.final_layer_norm.weight"

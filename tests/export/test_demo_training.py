@@ -10,10 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from segvol_rt.demo.phantom import make_phantom  # noqa: E402
 from segvol_rt.export import demo_training as DT  # noqa: E402
 from segvol_rt.export.model.segvol import SegVol  # noqa: E402
-
-from segvol_rt.demo.phantom import make_phantom  # noqa: E402
 from segvol_rt.io.config import TextConfig  # noqa: E402
 
 TINY_WINDOW = (16, 64, 64)
@@ -68,9 +67,8 @@ def test_reused_tokenizer_has_the_shipped_ids(tmp_path):
 
 
 def test_shipped_demo_config_is_the_default_recipe():
-    from segvol_rt.export.checkpoint import build_model
-
     from segvol_rt.demo.model import demo_checkpoint_dir
+    from segvol_rt.export.checkpoint import build_model
     from segvol_rt.io.tokenizer import ClipTokenizer
 
     shipped = demo_checkpoint_dir()
@@ -122,7 +120,6 @@ def test_learning_rate_schedule():
 
 def test_export_round_trip(tmp_path, tokenizer):
     from segvol_rt.export.checkpoint import build_model
-
     from segvol_rt.io.tokenizer import ClipTokenizer
 
     model = SegVol(tiny_config(tokenizer))
@@ -144,7 +141,6 @@ def test_shipped_demo_model():
     except SegVolError as exc:
         pytest.skip(str(exc))
     from segvol_rt.export.checkpoint import build_model
-
     from segvol_rt.io.tokenizer import ClipTokenizer
 
     assert sum((path / n).stat().st_size for n in DEMO_FILES) < 20e6

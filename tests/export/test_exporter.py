@@ -10,15 +10,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
+
+from segvol_rt.app.cli import app, main
+from segvol_rt.errors import SegVolError
 from segvol_rt.export import exporter as X
 from segvol_rt.export import onnx as O
 from segvol_rt.export import trt_support
 from segvol_rt.export.checkpoint import save_hf, save_pth
 from segvol_rt.export.model.segvol import SegVol
-from typer.testing import CliRunner
-
-from segvol_rt.app.cli import app, main
-from segvol_rt.errors import SegVolError
 from segvol_rt.io import artifacts as A
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig

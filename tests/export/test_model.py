@@ -14,9 +14,9 @@ import sys
 
 import pytest
 import torch
-from segvol_rt.export.model.segvol import SegVol, prompt_tokens
 
 from segvol_rt.errors import SegVolError
+from segvol_rt.export.model.segvol import SegVol, prompt_tokens
 from segvol_rt.io.config import SegVolConfig
 from segvol_rt.io.spec import LABEL_BOX_MAX, LABEL_BOX_MIN, LABEL_PAD, LABEL_TEXT
 

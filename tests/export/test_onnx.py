@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
+from segvol_rt.errors import SegVolError
 from segvol_rt.export import onnx as O
 from segvol_rt.export import trt_support
 from segvol_rt.export.model.segvol import SegVol
-
-from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
 

@@ -3,7 +3,7 @@
 Two kinds of tests:
 
 * ``test_fake_*`` run everywhere against a FAKE ``tensorrt`` module
-  (tests/export/fake_tensorrt.py) monkeypatched into ``sys.modules``. They
+  (tests/support/fake_tensorrt.py) monkeypatched into ``sys.modules``. They
   check our wiring - which documented TensorRT 10 API calls the builder
   makes, in which order, with which profile shapes, what it writes - and are
   NOT a TensorRT run: nothing is parsed, built or executed.
@@ -26,10 +26,8 @@ from segvol_rt.errors import SegVolError
 from segvol_rt.io import artifacts as A
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
-
-sys.path.insert(0, str(Path(__file__).parent))
-import fake_cupy  # noqa: E402
-import fake_tensorrt  # noqa: E402
+from tests.support import fake_cupy, fake_tensorrt
+from tests.support.shared import shared_path
 
 FAKE_GPU = E.GpuIdentity("FAKE GPU", "9.0")
 CHECKPOINT_SHA = "f" * 64
@@ -407,16 +405,6 @@ def test_fake_backend_cuda_graph_captures_once_then_replays(tmp_path, fake_stack
 
 
 # -- real TensorRT on a GPU ------------------------------------------------------
-def _clip_dir() -> Path:
-    """../shared/clip (as tests/conftest.py's shared_path, usable from module-scoped fixtures)."""
-    import os
-
-    shared = Path(os.environ.get("SEGVOL_RT_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
-    if not (shared / "clip").is_dir():
-        pytest.skip(f"{shared / 'clip'} not present (../shared is only beside the developers' checkout)")
-    return shared / "clip"
-
-
 def _real_trt_or_skip():
     try:
         import tensorrt  # noqa: F401
@@ -438,7 +426,7 @@ def tiny_artifacts(tmp_path_factory, tiny_pth):
     from segvol_rt.export.exporter import ExportOptions, export_artifacts
 
     out = tmp_path_factory.mktemp("trt") / "art"
-    export_artifacts(tiny_pth, out, tokenizer=_clip_dir(), options=ExportOptions(verify=False))
+    export_artifacts(tiny_pth, out, tokenizer=shared_path("clip"), options=ExportOptions(verify=False))
     return out
 
 

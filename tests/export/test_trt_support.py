@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from segvol_rt.export import trt_support as T
 
 from segvol_rt.errors import SegVolError
+from segvol_rt.export import trt_support as T
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=17, path=None):

@@ -238,7 +238,7 @@ def test_point_prompt_maps_to_the_blob(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     pytest.importorskip("torch")
-    from tiny_artifacts import tiny_artifacts
+    from tests.support.tiny_artifacts import tiny_artifacts
 
     return tiny_artifacts(tmp_path_factory.getbasetemp() / "tiny_artifacts")
 

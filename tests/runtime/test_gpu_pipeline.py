@@ -2,9 +2,9 @@
 against the CPU pipeline.
 
 * ``emulated``: runs here. The runtime's GPU code path on an emulated cupy
-  (emu_cupy.py: numpy memory typed as cupy arrays, the CUDA kernels on the
-  CPU emulator of kernel_emu.py) with the ONNX Runtime CPU graphs behind an
-  emulated CUDA backend. Same arithmetic as the CPU path, so masks must be
+  (tests/support/fake_cupy.py: numpy memory typed as cupy arrays, the CUDA
+  kernels on the CPU emulator of tests/support/kernel_emu.py) with the ONNX
+  Runtime CPU graphs behind an emulated CUDA backend. Same arithmetic as the CPU path, so masks must be
   identical and logits equal (rel err <= 1e-6). It also counts host/device
   crossings: the scan goes up once; only boxes, text embeddings and the mask
   come down.
@@ -22,14 +22,13 @@ import pytest
 
 pytest.importorskip("torch")  # the tiny artifacts are exported from a torch model
 
-import emu_cupy  # noqa: E402
-from tiny_artifacts import tiny_artifacts  # noqa: E402
-
 from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from segvol_rt.errors import SegVolError  # noqa: E402
 from segvol_rt.io import spec as S  # noqa: E402
 from segvol_rt.io.artifacts import Artifacts  # noqa: E402
 from segvol_rt.runtime import Request, SegVolRuntime  # noqa: E402
+from tests.support import fake_cupy  # noqa: E402
+from tests.support.tiny_artifacts import tiny_artifacts  # noqa: E402
 
 REL_TOL = 1e-6
 # scan (I, J, K) -> crop (K, J, I); zoom-in windows of the tiny model (16, 64, 64)
@@ -80,10 +79,10 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def emu_env():
     """(emulated cupy, gpu_ops device on it with the kernel emulator); installed
-    only inside :func:`emu_cupy.activated` blocks."""
-    cp = emu_cupy.make()
+    only inside :func:`fake_cupy.activated` blocks."""
+    cp = fake_cupy.make()
     try:
-        device, emu = emu_cupy.gpu_ops_device(cp)
+        device, emu = fake_cupy.gpu_ops_device(cp)
     except Exception as exc:  # noqa: BLE001 - no g++: the emulator cannot be built
         pytest.skip(f"kernel emulator unavailable: {exc}")
     if not emu.available():
@@ -94,8 +93,8 @@ def emu_env():
 @pytest.fixture
 def emulated(emu_env):
     """The emulated cupy installed as ``cupy`` and gpu_ops running on it, for one test."""
-    with emu_cupy.activated(*emu_env) as cp:
-        emu_cupy.TRANSFERS.reset()
+    with fake_cupy.activated(*emu_env) as cp:
+        fake_cupy.TRANSFERS.reset()
         yield cp
 
 
@@ -104,7 +103,7 @@ def pairs(tiny, emu_env):
     """Per volume: (CPU runtime, emulated-GPU runtime) with that volume set;
     their caches carry over between tests, as in a session."""
     out = {}
-    with emu_cupy.activated(*emu_env) as cp:
+    with fake_cupy.activated(*emu_env) as cp:
         for name, (shape, _) in VOLUMES.items():
             cpu, gpu = _runtimes(tiny[0], cp)
             for rt in (cpu, gpu):
@@ -116,7 +115,7 @@ def pairs(tiny, emu_env):
 def _runtimes(art_dir, cp):
     art = Artifacts.load(art_dir)
     cpu = SegVolRuntime(art, OnnxRuntimeBackend(art, device="cpu"), "cpu")
-    gpu = SegVolRuntime(art, emu_cupy.EmulatedCudaBackend(OnnxRuntimeBackend(art, device="cpu"), cp), "emulated cuda")
+    gpu = SegVolRuntime(art, fake_cupy.EmulatedCudaBackend(OnnxRuntimeBackend(art, device="cpu"), cp), "emulated cuda")
     return cpu, gpu
 
 
@@ -215,12 +214,12 @@ def test_emulated_pipeline_stays_on_the_device(tiny, emulated):
     shape = VOLUMES["six_windows"][0]
     _, gpu = _runtimes(tiny[0], emulated)
     scan = _scan(shape)
-    t = emu_cupy.TRANSFERS
+    t = fake_cupy.TRANSFERS
     gpu.set_volume(scan)
     assert max(t.uploads) == scan.nbytes and sum(t.uploads) < scan.nbytes + SMALL_DOWNLOAD
     assert sum(t.downloads) < SMALL_DOWNLOAD  # statistics, boxes: no volume
     vol = gpu._volume
-    assert isinstance(vol.crop_image, emu_cupy.DeviceArray) and isinstance(vol.zoom_image, emu_cupy.DeviceArray)
+    assert isinstance(vol.crop_image, fake_cupy.DeviceArray) and isinstance(vol.zoom_image, fake_cupy.DeviceArray)
 
     prompt = _scale(dict(text="liver", box=BOX), shape)
     t.reset()
@@ -228,20 +227,20 @@ def test_emulated_pipeline_stays_on_the_device(tiny, emulated):
     mask_bytes = int(np.prod(shape))
     assert max(t.downloads) == mask_bytes and sum(t.downloads) < mask_bytes + SMALL_DOWNLOAD
     assert sum(t.uploads) < SMALL_DOWNLOAD  # prompts, text rows, window starts
-    assert isinstance(vol.zoom_embedding, emu_cupy.DeviceArray)
-    assert all(isinstance(e, emu_cupy.DeviceArray) for e in vol.windows.embeddings.values())
+    assert isinstance(vol.zoom_embedding, fake_cupy.DeviceArray)
+    assert all(isinstance(e, fake_cupy.DeviceArray) for e in vol.windows.embeddings.values())
     assert t.syncs > 0  # stage ends wait for the device
 
     t.reset()
     kept = gpu.segment(**prompt, on_device=True, keep_logits=True, probabilities=True)
     assert sum(t.downloads) < SMALL_DOWNLOAD
     for arr in (kept.mask, kept.probabilities, kept.crop_logits):
-        assert isinstance(arr, emu_cupy.DeviceArray)
+        assert isinstance(arr, fake_cupy.DeviceArray)
     assert np.array_equal(kept.mask.get(), seg.mask)
 
     stats = gpu.stats
     assert stats["device"] == "cuda" and stats["peak_gpu_pool_bytes"] > 0 and stats["peak_gpu_device_bytes"] > 0
-    assert isinstance(gpu.crop_image, np.ndarray) and not isinstance(gpu.crop_image, emu_cupy.DeviceArray)
+    assert isinstance(gpu.crop_image, np.ndarray) and not isinstance(gpu.crop_image, fake_cupy.DeviceArray)
 
 
 def test_emulated_device_volume_input(tiny, emulated):
@@ -250,9 +249,9 @@ def test_emulated_device_volume_input(tiny, emulated):
     cpu, gpu = _runtimes(tiny[0], emulated)
     scan = _scan(shape)
     on_device = emulated.asarray(scan)
-    emu_cupy.TRANSFERS.reset()
+    fake_cupy.TRANSFERS.reset()
     gpu.set_volume(on_device)
-    assert sum(emu_cupy.TRANSFERS.uploads) < SMALL_DOWNLOAD
+    assert sum(fake_cupy.TRANSFERS.uploads) < SMALL_DOWNLOAD
     cpu.set_volume(scan)
     _same_result(cpu.segment(text="liver", keep_logits=True), gpu.segment(text="liver", keep_logits=True))
 

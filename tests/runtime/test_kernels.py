@@ -1,17 +1,14 @@
 """The CUDA kernels (through segvol_rt.ops.cuda) against their NumPy twins.
 
 Every test runs twice: on ``emu`` - numpy arrays and the CPU emulator of the
-kernels (kernel_emu.py: the .cu sources compiled as C++), so the kernels'
-logic and gpu_ops' host code are checked on any machine with g++ - and on
-``cuda`` - cupy and the real NVRTC-compiled kernels, skipped with the reason
-when cupy or a GPU is missing. Fresh outputs are poisoned (NaN / 0xAB) so an
+kernels (tests/support/kernel_emu.py: the .cu sources compiled as C++), so
+the kernels' logic and gpu_ops' host code are checked on any machine with
+g++ - and on ``cuda`` - cupy and the real NVRTC-compiled kernels, skipped
+with the reason when cupy or a GPU is missing. Fresh outputs are poisoned (NaN / 0xAB) so an
 unwritten element shows. Comparisons are exact (bit for bit) except sigmoid.
 """
 
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +16,7 @@ import pytest
 from segvol_rt import ops
 from segvol_rt.errors import SegVolError
 from segvol_rt.ops import cuda as gpu_ops
-
-_spec = importlib.util.spec_from_file_location("segvol_rt_kernel_emu", Path(__file__).with_name("kernel_emu.py"))
-emu = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(emu)
+from tests.support import kernel_emu as emu
 
 
 def _cuda_device() -> gpu_ops.Device:

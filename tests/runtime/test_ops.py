@@ -89,7 +89,7 @@ def test_resize_reads_any_memory_layout():
 def test_trilinear_matches_torch():
     rng = np.random.default_rng(4)
     exact = 0
-    for i in range(120):
+    for _ in range(120):
         shape = tuple(int(v) for v in rng.integers(1, 20, 3))
         size = tuple(int(v) for v in rng.integers(1, 40, 3))
         x = (rng.standard_normal(shape) * 10).astype(np.float32)

@@ -22,6 +22,8 @@ from segvol_rt.backends.tensorrt.engines import GpuIdentity
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
+from tests.support import fake_cupy
+from tests.support.shared import shared_path
 
 TOY = S.GraphSpec(
     "toy",
@@ -174,9 +176,6 @@ def test_backend_plumbing_with_fake_cupy_on_ort_cpu(tiny_artifacts_dir_cpu, monk
     sessions bound as device "cpu": checks buffer sizing, binding and the
     stream sync - not CUDA."""
     ort = pytest.importorskip("onnxruntime")
-    sys.path.insert(0, str(Path(__file__).parents[1] / "export"))
-    import fake_cupy
-
     from segvol_rt.backends import ort_cuda
     from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend
     from segvol_rt.io.artifacts import Artifacts
@@ -211,16 +210,6 @@ def _chain_inputs(config, batch=2, seed=2):
     return image, tokens, coords, labels
 
 
-def _clip_dir() -> Path:
-    """../shared/clip (as tests/conftest.py's shared_path, usable from module-scoped fixtures)."""
-    import os
-
-    shared = Path(os.environ.get("SEGVOL_RT_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
-    if not (shared / "clip").is_dir():
-        pytest.skip(f"{shared / 'clip'} not present (../shared is only beside the developers' checkout)")
-    return shared / "clip"
-
-
 def _export_tiny(root: Path) -> Path:
     pytest.importorskip("torch")
     from segvol_rt.export.checkpoint import save_pth
@@ -228,7 +217,7 @@ def _export_tiny(root: Path) -> Path:
     from segvol_rt.export.model.segvol import SegVol
 
     ckpt = save_pth(SegVol.random(SegVolConfig.tiny(), seed=0), root / "tiny.pth")
-    export_artifacts(ckpt, root / "art", tokenizer=_clip_dir(), options=ExportOptions(verify=False))
+    export_artifacts(ckpt, root / "art", tokenizer=shared_path("clip"), options=ExportOptions(verify=False))
     return root / "art"
 
 

@@ -2,10 +2,10 @@
 official-style torch pipeline (:mod:`segvol_rt.export.reference`) on tiny
 artifacts: crop-space logits within 1e-5 relative error, identical masks.
 
-The model is :mod:`tiny_artifacts`' seeded tiny SegVol with a decoder edited
-so the coarse logits form a blob (a usable ROI). Volumes: a (16, 64, 64)
-crop (ROI = one padded window) and a (40, 160, 150) crop (ROI -> 6 windows,
-2 encoder batches of at most 4).
+The model is :mod:`tests.support.tiny_artifacts`' seeded tiny SegVol with a
+decoder edited so the coarse logits form a blob (a usable ROI). Volumes: a
+(16, 64, 64) crop (ROI = one padded window) and a (40, 160, 150) crop (ROI ->
+6 windows, 2 encoder batches of at most 4).
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from segvol_rt.export.reference import official_zoom_out_zoom_in  # noqa: E402
-from tiny_artifacts import tiny_artifacts  # noqa: E402
-
 from segvol_rt import ops  # noqa: E402
+from segvol_rt.export.reference import official_zoom_out_zoom_in  # noqa: E402
 from segvol_rt.pipeline import prompts as P  # noqa: E402
 from segvol_rt.runtime import SegVolRuntime  # noqa: E402
+from tests.support.tiny_artifacts import tiny_artifacts  # noqa: E402
 
 REL_TOL = 1e-5
 

@@ -46,7 +46,7 @@ def test_defaults():
 
 
 def test_every_label_has_one_organ_model():
-    from segvol_rt.demo.phantom import _ORGANS
+    from segvol_rt.demo.phantom_anatomy import _ORGANS
 
     assert sorted(organ.label for organ in _ORGANS) == sorted(PHANTOM_LABELS)
 

@@ -11,14 +11,13 @@ import pytest
 
 pytest.importorskip("torch")  # the artifacts are exported from a torch model
 
-from tiny_artifacts import tiny_artifacts  # noqa: E402
-
 from segvol_rt.backends import select  # noqa: E402
 from segvol_rt.backends.base import Backend  # noqa: E402
 from segvol_rt.errors import MissingDependencyError, SegVolError  # noqa: E402
 from segvol_rt.io import spec as S  # noqa: E402
 from segvol_rt.io.artifacts import Artifacts  # noqa: E402
 from segvol_rt.runtime import Request, SegVolRuntime  # noqa: E402
+from tests.support.tiny_artifacts import tiny_artifacts  # noqa: E402
 
 SCAN = (150, 160, 40)  # crop (40, 160, 150): 6 zoom-in windows
 BOX = "30,40,8,110,120,30"

@@ -15,6 +15,7 @@ from segvol_rt.errors import SegVolError
 from segvol_rt.io.config import PROMPT_TEMPLATE
 from segvol_rt.io.tokenizer import ClipTokenizer, format_prompt, train_bpe
 from segvol_rt.io.vocabulary import CATEGORIES
+from tests.support.shared import shared_path
 
 ODD = [
     "",
@@ -59,8 +60,6 @@ def _write_merges(tokenizer_json: Path, out: Path) -> None:
 @pytest.fixture(scope="module")
 def clip_files(tmp_path_factory) -> Path:
     """The CLIP files without tokenizer.json: vocab.json + merges.txt (+ side configs)."""
-    from shared_data import shared_path
-
     src = shared_path("clip")
     out = tmp_path_factory.mktemp("clip_merges")
     for name in ("vocab.json", "tokenizer_config.json", "special_tokens_map.json"):
@@ -72,16 +71,12 @@ def clip_files(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ours() -> ClipTokenizer:
-    from shared_data import shared_path
-
     return ClipTokenizer.from_dir(shared_path("clip"))
 
 
 @pytest.fixture(scope="module")
 def hf_fast():
     """The tokenizer official SegVol loads (AutoTokenizer -> CLIPTokenizerFast)."""
-    from shared_data import shared_path
-
     transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(shared_path("clip")))
 

@@ -161,7 +161,8 @@ def test_prompt_maps_are_the_official_resize_sliced_to_the_roi():
     full_points = ops.resize(P.binary_points(pts, zoom_shape), crop_shape, "nearest")
     np.testing.assert_array_equal(cube, full_cube[roi.slices])
     np.testing.assert_array_equal(point_map, full_points[roi.slices])
-    ref = torch.nn.functional.interpolate(torch.from_numpy(P.binary_cube(target.box_zoom, zoom_shape)).float()[None, None], size=crop_shape, mode="nearest")[0, 0]
+    cube_zoom = torch.from_numpy(P.binary_cube(target.box_zoom, zoom_shape)).float()[None, None]
+    ref = torch.nn.functional.interpolate(cube_zoom, size=crop_shape, mode="nearest")[0, 0]
     np.testing.assert_array_equal(cube, ref.numpy()[roi.slices])
 
 

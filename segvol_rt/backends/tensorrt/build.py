@@ -26,9 +26,10 @@ a clear error.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from segvol_rt._optional import require
 from segvol_rt.backends.tensorrt import engines as E
@@ -194,7 +195,7 @@ def write_atomic(path: Path, data: Any) -> str:
     to ``path`` through a temporary file and a rename; returns its sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     view = memoryview(data)
-    atomic_write_bytes(path, view)  # type: ignore[arg-type] - any buffer writes
+    atomic_write_bytes(path, view)
     return hashlib.sha256(view).hexdigest()
 
 

@@ -17,8 +17,9 @@ Pure functions, numpy-free, importable without TensorRT or a GPU.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
@@ -61,7 +62,7 @@ class EngineRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EngineRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> EngineRecord:
         names = [f for f in cls.__dataclass_fields__ if f != "options"]
         missing = [n for n in names if n not in data]
         if missing:

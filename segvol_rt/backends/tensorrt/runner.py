@@ -21,8 +21,9 @@ imported when a backend is created, never at module import.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -134,6 +135,8 @@ class _GraphReplay:
             self._capture(cp, stream, feeds)
         for name, arr in feeds.items():
             cp.copyto(self.inputs[name], arr)
+        if self.graph is None:
+            raise RuntimeError("CUDA graph capture produced no graph")
         self.graph.launch(stream)
         return {name: arr.copy() for name, arr in self.outputs.items()}
 
@@ -181,7 +184,7 @@ class TensorRTBackend(Backend):
         self._replay = _GraphReplay(self._engines[S.IMAGE_ENCODER], cuda_graph_batch) if cuda_graph_batch else None
 
     @classmethod
-    def load(cls, root: str | Path, **kwargs: Any) -> "TensorRTBackend":
+    def load(cls, root: str | Path, **kwargs: Any) -> TensorRTBackend:
         return cls(Artifacts.load(root), **kwargs)
 
     @property
@@ -222,7 +225,7 @@ class TensorRTBackend(Backend):
                 try:
                     return self._replay.run(cp, stream, inputs)
                 except Exception as exc:  # noqa: BLE001 - capture is an optimisation; fall back to plain runs
-                    warnings.warn(f"CUDA graph capture of the image encoder failed ({exc}); running without it")
+                    warnings.warn(f"CUDA graph capture of the image encoder failed ({exc}); running without it", stacklevel=2)
                     self._replay = None
             outputs = engine.bind(engine.context, inputs, cp)
             engine.enqueue(engine.context, stream)

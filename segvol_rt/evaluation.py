@@ -24,14 +24,21 @@ Randomness: ``select_points`` draws from ``numpy.random.default_rng(seed)``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from segvol_rt import ops
 from segvol_rt.errors import SegVolError
+from segvol_rt.ops.boxes import InclusiveBox
 from segvol_rt.pipeline import prompts as P
+
+if TYPE_CHECKING:
+    from segvol_rt.io.nifti import Scan
+    from segvol_rt.pipeline.geometry import Geometry
+    from segvol_rt.runtime import Request, Segmentation, SegVolRuntime
 
 # inference_demo.zoom_in_zoom_out's select_points counts
 EVAL_POSITIVE_EXTRA = 3
@@ -52,7 +59,7 @@ class Reference:
     zoom: np.ndarray
 
 
-def reference_from_mask(mask: Any, geometry: Any, name: str = "reference") -> Reference:
+def reference_from_mask(mask: Any, geometry: Geometry, name: str = "reference") -> Reference:
     """A :class:`Reference` from a scan-space mask ``(I, J, K)`` and the volume's
     :class:`segvol_rt.pipeline.geometry.Geometry`."""
     scan = np.asarray(mask).astype(bool)
@@ -63,7 +70,7 @@ def reference_from_mask(mask: Any, geometry: Any, name: str = "reference") -> Re
     return Reference(name, scan, crop, zoom)
 
 
-def load_reference(spec: str, scan: Any, geometry: Any) -> Reference:
+def load_reference(spec: str, scan: Scan, geometry: Geometry) -> Reference:
     """The label ``"LABEL.nii.gz:ID"`` of ``scan`` (:class:`segvol_rt.io.nifti.Scan`, same grid)."""
     from segvol_rt.io.nifti import read_label
 
@@ -73,7 +80,7 @@ def load_reference(spec: str, scan: Any, geometry: Any) -> Reference:
 
 def official_prompts(
     reference: Reference, box: bool = True, points: bool = False, seed: int = 0
-) -> tuple[P.Box | None, P.Points | None]:
+) -> tuple[InclusiveBox | None, P.Points | None]:
     """Zoom-out-space prompts from the label, as the official demo derives them:
     ``generate_box(label_zoom)`` and ``select_points(label_zoom, 3, 3)`` (seeded).
 
@@ -168,13 +175,13 @@ def evaluate(run: Runner, reference: Reference, zoom_in: bool = True) -> Evaluat
     return result
 
 
-def _logits(seg: Any) -> np.ndarray:
+def _logits(seg: Segmentation) -> np.ndarray:
     if seg.crop_logits is None:
         raise SegVolError("evaluation needs the crop logits: segment with keep_logits=True")
     return seg.crop_logits
 
 
-def zoom_space_runner(runtime: Any, text: str | None, box: Any, points: Any, seed: int = 0,
+def zoom_space_runner(runtime: SegVolRuntime, text: str | None, box: Any, points: Any, seed: int = 0,
                       probabilities: bool = False, window_prompts: str = "official") -> Runner:
     """``run(zoom_in)`` for prompts already in zoom-out space (:func:`official_prompts`)."""
     from segvol_rt.pipeline.zoom import Target
@@ -191,7 +198,7 @@ def zoom_space_runner(runtime: Any, text: str | None, box: Any, points: Any, see
     return run
 
 
-def scan_space_runner(runtime: Any, request: Any) -> Runner:
+def scan_space_runner(runtime: SegVolRuntime, request: Request) -> Runner:
     """``run(zoom_in)`` for a scan-space :class:`segvol_rt.runtime.Request`."""
     from dataclasses import replace
 

@@ -1,7 +1,8 @@
-"""Locating ../shared, the developers' data folder beside the checkout.
+"""Locating ../shared, the developers' data folder beside the checkout
+(``$SEGVOL_RT_SHARED`` overrides it): the one place tests compute that path.
 
-A module of its own (not conftest) so test files can import it by a name that
-no other conftest shadows."""
+:data:`SHARED` is the folder (it may be absent, as in a user's clone);
+:func:`shared_path` is a path under it, or a skip with the reason."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("SEGVOL_RT_SHARED", REPO.parent / "shared"))
 
 

@@ -1,29 +1,38 @@
-"""An EMULATED GPU for pipeline tests on machines without one.
+"""A FAKE ``cupy`` for CPU-only machines: numpy memory typed as cupy arrays.
+Nothing runs on a GPU.
 
-:func:`make` returns a module that stands in for ``cupy``: numpy underneath,
-but its arrays are :class:`DeviceArray` - a numpy subclass whose type claims
-to come from cupy, so :mod:`segvol_rt.ops` dispatches them to
-:mod:`segvol_rt.ops.cuda`, whose kernels run on the CPU emulator of
-kernel_emu.py. The whole pipeline then runs its GPU code path here.
+:func:`make` returns a module that stands in for ``cupy``. Its arrays are
+:class:`DeviceArray` - a numpy subclass whose type claims to come from cupy
+(so :mod:`segvol_rt.ops` dispatches them to :mod:`segvol_rt.ops.cuda`) and
+whose ``.data.ptr`` is its host address. Every numpy function is there
+(``cp.empty``, ``cp.copyto``, ...), returning device arrays. It serves:
+
+* **the CUDA backends' wiring** (TensorRT, ONNX Runtime CUDA; the fake is put
+  into ``sys.modules`` with monkeypatch): streams log ``record`` /
+  ``wait_event`` / ``synchronize`` / ``graph.launch`` in ``cp.log``, and a
+  stream capture records the fake TensorRT executions of fake_tensorrt.py
+  into a CUDA graph that ``launch`` replays;
+* **the pipeline's GPU code path** (inside :func:`activated`, with
+  :func:`gpu_ops_device`: the CUDA kernels on the CPU emulator of
+  kernel_emu.py, and :class:`EmulatedCudaBackend` around a CPU backend).
 
 What it checks beyond the numbers:
 
 * **host/device crossings**: every upload (``asarray`` & co. of host data)
-  and download (``.get()``) is counted in :class:`Transfers`, so a test can
-  assert that only the scan goes up and only small things and the mask come
-  down;
-* **numpy on device arrays**: a numpy *function* (``np.stack``,
-  ``np.concatenate``, ...) called on a device array raises, as cupy's arrays
-  refuse implicit conversion. (``np.asarray`` of a device array cannot be
-  caught this way; review for it.)
-
-:class:`EmulatedCudaBackend` wraps a CPU backend as a "CUDA" one: device
-arrays in (anything else fails), device arrays out.
+  and download (``.get()``, ``asnumpy``) is counted in :data:`TRANSFERS`,
+  as are stream syncs, so a test can assert that only the scan goes up and
+  only small things and the mask come down;
+* **numpy on device arrays**: inside :func:`activated`, a numpy *function*
+  (``np.stack``, ``np.concatenate``, ...) called on a device array raises,
+  as cupy's arrays refuse implicit conversion. (``np.asarray`` of a device
+  array cannot be caught this way; review for it.) Outside it they run as
+  numpy, so the wiring tests compare outputs with numpy directly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import types
 from dataclasses import dataclass, field
@@ -32,8 +41,10 @@ from typing import Any
 import numpy as np
 
 from segvol_rt.backends.base import Backend
+from tests.support.fake_tensorrt import FakeContext
 
 _state = threading.local()
+_strict = [0]  # > 0 inside activated(): numpy functions on device arrays raise
 
 
 @contextlib.contextmanager
@@ -68,13 +79,17 @@ class DeviceArray(np.ndarray):
 
     __module__ = "cupy._emulated"  # what segvol_rt.ops.dispatch.is_cupy looks at
 
+    @property
+    def data(self) -> Any:  # cupy: a MemoryPointer with .ptr
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
     def get(self) -> np.ndarray:
         """Download (cupy's ``ndarray.get``), counted."""
         TRANSFERS.downloads.append(int(self.nbytes))
         return np.array(self.view(np.ndarray), copy=True)
 
     def __array_function__(self, func, types_, args, kwargs):
-        if not getattr(_state, "depth", 0):
+        if _strict[0] and not getattr(_state, "depth", 0):
             raise TypeError(f"numpy.{func.__name__} called on a device array (cupy would refuse)")
         return super().__array_function__(func, types_, args, kwargs)
 
@@ -115,11 +130,6 @@ def _wrap(fn: Any) -> Any:
     return call
 
 
-class _Stream:
-    def synchronize(self) -> None:
-        TRANSFERS.syncs += 1
-
-
 class _Pool:
     """Bytes 'held': everything ever uploaded or created, a stand-in high-water mark."""
 
@@ -131,17 +141,76 @@ class _Pool:
 
 
 def make() -> types.ModuleType:
-    """The emulated ``cupy`` module."""
+    """A fresh fake ``cupy`` module with its own stream log ``cp.log``."""
     cp = types.ModuleType("cupy")
-    stream, pool = _Stream(), _Pool()
-    cp.ndarray = DeviceArray
+    log: list[tuple] = []
+    ids = itertools.count(1000)
+    current: list = []
+    pool = _Pool()
+    cp.log, cp.ndarray = log, DeviceArray
     cp.asarray = _upload(np.asarray)
     cp.array = _upload(np.array)
     cp.ascontiguousarray = _upload(np.ascontiguousarray)
     cp.asnumpy = lambda a: a.get() if isinstance(a, DeviceArray) else np.asarray(a)
     cp.get_default_memory_pool = lambda: pool
+
+    class Event:
+        def __init__(self, stream):
+            self.stream = stream
+
+    class Graph:
+        def __init__(self, thunks):
+            self.thunks = thunks
+
+        def launch(self, stream=None):
+            log.append(("graph.launch", stream.ptr))
+            for thunk in self.thunks:
+                thunk()
+
+    class Stream:
+        def __init__(self, non_blocking=False, ptr=None):
+            self.ptr = next(ids) if ptr is None else ptr
+
+        def record(self):
+            log.append(("record", self.ptr))
+            return Event(self)
+
+        def wait_event(self, event):
+            log.append(("wait_event", self.ptr, event.stream.ptr))
+
+        def synchronize(self):
+            log.append(("synchronize", self.ptr))
+            TRANSFERS.syncs += 1
+
+        def begin_capture(self):
+            FakeContext.capturing[self.ptr] = []
+
+        def end_capture(self):
+            return Graph(FakeContext.capturing.pop(self.ptr))
+
+        def __enter__(self):
+            current.append(self)
+            return self
+
+        def __exit__(self, *exc):
+            current.pop()
+
+    null = Stream(ptr=0)
+
+    class Device:
+        def __init__(self, device_id=0):
+            self.id = device_id
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
     cp.cuda = types.SimpleNamespace(
-        get_current_stream=lambda: stream,
+        Stream=Stream,
+        Device=Device,
+        get_current_stream=lambda: current[-1] if current else null,
         runtime=types.SimpleNamespace(memGetInfo=lambda: (100 << 30, 141 << 30), getDeviceCount=lambda: 1),
     )
 
@@ -156,22 +225,19 @@ def make() -> types.ModuleType:
 
 
 def gpu_ops_device(cp: types.ModuleType) -> Any:
-    """A :class:`segvol_rt.ops.cuda.Device` on the emulated cupy and the CPU
-    emulator of the kernels; fresh outputs poisoned (NaN / 0xAB)."""
-    import importlib.util
-    from pathlib import Path
-
+    """A :class:`segvol_rt.ops.cuda.Device` on the fake cupy and the CPU
+    emulator of the kernels (fresh outputs poisoned: NaN / 0xAB), and that
+    emulator module."""
     from segvol_rt.ops import cuda as gpu_ops
+    from tests.support import kernel_emu as emu
 
-    spec = importlib.util.spec_from_file_location("segvol_rt_kernel_emu", Path(__file__).with_name("kernel_emu.py"))
-    emu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(emu)  # type: ignore[union-attr]
     return gpu_ops.Device(xp=cp, kernel=emu.kernel, to_host=lambda a: a.get(), poison=True), emu
 
 
 @contextlib.contextmanager
 def activated(cp: types.ModuleType, device: Any) -> Any:
-    """Inside the block ``import cupy`` gives ``cp`` and gpu_ops runs on ``device``."""
+    """Inside the block ``import cupy`` gives ``cp``, gpu_ops runs on ``device``
+    and numpy functions on device arrays raise."""
     import sys
 
     from segvol_rt.ops import cuda as gpu_ops
@@ -179,10 +245,12 @@ def activated(cp: types.ModuleType, device: Any) -> Any:
     missing = object()
     previous = sys.modules.get("cupy", missing)
     sys.modules["cupy"] = cp
+    _strict[0] += 1
     try:
         with gpu_ops.use(device):
             yield cp
     finally:
+        _strict[0] -= 1
         if previous is missing:
             sys.modules.pop("cupy", None)
         else:

@@ -31,7 +31,6 @@ from typing import Any
 from segvol_rt.export.checkpoint import save_pth
 from segvol_rt.export.exporter import ExportOptions, export_artifacts
 from segvol_rt.export.model.segvol import SegVol
-
 from segvol_rt.io.config import SegVolConfig
 from segvol_rt.io.tokenizer import format_prompt, train_bpe
 from segvol_rt.io.vocabulary import CATEGORIES

@@ -1,0 +1,1 @@
+"""Test helpers, imported as a package (``from tests.support import ...``)."""

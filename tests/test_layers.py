@@ -1,0 +1,79 @@
+"""The layer rules (import-linter contracts in pyproject.toml), mypy and ruff,
+run on the package as installed (``export/`` and ``kernels/`` mapped into
+``segvol_rt``; see tests/support/layers.py), and proof that each contract
+catches a deliberate violation."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.layers import REPO, lint_imports, mypy, package_tree
+
+pytest.importorskip("importlinter", reason="import-linter is in the dev extra")
+
+CONTRACTS = ("Layers, top down", "pipeline, ops, io and backends never import", "Nothing below app imports typer")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return package_tree(tmp_path_factory.mktemp("tree"))
+
+
+def test_the_checked_tree_holds_the_mapped_packages(tree):
+    assert (tree / "segvol_rt" / "export" / "exporter.py").is_file()
+    assert (tree / "segvol_rt" / "kernels" / "__init__.py").is_file()
+    assert any((tree / "segvol_rt" / "kernels").glob("*.cu"))
+
+
+def test_every_layer_contract_is_kept(tree):
+    result = lint_imports(tree)
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report
+    assert "3 kept, 0 broken" in report, report
+    for name in CONTRACTS:
+        assert name in report
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        ("io/nifti.py", "import segvol_rt.app.cli", ("Layers, top down", "never import")),
+        ("ops/masks.py", "from segvol_rt.export import onnx", ("Layers, top down", "never import")),
+        ("backends/onnxruntime.py", "import segvol_rt.export.exporter", ("Layers, top down", "never import")),
+        ("pipeline/zoom.py", "import typer", ("Nothing below app imports typer",)),
+        ("runtime.py", "import segvol_rt.bench.report", ("Layers, top down",)),
+        ("export/onnx.py", "import segvol_rt.app.cli", ("Layers, top down",)),
+        ("kernels/__init__.py", "from segvol_rt.ops import dispatch", ("Layers, top down",)),
+    ],
+)
+def test_a_deliberate_violation_breaks_its_contract(tmp_path, module, line, broken):
+    tree = package_tree(tmp_path)
+    path = tree / "segvol_rt" / module
+    path.write_text(path.read_text() + f"\n{line}  # a deliberate violation\n")
+    result = lint_imports(tree)
+    report = result.stdout + result.stderr
+    assert result.returncode != 0, report
+    for name in broken:
+        verdict = report[report.index(name):].split("\n\n")[0]
+        assert "BROKEN" in verdict, (name, report)
+
+
+def test_mypy_finds_no_error(tree, tmp_path):
+    pytest.importorskip("mypy", reason="mypy is in the dev extra")
+    result = mypy(tree, tmp_path / "mypy-cache")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success: no issues found" in result.stdout
+
+
+def test_ruff_finds_no_error():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists() and shutil.which("ruff") is None:
+        pytest.skip("ruff is in the dev extra")
+    folders = ["segvol_rt", "export", "kernels", "tests", "benchmarks"]
+    result = subprocess.run([ruff, "check", *folders], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
