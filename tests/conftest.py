@@ -23,3 +23,12 @@ def real_ct() -> Path:
 @pytest.fixture
 def real_seg() -> Path:
     return shared_path("data", "ct", "example_seg.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def fresh_demo_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh export of the shipped demo checkpoint (needs torch; about a minute), shared by the session."""
+    pytest.importorskip("torch")
+    from segvol_rt.app.console import export_demo
+
+    return export_demo(tmp_path_factory.mktemp("demo") / "artifacts")

@@ -29,11 +29,8 @@ MIN_DICE = {"text": (0.55, 0.58), "text+box": (0.62, 0.69)}
 
 
 @pytest.fixture(scope="module")
-def demo_runtime(tmp_path_factory):
-    from segvol_rt.app.console import export_demo
-
-    artifacts = export_demo(tmp_path_factory.mktemp("demo") / "artifacts")
-    return SegVolRuntime.load(artifacts, backend="onnxruntime", device="cpu")
+def demo_runtime(fresh_demo_artifacts):
+    return SegVolRuntime.load(fresh_demo_artifacts, backend="onnxruntime", device="cpu")
 
 
 def _dice_rows(rt, phantom):
