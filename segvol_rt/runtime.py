@@ -10,9 +10,15 @@ once; the zoom-out image is encoded lazily once per volume; zoom-in window
 embeddings are cached per volume by window (see :mod:`segvol_rt.pipeline.zoom`), so
 targets that share windows encode them once. Text embeddings come from the
 artifacts' table for known names (:func:`segvol_rt.io.vocabulary.normalize_name`)
-and from the text encoder otherwise (cached per phrase). ``release_volume()``
+and from the text encoder otherwise (cached per phrase). Both caches are
+bounded by bytes, least recently used out (``cache_bytes``,
+``text_cache_bytes``; see :class:`SegVolRuntime`). ``release_volume()``
 frees a scan and its embeddings (host or GPU memory) while the backend stays
 open; ``clear_window_cache()`` forgets only the window embeddings.
+
+Arguments are checked at this boundary with real types
+(:mod:`segvol_rt.pipeline.validate`, :class:`segvol_rt.pipeline.requests.Request`):
+a misuse is a :class:`SegVolError` naming the argument, never a coercion.
 
 Spaces: prompts and outputs are in **scan** voxel indices ``(i, j, k)``; the
 pipeline runs in crop / zoom-out space ``(D, H, W)`` (:mod:`segvol_rt.pipeline.geometry`).
@@ -34,8 +40,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,7 +50,10 @@ from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.ops import arrays as A
 from segvol_rt.pipeline import prompts as P
+from segvol_rt.pipeline import validate as V
 from segvol_rt.pipeline import zoom as Z
+from segvol_rt.pipeline.caches import MIB, ByteLRU
+from segvol_rt.pipeline.requests import FLAGS, BoxPrompt, PointsPrompt, Request, check_zoom_target, request_at
 
 if TYPE_CHECKING:  # runtime types only: importing segvol_rt stays light
     from segvol_rt.backends.base import Backend
@@ -53,10 +61,11 @@ if TYPE_CHECKING:  # runtime types only: importing segvol_rt stays light
     from segvol_rt.io.tokenizer import ClipTokenizer
     from segvol_rt.pipeline.geometry import Geometry
 
-# A box prompt: "i0,j0,k0,i1,j1,k1" or six ints, inclusive, scan voxel indices.
-BoxPrompt = str | Sequence[int]
-# Point prompts: "i,j,k[,label];..." or [(i, j, k[, label]), ...] (label 1 positive, 0 negative).
-PointsPrompt = str | Sequence[Sequence[int]] | P.Points
+# Default bound of the phrase cache: a full-size text embedding is 768 float32
+# (3 KB), so 16 MiB keeps about 5,000 free phrases; names in the artifacts'
+# table are never cached (the table holds them). The window cache's default is
+# Z.DEFAULT_CACHE_BYTES (512 MiB).
+DEFAULT_TEXT_CACHE_BYTES = 16 * MIB
 
 
 @dataclass
@@ -94,45 +103,6 @@ class Segmentation:
     prompt: str = ""
 
 
-@dataclass(frozen=True)
-class Request:
-    """One target of :meth:`SegVolRuntime.segment_many` (scan-space prompts)."""
-
-    text: str | None = None
-    box: BoxPrompt | None = None  # "i0,j0,k0,i1,j1,k1" or 6 ints, inclusive
-    points: PointsPrompt | None = None  # "i,j,k[,label];..." or [(i, j, k[, label]), ...]
-    zoom_in: bool = True
-    probabilities: bool = False
-    seed: int = 0
-    keep_logits: bool = False
-    on_device: bool = False  # keep the outputs on the GPU (cupy) instead of downloading them
-    window_prompts: str = "official"  # or "aligned": see segvol_rt.pipeline.zoom (scans smaller than a window)
-
-    def __post_init__(self) -> None:
-        Z.check_window_prompts(self.window_prompts)
-
-    @classmethod
-    def of(cls, item: Request | Mapping[str, Any] | str) -> Request:
-        if isinstance(item, Request):
-            return item
-        if isinstance(item, str):
-            return cls(text=item)
-        if isinstance(item, Mapping):
-            unknown = set(item) - set(cls.__dataclass_fields__)
-            if unknown:
-                raise SegVolError(f"unknown target fields {sorted(unknown)}")
-            return cls(**item)
-        raise SegVolError(f"a target is a name, a mapping or a Request, not {type(item).__name__}")
-
-    def describe(self) -> str:
-        parts = [f"text={self.text!r}"] if self.text is not None else []
-        if self.box is not None:
-            parts.append(f"box={self.box}")
-        if self.points is not None:
-            parts.append(f"points={self.points}")
-        return ", ".join(parts)
-
-
 @dataclass
 class _Volume:
     """A preprocessed scan and its per-volume caches, in the backend's array
@@ -143,8 +113,8 @@ class _Volume:
     crop_image: Any  # (D, H, W) float32, numpy or cupy
     zoom_image: Any  # spatial_size float32, numpy or cupy
     geometry: Geometry
+    windows: Z.EmbeddingCache  # bounded by the runtime's cache_bytes
     zoom_embedding: Any = None
-    windows: Z.EmbeddingCache = field(default_factory=Z.EmbeddingCache)
     host: dict[str, np.ndarray] = field(default_factory=dict)  # downloaded copies, on demand
 
     def on_host(self, name: str) -> np.ndarray:
@@ -162,15 +132,33 @@ class SegVolRuntime:
         config: the model's :class:`segvol_rt.io.config.SegVolConfig`.
         backend: the open :class:`segvol_rt.backends.base.Backend`.
         backend_reason: why this backend (from :func:`segvol_rt.backends.select.open_backend`).
+
+    Memory: the zoom-in window embeddings of the current volume are kept up
+    to ``cache_bytes`` (default :data:`segvol_rt.pipeline.zoom.DEFAULT_CACHE_BYTES`,
+    512 MiB) and the encoded phrases up to ``text_cache_bytes`` (default
+    :data:`DEFAULT_TEXT_CACHE_BYTES`, 16 MiB), least recently used out
+    (:class:`segvol_rt.pipeline.caches.ByteLRU`; host or GPU memory). The
+    windows of the call in progress are kept until it has decoded them, so one
+    call whose windows alone exceed ``cache_bytes`` still runs; the cache
+    shrinks back to the bound after it. 0 disables keeping them between
+    calls. :attr:`stats` reports both caches.
     """
 
-    def __init__(self, artifacts: Artifacts, backend: Backend, backend_reason: str = ""):
+    def __init__(
+        self,
+        artifacts: Artifacts,
+        backend: Backend,
+        backend_reason: str = "",
+        cache_bytes: int = Z.DEFAULT_CACHE_BYTES,
+        text_cache_bytes: int = DEFAULT_TEXT_CACHE_BYTES,
+    ):
         self.artifacts = artifacts
         self.config = artifacts.config
         self.backend = backend
         self.backend_reason = backend_reason
+        self._cache_bytes = V.integer(cache_bytes, "cache_bytes", minimum=0)
         self._volume: _Volume | None = None
-        self._text_cache: dict[str, np.ndarray] = {}
+        self._text_cache: ByteLRU[str] = ByteLRU(V.integer(text_cache_bytes, "text_cache_bytes", minimum=0))
         self._table: dict[str, np.ndarray] | None = None
         self._tokenizer: ClipTokenizer | None = None
         self._stats = Z.StageClock(on_exit=self._stage_end)
@@ -184,16 +172,32 @@ class SegVolRuntime:
         device: str = "auto",
         verify: bool = True,
         checkpoint: str | os.PathLike[str] | None = None,
+        cache_bytes: int = Z.DEFAULT_CACHE_BYTES,
+        text_cache_bytes: int = DEFAULT_TEXT_CACHE_BYTES,
+        threads: int | None = None,
     ) -> SegVolRuntime:
-        """Read the manifest, check every file's hash (``verify``) and open a backend."""
-        from segvol_rt.backends.select import open_backend
+        """Read the manifest, check every file's hash (``verify``) and open a backend.
+
+        ``backend``: auto, tensorrt, onnxruntime or torch; ``device``: auto, cpu
+        or cuda; ``checkpoint``: the torch backend's checkpoint file;
+        ``cache_bytes`` / ``text_cache_bytes``: the cache bounds (see the class doc);
+        ``threads``: CPU threads of ONNX Runtime on the CPU and of torch (None: all cores)."""
+        from segvol_rt.backends.select import BACKENDS, DEVICES, open_backend
         from segvol_rt.io.artifacts import Artifacts
 
-        artifacts = Artifacts.load(artifacts_dir)
+        root = V.path(artifacts_dir, "artifacts_dir")
+        backend = V.choice(backend, "backend", BACKENDS)
+        device = V.choice(device, "device", DEVICES)
+        verify = V.boolean(verify, "verify")
+        checkpoint = V.optional_path(checkpoint, "checkpoint")
+        cache_bytes = V.integer(cache_bytes, "cache_bytes", minimum=0)
+        text_cache_bytes = V.integer(text_cache_bytes, "text_cache_bytes", minimum=0)
+        threads = None if threads is None else V.integer(threads, "threads", minimum=1)
+        artifacts = Artifacts.load(root)
         if verify:
             artifacts.verify()
-        opened, reason = open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint)
-        return cls(artifacts, opened, reason)
+        opened, reason = open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint, threads=threads)
+        return cls(artifacts, opened, reason, cache_bytes=cache_bytes, text_cache_bytes=text_cache_bytes)
 
     # -- limits -----------------------------------------------------------------
     def _max_batch(self, graph: str) -> int:
@@ -232,12 +236,20 @@ class SegVolRuntime:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Seconds per stage since load, window-cache counters, and the GPU
-        memory high-water marks (:class:`segvol_rt.ops.arrays.GpuMemory`; None on
-        CPU backends) sampled at stage ends since load."""
+        """Seconds per stage since load, the caches, and the GPU memory
+        high-water marks (:class:`segvol_rt.ops.arrays.GpuMemory`; None on CPU
+        backends) sampled at stage ends since load.
+
+        ``window_cache`` (the current volume's; zeros without one) and
+        ``text_cache`` (since load) are :meth:`segvol_rt.pipeline.caches.ByteLRU.stats`:
+        entries, bytes, max_bytes, peak_bytes, evictions, hits, misses. With a
+        volume, ``windows_encoded``, ``encoder_calls`` and ``windows_cached``
+        count its window encoder work and cached entries."""
         out: dict[str, Any] = {"timings": self._stats.as_dict()}
         memory = self._memory.as_dict() if self._memory is not None else A.GpuMemory(np).as_dict()
         out.update(device="cpu" if A.is_host(self.xp) else "cuda", **memory)
+        windows = self._volume.windows.store if self._volume is not None else ByteLRU[Any](self._cache_bytes)
+        out.update(window_cache=windows.stats(), text_cache=self._text_cache.stats())
         if self._volume is not None:
             cache = self._volume.windows
             out.update(windows_encoded=cache.windows_encoded, encoder_calls=cache.encoder_calls,
@@ -251,8 +263,14 @@ class SegVolRuntime:
         affine: np.ndarray | None = None,
         reorient: str | None = None,
     ) -> None:
-        """Preprocess a scan (a NIfTI path, or a float ``(I, J, K)`` array in scan
-        space with its 4x4 ``affine``, identity by default) once for all targets.
+        """Preprocess a scan (a NIfTI path, or a real-valued ``(I, J, K)`` array in
+        scan space with its 4x4 ``affine``, identity by default) once for all targets.
+
+        Arrays of integer, unsigned or floating-point dtype are read as float32
+        (as the official LoadImage does); bool, complex, object and string
+        arrays are refused (no CT intensity; a 0/1 mask is not a scan). The
+        affine must be a finite real 4x4 array; with a path it comes from the
+        file, so passing one as well is refused.
 
         On a CUDA backend the scan is uploaded once (a cupy array is used as it
         is) and preprocessed on the GPU; the crop and zoom-out images stay there.
@@ -261,17 +279,20 @@ class SegVolRuntime:
         from segvol_rt.pipeline.preprocess import preprocess
 
         xp = self.xp
+        V.optional_text(reorient, "reorient")
         with self._stats.stage("read"):
             if isinstance(volume, (str, os.PathLike)):
                 from segvol_rt.io.nifti import read_scan
 
-                scan = read_scan(Path(volume))
+                source = V.path(volume, "volume")
+                if affine is not None:
+                    raise SegVolError("affine: a NIfTI volume brings its own affine; pass affine only with an array volume")
+                scan = read_scan(source)
                 data, affine = scan.data, scan.affine
             else:
-                data = volume if A.on_device(volume) else np.asarray(volume, dtype=np.float32)
-                if data.ndim != 3:
-                    raise SegVolError(f"volume must be 3D (I, J, K), got shape {data.shape}")
-                affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+                on_device = A.on_device(volume)
+                data = V.real_volume(volume, "volume", on_device=True) if on_device else V.float32_scan(volume, "volume")
+                affine = np.eye(4) if affine is None else V.affine(affine, "affine")
         if not A.is_host(xp) or A.on_device(data):
             with self._stats.stage("upload"):
                 data = A.to_device(xp, data)
@@ -285,6 +306,7 @@ class SegVolRuntime:
             crop_image=crop,
             zoom_image=zoom,
             geometry=pre.geometry,
+            windows=Z.EmbeddingCache(self._cache_bytes),
         )
 
     def clear_caches(self) -> None:
@@ -299,7 +321,7 @@ class SegVolRuntime:
         """Forget the zoom-in window embeddings only: the next target encodes
         its windows again, as the official per-target flow does."""
         if self._volume is not None:
-            self._volume.windows = Z.EmbeddingCache()
+            self._volume.windows = Z.EmbeddingCache(self._cache_bytes)
 
     def release_volume(self) -> None:
         """Drop the current scan, its preprocessed images and embeddings (host
@@ -341,33 +363,52 @@ class SegVolRuntime:
         if self._table is None:
             from segvol_rt.io.vocabulary import normalize_name
 
-            try:
+            # artifacts without a table run every phrase through the text encoder;
+            # a table that is listed but unreadable is an error, never a silent fallback
+            if self.artifacts.has_text_table:
                 names, table = self.artifacts.text_table()
-            except SegVolError:
+            else:
                 names, table = [], np.zeros((0, self.config.embed_dim), np.float32)
             self._table = {normalize_name(n): row for n, row in zip(names, table)}
         return self._table
 
     def text_embeddings(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """(C,) float32 per text: the table row of a known name, else the text
-        encoder on the prompt template (one batched call for the new phrases)."""
+        """(C,) float32 per text (a list of non-empty strings): the table row of
+        a known name, else the phrase cache, else the text encoder on the prompt
+        template (one batched call for the new phrases, then cached)."""
         from segvol_rt.io.vocabulary import normalize_name
 
+        texts = list(V.sequence(texts, "texts", "str"))
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise SegVolError(f"texts[{i}] must be a non-empty str, not {t!r:.60}")
         table = self._known_names()
         keys = [normalize_name(t) for t in texts]
-        new = list(dict.fromkeys(k for k in keys if k not in table and k not in self._text_cache))
+        found: dict[str, np.ndarray] = {}  # this call's rows, whatever the cache evicts meanwhile
+        for k in dict.fromkeys(keys):
+            row = table[k] if k in table else self._text_cache.get(k)
+            if row is not None:
+                found[k] = row
+        new = [k for k in dict.fromkeys(keys) if k not in found]
         if new:
-            if self._tokenizer is None:
-                self._tokenizer = self.artifacts.tokenizer()
             raw = {normalize_name(t): t.strip() for t in texts}
-            ids = self._tokenizer.encode_names([raw[k] for k in new], self.artifacts.prompt_template)
-            limit = self._max_batch(S.TEXT_ENCODER)
-            for i in range(0, len(new), limit):
-                # (B, C) floats: downloaded once per phrase, uploaded per decoder call
-                emb = A.to_host(self.backend.encode_text(self.xp.asarray(ids[i : i + limit])))
-                for k, e in zip(new[i : i + limit], emb):
-                    self._text_cache[k] = np.asarray(e, np.float32)
-        return [table[k] if k in table else self._text_cache[k] for k in keys]
+            found.update(self._encode_phrases(new, [raw[k] for k in new]))
+        return [found[k] for k in keys]
+
+    def _encode_phrases(self, keys: Sequence[str], phrases: Sequence[str]) -> dict[str, np.ndarray]:
+        """Text-encoder rows (C,) float32 of ``phrases``, cached under ``keys``."""
+        if self._tokenizer is None:
+            self._tokenizer = self.artifacts.tokenizer()
+        ids = self._tokenizer.encode_names(list(phrases), self.artifacts.prompt_template)
+        limit = self._max_batch(S.TEXT_ENCODER)
+        out: dict[str, np.ndarray] = {}
+        for i in range(0, len(keys), limit):
+            # (B, C) floats: downloaded once per phrase, uploaded per decoder call
+            emb = A.to_host(self.backend.encode_text(self.xp.asarray(ids[i : i + limit])))
+            for k, e in zip(keys[i : i + limit], emb):
+                out[k] = np.array(e, np.float32)  # a copy: not a view pinning the whole batch
+                self._text_cache.put(k, out[k])
+        return out
 
     # -- segmentation ----------------------------------------------------------------
     def segment(
@@ -401,9 +442,12 @@ class SegVolRuntime:
 
     def segment_many(self, targets: Sequence[Request | Mapping[str, Any] | str]) -> list[Segmentation]:
         """Segment several targets of the current volume, sharing preprocessing, the
-        zoom-out encoding, window encodings and batched graph calls."""
+        zoom-out encoding, window encodings and batched graph calls.
+
+        ``targets`` is a list (a bare string is refused, not read as one target
+        per letter) of names, mappings of :class:`Request` fields or Requests."""
+        requests = [request_at(t, i) for i, t in enumerate(V.sequence(targets, "targets", "targets (names, mappings or Requests)"))]
         vol = self._require_volume()
-        requests = [Request.of(t) for t in targets]
         if not requests:
             return []
         timings = Z.StageClock()
@@ -419,20 +463,16 @@ class SegVolRuntime:
         official ``generate_box`` / ``select_points`` produce them. ``options``:
         the :class:`Request` fields other than the prompts and the seed
         (``zoom_in``, ``probabilities``, ``keep_logits``, ``window_prompts``)."""
-        vol = self._require_volume()
-        size = np.asarray(self.config.spatial_size)
-        for t in targets:
-            if t.box_zoom is not None and tuple(t.box_zoom) != P.EMPTY_BOX:
-                lo, hi = np.asarray(t.box_zoom[:3]), np.asarray(t.box_zoom[3:])
-                if (lo < 0).any() or (hi >= size).any() or (lo > hi).any():
-                    raise SegVolError(f"zoom-out box {tuple(t.box_zoom)} is empty or outside {tuple(size)}")
-            if t.points_zoom is not None and len(t.points_zoom) > self.max_points:
-                raise SegVolError(f"{len(t.points_zoom)} points given; the artifacts take at most {self.max_points}")
-        unknown = set(options) - {"zoom_in", "probabilities", "keep_logits", "on_device", "window_prompts"}
+        targets = list(V.sequence(targets, "targets", "segvol_rt.pipeline.zoom.Target"))
+        for i, t in enumerate(targets):
+            check_zoom_target(t, f"targets[{i}]", self.config.spatial_size, self.max_points, self.config.embed_dim)
+        unknown = [k for k in options if k not in {*FLAGS, "window_prompts"}]
         if unknown:
             raise SegVolError(f"segment_zoom_space takes no {', '.join(sorted(unknown))}")
-        requests = [Request.of({**options, "seed": t.seed}) for t in targets]
-        return self._run(vol, requests, list(targets), Z.StageClock()) if requests else []
+        base = Request.of(options)  # the options' types, even without targets
+        requests = [replace(base, seed=t.seed) for t in targets]
+        vol = self._require_volume()
+        return self._run(vol, requests, targets, Z.StageClock()) if requests else []
 
     def _run(
         self, vol: _Volume, requests: Sequence[Request], model_targets: Sequence[Z.Target], timings: Z.StageClock

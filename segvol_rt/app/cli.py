@@ -1,16 +1,32 @@
 """The ``segvol-rt`` command line: a thin typer layer over the public API.
 
-Every command parses its options, calls the API and prints. A
-:class:`~segvol_rt.errors.SegVolError` becomes one line on stderr and exit
-code 2, never a traceback.
+Every command parses its options, calls the API and prints. What the user
+sees when something goes wrong is one line on stderr, never a traceback:
+
+* a :class:`~segvol_rt.errors.SegVolError` or a bad option (click's usage
+  errors, without typer's box): ``error: ...``, exit code 2;
+* SIGINT (Ctrl-C) and SIGTERM: the handlers raise :class:`Interrupted`, so
+  the staged outputs are removed on the way out (:mod:`segvol_rt.io.outputs`),
+  then ``interrupted; nothing was written`` (exit 130) or ``terminated; ...``
+  (exit 143); a signal that arrives while an output set is being committed is
+  handled once the set is complete, and the line says so;
+* a closed stdout (``segvol-rt infer ... | head -1``) stops the printing only
+  (:func:`segvol_rt.app.console.say`); the run completes and exits normally.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import signal
 import sys
+import threading
+from types import FrameType
+from typing import Any
 
 import typer
 
+from segvol_rt.app.console import say, silence_stdout
 from segvol_rt.errors import SegVolError
 
 app = typer.Typer(
@@ -21,13 +37,106 @@ app = typer.Typer(
 )
 
 
-def main() -> None:
-    """Console-script entry point: user errors become one line and exit code 2."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised by the CLI's handlers (not a KeyboardInterrupt,
+    which click and typer would turn into an exit of their own)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    # Recorded too: a library may turn the exception into its own (pybind11
+    # reports one raised during an import as "ImportError: initialization failed").
+    _state["signal"] = signum
+    raise Interrupted(signum)
+
+
+_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report it
+# what a command leaves when interrupted (build: its engines), and the signal received, if any
+_state: dict[str, Any] = {"interrupted": "nothing was written", "signal": None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: every failure ends in one stderr line and an exit code.
+
+    The signal handlers are the CLI's for the call only (a caller in the same
+    process gets its own back); a signal its parent ignores (a background job's
+    SIGINT) stays ignored."""
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in _EXIT_CODES:
+            handler = signal.getsignal(signum)
+            if handler is not signal.SIG_IGN and handler is not None:
+                previous[signum] = signal.signal(signum, _raise_interrupted)
+    _state.update(signal=None, interrupted="nothing was written")
     try:
-        app()  # standalone: click prints usage errors and exits by itself
-    except SegVolError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        code = _run(argv)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except BaseException as exc:  # noqa: BLE001 - each kind becomes one line and an exit code; bugs re-raise
+        return _exit_code(exc)
+    if _state["signal"] is not None:  # swallowed on the way (a failed optional import), yet the run completed
+        return _interrupted(_state["signal"], True)
+    return code if isinstance(code, int) else 0
+
+
+def _exit_code(exc: BaseException) -> int:
+    from segvol_rt.io.outputs import written
+
+    if isinstance(exc, SystemExit):
+        raise exc
+    if _state["signal"] is not None:
+        return _interrupted(_state["signal"], written(exc))
+    if isinstance(exc, (Interrupted, KeyboardInterrupt, typer.Abort)):
+        return _interrupted(getattr(exc, "signum", signal.SIGINT), written(exc))
+    if isinstance(exc, SegVolError):
+        return _fail(str(exc), 2)
+    if isinstance(exc, _NO_ARGS_IS_HELP):
+        say(exc.ctx.get_help() if exc.ctx else str(exc))  # bare `segvol-rt`: the help, as before
+        return 2
+    if isinstance(exc, _CLICK.UsageError):
+        where = exc.ctx.command_path if exc.ctx else "segvol-rt"
+        return _fail(f"{exc.format_message()} (see `{where} --help`)", 2)
+    if isinstance(exc, _CLICK.ClickException):
+        return _fail(exc.format_message(), exc.exit_code)
+    if isinstance(exc, BrokenPipeError):  # a stdout write outside console.say
+        silence_stdout()
+        return 0
+    raise exc  # a bug in segvol-rt: the traceback is for its developers
+
+
+class _NoSuchError(Exception):
+    """Stands for an exception class this click version lacks (it is never raised)."""
+
+
+# click's exceptions, from click itself or typer's vendored copy (typer >= 0.2x), wherever typer takes them
+_CLICK: Any = sys.modules[typer.BadParameter.__module__]
+_NO_ARGS_IS_HELP: Any = getattr(_CLICK, "NoArgsIsHelpError", _NoSuchError)  # click < 8.2 prints the help itself
+
+
+def _fail(message: str, code: int) -> int:
+    _stderr_line(f"error: {' '.join(message.split())}")
+    return code
+
+
+def _interrupted(signum: int, outputs_written: bool) -> int:
+    what = "interrupted" if signum == signal.SIGINT else "terminated"
+    _stderr_line(f"{what}; {'the outputs had been written' if outputs_written else _state['interrupted']}")
+    return _EXIT_CODES.get(signal.Signals(signum), 130)
+
+
+def _stderr_line(line: str) -> None:
+    with contextlib.suppress(OSError, ValueError):  # stderr closed too: the exit code still tells
+        print(line, file=sys.stderr, flush=True)
 
 
 @app.callback()
@@ -40,7 +149,7 @@ def version() -> None:
     """Print the segvol-rt version."""
     from segvol_rt import __version__
 
-    typer.echo(__version__)
+    say(__version__)
 
 
 _PROMPT_HELP = (
@@ -71,11 +180,15 @@ def infer(
     reference: str | None = typer.Option(None, "--reference", help="LABEL.nii.gz:ID - print the Dice of the result, zoom-out only and with zoom-in (official formula, crop space) and in scan space."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and information lines (errors, warnings and Dice still print)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-target details: ROI, windows, prompts."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime (CPU) and torch (default: all cores)."),
+    cache_mb: float | None = typer.Option(None, "--cache-mb", min=0, help="Bound of the runtime's window-embedding cache in MiB (default: the runtime's)."),
 ) -> None:
-    """Segment targets of a CT scan by text, box and/or point prompts; write NIfTI masks."""
-    from segvol_rt.app.console import ConsoleReporter, load_runtime
+    """Segment targets of a CT scan by text, box and/or point prompts; write NIfTI masks (all of them or none)."""
+    from segvol_rt.app.console import ConsoleReporter, check_choices, load_runtime, provenance_line
     from segvol_rt.app.infer import InferOptions, run_infer
 
+    check_choices(backend, device)
+    cache_bytes = _cache_bytes(cache_mb)
     opts = InferOptions(
         texts=tuple(text or ()), box=box, points=tuple(point or ()), out=out, split=split,
         probabilities=probabilities, zoom_in=not no_zoom_in, window_prompts=window_prompts, reorient=reorient, seed=seed,
@@ -83,7 +196,7 @@ def infer(
     )
     report = ConsoleReporter(quiet=quiet)
     try:
-        result = run_infer(scan, opts, lambda: load_runtime(artifacts, backend, device, report), report)
+        result = run_infer(scan, opts, lambda: load_runtime(artifacts, backend, device, report, threads, cache_bytes), report)
     finally:
         report.close()
     for res in result.targets:
@@ -95,10 +208,19 @@ def infer(
             report.note(f"  prompt {seg.prompt}; ROI (crop) {stats['roi_crop']}, ROI (scan) {stats['roi_scan']}")
         if res.evaluation is not None:
             for line in res.evaluation.lines():
-                typer.echo(f"{res.plan.name}: {line}")
+                say(f"{res.plan.name}: {line}")
     for path in result.files:
         report.note(f"wrote {path}")
-    report.note(result.timing_line(detailed=verbose))
+    report.note(f"{result.timing_line(detailed=verbose)}; {provenance_line(result.provenance)}")
+
+
+def _cache_bytes(cache_mb: float | None) -> int | None:
+    """``--cache-mb`` (MiB) in bytes for :meth:`SegVolRuntime.load`'s ``cache_bytes``."""
+    if cache_mb is None:
+        return None
+    if not math.isfinite(cache_mb):
+        raise SegVolError(f"--cache-mb must be a finite number of MiB, not {cache_mb}")
+    return int(cache_mb * 2**20)
 
 
 @app.command()
@@ -111,29 +233,34 @@ def demo(
     artifacts: str | None = typer.Option(None, "--artifacts", help="Artifacts directory; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
     window_prompts: str = typer.Option("aligned", "--window-prompts", help="aligned | official: zoom-in window prompts (see `infer --help`). Phantoms are often narrower than the demo model's window, where 'official' misplaces the window boxes."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the Dice table and errors."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime (CPU) and torch (default: all cores)."),
+    cache_mb: float | None = typer.Option(None, "--cache-mb", min=0, help="Bound of the runtime's window-embedding cache in MiB (default: the runtime's)."),
 ) -> None:
     """Run the pipeline on a synthetic phantom: Dice per organ (text, text+box; zoom-out vs zoom-in), masks and a PNG preview."""
-    from segvol_rt.app.console import ConsoleReporter, load_runtime
+    from segvol_rt.app.console import ConsoleReporter, check_choices, load_runtime, provenance_line
     from segvol_rt.app.demo import demo_steps, run_demo, write_phantom
 
     if make_phantom is not None:
         image, labels, phantom = write_phantom(make_phantom, seed)
-        typer.echo(f"wrote {image} and {labels} (seed {seed}, shape {phantom.image.shape}, labels {phantom.label_names})")
+        say(f"wrote {image} and {labels} (seed {seed}, shape {phantom.image.shape}, labels {phantom.label_names})")
         return
+    check_choices(backend, device)
+    cache_bytes = _cache_bytes(cache_mb)
     report = ConsoleReporter(quiet=quiet)
     report.stage("segmenting the phantom's organs", total=demo_steps())
     try:
-        result = run_demo(out, lambda: load_runtime(artifacts, backend, device, report), seed, say=report.note,
-                          advance=report.advance, window_prompts=window_prompts)
+        result = run_demo(out, lambda: load_runtime(artifacts, backend, device, report, threads, cache_bytes), seed,
+                          say=report.note, advance=report.advance, window_prompts=window_prompts)
     finally:
         report.close()
     for line in result.table():
-        typer.echo(line)
+        say(line)
     report.note("Dice: scan space, 2|A&B|/(|A|+|B|) against the phantom's labels; time: both runs of both prompts;"
                 f" zoom-in window prompts: {result.window_prompts}")
     for path in result.files:
         report.note(f"wrote {path}")
-    report.note("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    report.note(f"time: {timings}; {provenance_line(result.provenance)}")
 
 
 @app.command()
@@ -157,20 +284,20 @@ def export(
     start = time.perf_counter()
 
     def progress(message: str) -> None:
-        typer.echo(f"[{time.perf_counter() - start:7.1f}s] {message}")
+        say(f"[{time.perf_counter() - start:7.1f}s] {message}")
 
     if checkpoint is None:
         from segvol_rt.demo.model import demo_checkpoint_dir
 
         checkpoint = str(demo_checkpoint_dir())
-        typer.echo("no --checkpoint: exporting the demo model (synthetic phantoms, not for clinical use)")
+        say("no --checkpoint: exporting the demo model (synthetic phantoms, not for clinical use)")
     options = ExportOptions(opset=opset, max_batch=max_batch, max_points=max_points, verify=not skip_verify)
     result = export_artifacts(checkpoint, out, tokenizer=tokenizer, options=options, force=force, progress=progress)
     rows = [("file", "size", "operators", "parity (ORT vs torch)"), *result.table()]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    typer.echo(f"\nwrote {result.out} in {time.perf_counter() - start:.1f}s")
+    say(f"\nwrote {result.out} in {time.perf_counter() - start:.1f}s")
     for row in rows:
-        typer.echo("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        say("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
 @app.command()
@@ -185,8 +312,12 @@ def build(
     """Build TensorRT engines for the three graphs and record them in the manifest."""
     from pathlib import Path
 
+    from segvol_rt.io.artifacts import read_manifest
+
+    read_manifest(artifacts)  # a missing directory or manifest says so, before tensorrt is looked for
     from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
+    _state["interrupted"] = "the engines finished so far are kept and recorded in the manifest"
     options = BuildOptions(
         precision=precision,
         max_batch=max_batch,
@@ -194,9 +325,9 @@ def build(
         timing_cache=Path(timing_cache) if timing_cache else None,
         workspace_gib=workspace_gib,
     )
-    records = build_engines(artifacts, options, log=typer.echo)
+    records = build_engines(artifacts, options, log=say)
     for graph, record in records.items():
-        typer.echo(f"{graph}: {record.file} ({record.precision}, TensorRT {record.tensorrt_version}, {record.gpu_name})")
+        say(f"{graph}: {record.file} ({record.precision}, TensorRT {record.tensorrt_version}, {record.gpu_name})")
 
 
 @app.command()
@@ -208,7 +339,7 @@ def bench(
     repeat: int = typer.Option(5, "--repeat", help="Timed calls per stage (the median, p90 and min are reported)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed calls before them."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the report (machine, versions, every sample) as JSON."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads of ONNX Runtime and torch (default: all cores)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime and torch (default: all cores)."),
 ) -> None:
     """Time each stage on this machine in seconds: a small phantom scan, one target, every backend that can run.
 
@@ -223,7 +354,7 @@ def bench(
         raise SegVolError(f"unknown --model {model!r}; choose tiny or demo")
     report = quick_bench(artifacts, checkpoint, backends=chosen, repeat=repeat, warmup=warmup,
                          log=lambda m: typer.echo(m, err=True), model_name=model, threads=threads)
-    typer.echo(report.markdown())
+    say(report.markdown())
     if json_out:
         typer.echo(f"wrote {report.write_json(json_out)}", err=True)
 

@@ -1,11 +1,14 @@
 """Console reporting and runtime loading shared by the commands (``infer``,
 ``demo``): what a run tells its user (:class:`Reporter`, printed by
-:class:`ConsoleReporter`), and :func:`load_runtime`, which opens the given
-artifacts or the demo model's (exported on first use, :func:`demo_artifacts`).
+:class:`ConsoleReporter`; stdout lines through :func:`say`, which a closed
+stdout cannot break), :func:`load_runtime`, which opens the given artifacts
+or the demo model's (exported on first use, :func:`demo_artifacts`), and the
+:func:`provenance` every output records.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +28,35 @@ from segvol_rt.errors import SegVolError
 from segvol_rt.runtime import SegVolRuntime
 
 Say = Callable[[str], None]
+
+
+# -- stdout --------------------------------------------------------------------------------
+
+_stdout_closed = False
+
+
+def say(line: str) -> None:
+    """Print ``line`` on stdout. When the reader has gone (``segvol-rt infer ... | head -1``)
+    the printing stops and the run goes on: stdout is pointed at the null device, as
+    Python's documentation on SIGPIPE recommends, so no later write or the final flush fails."""
+    global _stdout_closed
+    if _stdout_closed:
+        return
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        _stdout_closed = True
+        silence_stdout()
+
+
+def silence_stdout() -> None:
+    """Point file descriptor 1 at the null device (what is still buffered goes there)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real descriptor (captured): drop the stream
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
 # -- progress and messages -------------------------------------------------------------
@@ -86,7 +118,7 @@ class ConsoleReporter(Reporter):
             # same terminal: print above the live bar instead of through it
             self._progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
             return
-        print(line, flush=True)
+        say(line)
 
     def warn(self, line: str) -> None:
         if self._progress is not None:
@@ -122,21 +154,73 @@ class ConsoleReporter(Reporter):
 # -- the model ---------------------------------------------------------------------
 
 
-def load_runtime(artifacts: str | None, backend: str, device: str, report: Reporter) -> SegVolRuntime:
-    """The runtime on ``artifacts`` (default: the demo model, exported on demand)."""
+def load_runtime(artifacts: str | None, backend: str, device: str, report: Reporter, threads: int | None = None,
+                 cache_bytes: int | None = None) -> SegVolRuntime:
+    """The runtime on ``artifacts`` (default: the demo model, exported on demand).
+
+    ``threads``: CPU threads of the backend (None: all cores); ``cache_bytes``:
+    the runtime's embedding-cache bound (None: its default)."""
+    options: dict[str, Any] = {"backend": backend, "device": device, "threads": threads}
+    if cache_bytes is not None:  # else the runtime's own default
+        options["cache_bytes"] = cache_bytes
     if artifacts is None:
         directory = demo_artifacts(say=report.log)
-        rt = SegVolRuntime.load(directory, backend=backend, device=device)
+        rt = SegVolRuntime.load(directory, **options)
         report.note(f"backend: {rt.backend_reason}")
         report.note(DEMO_BANNER)
         return rt
+    check_artifacts_dir(artifacts)
+    rt = SegVolRuntime.load(artifacts, **options)
+    report.note(f"backend: {rt.backend_reason}")
+    return rt
+
+
+def check_artifacts_dir(artifacts: str | os.PathLike[str]) -> None:
+    """A one-line error when ``artifacts`` is no directory (before any heavier check)."""
     if not Path(artifacts).is_dir():
         raise SegVolError(
             f"artifacts directory {artifacts} does not exist or is not a directory (write one with `segvol-rt export`)"
         )
-    rt = SegVolRuntime.load(artifacts, backend=backend, device=device)
-    report.note(f"backend: {rt.backend_reason}")
-    return rt
+
+
+def check_choices(backend: str, device: str) -> None:
+    """``--backend`` and ``--device`` are known names (before any file is read)."""
+    from segvol_rt.backends.select import BACKENDS, DEVICES
+
+    if backend not in BACKENDS:
+        raise SegVolError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise SegVolError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+
+
+def provenance(rt: SegVolRuntime, window_prompts: str) -> dict[str, Any]:
+    """What produced an output: segvol-rt version, the checkpoint's sha256 (from
+    the artifacts manifest), backend, device, precision (the backend's, else
+    fp32: ONNX Runtime and torch run float32), CPU threads and the window-prompts mode."""
+    from segvol_rt import __version__
+
+    manifest = getattr(rt.artifacts, "manifest", None)
+    checkpoint = manifest.get("checkpoint") if isinstance(manifest, dict) else None
+    backend = rt.backend
+    precision = getattr(backend, "precision", None)
+    return {
+        "segvol_rt_version": __version__,
+        "checkpoint_sha256": checkpoint.get("sha256") if isinstance(checkpoint, dict) else None,
+        "backend": backend.name,
+        "device": backend.device,
+        "precision": precision if isinstance(precision, str) else "fp32",
+        "threads": getattr(backend, "threads", None),
+        "window_prompts": window_prompts,
+    }
+
+
+def provenance_line(prov: dict[str, Any]) -> str:
+    """``segvol-rt 0.1.0, checkpoint sha256 <hex>, onnxruntime on cpu, fp32, 8 threads, window prompts official``."""
+    parts = [f"segvol-rt {prov['segvol_rt_version']}", f"checkpoint sha256 {prov['checkpoint_sha256'] or 'unknown'}",
+             f"{prov['backend']} on {prov['device']}", str(prov["precision"])]
+    if prov.get("threads"):
+        parts.append(f"{prov['threads']} threads")
+    return ", ".join([*parts, f"window prompts {prov['window_prompts']}"])
 
 
 

@@ -12,7 +12,13 @@
    reproduces it);
 4. tabulate Dice per organ (scan space, ``2|A&B|/(|A|+|B|)``), timings and the backend;
 5. write the masks (multi-label files whose labels are the phantom's ids), a
-   JSON of the results and a PNG preview (:func:`render_preview`).
+   JSON of the results (with the sha256 of every other file and the run's
+   provenance) and a PNG preview (:func:`render_preview`).
+
+Everything the demo writes - phantom, labels, masks, preview, results - is
+one output set (:mod:`segvol_rt.io.outputs`): staged from the start (the
+scan is read back from its staged file), committed together at the end, so
+a failed or interrupted demo leaves ``--out`` as it was.
 
 The phantom is a demonstration, not anatomy, and so is the demo model: the
 Dice values say the pipeline works, not that a model is good.
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segvol_rt import evaluation as E
+from segvol_rt.app.console import provenance
 from segvol_rt.errors import SegVolError
 from segvol_rt.ops.boxes import int3
 from segvol_rt.pipeline import prompts as P
@@ -75,17 +82,42 @@ def labels_path_for(image_path: str | os.PathLike[str]) -> Path:
 
 
 def write_phantom(path: str | os.PathLike[str], seed: int = 0) -> tuple[Path, Path, Any]:
-    """Write a seeded phantom and its labels (``<stem>_labels.nii.gz``);
+    """Write a seeded phantom and its labels (``<stem>_labels.nii.gz``), both or neither;
     returns (image path, labels path, :class:`segvol_rt.demo.phantom.Phantom`)."""
     from segvol_rt.demo.phantom import make_phantom
+    from segvol_rt.io.outputs import OutputSet, check_outputs
 
     path = Path(path)
     labels = labels_path_for(path)
     if not path.parent.is_dir():
         raise SegVolError(f"{path.parent}: no such directory")
+    check_outputs([path, labels], hint="choose another --make-phantom path")
     phantom = make_phantom(seed)
-    phantom.save(path, labels)
+    with OutputSet([path, labels]) as out:
+        _stage_phantom(out, phantom, path, labels)
+        out.commit()
     return path, labels, phantom
+
+
+def _stage_phantom(out: Any, phantom: Phantom, image_path: Path, labels_path: Path) -> None:
+    """Stage the phantom's image (int16) and labels (uint8) as NIfTI in ``out``
+    (an :class:`segvol_rt.io.outputs.OutputSet`), headers as :meth:`Phantom.save` writes them."""
+    for path, array in ((image_path, phantom.image), (labels_path, phantom.labels)):
+        out.stage(path, _nifti_bytes(array, phantom.affine, path.name.lower().endswith(".gz")))
+
+
+def _nifti_bytes(array: np.ndarray, affine: np.ndarray, gz: bool) -> bytes:
+    from segvol_rt._optional import require
+    from segvol_rt.io.nifti import gzip_bytes
+
+    nib = require("nibabel")
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_data_dtype(array.dtype)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)  # scanner-anatomical
+    img.set_sform(affine, code=1)
+    data = img.to_bytes()
+    return gzip_bytes(data) if gz else data
 
 
 # -- running ----------------------------------------------------------------------------
@@ -118,6 +150,7 @@ class DemoResult:
     files: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     window_prompts: str = "aligned"
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> list[str]:
         """The Dice table, one line per organ, both prompt kinds side by side."""
@@ -146,36 +179,55 @@ Say = Callable[[str], None]
 def run_demo(out_dir: str | os.PathLike[str], open_runtime: Callable[[], Any], seed: int = 0,
              say: Say | None = None, advance: Callable[[str], None] | None = None,
              window_prompts: str = "aligned") -> DemoResult:
-    """The demo flow of the module docstring, writing into ``out_dir``."""
-    from segvol_rt.io.nifti import read_scan, write_json_sidecar
+    """The demo flow of the module docstring, writing into ``out_dir`` (all files or none)."""
+    from segvol_rt.demo.phantom import make_phantom
+    from segvol_rt.io.nifti import json_bytes, read_scan
+    from segvol_rt.io.outputs import OutputSet, check_outputs
     from segvol_rt.pipeline.zoom import check_window_prompts
 
     check_window_prompts(window_prompts)
     say = say or (lambda _m: None)
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SegVolError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    if out.exists() and not out.is_dir():
+        raise SegVolError(f"--out {out} exists and is not a directory")
+    files = demo_files(out)
+    check_outputs(list(files.values()), hint="choose another --out")
     start = time.perf_counter()
-    image_path, labels_path, phantom = write_phantom(out / PHANTOM_FILE, seed)
-    say(f"phantom: {image_path} ({'x'.join(map(str, phantom.image.shape))}, seed {seed}), labels {labels_path}")
-    t0 = time.perf_counter()
-    rt = open_runtime()
-    timings = {"phantom": t0 - start, "load": time.perf_counter() - t0}
-    scan = read_scan(image_path)
-    rt.set_volume(scan.data, scan.affine)
-    rows, masks = segment_organs(rt, phantom, advance, window_prompts)
-    timings["segment"] = sum(r.seconds for r in rows)
-    result = DemoResult(rows, rt.backend_reason, [image_path, labels_path], timings, window_prompts)
-    t0 = time.perf_counter()
-    result.files += _write_masks(out, masks, scan, phantom)
-    preview_masks = {phantom.label_names[i]: m for i, m in masks["text+box"].items()}
-    result.files.append(render_preview(scan.data, scan.affine, preview_masks, out / PREVIEW_FILE,
-                                       title=f"segvol-rt demo, text+box prompts, {rt.backend_reason.split(':')[0]}"))
-    result.files.append(write_json_sidecar(out / RESULTS_FILE, _results_json(result, phantom, seed)))
-    timings["write"] = time.perf_counter() - t0
+    with OutputSet(list(files.values())) as staged:
+        phantom = make_phantom(seed)
+        _stage_phantom(staged, phantom, files["image"], files["labels"])
+        say(f"phantom: {files['image']} ({'x'.join(map(str, phantom.image.shape))}, seed {seed}), labels {files['labels']}")
+        t0 = time.perf_counter()
+        rt = open_runtime()
+        timings = {"phantom": t0 - start, "load": time.perf_counter() - t0}
+        scan = read_scan(staged.staged_path(files["image"]))  # the staged file, as it will be committed
+        rt.set_volume(scan.data, scan.affine)
+        rows, masks = segment_organs(rt, phantom, advance, window_prompts)
+        timings["segment"] = sum(r.seconds for r in rows)
+        result = DemoResult(rows, rt.backend_reason, [], timings, window_prompts, provenance(rt, window_prompts))
+        t0 = time.perf_counter()
+        _stage_masks(staged, files, masks, scan)
+        preview_masks = {phantom.label_names[i]: m for i, m in masks["text+box"].items()}
+        staged.stage(files["preview"], preview_png(scan.data, scan.affine, preview_masks,
+                                                   title=f"segvol-rt demo, text+box prompts, {rt.backend_reason.split(':')[0]}"))
+        timings["write"] = time.perf_counter() - t0
+        digests = {p.name: d for p, d in staged.digests().items()}
+        staged.stage(files["results"], json_bytes(_results_json(result, phantom, seed, digests), files["results"]))
+        result.files = staged.commit()
     return result
+
+
+def demo_files(out: Path) -> dict[str, Path]:
+    """What :func:`run_demo` writes into ``out``, in commit order (results last)."""
+    image = out / PHANTOM_FILE
+    files = {"image": image, "labels": labels_path_for(image)}
+    files.update({f"masks {kind}": out / _masks_name(kind) for kind in PROMPT_KINDS})
+    files.update({"preview": out / PREVIEW_FILE, "results": out / RESULTS_FILE})
+    return files
+
+
+def _masks_name(kind: str) -> str:
+    return f"masks_{kind.replace('+', '_')}.nii.gz"
 
 
 def segment_organs(rt: SegVolRuntime, phantom: Phantom, advance: Callable[[str], None] | None = None,
@@ -207,22 +259,21 @@ def segment_organs(rt: SegVolRuntime, phantom: Phantom, advance: Callable[[str],
     return rows, masks
 
 
-def _write_masks(out: Path, masks: dict[str, dict[int, np.ndarray]], scan: Scan, phantom: Phantom) -> list[Path]:
+def _stage_masks(staged: Any, files: dict[str, Path], masks: dict[str, dict[int, np.ndarray]], scan: Scan) -> None:
     """One multi-label file per prompt kind, labels = phantom ids (later ids win overlaps)."""
-    from segvol_rt.io.nifti import write_mask
+    from segvol_rt.io.nifti import mask_bytes
 
-    written = []
     for kind, by_label in masks.items():
         volume = np.zeros(scan.shape, dtype=np.uint8, order="F")
         for label, mask in sorted(by_label.items()):
             volume[mask > 0] = label
-        written.append(write_mask(out / f"masks_{kind.replace('+', '_')}.nii.gz", volume, scan))
-    return written
+        staged.stage(files[f"masks {kind}"], mask_bytes(volume, scan, gz=True))
 
 
-def _results_json(result: DemoResult, phantom: Phantom, seed: int) -> dict[str, Any]:
+def _results_json(result: DemoResult, phantom: Phantom, seed: int, digests: dict[str, str]) -> dict[str, Any]:
     return {
         "backend": result.backend,
+        "provenance": result.provenance,
         "window_prompts": result.window_prompts,
         "phantom": {"seed": seed, "shape": list(phantom.image.shape), "labels": phantom.label_names},
         "dice": "scan space, 2|A&B|/(|A|+|B|); official_* fields: the demo's formula in crop space",
@@ -232,6 +283,7 @@ def _results_json(result: DemoResult, phantom: Phantom, seed: int) -> dict[str, 
             for r in result.rows
         ],
         "timings": result.timings,
+        "files": {name: {"sha256": digest} for name, digest in digests.items()},
     }
 
 
@@ -300,12 +352,18 @@ def _window(image: np.ndarray) -> tuple[float, float]:
 
 def render_preview(image: Any, affine: Any, masks: dict[str, Any], path: str | os.PathLike[str],
                    title: str = "segvol-rt") -> Path:
-    """Write a PNG: axial, coronal and sagittal slices of ``image`` (scan space
+    """Write :func:`preview_png` to ``path``, atomically."""
+    from segvol_rt.io.atomic import atomic_write_bytes
+
+    return atomic_write_bytes(Path(path), preview_png(image, affine, masks, title))
+
+
+def preview_png(image: Any, affine: Any, masks: dict[str, Any], title: str = "segvol-rt") -> bytes:
+    """A PNG: axial, coronal and sagittal slices of ``image`` (scan space
     ``(I, J, K)``, shown in RAS, radiological convention, square millimetres)
     through the centroid of all masks, each mask's contour in its own colour,
     and a legend. Size: :func:`preview_size` of ``len(masks)``."""
     from segvol_rt._optional import require
-    from segvol_rt.io.atomic import atomic_write_bytes
 
     require("PIL")
     from PIL import Image, ImageDraw
@@ -343,6 +401,4 @@ def render_preview(image: Any, affine: Any, masks: dict[str, Any], path: str | o
         draw.text((x + 16, y + 2), name, fill=(255, 255, 255))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_bytes(out, buf.getvalue())
+    return buf.getvalue()

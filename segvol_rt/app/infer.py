@@ -18,6 +18,13 @@ Outputs (scan space, the input's affine and header, see :func:`output_plan`):
   ``split``, one 0/1 file per target, ``<stem>_<name>.nii.gz`` (sidecar too);
 * ``probabilities``: float32 sigmoid maps ``<stem>_prob[_<name>].nii.gz``.
 
+The sidecar records the sha256 of every file it describes and the run's
+provenance (:func:`segvol_rt.app.console.provenance`). The files of a run are
+one output set (:mod:`segvol_rt.io.outputs`): checked before any work (no
+output is an input - the scan or a label map, also through a symlink, a hard
+link or ``..`` -; every name fits the file system), staged, then committed
+all together or not at all.
+
 Box and points are voxel indices ``(i, j, k)`` of the input file as nibabel
 loads it (3D Slicer's IJK), inclusive; see :mod:`segvol_rt.pipeline.prompts`.
 """
@@ -33,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segvol_rt.app.console import Reporter
+from segvol_rt.app.console import Reporter, provenance
 from segvol_rt.errors import SegVolError
 from segvol_rt.ops.boxes import InclusiveBox
 from segvol_rt.pipeline import prompts as P
@@ -164,15 +171,21 @@ def _split_name(path: Path) -> tuple[str, str]:
 @dataclass
 class OutputPlan:
     """Files to write: ``masks`` {file: target indices (0-based) it holds, in label
-    order}, the JSON ``sidecar`` (or None) and the probability maps per target."""
+    order}, the JSON ``sidecar`` (or None), the probability maps per target, and
+    the ``inputs`` (what, path) no output may be."""
 
     masks: dict[Path, list[int]]
     sidecar: Path | None
     probabilities: dict[int, Path] = field(default_factory=dict)
+    inputs: list[tuple[str, Path]] = field(default_factory=list)
 
     def files(self) -> list[Path]:
+        """Every output, in commit order: masks, probability maps, the sidecar last."""
         out = list(self.masks) + list(self.probabilities.values())
         return out + ([self.sidecar] if self.sidecar else [])
+
+
+_NAME_HINT = "shorten --out or the --text (the target names name the --split and --probabilities files)"
 
 
 def output_plan(scan_path: Path, opts: InferOptions, targets: Sequence[TargetPlan]) -> OutputPlan:
@@ -194,20 +207,22 @@ def output_plan(scan_path: Path, opts: InferOptions, targets: Sequence[TargetPla
     if opts.probabilities:
         for i, t in enumerate(targets):
             probs[i] = beside(f"{stem}_prob_{t.slug}{suffix}" if many else f"{stem}_prob{suffix}")
-    plan = OutputPlan(masks, beside(f"{stem}.json") if many or opts.split else None, probs)
-    _check_outputs(plan, scan_path)
+    plan = OutputPlan(masks, beside(f"{stem}.json") if many or opts.split else None, probs, input_paths(scan_path, opts))
+    from segvol_rt.io.outputs import check_outputs
+
+    check_outputs(plan.files(), plan.inputs, name_hint=_NAME_HINT)
     return plan
 
 
-def _check_outputs(plan: OutputPlan, scan_path: Path) -> None:
-    files = plan.files()
-    if len(set(files)) != len(files):
-        raise SegVolError("two outputs would share a file name; choose another --out")
-    for f in files:
-        if f.resolve() == scan_path.resolve() or (f.exists() and scan_path.exists() and f.samefile(scan_path)):
-            raise SegVolError(f"refusing to overwrite the input scan {scan_path}; choose another --out")
-        if f.is_dir():
-            raise SegVolError(f"output {f} is a directory")
+def input_paths(scan_path: Path, opts: InferOptions) -> list[tuple[str, Path]]:
+    """(what, path) of every file the run reads: the scan and the label maps."""
+    from segvol_rt.io.nifti import parse_label_spec
+
+    inputs = [("scan", Path(scan_path))]
+    for option, spec in (("--reference", opts.reference), ("--prompt-from", opts.prompt_from)):
+        if spec is not None:
+            inputs.append((f"label map ({option})", parse_label_spec(spec)[0]))
+    return inputs
 
 
 # -- the run -------------------------------------------------------------------------
@@ -251,6 +266,7 @@ class InferResult:
     timings: dict[str, float]
     backend: str
     geometry: Any = None
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def timing_line(self, detailed: bool = False) -> str:
         """``time: read 0.12s, ...; total 1.0s``: the runtime's stages grouped, or all of them."""
@@ -287,13 +303,15 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
     clock = StageClock()
     targets = plan_targets(opts)
     scan_path = Path(scan_path)
+    outputs = output_plan(scan_path, opts, targets)  # path mistakes fail before any work
     report.stage("reading the scan")
     with clock.stage("read"):
         scan = read_scan(scan_path)
+    for note in scan.notes:  # header fixes that change the geometry, in our words
+        report.warn(note)
     if opts.prompt_from is None:  # evaluation prompts come from the label, later
         for t in targets:
             P.validate_prompts(scan.shape, t.request.text, _box(t.request), _points(t.request))
-    outputs = output_plan(scan_path, opts, targets)
     report.stage("loading the model")
     with clock.stage("load"):
         rt = open_runtime()
@@ -307,7 +325,7 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
     report.close()
     timings = _merge_timings(clock, rt)
     timings["total"] = time.perf_counter() - start
-    return InferResult(results, files, timings, rt.backend_reason, rt.geometry)
+    return InferResult(results, files, timings, rt.backend_reason, rt.geometry, provenance(rt, opts.window_prompts))
 
 
 def _box(req: Request) -> InclusiveBox | None:
@@ -366,28 +384,38 @@ def _merge_timings(clock: StageClock, rt: SegVolRuntime) -> dict[str, float]:
 
 def write_outputs(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan, rt: SegVolRuntime,
                   opts: InferOptions) -> list[Path]:
-    """Write masks, probability maps and the sidecar; returns the files written."""
-    from segvol_rt.io.nifti import write_json_sidecar, write_mask
+    """Write masks, probability maps and the sidecar as one output set (all or
+    nothing, :mod:`segvol_rt.io.outputs`); returns the files written."""
+    from segvol_rt.io.nifti import json_bytes, mask_bytes
+    from segvol_rt.io.outputs import OutputSet, check_outputs
 
-    written = []
-    for path, indices in plan.masks.items():
-        labels = np.zeros(scan.shape, dtype=np.uint8, order="F")
-        for label, i in enumerate(indices, start=1):
-            # where targets overlap the later one wins (documented in --help)
-            labels[np.asarray(results[i].segmentation.mask) > 0] = label if len(indices) > 1 else 1
-        written.append(write_mask(path, labels, scan))
-    for i, path in plan.probabilities.items():
-        probs = results[i].segmentation.probabilities
-        if probs is None:
-            raise SegVolError("probabilities were asked for but not computed")  # a bug, kept one line
-        written.append(write_probabilities(path, probs, scan))
-    if plan.sidecar is not None:
-        written.append(write_json_sidecar(plan.sidecar, sidecar(plan, results, scan, rt, opts)))
-    return written
+    check_outputs(plan.files(), plan.inputs, name_hint=_NAME_HINT)  # again: the files may have changed meanwhile
+    with OutputSet(plan.files()) as out:
+        for path, indices in plan.masks.items():
+            labels = np.zeros(scan.shape, dtype=np.uint8, order="F")
+            for label, i in enumerate(indices, start=1):
+                # where targets overlap the later one wins (documented in --help)
+                labels[np.asarray(results[i].segmentation.mask) > 0] = label if len(indices) > 1 else 1
+            out.stage(path, mask_bytes(labels, scan, _gz(path)))
+        for i, path in plan.probabilities.items():
+            probs = results[i].segmentation.probabilities
+            if probs is None:
+                raise SegVolError("probabilities were asked for but not computed")  # a bug, kept one line
+            out.stage(path, probability_bytes(probs, scan, _gz(path)))
+        if plan.sidecar is not None:
+            doc = sidecar(plan, results, scan, rt, opts, {p.name: d for p, d in out.digests().items()})
+            out.stage(plan.sidecar, json_bytes(doc, plan.sidecar))
+        return out.commit()
 
 
-def sidecar(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan, rt: SegVolRuntime, opts: InferOptions) -> dict:
-    """The JSON sidecar: label names, files and per-target statistics."""
+def _gz(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+def sidecar(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan, rt: SegVolRuntime, opts: InferOptions,
+            digests: dict[str, str] | None = None) -> dict:
+    """The JSON sidecar: label names, per-target statistics and files, the
+    sha256 of each file it describes (``files``: name -> hex) and the run's provenance."""
     file_of = {i: p.name for p, idx in plan.masks.items() for i in idx}
     targets = []
     for i, res in enumerate(results):
@@ -398,20 +426,20 @@ def sidecar(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan, rt: S
         if i in plan.probabilities:
             entry["probabilities"] = plan.probabilities[i].name
         targets.append(entry)
-    doc: dict[str, Any] = {"scan": str(scan.path), "backend": rt.backend_reason}
+    doc: dict[str, Any] = {"scan": str(scan.path), "backend": rt.backend_reason,
+                           "provenance": provenance(rt, opts.window_prompts)}
     if not opts.split:
         doc["labels"] = {str(i + 1): r.plan.name for i, r in enumerate(results)}
         doc["overlaps"] = "where targets overlap, the later target's label wins"
     doc["targets"] = targets
+    doc["files"] = {name: {"sha256": digest} for name, digest in (digests or {}).items()}
     return doc
 
 
-def write_probabilities(path: Path, probs: Any, scan: Scan) -> Path:
-    """float32 sigmoid map ``(I, J, K)`` on the scan's grid (its affine and header), atomically."""
-    import gzip
-
+def probability_bytes(probs: Any, scan: Scan, gz: bool) -> bytes:
+    """float32 sigmoid map ``(I, J, K)`` on the scan's grid (its affine and header), as file bytes."""
     from segvol_rt._optional import require
-    from segvol_rt.io.atomic import atomic_write_bytes
+    from segvol_rt.io.nifti import gzip_bytes
 
     nib = require("nibabel")
     header = scan.header.copy()
@@ -421,11 +449,11 @@ def write_probabilities(path: Path, probs: Any, scan: Scan) -> Path:
     header["descrip"] = b"segvol-rt probabilities"
     klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     data = klass(np.asarray(probs, dtype=np.float32), scan.affine, header=header).to_bytes()
-    if path.name.lower().endswith(".gz"):
-        data = gzip.compress(data, compresslevel=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return atomic_write_bytes(path, data)
-    except OSError as exc:
-        raise SegVolError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return gzip_bytes(data) if gz else data
 
+
+def write_probabilities(path: Path, probs: Any, scan: Scan) -> Path:
+    """:func:`probability_bytes`, written atomically to ``path``."""
+    from segvol_rt.io.atomic import atomic_write_bytes
+
+    return atomic_write_bytes(path, probability_bytes(probs, scan, _gz(Path(path))))

@@ -7,12 +7,27 @@ through the host). The runtime's CUDA path uses
 CuPy memory; :func:`segvol_rt.backends.select.open_backend` picks it).
 A CUDA request that cannot be met is a :class:`SegVolError` naming what is
 missing; there is no silent fallback to the CPU.
+
+Opening a graph (:func:`open_session`) turns ONNX Runtime's load errors
+(``InvalidProtobuf``, ``INVALID_GRAPH``, ...) into one line naming the file,
+and checks the session's inputs and outputs against the graph's spec
+(:func:`check_session_io`): a truncated, foreign or swapped graph is refused
+when it is opened, not when it first runs.
+
+Memory. The text encoder's session is opened on the first
+:meth:`~segvol_rt.backends.base.Backend.encode_text`, i.e. only when a
+phrase outside the artifacts' text table needs it (the runtime looks table
+names up first); at full size its weights are about 250 MB. The session
+options are :data:`SESSION_MEMORY` (measured choices; see its comment).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segvol_rt._optional import require
@@ -50,6 +65,114 @@ def cuda_problem(ort: Any | None = None) -> str | None:
     return None
 
 
+# Graphs whose session opens on first use rather than with the backend.
+LAZY_GRAPHS = frozenset({S.TEXT_ENCODER})
+
+# ONNX Runtime element types (NodeArg.type) -> numpy dtype names of the specs.
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+@dataclass(frozen=True)
+class SessionMemory:
+    """Memory-related ONNX Runtime session options.
+
+    ``arena``: the CPU memory arena (``enable_cpu_mem_arena``); ``mem_pattern``:
+    preplanned activation buffers (``enable_mem_pattern``); ``prepacking``:
+    weight prepacking (session config ``session.disable_prepacking`` is its
+    inverse), which keeps a second, repacked copy of the MatMul/Conv weights."""
+
+    arena: bool = True
+    mem_pattern: bool = True
+    prepacking: bool = True
+
+
+# Default options (see SessionMemory), measured at full size on 2 CPU cores (ONNX
+# Runtime 1.32, one intra-op thread, CPU seconds per run: median/min of 12):
+# image encoder peak RSS 1476 MiB -> 1034 MiB without the memory pattern (3.34/2.91 s
+# -> 3.07/2.90 s); prepacking off saves another 171 MiB but costs 5-7% (3.39/3.07 s)
+# and makes results depend on the batch (a phrase encoded alone and beside another
+# differ in the last bit), so it stays on; the arena off saves nothing beside the
+# pattern off and runs slower. The prompt decoder: 432 -> 361 MiB without the
+# pattern, same latency. Outputs are bit-identical with and without the pattern.
+SESSION_MEMORY = SessionMemory(arena=True, mem_pattern=False, prepacking=True)
+# Per-graph exceptions to SESSION_MEMORY (none at present).
+GRAPH_MEMORY: dict[str, SessionMemory] = {}
+
+
+def session_options(ort: Any, threads: int | None = None, memory: SessionMemory = SESSION_MEMORY) -> Any:
+    """``onnxruntime.SessionOptions`` for one graph: all graph optimisations,
+    errors-only logging, ``threads`` intra-op threads and the ``memory`` choices."""
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only; ORT's warnings are noise to users
+    options.enable_cpu_mem_arena = memory.arena
+    options.enable_mem_pattern = memory.mem_pattern
+    if not memory.prepacking:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    return options
+
+
+def open_session(ort: Any, path: Path, graph: str, options: Any, providers: list[Any]) -> Any:
+    """``ort.InferenceSession`` of ``path``; a missing file or ORT's load errors
+    (InvalidProtobuf, INVALID_GRAPH, ...) become one line naming the file."""
+    if not path.is_file():
+        raise SegVolError(f"{path} is missing; export the artifacts again")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind11 exception types
+        reason = " ".join(str(exc).split())
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
+        raise SegVolError(
+            f"cannot open the {graph} graph {path} ({exc.__class__.__name__}: {reason}); "
+            "it is not a valid ONNX graph for this onnxruntime - export the artifacts again"
+        ) from exc
+
+
+def _io_problem(args: list[Any], tensors: tuple[S.TensorSpec, ...], kind: str) -> str | None:
+    """What differs between a session's inputs or outputs and the spec's."""
+    found = {a.name: a for a in args}
+    if set(found) != {t.name for t in tensors}:
+        return f"{kind}s {sorted(found)}, the spec has {sorted(t.name for t in tensors)}"
+    for t in tensors:
+        arg = found[t.name]
+        dtype = _ORT_TYPES.get(arg.type, arg.type)
+        if dtype != t.dtype:
+            return f"{kind} {t.name} is {dtype}, the spec says {t.dtype}"
+        shape = list(arg.shape) if arg.shape is not None else None
+        if shape is None or len(shape) != len(t.shape):
+            return f"{kind} {t.name} has shape {shape}, the spec says {list(t.shape)} (axes {list(t.axes)})"
+        for axis, want, got in zip(t.axes, t.shape, shape):
+            # a fixed spec size may be symbolic in the graph; a dynamic one must not be fixed
+            if isinstance(want, int) and isinstance(got, int) and got != want:
+                return f"{kind} {t.name} has {axis}={got}, the spec says {want}"
+            if isinstance(want, str) and isinstance(got, int):
+                return f"{kind} {t.name} has a fixed {axis}={got}, the spec makes it dynamic"
+    return None
+
+
+def check_session_io(session: Any, spec: S.GraphSpec, path: Path, specs: Mapping[str, S.GraphSpec] | None = None) -> None:
+    """Refuse a session whose inputs/outputs (names, dtypes, ranks, fixed sizes)
+    are not those of ``spec``. With all ``specs``, name the graph it looks like."""
+    problem = _io_problem(session.get_inputs(), spec.inputs, "input") or _io_problem(
+        session.get_outputs(), spec.outputs, "output"
+    )
+    if problem is None:
+        return
+    names = {a.name for a in session.get_inputs()}
+    twin = next((g for g, sp in (specs or {}).items() if g != spec.name and names == set(sp.input_names)), None)
+    hint = f"; it looks like the {twin} graph" if twin else ""
+    raise SegVolError(
+        f"{path} is not the {spec.name} graph its spec describes ({problem}){hint}; export the artifacts again"
+    )
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs the three ONNX graphs with ONNX Runtime.
 
@@ -57,13 +180,21 @@ class OnnxRuntimeBackend(Backend):
         artifacts: a loaded :class:`segvol_rt.io.artifacts.Artifacts`.
         device: ``"cpu"`` or ``"cuda"``.
         threads: intra-op threads (default: all cores of this process).
+        memory: the sessions' memory options, for every graph (default:
+            :data:`GRAPH_MEMORY` for the graphs it lists, else :data:`SESSION_MEMORY`).
+
+    ``sessions`` holds the sessions opened so far: the image encoder and the
+    prompt decoder from the start, the text encoder (:data:`LAZY_GRAPHS`)
+    from its first run.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, artifacts: Artifacts, device: str = "cpu", threads: int | None = None):
+    def __init__(
+        self, artifacts: Artifacts, device: str = "cpu", threads: int | None = None, memory: SessionMemory | None = None
+    ):
         super().__init__(artifacts.specs)
-        ort = require("onnxruntime")
+        self._ort = ort = require("onnxruntime")
         if device not in ("cpu", "cuda"):
             raise SegVolError(f"device must be 'cpu' or 'cuda', not {device!r}")
         if device == "cuda":
@@ -72,24 +203,41 @@ class OnnxRuntimeBackend(Backend):
                 raise SegVolError(f"onnxruntime on CUDA is not available: {problem}")
         self.device = device
         self.threads = threads or cpu_cores()
-        providers = [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only; ORT's warnings are noise to users
-        self.sessions = {}
-        for graph in S.GRAPH_NAMES:
-            path = artifacts.graph_path(graph)
-            if not path.is_file():
+        self._providers: list[Any] = [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
+        self._options = {
+            g: session_options(ort, self.threads, memory or GRAPH_MEMORY.get(g, SESSION_MEMORY)) for g in S.GRAPH_NAMES
+        }
+        self._paths = {graph: artifacts.graph_path(graph) for graph in S.GRAPH_NAMES}
+        for path in self._paths.values():
+            if not path.is_file():  # a lazy graph's file is missing: say so now, not mid-run
                 raise SegVolError(f"{path} is missing; export the artifacts again")
-            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-            if device == "cuda" and CUDA_PROVIDER not in session.get_providers():
-                raise SegVolError(
-                    f"onnxruntime could not start {CUDA_PROVIDER} for {graph} "
-                    "(no CUDA device, or CUDA/cuDNN libraries missing)"
-                )
-            self.sessions[graph] = session
-        self._outputs = {g: [o.name for o in s.get_outputs()] for g, s in self.sessions.items()}
+        self._lock = threading.Lock()
+        self.sessions: dict[str, Any] = {}
+        self._outputs: dict[str, list[str]] = {}
+        for graph in S.GRAPH_NAMES:
+            if graph not in LAZY_GRAPHS:
+                self._open(graph)
+
+    def _open(self, graph: str) -> Any:
+        path = self._paths[graph]
+        session = open_session(self._ort, path, graph, self._options[graph], self._providers)
+        if self.device == "cuda" and CUDA_PROVIDER not in session.get_providers():
+            raise SegVolError(
+                f"onnxruntime could not start {CUDA_PROVIDER} for {graph} "
+                "(no CUDA device, or CUDA/cuDNN libraries missing)"
+            )
+        check_session_io(session, self.specs[graph], path, self.specs)
+        self._outputs[graph] = [o.name for o in session.get_outputs()]
+        self.sessions[graph] = session
+        return session
+
+    def session(self, graph: str) -> Any:
+        """The session of ``graph``, opened now if it was not yet."""
+        found = self.sessions.get(graph)
+        if found is None:
+            with self._lock:  # two threads asking at once open it once
+                found = self.sessions.get(graph) or self._open(graph)
+        return found
 
     def describe(self) -> str:
         return f"onnxruntime ({self.device}, {self.threads} threads, fp32)"
@@ -97,8 +245,9 @@ class OnnxRuntimeBackend(Backend):
     def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
         # Seam for the GPU path: with CuPy inputs this becomes an IO binding
         # (session.io_binding() bound to device pointers); numpy for now.
+        session = self.session(graph)
         names = self._outputs[graph]
-        values = self.sessions[graph].run(names, dict(feeds))
+        values = session.run(names, dict(feeds))
         return dict(zip(names, values))
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ from segvol_rt.backends.cuda_common import (
     output_shapes,
     require_cupy,
 )
-from segvol_rt.backends.onnxruntime import CPU_PROVIDER, CUDA_PROVIDER, cuda_problem
+from segvol_rt.backends.onnxruntime import CPU_PROVIDER, CUDA_PROVIDER, check_session_io, cuda_problem, open_session
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.artifacts import Artifacts
@@ -93,8 +93,8 @@ def cuda_session(path: Path, device_id: int, options: Any = None) -> Any:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only
-    providers = [(CUDA_PROVIDER, {"device_id": device_id}), CPU_PROVIDER]
-    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    providers: list[Any] = [(CUDA_PROVIDER, {"device_id": device_id}), CPU_PROVIDER]
+    session = open_session(ort, path, path.stem, options, providers)
     if session.get_providers()[0] != CUDA_PROVIDER:
         raise SegVolError(
             f"onnxruntime could not start {CUDA_PROVIDER} for {path.name} (providers: {session.get_providers()}); "
@@ -123,6 +123,8 @@ class OrtCudaBackend(Backend):
         self.device_id = device_id
         self._device = self._cp.cuda.Device(device_id)
         self._sessions = {g: cuda_session(artifacts.graph_path(g), device_id, session_options) for g in S.GRAPH_NAMES}
+        for graph, session in self._sessions.items():
+            check_session_io(session, self.specs[graph], artifacts.graph_path(graph), self.specs)
 
     @classmethod
     def load(cls, root: str | Path, **kwargs: Any) -> OrtCudaBackend:

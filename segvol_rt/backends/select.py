@@ -63,7 +63,7 @@ def _open_tensorrt(artifacts: Artifacts, device: str, **_: Any) -> Backend:
     return TensorRTBackend(artifacts)
 
 
-def _open_onnxruntime(artifacts: Artifacts, device: str, **_: Any) -> Backend:
+def _open_onnxruntime(artifacts: Artifacts, device: str, threads: int | None = None, **_: Any) -> Backend:
     from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend, cuda_problem
 
     if device == "cuda":
@@ -74,11 +74,17 @@ def _open_onnxruntime(artifacts: Artifacts, device: str, **_: Any) -> Backend:
 
         # CuPy missing: a MissingDependencyError naming the gpu extra
         return OrtCudaBackend(artifacts)
-    return OnnxRuntimeBackend(artifacts, device=device)
+    return OnnxRuntimeBackend(artifacts, device=device, threads=threads)
 
 
-def _open_torch(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] | None = None, **_: Any) -> Backend:
+def _open_torch(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] | None = None,
+                threads: int | None = None, **_: Any) -> Backend:
     from segvol_rt.backends.torch import TorchBackend
+
+    if threads:
+        from segvol_rt._optional import require
+
+        require("torch").set_num_threads(threads)  # process-wide: torch has no per-model setting
 
     return TorchBackend(artifacts, device=device, checkpoint=checkpoint)
 
@@ -94,7 +100,8 @@ def _label(backend: Backend) -> str:
     return f"{backend.name} on {'CUDA' if backend.device == 'cuda' else 'CPU'}"
 
 
-def _auto(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] | None) -> tuple[Backend, str]:
+def _auto(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] | None,
+          threads: int | None = None) -> tuple[Backend, str]:
     """Best runnable (backend, device) for ``device`` ("auto", "cpu" or "cuda")."""
     why_not: list[str] = []
     gpu = None if device == "cpu" else gpu_problem()
@@ -115,7 +122,7 @@ def _auto(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] 
                 why_not.append(problem)
                 continue
         try:
-            backend = _OPENERS[name](artifacts, dev, checkpoint=checkpoint)
+            backend = _OPENERS[name](artifacts, dev, checkpoint=checkpoint, threads=threads)
         except SegVolError as exc:
             why_not.append(f"{name} ({dev}): {exc}")
             continue
@@ -132,6 +139,7 @@ def open_backend(
     backend: str = "auto",
     device: str = "auto",
     checkpoint: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
 ) -> tuple[Backend, str]:
     """Open a backend for ``artifacts`` (:class:`segvol_rt.io.artifacts.Artifacts`).
 
@@ -139,6 +147,7 @@ def open_backend(
         backend: ``"auto"``, ``"tensorrt"``, ``"onnxruntime"`` or ``"torch"``.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         checkpoint: for the torch backend, a checkpoint path overriding the manifest's.
+        threads: CPU threads of ONNX Runtime on the CPU and of torch (None: all cores).
 
     Returns:
         ``(backend, reason)``: the reason says what runs and why better choices do not.
@@ -148,12 +157,12 @@ def open_backend(
     if device not in DEVICES:
         raise SegVolError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     if backend == "auto":
-        return _auto(artifacts, device, checkpoint)
+        return _auto(artifacts, device, checkpoint, threads)
     if device == "auto":
         device, why = _default_device(backend)
-        opened = _OPENERS[backend](artifacts, device, checkpoint=checkpoint)
+        opened = _OPENERS[backend](artifacts, device, checkpoint=checkpoint, threads=threads)
         return opened, _label(opened) + f": {why}"
-    opened = _OPENERS[backend](artifacts, device, checkpoint=checkpoint)
+    opened = _OPENERS[backend](artifacts, device, checkpoint=checkpoint, threads=threads)
     return opened, _label(opened) + ": requested"
 
 

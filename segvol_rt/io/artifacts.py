@@ -18,18 +18,44 @@ operators, parity}}, ``tokenizer`` {dir, files: {name: sha256}},
 ``text_table`` {file, sha256, count}, ``versions`` and ``engines``
 (filled by the TensorRT build; each entry with a ``file`` and ``sha256`` is
 checked like the graphs). Paths in the manifest are relative to the
-directory, with ``/`` separators.
+directory, with ``/`` separators, and never leave it.
 
-Runtime code: numpy only.
+Validation, when the manifest is read (every failure one :class:`SegVolError`
+line naming ``manifest.json`` and the JSON pointer of the bad field):
+
+1. ``format_version`` must be one this reader knows (:data:`SUPPORTED_FORMATS`);
+2. the JSON Schema shipped beside this module (``manifest.schema.json``, draft
+   2020-12; :func:`manifest_schema`), which the C++ SDK checks as well;
+3. what a schema cannot say: the config builds a :class:`SegVolConfig`, and
+   each graph's spec has the names, dtypes, axes and fixed sizes that config
+   implies (an ``embed_dim`` that disagrees with the graphs is caught here),
+   with a ``[min, opt, max]`` range for every dynamic axis.
+
+The graphs themselves are checked against their specs when a backend opens
+them (:func:`segvol_rt.backends.onnxruntime.check_session_io`), and the text
+table when it is read (:meth:`Artifacts.text_table`).
+
+Format versions. Changes stay additive: a new field is optional, and readers
+accept fields they do not know (except inside ``config``, which must be
+understood in full); a field that becomes required, or a change of meaning,
+bumps ``format_version``, and this reader keeps accepting every older version
+it lists in :data:`SUPPORTED_FORMATS`.
+
+* 1: the first format (this module's layout above).
+
+Runtime code: numpy; jsonschema is imported when a manifest is read.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +66,10 @@ from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
 
 FORMAT_VERSION = 1
+# Every format_version this reader accepts (see the module docstring).
+SUPPORTED_FORMATS = (1,)
 MANIFEST = "manifest.json"
+SCHEMA = "manifest.schema.json"
 TEXT_TABLE = "text_table.npz"
 TOKENIZER_DIR = "tokenizer"
 ENGINES_DIR = "engines"
@@ -75,11 +104,13 @@ def write_manifest(root: str | Path, manifest: Mapping[str, Any]) -> Path:
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
-    """Parse ``root/manifest.json``; a clear :class:`SegVolError` for a missing
-    directory, a missing or unparsable manifest, or an unsupported format."""
+    """Parse ``root/manifest.json`` and check it against the shipped schema; a
+    clear :class:`SegVolError` for a missing directory, a missing or unparsable
+    manifest, an unsupported format or a field the schema refuses."""
     root = Path(root)
     if not root.is_dir():
-        raise SegVolError(f"artifacts directory {root} does not exist (create it with `segvol-rt export`)")
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise SegVolError(f"artifacts directory {root} {what} (create one with `segvol-rt export`)")
     path = root / MANIFEST
     if not path.is_file():
         raise SegVolError(f"{root} has no {MANIFEST}; it is not an artifacts directory (see `segvol-rt export`)")
@@ -87,15 +118,85 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SegVolError(f"{path} is not valid JSON ({exc}); export the artifacts again") from exc
+    except OSError as exc:
+        raise SegVolError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if not isinstance(data, dict):
         raise SegVolError(f"{path} does not hold a JSON object; export the artifacts again")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version not in SUPPORTED_FORMATS:
         raise SegVolError(
             f"{path}: format_version {version!r} is not supported by this segvol-rt "
-            f"(expects {FORMAT_VERSION}); export the artifacts again with this version"
+            f"(expects {' or '.join(map(str, SUPPORTED_FORMATS))}); export the artifacts again with this version"
         )
+    validate_manifest(data, path)
     return data
+
+
+@functools.cache
+def manifest_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema (draft 2020-12), shipped as ``segvol_rt/io/manifest.schema.json``."""
+    text = resources.files("segvol_rt.io").joinpath(SCHEMA).read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def validate_manifest(data: Any, path: str | Path = MANIFEST) -> None:
+    """Check ``data`` against :func:`manifest_schema`; the first problem (in a
+    fixed order) becomes one :class:`SegVolError` line with its JSON pointer."""
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(manifest_schema())
+    errors = sorted(validator.iter_errors(data), key=_error_order)
+    if not errors:
+        return
+    first = errors[0]
+    # _describe reports every missing field of the first error's object at once
+    rest = [e for e in errors[1:] if (e.validator, e.absolute_path) != (first.validator, first.absolute_path)]
+    more = f" (and {len(rest)} more problem(s))" if rest else ""
+    raise SegVolError(f"{path}: {_describe(first)}{more}; export the artifacts again")
+
+
+# validator -> rank: an unknown field usually explains a missing one, and a
+# missing field the type or value errors beside it.
+_ORDER = {"additionalProperties": 0, "required": 1, "type": 2}
+# What the members of an object are called in messages (default: "field").
+_MEMBERS = {"/graphs": "graph", "/engines": "engine", "/tokenizer/files": "file"}
+
+
+def _error_order(error: Any) -> tuple[int, list[str]]:
+    return _ORDER.get(error.validator, 3), [str(p) for p in error.absolute_path]
+
+
+def json_pointer(parts: Sequence[Any]) -> str:
+    """RFC 6901 pointer of a path of keys and indices ("" is the whole document)."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(error: Any) -> str:
+    """One clause for one jsonschema error: where, and what is wrong there."""
+    pointer = json_pointer(error.absolute_path)
+    where = pointer or "the manifest"
+    schema, instance = error.schema, error.instance
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in instance]
+        return f"{where} lists no {_MEMBERS.get(pointer, 'field')} {', '.join(map(repr, missing))}"
+    if error.validator == "additionalProperties":
+        extra = sorted(k for k in instance if k not in schema.get("properties", {}))
+        title = schema.get("title")
+        return f"{where}: unknown {title + ' ' if title else ''}fields {extra}"
+    if error.validator == "type":
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return f"{where} is {_shown(instance)}, expected {' or '.join(wanted)}"
+    if error.validator == "enum":
+        return f"{where} is {_shown(instance)}, expected one of {_shown(error.validator_value)}"
+    if error.validator == "pattern" and "description" in schema:
+        return f"{where} is {_shown(instance)}, not {schema['description']}"
+    return f"{where}: {' '.join(error.message.split())[:200]}"
 
 
 class Artifacts:
@@ -111,14 +212,21 @@ class Artifacts:
     def __init__(self, root: Path, manifest: dict[str, Any]):
         self.root = root
         self.manifest = manifest
+        path = root / MANIFEST
         try:
             self.config = SegVolConfig.from_dict(manifest["config"])
+        except SegVolError as exc:
+            raise SegVolError(f"{path}: /config: {exc}; export again") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SegVolError(f"{path}: /config is incomplete or malformed ({exc!r}); export again") from exc
+        try:
             self.specs = {name: S.spec_from_dict(g["spec"]) for name, g in manifest["graphs"].items()}
         except (KeyError, TypeError, ValueError) as exc:
-            raise SegVolError(f"{root / MANIFEST} is incomplete or malformed ({exc!r}); export again") from exc
+            raise SegVolError(f"{path}: /graphs is incomplete or malformed ({exc!r}); export again") from exc
         missing = [g for g in S.GRAPH_NAMES if g not in self.specs]
         if missing:
-            raise SegVolError(f"{root / MANIFEST} lists no graph(s) {missing}; export again")
+            raise SegVolError(f"{path} lists no graph(s) {missing}; export again")
+        _check_specs(self.specs, self.config, path)
 
     @classmethod
     def load(cls, root: str | os.PathLike[str]) -> Artifacts:
@@ -179,18 +287,23 @@ class Artifacts:
 
         return ClipTokenizer.from_dir(self.tokenizer_dir())
 
+    @property
+    def has_text_table(self) -> bool:
+        """Whether the manifest lists a text table (then :meth:`text_table` reads it or says what is wrong)."""
+        return bool(self.manifest.get("text_table"))
+
     def text_table(self) -> tuple[list[str], np.ndarray]:
         """Vocabulary names and their text embeddings (n, C) float32, in the
-        order of :data:`segvol_rt.io.vocabulary.CATEGORIES` at export time."""
+        order of :data:`segvol_rt.io.vocabulary.CATEGORIES` at export time.
+        A missing, unreadable or inconsistent table is a :class:`SegVolError`
+        naming the file."""
         entry = self.manifest.get("text_table")
         if not entry:
             raise SegVolError(f"{self.root} has no text embedding table")
         path = self.root / entry["file"]
         if not path.is_file():
             raise SegVolError(f"{path} is listed in {MANIFEST} but missing; export the artifacts again")
-        with np.load(path, allow_pickle=False) as data:
-            names = [str(n) for n in data["names"]]
-            table = np.ascontiguousarray(data["embeddings"], dtype=np.float32)
+        names, table = _read_table(path)
         if table.shape != (len(names), self.config.embed_dim) or len(names) != entry.get("count", len(names)):
             raise SegVolError(
                 f"{path}: table shape {table.shape} for {len(names)} names does not fit "
@@ -204,3 +317,50 @@ class Artifacts:
         rewrite manifest.json atomically."""
         self.manifest.update(sections)
         write_manifest(self.root, self.manifest)
+
+
+def _read_table(path: Path) -> tuple[list[str], np.ndarray]:
+    """(names, embeddings float32) of a text table npz: 1D strings and 2D finite floats."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise SegVolError(f"{path} holds one array, not a text table archive (.npz); export again")
+        with data:
+            missing = [k for k in ("names", "embeddings") if k not in data.files]
+            if missing:
+                raise SegVolError(f"{path} lacks the array(s) {missing}; it is not a text table - export again")
+            raw_names, raw_table = data["names"], data["embeddings"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise SegVolError(f"{path} is not a readable text table ({exc.__class__.__name__}: {reason}); export again") from exc
+    if raw_names.ndim != 1 or raw_names.dtype.kind != "U":
+        raise SegVolError(f"{path}: 'names' is {raw_names.dtype} of shape {raw_names.shape}, expected 1D strings; export again")
+    if raw_table.ndim != 2 or raw_table.dtype.kind != "f" or not np.isfinite(raw_table).all():
+        raise SegVolError(
+            f"{path}: 'embeddings' is {raw_table.dtype} of shape {raw_table.shape}, expected finite 2D floats; export again"
+        )
+    return [str(n) for n in raw_names], np.ascontiguousarray(raw_table, dtype=np.float32)
+
+
+def _check_specs(specs: Mapping[str, S.GraphSpec], config: SegVolConfig, path: Path) -> None:
+    """Each graph's spec must be consistent and have the tensors ``config``
+    implies (names, dtypes, axes, fixed sizes; ranges are the export's choice)."""
+    expected = S.graph_specs(config)
+    for name in S.GRAPH_NAMES:
+        found = S.ranges_problem(specs[name])
+        if found is None:
+            found = S.spec_mismatch(specs[name], expected[name])
+            if found is not None and "/shape/" in found[0]:  # fixed sizes follow from the config
+                found = (found[0], f"{found[1]} for this config ({_config_summary(config)})")
+        if found:
+            where, what = found
+            raise SegVolError(
+                f"{path}: /graphs/{name}/spec{where} {what}; the manifest disagrees with itself - export the artifacts again"
+            )
+
+
+def _config_summary(config: SegVolConfig) -> str:
+    return (
+        f"embed_dim {config.embed_dim}, spatial_size {list(config.spatial_size)}, patch_size {list(config.patch_size)}, "
+        f"text max_length {config.text.max_length}"
+    )

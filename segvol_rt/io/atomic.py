@@ -1,30 +1,31 @@
-"""Atomic file output: write a temporary file beside the target, then rename.
+"""Atomic file output: one file written as an output set of one.
 
-A reader never sees a half-written file, and a failed write leaves the old
-file (if any) untouched and no temporary file behind.
+The bytes go to a staged temporary file beside the target (fsync'ed), which
+is renamed over it under the directory's lock with SIGINT/SIGTERM held
+(:class:`segvol_rt.io.outputs.OutputSet`). A reader never sees a
+half-written file; a failed or interrupted write leaves the old file (if any)
+untouched and no temporary file behind (after SIGKILL, the next write into
+that directory removes it). Several files that belong together are written
+with an :class:`~segvol_rt.io.outputs.OutputSet` directly.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
+
+from segvol_rt.io.outputs import OutputSet
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> Path:
-    """Write ``data`` to ``path`` through a hidden temporary file in the same directory."""
+    """Write ``data`` to ``path`` atomically (the file's mode: 0o666 less the umask).
+
+    Raises :class:`segvol_rt.errors.SegVolError` naming the file when the
+    operating system refuses (permissions, full disk)."""
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    # os.open with 0o666 lets the umask decide the mode, as a plain open() would
-    # (mkstemp would leave the result readable by its owner only).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with OutputSet([target]) as out:
+        out.stage(target, data)
+        out.commit()
     return target
 
 

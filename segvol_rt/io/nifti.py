@@ -18,6 +18,7 @@ Runtime dependencies: numpy, nibabel (isal optional, zlib otherwise).
 from __future__ import annotations
 
 import json
+import math
 import os
 import zlib
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ import numpy as np
 
 from segvol_rt._optional import require
 from segvol_rt.errors import SegVolError
+from segvol_rt.io import nifti_header as H
 from segvol_rt.io.atomic import atomic_write_bytes
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -49,6 +51,8 @@ class Scan:
     affine: np.ndarray
     header: Any
     path: Path | None = None
+    # Header problems nibabel fixed while reading (our wording), for the caller to show.
+    notes: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -69,28 +73,12 @@ def _gunzip(raw: bytes) -> bytes:
     return igzip.decompress(raw)
 
 
-def _image_class(block: bytes) -> Any:
-    """nibabel single-file image class from the header size field (either byte order)."""
-    nib = require("nibabel")
-    if len(block) < 4:
-        return None
-    sizes = {int.from_bytes(block[:4], "little"), int.from_bytes(block[:4], "big")}
-    if 348 in sizes:
-        return nib.Nifti1Image
-    if 540 in sizes:
-        return nib.Nifti2Image
-    return None
-
-
-def _gz_load(path: Path) -> tuple[Any, np.ndarray]:
+def _gz_load(path: Path, klass: Any) -> tuple[Any, np.ndarray]:
     """Header image and raw (unscaled) voxels of a ``.nii.gz``, decompressed in one call."""
     try:
         raw = _gunzip(path.read_bytes())
     except Exception as exc:  # noqa: BLE001 - zlib, gzip and isal each raise their own types
         raise ValueError(f"corrupt or truncated gzip data ({exc})") from exc
-    klass = _image_class(raw)
-    if klass is None:
-        raise ValueError("not a NIfTI-1 or NIfTI-2 header")
     img = klass.from_bytes(raw)
     if img.header["magic"].tobytes()[:3] not in (b"n+1", b"n+2"):
         raise ValueError("header of a .hdr/.img pair, not a single-file NIfTI")
@@ -102,7 +90,7 @@ def _gz_load(path: Path) -> tuple[Any, np.ndarray]:
     return img, arr
 
 
-def _is_gzip(path: Path) -> bool:
+def _isgzip_bytes(path: Path) -> bool:
     with open(path, "rb") as fh:
         return fh.read(2) == _GZIP_MAGIC
 
@@ -113,28 +101,48 @@ def _nibabel_load(path: Path) -> tuple[Any, np.ndarray]:
     return img, np.asarray(img.dataobj.get_unscaled())
 
 
-def _load(path: str | os.PathLike[str], what: str) -> tuple[Any, np.ndarray, Path]:
-    """(nibabel image, raw voxels with trailing singleton axes beyond 3 dropped, path)."""
+def _unreadable(what: str, p: Path, exc: BaseException) -> SegVolError:
+    if isinstance(exc, OSError) and exc.strerror:
+        return SegVolError(f"cannot read {what} {p}: {exc.strerror}")
+    reason = " ".join(str(exc).split())  # one line, whatever the library wrote
+    return SegVolError(f"cannot read {what} {p}: {exc.__class__.__name__}: {reason}")
+
+
+def _checked_header(p: Path, what: str, file_size: int) -> tuple[Any, bool, tuple[int, ...]]:
+    """(image class, gzip?, 3D shape) once the header passed every check of
+    :mod:`segvol_rt.io.nifti_header`; nothing is allocated before that."""
+    try:
+        gz = _isgzip_bytes(p)
+        klass, header = H.read_header(p, gz)
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable file
+        raise _unreadable(what, p, exc) from exc
+    shape = H.volume_shape(header, p, what)
+    H.check_memory(header, shape, p, what, file_size, gz)
+    H.check_geometry(header, p, what)
+    H.check_scaling(header, p, what)
+    return klass, gz, shape
+
+
+def _load(path: str | os.PathLike[str], what: str) -> tuple[Any, np.ndarray, Path, tuple[str, ...]]:
+    """(nibabel image, raw voxels with trailing singleton axes beyond 3 dropped, path,
+    notes on header fixes). The header is checked before the voxels are read;
+    nibabel's log messages are captured, never printed."""
     p = Path(path)
-    if not p.is_file():
-        raise SegVolError(f"{what} {p} does not exist")
+    file_size = H.check_path(p, what)
     if not p.name.lower().endswith(NIFTI_SUFFIXES):
         raise SegVolError(f"{what} {p} is not a NIfTI file (expected .nii or .nii.gz)")
-    try:
-        # nibabel memory-maps uncompressed files, faster than reading them. For
-        # .nii.gz it is no fallback: indexed_gzip returns garbage for some
-        # corrupt streams instead of failing.
-        img, arr = _gz_load(p) if _is_gzip(p) else _nibabel_load(p)
-    except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable file
-        reason = " ".join(str(exc).split())  # one line, whatever the library wrote
-        raise SegVolError(f"cannot read {what} {p}: {exc.__class__.__name__}: {reason}") from exc
-    if arr.dtype.kind not in "biuf":
-        raise SegVolError(f"{what} {p} has voxel type {arr.dtype}, expected integers or floats")
-    while arr.ndim > 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise SegVolError(f"{what} {p} has shape {arr.shape}; a 3D volume is needed")
-    return img, arr, p
+    with H.nibabel_messages() as messages:
+        klass, gz, shape = _checked_header(p, what, file_size)
+        try:
+            # nibabel memory-maps uncompressed files, faster than reading them. For
+            # .nii.gz it is no fallback: indexed_gzip returns garbage for some
+            # corrupt streams instead of failing.
+            img, arr = _gz_load(p, klass) if gz else _nibabel_load(p)
+        except Exception as exc:  # noqa: BLE001 - any failure here means an unreadable file
+            raise _unreadable(what, p, exc) from exc
+    if arr.size != math.prod(shape):
+        raise SegVolError(f"cannot read {what} {p}: the voxels do not match the header's shape {shape}")
+    return img, arr.reshape(shape, order="F"), p, H.notes_from(messages, p)
 
 
 def _scale_params(img: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -149,20 +157,24 @@ def _scaled(arr: np.ndarray, scale: tuple[np.ndarray, np.ndarray] | None, dtype:
     """``arr`` with nibabel's read scaling applied, cast to ``dtype``; Fortran order kept.
 
     Scaling runs per slab along the last axis so the float64 intermediate
-    nibabel may use stays small.
+    nibabel may use stays small. Non-finite results (from non-finite stored
+    floats; a slope that overflows float32 is refused before) are reported by
+    the caller, not warned about.
     """
     if scale is None:
         return arr.astype(dtype, order="F")
     apply_read_scaling = require("nibabel.volumeutils").apply_read_scaling
     out = np.empty(arr.shape, dtype=dtype, order="F")
     step = max(1, _SLAB_VOXELS // max(1, arr.shape[0] * arr.shape[1]))
-    for k in range(0, arr.shape[2], step):
-        out[..., k : k + step] = apply_read_scaling(arr[..., k : k + step], *scale)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(0, arr.shape[2], step):
+            out[..., k : k + step] = apply_read_scaling(arr[..., k : k + step], *scale)
     return out
 
 
 def _check_values(data: np.ndarray, raw: np.ndarray, exact_ints: bool, p: Path) -> None:
-    """Reject NaN/Inf and constant volumes (statistics of either would be meaningless)."""
+    """Reject NaN/Inf, constant volumes (statistics of either would be meaningless)
+    and values the float32 intensity statistics would overflow on."""
     if not exact_ints:
         finite = np.isfinite(data)
         if not finite.all():
@@ -173,15 +185,24 @@ def _check_values(data: np.ndarray, raw: np.ndarray, exact_ints: bool, p: Path) 
     lo, hi = ref.min(), ref.max()
     if lo == hi:
         raise SegVolError(f"scan {p} is constant (every voxel is {float(lo):g}); nothing to segment")
+    H.check_statistics_range(float(lo), float(hi), int(data.size), p)
 
 
 def read_scan(path: str | os.PathLike[str]) -> Scan:
-    """Read a 3D CT volume as float32 ``(I, J, K)`` in scan space, validated."""
-    img, raw, p = _load(path, "scan")
+    """Read a 3D CT volume as float32 ``(I, J, K)`` in scan space, validated.
+
+    The header is checked first (path kind, extent, memory, geometry, scaling;
+    see :mod:`segvol_rt.io.nifti_header`), then the values (finite, not
+    constant, within the float32 statistics' range). Every failure is one
+    :class:`SegVolError` line naming the file; nibabel prints nothing."""
+    img, raw, p, notes = _load(path, "scan")
     scale = _scale_params(img)
+    if scale is not None:
+        H.check_scaled_range(raw, float(scale[0]), float(scale[1]), p, "scan")
     data = _scaled(raw, scale, np.float32)
     _check_values(data, raw, exact_ints=scale is None and raw.dtype.kind in "biu", p=p)
-    return Scan(data=data, affine=np.array(img.affine, dtype=np.float64), header=img.header.copy(), path=p)
+    affine = np.array(img.affine, dtype=np.float64)
+    return Scan(data=data, affine=affine, header=img.header.copy(), path=p, notes=notes)
 
 
 def parse_label_spec(spec: str) -> tuple[Path, int]:
@@ -206,7 +227,7 @@ def read_label(path_spec: str, scan: Scan | None = None) -> tuple[np.ndarray, in
     occur in the map.
     """
     path, label_id = parse_label_spec(path_spec)
-    img, raw, p = _load(path, "label map")
+    img, raw, p, _ = _load(path, "label map")
     labels = _integer_labels(raw, _scale_params(img), p)
     if scan is not None:
         _check_same_grid(labels.shape, np.asarray(img.affine), scan, p)
@@ -319,14 +340,17 @@ def write_mask(
     ``mask_dhw.T``) avoids a transpose while serialising.
     """
     p = _output_path(path, like)
-    img = _mask_image(_as_uint8_mask(mask, like.shape), like, extra_header)
-    data = img.to_bytes()
-    if p.name.lower().endswith(".gz"):
-        data = _gzip(data)
-    return _write(p, data)
+    return _write(p, mask_bytes(mask, like, p.name.lower().endswith(".gz"), extra_header))
 
 
-def _gzip(data: bytes) -> bytes:
+def mask_bytes(mask: Any, like: Scan, gz: bool, extra_header: Mapping[str, Any] | None = None) -> bytes:
+    """The file :func:`write_mask` writes, as bytes (gzip-compressed with ``gz``), to stage in an output set."""
+    data = _mask_image(_as_uint8_mask(mask, like.shape), like, extra_header).to_bytes()
+    return gzip_bytes(data) if gz else data
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """``data`` gzip-compressed (ISA-L when installed: several times faster than zlib)."""
     try:
         from isal import igzip
     except ImportError:
@@ -339,12 +363,18 @@ def _gzip(data: bytes) -> bytes:
 def write_json_sidecar(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically; numpy values become plain numbers/lists."""
     p = Path(path)
+    data = json_bytes(obj, p)
+    _make_parent(p)
+    return _write(p, data)
+
+
+def json_bytes(obj: Any, path: str | os.PathLike[str]) -> bytes:
+    """The file :func:`write_json_sidecar` writes, as UTF-8 bytes; ``path`` names it in errors."""
     try:
         text = json.dumps(obj, indent=2, default=json_default)
     except (TypeError, ValueError) as exc:
-        raise SegVolError(f"cannot write {p} as JSON: {exc}") from exc
-    _make_parent(p)
-    return _write(p, (text + "\n").encode("utf-8"))
+        raise SegVolError(f"cannot write {path} as JSON: {exc}") from exc
+    return (text + "\n").encode("utf-8")
 
 
 def json_default(value: Any) -> Any:

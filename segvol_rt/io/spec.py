@@ -209,6 +209,51 @@ def spec_from_dict(data: Mapping[str, Any]) -> GraphSpec:
     )
 
 
+def spec_mismatch(got: GraphSpec, want: GraphSpec) -> tuple[str, str] | None:
+    """The first difference between two specs of one graph in tensor names,
+    dtypes, axes and fixed sizes, as (JSON pointer inside the spec, what is
+    wrong there); None when they agree. Dynamic-axis ranges are not compared."""
+    if got.name != want.name:
+        return "/name", f"is {got.name!r}, expected {want.name!r}"
+    for io in ("inputs", "outputs"):
+        have, expected = getattr(got, io), getattr(want, io)
+        if [t.name for t in have] != [t.name for t in expected]:
+            return f"/{io}", f"names {[t.name for t in have]}, expected {[t.name for t in expected]}"
+        for k, (g, w) in enumerate(zip(have, expected)):
+            found = _tensor_mismatch(g, w)
+            if found:
+                return f"/{io}/{k}{found[0]}", found[1]
+    return None
+
+
+def _tensor_mismatch(got: TensorSpec, want: TensorSpec) -> tuple[str, str] | None:
+    if got.dtype != want.dtype:
+        return "/dtype", f"is {got.dtype!r}, expected {want.dtype!r}"
+    if tuple(got.axes) != tuple(want.axes) or len(got.shape) != len(want.shape):
+        return "/axes", f"is {list(got.axes)} with shape {list(got.shape)}, expected {list(want.axes)}"
+    for i, (g, w) in enumerate(zip(got.shape, want.shape)):
+        if g != w or isinstance(g, str) != isinstance(w, str):
+            return f"/shape/{i}", f"is {g!r}, expected {w!r} (axis {want.axes[i]})"
+    return None
+
+
+def ranges_problem(spec: GraphSpec) -> tuple[str, str] | None:
+    """(JSON pointer inside the spec, what is wrong) when a tensor's axes and
+    shape differ in length, a dynamic axis has no range, or a range is not
+    ``min <= opt <= max``; None when the spec is consistent."""
+    for io in ("inputs", "outputs"):
+        for k, t in enumerate(getattr(spec, io)):
+            if len(t.axes) != len(t.shape):
+                return f"/{io}/{k}/shape", f"has {len(t.shape)} sizes for {len(t.axes)} axes {list(t.axes)}"
+            for d in t.shape:
+                if isinstance(d, str) and d not in spec.ranges:
+                    return "/ranges", f"has no range for the dynamic axis {d!r} of {t.name}"
+    for axis, values in spec.ranges.items():
+        if len(values) != 3 or not values[0] <= values[1] <= values[2]:
+            return f"/ranges/{axis}", f"is {list(values)}, not [min, opt, max] with min <= opt <= max"
+    return None
+
+
 def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from segvol_rt.ops.boxes import InclusiveBox, check_volume
 from segvol_rt.ops.dispatch import array_namespace, cuda_twin, host_values
 
@@ -26,7 +28,10 @@ def sigmoid(x: Any) -> Any:
     with :func:`positive_mask`, not this."""
     xp = array_namespace(x)
     y = xp.negative(xp.asarray(x, dtype=xp.float32))
-    xp.exp(y, out=y)
+    # exp(-x) overflows to inf for logits below about -88.7, and 1 / (1 + inf)
+    # is the correct 0.0: the overflow is expected, not worth a RuntimeWarning
+    with np.errstate(over="ignore"):
+        xp.exp(y, out=y)
     y += xp.float32(1)
     xp.reciprocal(y, out=y)
     return y

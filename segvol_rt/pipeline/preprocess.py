@@ -29,8 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from segvol_rt import ops
 from segvol_rt.errors import SegVolError
+from segvol_rt.io.nifti_header import affine_problem, statistics_limit
 from segvol_rt.ops.boxes import int3
 from segvol_rt.pipeline.geometry import Geometry, Reorient
 
@@ -70,9 +73,38 @@ def _check_spatial_size(spatial_size: Sequence[int]) -> tuple[int, int, int]:
 def foreground_statistics(data: Any) -> ops.ForegroundStats:
     """:func:`segvol_rt.ops.foreground_stats` with its failures as user errors."""
     try:
-        return ops.foreground_stats(data)
+        # float32 sums overflow on absurd values: said below, not warned about
+        with np.errstate(over="ignore", invalid="ignore"):
+            stats = ops.foreground_stats(data)
     except ValueError as exc:
-        raise SegVolError(f"cannot normalise the scan: {exc}") from exc
+        raise SegVolError(_overflow(data) or f"cannot normalise the scan: {exc}") from exc
+    if not all(np.isfinite(v) for v in stats):
+        raise SegVolError(_overflow(data) or f"cannot normalise the scan: statistics {tuple(stats)}")
+    return stats
+
+
+def _overflow(data: Any) -> str | None:
+    """The message for finite values too large for the float32 statistics, else None."""
+    lo, hi = float(data.min()), float(data.max())
+    peak = max(abs(lo), abs(hi))
+    if not np.isfinite(peak) or peak <= statistics_limit(int(data.size)):
+        return None
+    return (f"cannot normalise the scan: its values (up to {peak:.3g} in magnitude) overflow the float32 intensity "
+            "statistics of the official pipeline; are they scaled right?")
+
+
+def _no_foreground(data: Any, stats: ops.ForegroundStats) -> str:
+    """Why the normalised scan has no voxel > 0, in one line. (A constant
+    volume fails earlier, in the statistics.) The usual cause: the voxels above
+    the mean nearly all share one value - a binary 0/1 mask or a label map has
+    them all at its top label - so the 0.05th and 99.95th percentiles agree
+    and the clip maps every voxel to that value."""
+    lo, hi = float(data.min()), float(data.max())
+    if np.float32(stats.lower) == np.float32(stats.upper):
+        return (f"the scan (values {lo:g} to {hi:g}) has no foreground after normalisation: its voxels above the mean "
+                f"nearly all have the value {stats.upper:g}, so the official 0.05-99.95th percentile clip makes every voxel "
+                "equal; is it a binary mask or a label map rather than a CT?")
+    return f"the scan (values {lo:g} to {hi:g}) has no foreground after normalisation: its normalised intensities are all equal"
 
 
 def _to_model(scan_volume: Any, orient: Reorient | None) -> Any:
@@ -99,13 +131,16 @@ def preprocess(
     if reorient is not None:
         if affine is None:
             raise SegVolError("reorientation needs the scan's affine")
+        problem = affine_problem(affine)
+        if problem:  # said here, not as nibabel's "Unable to find out axis ... in start_ornt"
+            raise SegVolError(f"cannot reorient to {reorient!r}: {problem}")
         orient = Reorient.from_affine(affine, data.shape, reorient)
     stats = foreground_statistics(data)
     normalised = ops.normalize_min_max(data, stats)
     # CropForeground's voxels > 0, computed in memory order, then viewed in model axes
     box = ops.bounding_box(_to_model(normalised > 0, orient))
     if box is None:
-        raise SegVolError("the scan has no foreground after normalisation (a constant volume?)")
+        raise SegVolError(_no_foreground(data, stats))
     geometry = Geometry.build(data.shape, box, size, orient)
     model = _to_model(normalised, orient)
     image = model[box[0] : box[3] + 1, box[1] : box[4] + 1, box[2] : box[5] + 1]

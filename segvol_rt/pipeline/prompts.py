@@ -23,6 +23,7 @@ import numpy as np
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.ops.boxes import InclusiveBox, int_box
+from segvol_rt.pipeline import validate as V
 
 if TYPE_CHECKING:
     from segvol_rt.pipeline.geometry import Geometry
@@ -40,8 +41,12 @@ class Points:
     labels: np.ndarray
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "coords", np.asarray(self.coords, dtype=np.int64).reshape(-1, 3))
-        object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64).reshape(-1))
+        # integer arrays only: a float voxel index would be truncated, a bool taken for 0/1
+        coords = _integer_array(self.coords, "point coordinates")
+        if coords.size % 3:
+            raise SegVolError(f"point coordinates need 3 per point (i, j, k), got shape {coords.shape}")
+        object.__setattr__(self, "coords", coords.reshape(-1, 3))
+        object.__setattr__(self, "labels", _integer_array(self.labels, "point labels").reshape(-1))
         if len(self.coords) != len(self.labels):
             raise SegVolError(f"{len(self.coords)} point coordinates but {len(self.labels)} labels")
 
@@ -51,6 +56,18 @@ class Points:
     def positive(self) -> np.ndarray:
         """Coordinates ``(P, 3)`` of the positive points."""
         return self.coords[self.labels == 1]
+
+
+def _integer_array(value: Any, what: str) -> np.ndarray:
+    """``value`` as an int64 array if its elements are integers (an empty one may
+    be of any dtype); floats, bools and other dtypes are refused."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise SegVolError(f"{what} are not an integer array ({exc})") from None
+    if arr.size and arr.dtype.kind not in "iu":
+        raise SegVolError(f"{what} must be integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
 
 
 # -- parsing and validation of user prompts (scan space) --------------------
@@ -65,8 +82,9 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def parse_box(value: str | Sequence[int]) -> InclusiveBox:
-    """``"i0,j0,k0,i1,j1,k1"`` (or six ints) -> inclusive scan-space box."""
-    vals = _ints(value, "box") if isinstance(value, str) else [int(v) for v in value]
+    """``"i0,j0,k0,i1,j1,k1"`` (or six ints: Python or NumPy integers, or an
+    integer array) -> inclusive scan-space box. Floats and bools are refused."""
+    vals = _ints(value, "box") if isinstance(value, str) else V.int_vector(value, "box")
     if len(vals) != 6:
         raise SegVolError(f"box needs 6 integers i0,j0,k0,i1,j1,k1; got {len(vals)}")
     lo, hi = vals[:3], vals[3:]
@@ -77,15 +95,22 @@ def parse_box(value: str | Sequence[int]) -> InclusiveBox:
 
 def parse_points(value: str | Sequence[Any] | Points) -> Points:
     """Points in scan space from ``"i,j,k[,label];i,j,k[,label]"``, a sequence of
-    such strings, or a sequence of ``(i, j, k[, label])``; the label defaults to 1."""
+    such strings, a sequence of ``(i, j, k[, label])`` integers (or an integer
+    array of shape (N, 3) or (N, 4)), or :class:`Points`; the label defaults to
+    1. Floats and bools are refused, not truncated."""
     if isinstance(value, Points):
+        if not np.isin(value.labels, (0, 1)).all():
+            raise SegVolError(f"points: labels must be 1 (positive) or 0 (negative), got {sorted(set(value.labels.tolist()))}")
         return value
-    items: list[Any] = [p for p in value.split(";") if p.strip()] if isinstance(value, str) else list(value)
-    if not items:
+    if isinstance(value, str):
+        items: Sequence[Any] | np.ndarray = [p for p in value.split(";") if p.strip()]
+    else:
+        items = V.sequence(value, "points", "points (i, j, k[, label])")
+    if len(items) == 0:
         raise SegVolError("points: no point given")
     coords, labels = [], []
     for item in items:
-        vals = _ints(item, "point") if isinstance(item, str) else [int(v) for v in item]
+        vals = _ints(item, "point") if isinstance(item, str) else V.int_vector(item, "point")
         if len(vals) not in (3, 4):
             raise SegVolError(f"point {item!r}: expected i,j,k or i,j,k,label")
         label = vals[3] if len(vals) == 4 else 1

@@ -40,8 +40,9 @@ with MONAI's ``sliding_window_inference`` as SegVol patched it):
 
 Across targets (:func:`zoom_in`): windows whose image content coincides
 (same crop-space window box and same valid part) are encoded once through
-:class:`EmbeddingCache`; encoder calls take up to the spec's max batch of
-windows, decoder calls the windows of one target with the same token labels.
+:class:`EmbeddingCache` (bounded by bytes, least recently used out);
+encoder calls take up to the spec's max batch of windows, decoder calls the
+windows of one target with the same token labels.
 Batching never reorders the blend: windows are summed in window order.
 
 Arrays: volumes, embeddings and logits live in the backend's array module
@@ -60,7 +61,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -72,6 +73,7 @@ from segvol_rt.errors import SegVolError
 from segvol_rt.ops.arrays import to_host
 from segvol_rt.ops.boxes import InclusiveBox
 from segvol_rt.pipeline import prompts as P
+from segvol_rt.pipeline.caches import MIB, ByteLRU
 
 Vec3 = tuple[int, int, int]
 OVERLAP = 0.5
@@ -411,29 +413,54 @@ def plan_zoom_in(
 # -- running the graphs ----------------------------------------------------------
 
 
+# Default bound of the window-embedding cache. A full-size SegVol window
+# embedding is 768 x 8 x 16 x 16 float32 = 6.3 MB, so 512 MiB holds about 80
+# windows: the shared windows of several targets on a large abdominal scan
+# (a big organ's ROI spans tens of windows), reused by later targets on the
+# same volume, while a long session of distinct boxes stays within half a GiB
+# (host or GPU) instead of growing without bound. (The demo model's windows
+# are 192 KB.)
+DEFAULT_CACHE_BYTES = 512 * MIB
+
+
 class EmbeddingCache:
     """Window image embeddings keyed by :func:`window_key`, in the backend's
-    array module (device arrays on CUDA backends); counts encoder work."""
+    array module (device arrays on CUDA backends), least recently used first
+    out beyond ``max_bytes`` (:class:`segvol_rt.pipeline.caches.ByteLRU`);
+    counts encoder work. :func:`zoom_in` pins the windows of its call, so a
+    call whose windows alone exceed the bound still decodes them all, and the
+    cache shrinks back to the bound after it."""
 
-    def __init__(self) -> None:
-        self.embeddings: dict[tuple[int, ...], Any] = {}
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.store: ByteLRU[tuple[int, ...]] = ByteLRU(max_bytes)
         self.windows_encoded = 0
         self.encoder_calls = 0
 
+    @property
+    def embeddings(self) -> Mapping[tuple[int, ...], Any]:
+        """The cached embeddings (read-only view; reading does not count as use)."""
+        return self.store.view()
+
     def ensure(self, backend: Graphs, crop_image: Any, keys: Sequence[tuple[int, ...]], max_batch: int) -> None:
         """Encode every key not cached yet, ``max_batch`` windows per encoder call
-        (the batches are cut from ``crop_image`` where it lives)."""
-        todo = list(dict.fromkeys(k for k in keys if k not in self.embeddings))
-        for i in range(0, len(todo), max_batch):
-            chunk = todo[i : i + max_batch]
-            emb = backend.encode_image(window_batch(crop_image, chunk))
-            self.encoder_calls += 1
-            self.windows_encoded += len(chunk)
-            for j, k in enumerate(chunk):
-                self.embeddings[k] = emb[j]
+        (the batches are cut from ``crop_image`` where it lives); the keys are
+        pinned meanwhile and marked as used. A caller that reads the embeddings
+        afterwards pins the keys around both (as :func:`zoom_in` does): when
+        they exceed the bound, some are evicted as soon as this returns."""
+        with self.store.pinned(keys):
+            todo = [k for k in dict.fromkeys(keys) if self.store.get(k) is None]
+            for i in range(0, len(todo), max_batch):
+                chunk = todo[i : i + max_batch]
+                emb = backend.encode_image(window_batch(crop_image, chunk))
+                self.encoder_calls += 1
+                self.windows_encoded += len(chunk)
+                for j, k in enumerate(chunk):
+                    # a row of a batch is a view that would keep the whole batch
+                    # alive after its siblings are evicted: copy it to own its bytes
+                    self.store.put(k, emb[j] if len(chunk) == 1 else emb[j].copy())
 
     def clear(self) -> None:
-        self.embeddings.clear()
+        self.store.clear()
 
 
 def _text_rows(text_embeddings: Sequence[Any], dim: int) -> np.ndarray:
@@ -532,22 +559,26 @@ def zoom_in(
     per call); each target's windows through the decoder
     (``settings.decoder_batch`` per call); then upsample to the window and blend."""
     timings = timings or StageClock()
-    with timings.stage("encode_windows"):
-        cache.ensure(backend, crop_image, [w.key for p in plans for w in p.windows], settings.encoder_batch)
+    keys = [w.key for p in plans for w in p.windows]
     results = []
-    for plan, target in zip(plans, targets):
-        with timings.stage("decode_windows"):
-            low = decode_batched(
-                backend,
-                [cache.embeddings[w.key] for w in plan.windows],
-                [(w.coords, w.labels) for w in plan.windows],
-                [target.text_embedding] * len(plan.windows),
-                settings.decoder_batch,
-                dim,
-            )
-        with timings.stage("blend"):
-            # upsampled lazily, in window order (MONAI's sum order), so at most a
-            # blend chunk of full-size windows exists at a time
-            full = (ops.resize(lg, settings.window, "trilinear") for lg in low)
-            results.append(blend(plan.plan, full))
+    # this call's windows stay cached until all are decoded; the cache's bound
+    # is restored (least recently used out) when the block ends
+    with cache.store.pinned(keys):
+        with timings.stage("encode_windows"):
+            cache.ensure(backend, crop_image, keys, settings.encoder_batch)
+        for plan, target in zip(plans, targets):
+            with timings.stage("decode_windows"):
+                low = decode_batched(
+                    backend,
+                    [cache.embeddings[w.key] for w in plan.windows],
+                    [(w.coords, w.labels) for w in plan.windows],
+                    [target.text_embedding] * len(plan.windows),
+                    settings.decoder_batch,
+                    dim,
+                )
+            with timings.stage("blend"):
+                # upsampled lazily, in window order (MONAI's sum order), so at most a
+                # blend chunk of full-size windows exists at a time
+                full = (ops.resize(lg, settings.window, "trilinear") for lg in low)
+                results.append(blend(plan.plan, full))
     return results
