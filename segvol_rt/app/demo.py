@@ -107,16 +107,10 @@ def _stage_phantom(out: Any, phantom: Phantom, image_path: Path, labels_path: Pa
 
 
 def _nifti_bytes(array: np.ndarray, affine: np.ndarray, gz: bool) -> bytes:
-    from segvol_rt._optional import require
+    from segvol_rt.demo.phantom import nifti_image
     from segvol_rt.io.nifti import gzip_bytes
 
-    nib = require("nibabel")
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_data_dtype(array.dtype)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)  # scanner-anatomical
-    img.set_sform(affine, code=1)
-    data = img.to_bytes()
+    data = nifti_image(array, affine).to_bytes()
     return gzip_bytes(data) if gz else data
 
 

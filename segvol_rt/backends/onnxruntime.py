@@ -99,8 +99,6 @@ class SessionMemory:
 # pattern off and runs slower. The prompt decoder: 432 -> 361 MiB without the
 # pattern, same latency. Outputs are bit-identical with and without the pattern.
 SESSION_MEMORY = SessionMemory(arena=True, mem_pattern=False, prepacking=True)
-# Per-graph exceptions to SESSION_MEMORY (none at present).
-GRAPH_MEMORY: dict[str, SessionMemory] = {}
 
 
 def session_options(ort: Any, threads: int | None = None, memory: SessionMemory = SESSION_MEMORY) -> Any:
@@ -180,8 +178,7 @@ class OnnxRuntimeBackend(Backend):
         artifacts: a loaded :class:`segvol_rt.io.artifacts.Artifacts`.
         device: ``"cpu"`` or ``"cuda"``.
         threads: intra-op threads (default: all cores of this process).
-        memory: the sessions' memory options, for every graph (default:
-            :data:`GRAPH_MEMORY` for the graphs it lists, else :data:`SESSION_MEMORY`).
+        memory: the sessions' memory options, for every graph (default :data:`SESSION_MEMORY`).
 
     ``sessions`` holds the sessions opened so far: the image encoder and the
     prompt decoder from the start, the text encoder (:data:`LAZY_GRAPHS`)
@@ -204,9 +201,8 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         self.threads = threads or cpu_cores()
         self._providers: list[Any] = [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
-        self._options = {
-            g: session_options(ort, self.threads, memory or GRAPH_MEMORY.get(g, SESSION_MEMORY)) for g in S.GRAPH_NAMES
-        }
+        # one options object for every graph's session (opened now, or on first use)
+        self._options = dict.fromkeys(S.GRAPH_NAMES, session_options(ort, self.threads, memory or SESSION_MEMORY))
         self._paths = {graph: artifacts.graph_path(graph) for graph in S.GRAPH_NAMES}
         for path in self._paths.values():
             if not path.is_file():  # a lazy graph's file is missing: say so now, not mid-run

@@ -33,7 +33,15 @@ from segvol_rt.backends.cuda_common import (
     output_shapes,
     require_cupy,
 )
-from segvol_rt.backends.onnxruntime import CPU_PROVIDER, CUDA_PROVIDER, check_session_io, cuda_problem, open_session
+from segvol_rt.backends.onnxruntime import (
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    SessionMemory,
+    check_session_io,
+    cuda_problem,
+    open_session,
+    session_options,
+)
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.artifacts import Artifacts
@@ -90,9 +98,9 @@ def cuda_session(path: Path, device_id: int, options: Any = None) -> Any:
     if problem:
         raise SegVolError(f"onnxruntime on CUDA is not available: {problem}")
     if options is None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only
+        # ONNX Runtime's own memory defaults: the CPU measurements behind
+        # SESSION_MEMORY say nothing about the CUDA provider's allocator
+        options = session_options(ort, memory=SessionMemory())
     providers: list[Any] = [(CUDA_PROVIDER, {"device_id": device_id}), CPU_PROVIDER]
     session = open_session(ort, path, path.stem, options, providers)
     if session.get_providers()[0] != CUDA_PROVIDER:

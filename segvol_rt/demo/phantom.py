@@ -45,6 +45,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -141,17 +142,25 @@ def _label_id(organ: int | str) -> int:
     return int(organ)
 
 
+def nifti_image(array: np.ndarray, affine: np.ndarray) -> Any:
+    """A phantom volume ``(I, J, K)`` as a ``nibabel.Nifti1Image``: its own dtype,
+    mm units, qform and sform both ``affine`` (code 1, scanner-anatomical)."""
+    nib = require("nibabel")
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_data_dtype(array.dtype)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return img
+
+
 def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib = require("nibabel")
     if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
         raise SegVolError(f"{path}: a phantom is written as .nii or .nii.gz")
     if not path.parent.is_dir():
         raise SegVolError(f"{path.parent}: no such directory")
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_data_dtype(array.dtype)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)  # scanner-anatomical
-    img.set_sform(affine, code=1)
+    img = nifti_image(array, affine)
     # the temporary name keeps the extension: nibabel picks gzip from it
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{''.join(path.suffixes)}")
     try:

@@ -32,6 +32,7 @@ from segvol_rt._optional import require
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import nifti_header as H
 from segvol_rt.io.atomic import atomic_write_bytes
+from segvol_rt.io.outputs import same_file
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -260,7 +261,7 @@ def _output_path(path: str | os.PathLike[str], like: Scan | None) -> Path:
     p = Path(path)
     if not p.name.lower().endswith(NIFTI_SUFFIXES):
         raise SegVolError(f"output {p} must end in .nii or .nii.gz")
-    if like is not None and like.path is not None and _same_file(p, Path(like.path)):
+    if like is not None and like.path is not None and same_file(p, Path(like.path)):
         raise SegVolError(f"refusing to overwrite the input scan {like.path} with a mask")
     if p.is_dir():
         raise SegVolError(f"output {p} is a directory")
@@ -281,15 +282,6 @@ def _write(p: Path, data: bytes) -> Path:
         return atomic_write_bytes(p, data)
     except OSError as exc:
         raise SegVolError(f"cannot write {p}: {exc.strerror or exc}") from exc
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
 
 
 def _as_uint8_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:

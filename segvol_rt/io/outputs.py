@@ -110,14 +110,14 @@ def check_outputs(targets: Sequence[str | os.PathLike[str]], inputs: Inputs = ()
             raise SegVolError(f"outputs {seen[real]} and {target} would be the same file; {hint}")
         seen[real] = target
         for what, source in inputs:
-            if _same_file(target, Path(source)):
+            if same_file(target, Path(source)):
                 shown = "" if str(target) == str(source) else f" (output {target})"
                 raise SegVolError(f"refusing to overwrite the input {what} {source}{shown}; {hint}")
         _check_kind(target, hint)
         check_name_length(target, name_hint or hint)
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     """One file: the same resolved path (symlinks, ``..``), or the same inode (hard links)."""
     if os.path.realpath(a) == os.path.realpath(b):
         return True
