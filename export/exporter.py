@@ -8,6 +8,11 @@ Stages, each reported through ``progress``:
 3. the text-embedding table of the vocabulary (torch text encoder);
 4. manifest.json (:mod:`segvol_rt.io.artifacts`).
 
+With ``precision="fp16"`` each graph also gets an fp16 variant beside it
+(:mod:`segvol_rt.export.fp16`), TensorRT-checked like the fp32 one and
+verified against it on ONNX Runtime CPU; the manifest lists it under the
+graph's ``variants`` (the fp32 graph stays the reference and is always written).
+
 Everything is written into a temporary directory beside ``out`` and renamed
 into place at the end, so ``out`` is never half-written. An existing ``out``
 is refused unless ``force``; then it is replaced only if it is empty or an
@@ -32,6 +37,7 @@ import torch
 
 import segvol_rt
 from segvol_rt.errors import SegVolError
+from segvol_rt.export import fp16 as F
 from segvol_rt.export import onnx as O
 from segvol_rt.export import trt_support
 from segvol_rt.export.checkpoint import TOKENIZER_FILES, Checkpoint, build_model
@@ -63,14 +69,40 @@ class ExportOptions:
     decoder_batches: tuple[int, ...] = (1, 2, 3, 4)
     point_counts: tuple[int, ...] = (1, 16, 5, 9)
     seed: int = 0
+    precision: str = "fp32"  # "fp16": also write fp16 variants of the graphs
 
     def check(self) -> None:
+        if self.precision not in A.PRECISIONS:
+            raise SegVolError(f"--precision must be one of {', '.join(A.PRECISIONS)}, got {self.precision!r}")
         if self.opset < O.MIN_OPSET:
             raise SegVolError(f"--opset {self.opset} is too old: the graphs need opset >= {O.MIN_OPSET}")
         if not 1 <= self.max_batch <= 64:
             raise SegVolError(f"--max-batch must be in 1..64, got {self.max_batch}")
         if not 1 <= self.max_points <= 256:
             raise SegVolError(f"--max-points must be in 1..256, got {self.max_points}")
+
+
+@dataclass
+class VariantResult:
+    """An fp16 variant of a graph: its file, what stayed fp32, its parity against the fp32 graph."""
+
+    precision: str
+    file: str
+    sha256: str
+    bytes: int
+    operators: dict[str, int]
+    parity: O.Parity | None
+    conversion: dict[str, Any]
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "operators": self.operators,
+            "tensorrt_check": {"source": trt_support.SOURCE, "problems": []},
+            "parity": None if self.parity is None else self.parity.to_dict(),
+            "conversion": self.conversion,
+        }
 
 
 @dataclass
@@ -82,6 +114,7 @@ class GraphResult:
     operators: dict[str, int]
     parity: O.Parity | None
     seconds: float
+    variants: dict[str, VariantResult] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +133,10 @@ class ExportResult:
             ops = f"{sum(g.operators.values())} nodes, {len(g.operators)} op types"
             parity = "skipped" if g.parity is None else f"rel L2 <= {g.parity.max_rel_l2:.1e} ({len(g.parity.cases)} cases)"
             rows.append((g.file, _size(g.bytes), ops, parity))
+            for v in g.variants.values():
+                ops = f"{sum(v.operators.values())} nodes; fp32: {len(v.conversion['fp32_ops'])} op types, {v.conversion['fp32_nodes']} nodes"
+                parity = "skipped" if v.parity is None else f"vs fp32: rel L2 <= {v.parity.max_rel_l2:.1e} ({len(v.parity.cases)} cases)"
+                rows.append((v.file, _size(v.bytes), ops, parity))
         for rel in (A.TEXT_TABLE, *(f"{A.TOKENIZER_DIR}/{n}" for n in self.manifest["tokenizer"]["files"])):
             rows.append((rel, _size((self.out / rel).stat().st_size), "", ""))
         return rows
@@ -194,9 +231,45 @@ def export_graph(
         parity = _verify(path, module, model, spec, config, options, extra)
         say(f"{spec.name}: max rel L2 {parity.max_rel_l2:.2e} over {len(parity.cases)} cases")
         parity.require()
+    variants = {}
+    if options.precision == "fp16":
+        variants["fp16"] = export_fp16_variant(work, module, spec, config, options, say, extra)
     return GraphResult(
-        spec.name, spec.file, A.sha256_file(path), path.stat().st_size, report.operators, parity, time.perf_counter() - t
+        spec.name, spec.file, A.sha256_file(path), path.stat().st_size, report.operators, parity, time.perf_counter() - t,
+        variants,
     )
+
+
+def export_fp16_variant(
+    work: Path,
+    module: Any,
+    spec: S.GraphSpec,
+    config: SegVolConfig,
+    options: ExportOptions,
+    say: Progress,
+    extra: dict[str, dict[str, np.ndarray]] | None = None,
+) -> VariantResult:
+    """The fp16 variant of ``work/<spec.file>`` beside it
+    (:func:`segvol_rt.export.fp16.convert_graph`), TensorRT-checked and
+    (``options.verify``) within :data:`segvol_rt.export.fp16.FP16_TOLERANCE`
+    of the fp32 graph on ONNX Runtime CPU."""
+    src = work / spec.file
+    dst = work / F.fp16_file(spec.file)
+    say(f"{spec.name}: fp16 variant ({F.converter_version()}, keep_io_types)")
+    converted = F.convert_graph(src, dst, O.staged_norm_scopes(module))
+    report = trt_support.check_graph(dst)
+    say(f"{spec.name} fp16: TensorRT check - {report.summary()}")
+    trt_support.require_supported(report)
+    parity = None
+    if options.verify:
+        batches = options.decoder_batches if spec.name == S.PROMPT_DECODER else (
+            options.image_batches if spec.name == S.IMAGE_ENCODER else options.text_batches)
+        cases = F.parity_cases(spec, config, _within(batches, spec.ranges["B"]), _points_within(options), options.seed, extra)
+        parity = F.fp16_parity(O.ort_session(src), O.ort_session(dst), spec, cases)
+        say(f"{spec.name} fp16: max rel L2 {parity.max_rel_l2:.2e} against fp32 over {len(parity.cases)} cases")
+        parity.require()
+    return VariantResult("fp16", dst.name, A.sha256_file(dst), dst.stat().st_size, report.operators, parity,
+                         converted.conversion())
 
 
 def _verify(
@@ -303,6 +376,7 @@ def _manifest(
                 "operators": g.operators,
                 "tensorrt_check": {"source": trt_support.SOURCE, "problems": []},
                 "parity": None if g.parity is None else g.parity.to_dict(),
+                **({"variants": {p: v.to_manifest() for p, v in g.variants.items()}} if g.variants else {}),
             }
             for g in graphs
         },
@@ -314,6 +388,7 @@ def _manifest(
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__,
+            **({"onnxconverter_common": F.converter_version().split()[-1]} if options.precision == "fp16" else {}),
         },
         "engines": {},
     }
@@ -380,7 +455,7 @@ def export_demo_model(target: Path, say: Callable[[str], None] | None = None) ->
     say = say or (lambda _msg: None)
     # A light parity check: the shipped model was verified when it was made;
     # this only guards against a broken local torch / onnxruntime pair.
-    options = ExportOptions(image_batches=(1,), text_batches=(1,), decoder_batches=(1, 2), point_counts=(1, 5))
+    options = ExportOptions(image_batches=(1,), text_batches=(1,), decoder_batches=(1, 2), point_counts=(1, 5), precision="fp16")
     say(f"exporting the demo model into {target} (once; later runs reuse it)")
     export_artifacts(demo_checkpoint_dir(), target, options=options, force=True, progress=say)
     return target

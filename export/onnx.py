@@ -138,6 +138,12 @@ def stage_volume_norms(module: nn.Module) -> nn.Module:
     return shell
 
 
+def staged_norm_scopes(module: nn.Module) -> list[str]:
+    """Qualified names of the :class:`StagedLayerNorm` modules inside ``module``
+    (``["mask_decoder.output_upscaling.1"]`` for the prompt decoder graph)."""
+    return [name for name, child in module.named_modules() if isinstance(child, StagedLayerNorm)]
+
+
 class PromptDecoderGraph(nn.Module):
     """Prompt tokens + image embedding -> low_res_logits (B, 1, 4d, 4h, 4w).
 
@@ -314,6 +320,7 @@ class Parity:
 
     graph: str
     tolerance: float = PARITY_TOLERANCE
+    reference: str = "torch fp32 (decoder: official-style forward_decoder)"
     cases: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, rel: float, **case: Any) -> None:
@@ -331,13 +338,13 @@ class Parity:
         if not self.ok:
             worst = max(self.cases, key=lambda c: c["rel_l2"] if math.isfinite(c["rel_l2"]) else math.inf)
             raise SegVolError(
-                f"{self.graph}: ONNX Runtime differs from torch beyond rel L2 {self.tolerance:g} "
+                f"{self.graph}: ONNX Runtime differs from {self.reference} beyond rel L2 {self.tolerance:g} "
                 f"(worst {worst}); the export is not faithful"
             )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "reference": "torch fp32 (decoder: official-style forward_decoder)",
+            "reference": self.reference,
             "runtime": "onnxruntime CPUExecutionProvider",
             "metric": "relative L2 error",
             "tolerance": self.tolerance,

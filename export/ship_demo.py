@@ -6,7 +6,7 @@ out of the box:
 
 Run it after retraining the demo model (``python -m segvol_rt.export.demo_training``)
 or after a change of the graphs or the manifest. The export is the ordinary
-``segvol-rt export`` of the shipped checkpoint with the default parity checks;
+``segvol-rt export --precision fp16`` of the shipped checkpoint with the default parity checks;
 ``tests/test_shipped_demo.py`` holds the shipped graphs to a fresh export of the
 same checkpoint (same IO specs, numerical parity: ONNX bytes differ across torch
 versions, so the files are not compared byte for byte).
@@ -18,13 +18,14 @@ import argparse
 from pathlib import Path
 
 from segvol_rt.demo.model import demo_checkpoint_dir, shipped_artifacts_dir
-from segvol_rt.export.exporter import export_artifacts
+from segvol_rt.export.exporter import ExportOptions, export_artifacts
 
 
 def ship(out: Path | None = None) -> Path:
     """Export the shipped demo checkpoint into ``out`` (default: the package's assets), replacing it."""
     target = out or shipped_artifacts_dir()
-    export_artifacts(demo_checkpoint_dir(), target, force=True, progress=print)
+    # fp16 variants too, so `segvol-rt infer --precision fp16` runs on the demo model out of the box
+    export_artifacts(demo_checkpoint_dir(), target, options=ExportOptions(precision="fp16"), force=True, progress=print)
     return target
 
 

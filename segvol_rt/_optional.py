@@ -17,6 +17,7 @@ _EXTRAS = {
     "torch": ("export", "exporting graphs and the torch reference backend"),
     "onnx": ("export", "writing and checking ONNX graphs"),
     "safetensors": ("export", "reading .safetensors checkpoints"),
+    "onnxconverter_common": ("export", "fp16 graphs (export --precision fp16)"),
     "cupy": ("gpu", "the GPU pipeline (CuPy kernels)"),
     "tensorrt": ("trt", "TensorRT engines"),
     "onnxruntime": ("base install", "the ONNX Runtime backend"),

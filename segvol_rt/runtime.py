@@ -175,15 +175,19 @@ class SegVolRuntime:
         cache_bytes: int = Z.DEFAULT_CACHE_BYTES,
         text_cache_bytes: int = DEFAULT_TEXT_CACHE_BYTES,
         threads: int | None = None,
+        precision: str | None = None,
     ) -> SegVolRuntime:
         """Read the manifest, check every file's hash (``verify``) and open a backend.
 
         ``backend``: auto, tensorrt, onnxruntime or torch; ``device``: auto, cpu
         or cuda; ``checkpoint``: the torch backend's checkpoint file;
         ``cache_bytes`` / ``text_cache_bytes``: the cache bounds (see the class doc);
-        ``threads``: CPU threads of ONNX Runtime on the CPU and of torch (None: all cores)."""
+        ``threads``: CPU threads of ONNX Runtime on the CPU and of torch (None: all cores);
+        ``precision``: ``"fp32"`` or ``"fp16"``, the graph variant to run (None: fp32 on
+        ONNX Runtime and torch, the built engines' on TensorRT; fp16 needs artifacts
+        from ``segvol-rt export --precision fp16``)."""
         from segvol_rt.backends.select import BACKENDS, DEVICES, open_backend
-        from segvol_rt.io.artifacts import Artifacts
+        from segvol_rt.io.artifacts import PRECISIONS, Artifacts
 
         root = V.path(artifacts_dir, "artifacts_dir")
         backend = V.choice(backend, "backend", BACKENDS)
@@ -193,10 +197,12 @@ class SegVolRuntime:
         cache_bytes = V.integer(cache_bytes, "cache_bytes", minimum=0)
         text_cache_bytes = V.integer(text_cache_bytes, "text_cache_bytes", minimum=0)
         threads = None if threads is None else V.integer(threads, "threads", minimum=1)
+        precision = None if precision is None else V.choice(precision, "precision", PRECISIONS)
         artifacts = Artifacts.load(root)
         if verify:
             artifacts.verify()
-        opened, reason = open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint, threads=threads)
+        opened, reason = open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint, threads=threads,
+                                      precision=precision)
         return cls(artifacts, opened, reason, cache_bytes=cache_bytes, text_cache_bytes=text_cache_bytes)
 
     # -- limits -----------------------------------------------------------------

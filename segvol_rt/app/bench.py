@@ -39,8 +39,11 @@ Log = Callable[[str], None]
 
 
 def _open(artifacts: Any, backend: str, device: str, checkpoint: Any = None, model: Any = None,
-          threads: int | None = None) -> tuple[Any, str]:
-    """A backend by name, or raise SegVolError saying why it cannot run."""
+          threads: int | None = None, precision: str | None = None) -> tuple[Any, str]:
+    """A backend by name, or raise SegVolError saying why it cannot run.
+    ``precision``: fp32 or fp16 (None: the backend's default; torch runs fp32 only)."""
+    if backend == "torch":
+        precision = None  # the torch rows are the fp32 reference
     if backend == "torch" and model is not None:
         from segvol_rt.backends.torch import TorchBackend
 
@@ -48,10 +51,10 @@ def _open(artifacts: Any, backend: str, device: str, checkpoint: Any = None, mod
     if backend == "onnxruntime" and device == "cpu" and threads:
         from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(artifacts, device="cpu", threads=threads), "requested"
+        return OnnxRuntimeBackend(artifacts, device="cpu", threads=threads, precision=precision or "fp32"), "requested"
     from segvol_rt.backends.select import open_backend
 
-    return open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint)
+    return open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint, precision=precision)
 
 
 BACKEND_CHOICES = {
@@ -71,9 +74,10 @@ def torch_device(requested: str = "auto") -> str:
 
 
 def open_backends(artifacts: Any, labels: Sequence[str], checkpoint: Any, model: Any, log: Log,
-                  threads: int | None = None) -> dict[str, Any]:
+                  threads: int | None = None, precision: str | None = None) -> dict[str, Any]:
     """Open each backend of ``labels`` that can run here; log why the others
-    cannot. ``threads``: intra-op threads of ONNX Runtime on the CPU (default: all cores)."""
+    cannot. ``threads``: intra-op threads of ONNX Runtime on the CPU (default: all cores);
+    ``precision``: the graph variant of the ONNX Runtime and TensorRT backends."""
     opened = {}
     for label in labels:
         name, device = BACKEND_CHOICES[label]
@@ -82,7 +86,7 @@ def open_backends(artifacts: Any, labels: Sequence[str], checkpoint: Any, model:
                 if model is None and checkpoint is None:
                     raise SegVolError("no checkpoint to build the torch model from")
                 device = torch_device(device)
-            backend, _ = _open(artifacts, name, device, checkpoint, model, threads)
+            backend, _ = _open(artifacts, name, device, checkpoint, model, threads, precision)
         except SegVolError as exc:
             log(f"skipping {label}: {exc}")
             continue
@@ -133,6 +137,7 @@ def quick_bench(
     log: Log | None = None,
     model_name: str = "tiny",
     threads: int | None = None,
+    precision: str | None = None,
 ) -> Report:
     """A run of seconds on whatever is installed: per-stage latencies of each
     backend that can run, on a small phantom scan, one target.
@@ -141,7 +146,8 @@ def quick_bench(
     rows), else ``model_name``: ``"tiny"`` (the tiny benchmark model, exported
     into the cache once; needs the ``export`` extra) or ``"demo"`` (the
     shipped demo model). ``threads``: CPU threads of ONNX Runtime and torch
-    (default: all cores)."""
+    (default: all cores); ``precision``: fp32 or fp16 for the ONNX Runtime and
+    TensorRT rows (fp16 needs artifacts from ``export --precision fp16``)."""
     import tempfile
 
     say = log or (lambda _m: None)
@@ -153,6 +159,8 @@ def quick_bench(
     artifacts, checkpoint = _quick_model(artifacts, checkpoint, model_name, cache_dir, say)
     arts = Artifacts.load(artifacts)
     arts.verify()
+    if precision is not None:
+        arts.require_precision(precision)  # one line naming `export --precision fp16`
     config = arts.config
     report = _quick_report(config, artifacts, repeat, warmup, threads)
     settings = Settings(repeat=repeat, warmup=warmup)
@@ -165,7 +173,7 @@ def quick_bench(
         say(f"read / preprocess / write: {path.name}")
         report.cases[case] = bench_io(report, case, path, config.spatial_size, settings, tmpdir)
         report.cases[case]["window"] = list(config.spatial_size)
-        opened = open_backends(arts, backends, checkpoint, model, say, threads)
+        opened = open_backends(arts, backends, checkpoint, model, say, threads, precision)
         if not opened:
             raise SegVolError("no backend can run on this machine")
         _quick_backends(report, case, opened, arts, path, image.shape, checkpoint, tokenizer, settings, say)

@@ -182,12 +182,13 @@ def infer(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-target details: ROI, windows, prompts."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime (CPU) and torch (default: all cores)."),
     cache_mb: float | None = typer.Option(None, "--cache-mb", min=0, help="Bound of the runtime's window-embedding cache in MiB (default: the runtime's)."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16: the graph variant (fp16 needs `export --precision fp16`; TensorRT: the engines' precision). Default: fp32 on ONNX Runtime and torch, the built engines' on TensorRT."),
 ) -> None:
     """Segment targets of a CT scan by text, box and/or point prompts; write NIfTI masks (all of them or none)."""
     from segvol_rt.app.console import ConsoleReporter, check_choices, load_runtime, provenance_line
     from segvol_rt.app.infer import InferOptions, run_infer
 
-    check_choices(backend, device)
+    check_choices(backend, device, precision)
     cache_bytes = _cache_bytes(cache_mb)
     opts = InferOptions(
         texts=tuple(text or ()), box=box, points=tuple(point or ()), out=out, split=split,
@@ -196,7 +197,8 @@ def infer(
     )
     report = ConsoleReporter(quiet=quiet)
     try:
-        result = run_infer(scan, opts, lambda: load_runtime(artifacts, backend, device, report, threads, cache_bytes), report)
+        result = run_infer(scan, opts, lambda: load_runtime(artifacts, backend, device, report, threads, cache_bytes, precision),
+                           report)
     finally:
         report.close()
     for res in result.targets:
@@ -275,6 +277,7 @@ def export(
     max_points: int = typer.Option(16, "--max-points", help="Largest number of point prompts per target."),
     skip_verify: bool = typer.Option(False, "--skip-verify", help="Skip the ONNX Runtime vs torch parity checks."),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifacts directory at --out."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16. fp16 also writes fp16 variants of the graphs (fp32 IO; norms, softmax and reductions kept fp32), verified against the fp32 ones; the fp32 graphs are always written."),
 ) -> None:
     """Export a checkpoint to verified ONNX graphs, tokenizer files, text table and manifest."""
     import time
@@ -291,7 +294,8 @@ def export(
 
         checkpoint = str(demo_checkpoint_dir())
         say("no --checkpoint: exporting the demo model (synthetic phantoms, not for clinical use)")
-    options = ExportOptions(opset=opset, max_batch=max_batch, max_points=max_points, verify=not skip_verify)
+    options = ExportOptions(opset=opset, max_batch=max_batch, max_points=max_points, verify=not skip_verify, precision=precision)
+    options.check()  # a bad --precision says so before the checkpoint is read
     result = export_artifacts(checkpoint, out, tokenizer=tokenizer, options=options, force=force, progress=progress)
     rows = [("file", "size", "operators", "parity (ORT vs torch)"), *result.table()]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -303,7 +307,7 @@ def export(
 @app.command()
 def build(
     artifacts: str = typer.Option(..., "--artifacts", help="Artifacts directory written by `segvol-rt export`."),
-    precision: str = typer.Option("fp16", "--precision", help="fp16 (norms/softmax/reductions kept fp32) or fp32."),
+    precision: str = typer.Option("fp16", "--precision", help="fp16 (from the fp16 graphs of `export --precision fp16`) or fp32: the graph variant the strongly typed engines are built from."),
     max_batch: int | None = typer.Option(None, "--max-batch", help="Lower the windows-per-batch maximum (default: the exported one, 8)."),
     max_points: int | None = typer.Option(None, "--max-points", help="Lower the points-per-prompt maximum (default: the exported one, 16)."),
     timing_cache: str | None = typer.Option(None, "--timing-cache", help="TensorRT timing cache file to read and update."),
@@ -340,11 +344,13 @@ def bench(
     warmup: int = typer.Option(1, "--warmup", help="Untimed calls before them."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the report (machine, versions, every sample) as JSON."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime and torch (default: all cores)."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16: the graph variant of the ONNX Runtime and TensorRT rows (default: fp32 on ONNX Runtime, the built engines' on TensorRT)."),
 ) -> None:
     """Time each stage on this machine in seconds: a small phantom scan, one target, every backend that can run.
 
     For the full side-by-side benchmark against the official-style PyTorch flow, run benchmarks/bench.py."""
     from segvol_rt.app.bench import BACKEND_CHOICES, quick_bench
+    from segvol_rt.app.console import check_precision
 
     chosen = tuple(backend or BACKEND_CHOICES)
     unknown = sorted(set(chosen) - set(BACKEND_CHOICES))
@@ -352,8 +358,11 @@ def bench(
         raise SegVolError(f"unknown --backend {', '.join(unknown)}; choose from {', '.join(BACKEND_CHOICES)}")
     if model not in ("tiny", "demo"):
         raise SegVolError(f"unknown --model {model!r}; choose tiny or demo")
+    check_precision(precision)
+    log = lambda m: typer.echo(m, err=True)  # noqa: E731
+    log(f"precision: {precision or 'fp32 (ONNX Runtime), as built (TensorRT)'}")
     report = quick_bench(artifacts, checkpoint, backends=chosen, repeat=repeat, warmup=warmup,
-                         log=lambda m: typer.echo(m, err=True), model_name=model, threads=threads)
+                         log=log, model_name=model, threads=threads, precision=precision)
     say(report.markdown())
     if json_out:
         typer.echo(f"wrote {report.write_json(json_out)}", err=True)

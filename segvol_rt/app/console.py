@@ -155,12 +155,14 @@ class ConsoleReporter(Reporter):
 
 
 def load_runtime(artifacts: str | None, backend: str, device: str, report: Reporter, threads: int | None = None,
-                 cache_bytes: int | None = None) -> SegVolRuntime:
+                 cache_bytes: int | None = None, precision: str | None = None) -> SegVolRuntime:
     """The runtime on ``artifacts`` (default: the demo model, exported on demand).
 
     ``threads``: CPU threads of the backend (None: all cores); ``cache_bytes``:
-    the runtime's embedding-cache bound (None: its default)."""
-    options: dict[str, Any] = {"backend": backend, "device": device, "threads": threads}
+    the runtime's embedding-cache bound (None: its default); ``precision``:
+    fp32 or fp16 (None: the backend's default). The first line printed names
+    the backend and the precision that runs."""
+    options: dict[str, Any] = {"backend": backend, "device": device, "threads": threads, "precision": precision}
     if cache_bytes is not None:  # else the runtime's own default
         options["cache_bytes"] = cache_bytes
     if artifacts is None:
@@ -183,14 +185,23 @@ def check_artifacts_dir(artifacts: str | os.PathLike[str]) -> None:
         )
 
 
-def check_choices(backend: str, device: str) -> None:
-    """``--backend`` and ``--device`` are known names (before any file is read)."""
+def check_choices(backend: str, device: str, precision: str | None = None) -> None:
+    """``--backend``, ``--device`` and ``--precision`` are known names (before any file is read)."""
     from segvol_rt.backends.select import BACKENDS, DEVICES
 
     if backend not in BACKENDS:
         raise SegVolError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise SegVolError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    check_precision(precision)
+
+
+def check_precision(precision: str | None) -> None:
+    """``--precision`` is fp32, fp16 or not given."""
+    from segvol_rt.io.artifacts import PRECISIONS
+
+    if precision is not None and precision not in PRECISIONS:
+        raise SegVolError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
 
 
 def provenance(rt: SegVolRuntime, window_prompts: str) -> dict[str, Any]:

@@ -24,10 +24,12 @@ class Backend(ABC):
         device: ``"cpu"`` or ``"cuda"``.
         xp: the array module of inputs and outputs (numpy or cupy).
         specs: graph name -> :class:`segvol_rt.io.spec.GraphSpec`.
+        precision: ``"fp32"`` or ``"fp16"``, the graph variant (or engines) it runs.
     """
 
     name: str = "?"
     device: str = "cpu"
+    precision: str = "fp32"
     # Windows per image-encoder call; None: one on the CPU, the spec's max on a
     # GPU (see :meth:`preferred_batch`).
     window_batch: int | None = None

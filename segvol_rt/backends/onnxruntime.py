@@ -179,6 +179,8 @@ class OnnxRuntimeBackend(Backend):
         device: ``"cpu"`` or ``"cuda"``.
         threads: intra-op threads (default: all cores of this process).
         memory: the sessions' memory options, for every graph (default :data:`SESSION_MEMORY`).
+        precision: the graph variant, ``"fp32"`` (the exported graphs) or ``"fp16"``
+            (their fp16 variants from ``export --precision fp16``; same IO).
 
     ``sessions`` holds the sessions opened so far: the image encoder and the
     prompt decoder from the start, the text encoder (:data:`LAZY_GRAPHS`)
@@ -188,9 +190,12 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(
-        self, artifacts: Artifacts, device: str = "cpu", threads: int | None = None, memory: SessionMemory | None = None
+        self, artifacts: Artifacts, device: str = "cpu", threads: int | None = None, memory: SessionMemory | None = None,
+        precision: str = "fp32",
     ):
         super().__init__(artifacts.specs)
+        artifacts.require_precision(precision)
+        self.precision = precision
         self._ort = ort = require("onnxruntime")
         if device not in ("cpu", "cuda"):
             raise SegVolError(f"device must be 'cpu' or 'cuda', not {device!r}")
@@ -203,7 +208,7 @@ class OnnxRuntimeBackend(Backend):
         self._providers: list[Any] = [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
         # one options object for every graph's session (opened now, or on first use)
         self._options = dict.fromkeys(S.GRAPH_NAMES, session_options(ort, self.threads, memory or SESSION_MEMORY))
-        self._paths = {graph: artifacts.graph_path(graph) for graph in S.GRAPH_NAMES}
+        self._paths = {graph: artifacts.graph_path(graph, precision) for graph in S.GRAPH_NAMES}
         for path in self._paths.values():
             if not path.is_file():  # a lazy graph's file is missing: say so now, not mid-run
                 raise SegVolError(f"{path} is missing; export the artifacts again")
@@ -236,7 +241,7 @@ class OnnxRuntimeBackend(Backend):
         return found
 
     def describe(self) -> str:
-        return f"onnxruntime ({self.device}, {self.threads} threads, fp32)"
+        return f"onnxruntime ({self.device}, {self.threads} threads, {self.precision})"
 
     def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
         # Seam for the GPU path: with CuPy inputs this becomes an IO binding

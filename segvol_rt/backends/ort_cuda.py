@@ -119,20 +119,24 @@ class OrtCudaBackend(Backend):
         device_id: CUDA device to run on.
         session_options: an ``onnxruntime.SessionOptions`` (default: all graph
             optimisations, errors-only logging).
+        precision: ``"fp32"`` or ``"fp16"``: the graph variant to run (same IO).
     """
 
     name = "onnxruntime"
     device = "cuda"
     _bind_device = "cuda"  # ORT device type of the bound buffers (tests bind host memory as "cpu")
 
-    def __init__(self, artifacts: Artifacts, device_id: int = 0, session_options: Any = None):
+    def __init__(self, artifacts: Artifacts, device_id: int = 0, session_options: Any = None, precision: str = "fp32"):
         super().__init__(artifacts.specs)
+        artifacts.require_precision(precision)
+        self.precision = precision
         self._cp = require_cupy(device_id)
         self.device_id = device_id
         self._device = self._cp.cuda.Device(device_id)
-        self._sessions = {g: cuda_session(artifacts.graph_path(g), device_id, session_options) for g in S.GRAPH_NAMES}
+        paths = {g: artifacts.graph_path(g, precision) for g in S.GRAPH_NAMES}
+        self._sessions = {g: cuda_session(paths[g], device_id, session_options) for g in S.GRAPH_NAMES}
         for graph, session in self._sessions.items():
-            check_session_io(session, self.specs[graph], artifacts.graph_path(graph), self.specs)
+            check_session_io(session, self.specs[graph], paths[graph], self.specs)
 
     @classmethod
     def load(cls, root: str | Path, **kwargs: Any) -> OrtCudaBackend:
@@ -143,7 +147,7 @@ class OrtCudaBackend(Backend):
         return self._cp
 
     def describe(self) -> str:
-        return f"onnxruntime (cuda:{self.device_id}, IO binding)"
+        return f"onnxruntime (cuda:{self.device_id}, IO binding, {self.precision})"
 
     def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
         cp, spec = self._cp, self.specs[graph]

@@ -7,6 +7,13 @@ and why the better ones were not (``"onnxruntime on CPU: no CUDA device"``).
 A backend or device asked for by name that cannot run is a
 :class:`SegVolError` naming what is missing.
 
+``precision`` (``"fp32"`` or ``"fp16"``; None: the backend's default) picks
+the graph variant: ONNX Runtime runs the fp32 graphs by default and the fp16
+variants of ``export --precision fp16`` when asked; TensorRT runs the engines
+``segvol-rt build`` made, and refuses them when they are not of the asked
+precision; torch runs fp32 only. Asking for fp16 from artifacts without fp16
+graphs is one :class:`SegVolError` line naming ``export --precision fp16``.
+
 The CUDA backends keep the pipeline on the GPU (``xp`` is cupy): ONNX
 Runtime on CUDA is :class:`segvol_rt.backends.ort_cuda.OrtCudaBackend` (IO
 binding on CuPy memory; needs onnxruntime-gpu, CuPy and a GPU - the ``gpu``
@@ -23,6 +30,7 @@ from segvol_rt._optional import available
 from segvol_rt.backends.base import Backend
 from segvol_rt.backends.tensorrt.engines import has_engines
 from segvol_rt.errors import SegVolError
+from segvol_rt.io.artifacts import PRECISIONS
 
 if TYPE_CHECKING:
     from segvol_rt.io.artifacts import Artifacts
@@ -50,7 +58,7 @@ def _tensorrt_problem(artifacts: Artifacts) -> str | None:
     return gpu_problem()
 
 
-def _open_tensorrt(artifacts: Artifacts, device: str, **_: Any) -> Backend:
+def _open_tensorrt(artifacts: Artifacts, device: str, precision: str | None = None, **_: Any) -> Backend:
     if device == "cpu":
         raise SegVolError("the tensorrt backend runs on CUDA only; use --device cuda or another backend")
     problem = _tensorrt_problem(artifacts)
@@ -60,11 +68,15 @@ def _open_tensorrt(artifacts: Artifacts, device: str, **_: Any) -> Backend:
         from segvol_rt.backends.tensorrt.runner import TensorRTBackend
     except ImportError as exc:
         raise SegVolError(f"the tensorrt backend is not available in this install ({exc})") from exc
-    return TensorRTBackend(artifacts)
+    return TensorRTBackend(artifacts, precision=precision)
 
 
-def _open_onnxruntime(artifacts: Artifacts, device: str, threads: int | None = None, **_: Any) -> Backend:
+def _open_onnxruntime(artifacts: Artifacts, device: str, threads: int | None = None, precision: str | None = None,
+                      **_: Any) -> Backend:
     from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend, cuda_problem
+
+    precision = precision or "fp32"
+    artifacts.require_precision(precision)  # before any CUDA check: the clearer line
 
     if device == "cuda":
         problem = cuda_problem() or gpu_problem()
@@ -73,13 +85,17 @@ def _open_onnxruntime(artifacts: Artifacts, device: str, threads: int | None = N
         from segvol_rt.backends.ort_cuda import OrtCudaBackend
 
         # CuPy missing: a MissingDependencyError naming the gpu extra
-        return OrtCudaBackend(artifacts)
-    return OnnxRuntimeBackend(artifacts, device=device, threads=threads)
+        return OrtCudaBackend(artifacts, precision=precision)
+    return OnnxRuntimeBackend(artifacts, device=device, threads=threads, precision=precision)
 
 
 def _open_torch(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] | None = None,
-                threads: int | None = None, **_: Any) -> Backend:
+                threads: int | None = None, precision: str | None = None, **_: Any) -> Backend:
     from segvol_rt.backends.torch import TorchBackend
+
+    if precision not in (None, "fp32"):
+        raise SegVolError(f"the torch backend runs the checkpoint in fp32 only, not {precision}; "
+                          "use --backend onnxruntime or tensorrt for fp16")
 
     if threads:
         from segvol_rt._optional import require
@@ -97,11 +113,11 @@ _OPENERS: dict[str, Callable[..., Backend]] = {
 
 
 def _label(backend: Backend) -> str:
-    return f"{backend.name} on {'CUDA' if backend.device == 'cuda' else 'CPU'}"
+    return f"{backend.name} on {'CUDA' if backend.device == 'cuda' else 'CPU'} ({backend.precision})"
 
 
 def _auto(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] | None,
-          threads: int | None = None) -> tuple[Backend, str]:
+          threads: int | None = None, precision: str | None = None) -> tuple[Backend, str]:
     """Best runnable (backend, device) for ``device`` ("auto", "cpu" or "cuda")."""
     why_not: list[str] = []
     gpu = None if device == "cpu" else gpu_problem()
@@ -122,7 +138,7 @@ def _auto(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] 
                 why_not.append(problem)
                 continue
         try:
-            backend = _OPENERS[name](artifacts, dev, checkpoint=checkpoint, threads=threads)
+            backend = _OPENERS[name](artifacts, dev, checkpoint=checkpoint, threads=threads, precision=precision)
         except SegVolError as exc:
             why_not.append(f"{name} ({dev}): {exc}")
             continue
@@ -140,6 +156,7 @@ def open_backend(
     device: str = "auto",
     checkpoint: str | os.PathLike[str] | None = None,
     threads: int | None = None,
+    precision: str | None = None,
 ) -> tuple[Backend, str]:
     """Open a backend for ``artifacts`` (:class:`segvol_rt.io.artifacts.Artifacts`).
 
@@ -148,6 +165,8 @@ def open_backend(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         checkpoint: for the torch backend, a checkpoint path overriding the manifest's.
         threads: CPU threads of ONNX Runtime on the CPU and of torch (None: all cores).
+        precision: ``"fp32"`` or ``"fp16"`` (None: fp32 on ONNX Runtime and torch,
+            the built engines' on TensorRT); see the module docstring.
 
     Returns:
         ``(backend, reason)``: the reason says what runs and why better choices do not.
@@ -156,13 +175,17 @@ def open_backend(
         raise SegVolError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise SegVolError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise SegVolError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision is not None and precision != "fp32" and backend in ("auto", "onnxruntime"):
+        artifacts.require_precision(precision)  # one clear line, not a list of every backend's refusal
     if backend == "auto":
-        return _auto(artifacts, device, checkpoint, threads)
+        return _auto(artifacts, device, checkpoint, threads, precision)
     if device == "auto":
         device, why = _default_device(backend)
-        opened = _OPENERS[backend](artifacts, device, checkpoint=checkpoint, threads=threads)
+        opened = _OPENERS[backend](artifacts, device, checkpoint=checkpoint, threads=threads, precision=precision)
         return opened, _label(opened) + f": {why}"
-    opened = _OPENERS[backend](artifacts, device, checkpoint=checkpoint, threads=threads)
+    opened = _OPENERS[backend](artifacts, device, checkpoint=checkpoint, threads=threads, precision=precision)
     return opened, _label(opened) + ": requested"
 
 

@@ -14,10 +14,14 @@ Layout::
 ``manifest.json`` holds ``format_version``, ``segvol_rt_version``,
 ``checkpoint`` {name, sha256, format}, ``config`` (SegVolConfig.to_dict()),
 ``prompt_template``, ``opset``, ``graphs`` {name: {file, sha256, spec,
-operators, parity}}, ``tokenizer`` {dir, files: {name: sha256}},
+operators, parity, variants}}, ``tokenizer`` {dir, files: {name: sha256}},
 ``text_table`` {file, sha256, count}, ``versions`` and ``engines``
 (filled by the TensorRT build; each entry with a ``file`` and ``sha256`` is
-checked like the graphs). Paths in the manifest are relative to the
+checked like the graphs). A graph's optional ``variants`` {precision: {file,
+sha256, operators, tensorrt_check, parity, conversion}} lists the reduced
+precision copies of it (``export --precision fp16``: ``"fp16"``, a graph of
+the same IO whose parity is measured against the fp32 graph); the graph's own
+``file`` is the fp32 reference. Paths in the manifest are relative to the
 directory, with ``/`` separators, and never leave it.
 
 Validation, when the manifest is read (every failure one :class:`SegVolError`
@@ -41,7 +45,8 @@ understood in full); a field that becomes required, or a change of meaning,
 bumps ``format_version``, and this reader keeps accepting every older version
 it lists in :data:`SUPPORTED_FORMATS`.
 
-* 1: the first format (this module's layout above).
+* 1: the first format (this module's layout above); graph ``variants`` were
+  added later, as an optional field (artifacts without them have fp32 graphs only).
 
 Runtime code: numpy; jsonschema is imported when a manifest is read.
 """
@@ -73,6 +78,9 @@ SCHEMA = "manifest.schema.json"
 TEXT_TABLE = "text_table.npz"
 TOKENIZER_DIR = "tokenizer"
 ENGINES_DIR = "engines"
+# Graph variants: "fp32" is each graph's own file, the others its ``variants``.
+PRECISIONS = ("fp32", "fp16")
+REFERENCE_PRECISION = "fp32"
 
 _CHUNK = 1 << 20
 
@@ -239,12 +247,36 @@ class Artifacts:
     def prompt_template(self) -> str:
         return str(self.manifest.get("prompt_template", self.config.prompt_template))
 
-    def graph_path(self, name: str) -> Path:
-        """Path of graph ``name`` (one of :data:`segvol_rt.io.spec.GRAPH_NAMES`)."""
+    def graph_entry(self, name: str, precision: str = REFERENCE_PRECISION) -> dict[str, Any]:
+        """The manifest entry (file, sha256, ...) of graph ``name`` at ``precision``."""
         graphs = self.manifest["graphs"]
         if name not in graphs:
             raise SegVolError(f"no graph {name!r} in {self.root}; graphs: {sorted(graphs)}")
-        return self.root / graphs[name]["file"]
+        if precision == REFERENCE_PRECISION:
+            return dict(graphs[name])
+        self.require_precision(precision)
+        return dict(graphs[name]["variants"][precision])
+
+    def graph_path(self, name: str, precision: str = REFERENCE_PRECISION) -> Path:
+        """Path of graph ``name`` (one of :data:`segvol_rt.io.spec.GRAPH_NAMES`) at ``precision``."""
+        return self.root / self.graph_entry(name, precision)["file"]
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions every graph is exported at, ``fp32`` first."""
+        graphs = self.manifest["graphs"]
+        found = [p for p in PRECISIONS[1:] if all(p in (graphs[g].get("variants") or {}) for g in S.GRAPH_NAMES)]
+        return (REFERENCE_PRECISION, *found)
+
+    def require_precision(self, precision: str) -> None:
+        """Raise one :class:`SegVolError` line unless every graph exists at ``precision``."""
+        if precision not in PRECISIONS:
+            raise SegVolError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if precision not in self.precisions:
+            raise SegVolError(
+                f"{self.root} has no {precision} graphs (exported at {', '.join(self.precisions)}); "
+                f"export them: segvol-rt export --precision {precision} --out DIR (and --checkpoint CKPT)"
+            )
 
     def tokenizer_dir(self) -> Path:
         return self.root / self.manifest.get("tokenizer", {}).get("dir", TOKENIZER_DIR)
@@ -254,6 +286,8 @@ class Artifacts:
         only with ``engines``)."""
         for g in self.manifest["graphs"].values():
             yield g["file"], g["sha256"]
+            for variant in (g.get("variants") or {}).values():
+                yield variant["file"], variant["sha256"]
         tok = self.manifest.get("tokenizer", {})
         for name, digest in tok.get("files", {}).items():
             yield f"{tok.get('dir', TOKENIZER_DIR)}/{name}", digest

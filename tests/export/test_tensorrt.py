@@ -2,11 +2,12 @@
 
 Two kinds of tests:
 
-* ``test_fake_*`` run everywhere against a FAKE ``tensorrt`` module
-  (tests/support/fake_tensorrt.py) monkeypatched into ``sys.modules``. They
-  check our wiring - which documented TensorRT 10 API calls the builder
-  makes, in which order, with which profile shapes, what it writes - and are
-  NOT a TensorRT run: nothing is parsed, built or executed.
+* ``test_fake_*`` run everywhere, each against both strict FAKE ``tensorrt``
+  modules (tests/support/fake_tensorrt.py: TensorRT 10.x's and 11.x's
+  documented surfaces) monkeypatched into ``sys.modules``. They check our
+  wiring - which documented API calls the builder makes on each version, in
+  which order, with which profile shapes, what it writes - and are NOT a
+  TensorRT run: nothing is parsed, built or executed.
 * ``test_real_*`` need ``tensorrt``, CuPy and a GPU (skipped with the reason
   otherwise): build fp32 and fp16 engines from tiny exported artifacts, run
   them, compare with ONNX Runtime on the CPU, and refuse a foreign engine.
@@ -33,8 +34,9 @@ FAKE_GPU = E.GpuIdentity("FAKE GPU", "9.0")
 CHECKPOINT_SHA = "f" * 64
 
 
-def make_artifacts(root: Path, config: SegVolConfig | None = None, broken: str | None = None) -> Path:
-    """A minimal artifacts dir with placeholder graph bytes (the fake parser never reads ONNX)."""
+def make_artifacts(root: Path, config: SegVolConfig | None = None, broken: str | None = None, fp16: bool = True) -> Path:
+    """A minimal artifacts dir with placeholder graph bytes (the fake parser never reads ONNX),
+    with fp16 variants unless ``fp16`` is False."""
     config = config or SegVolConfig.tiny()
     root.mkdir()
     graphs = {}
@@ -43,6 +45,10 @@ def make_artifacts(root: Path, config: SegVolConfig | None = None, broken: str |
         body = b"BROKEN" if name == broken else json.dumps(spec.to_dict()).encode()
         (root / spec.file).write_bytes(body)
         graphs[name] = {"file": spec.file, "sha256": A.sha256_file(root / spec.file), "spec": spec.to_dict()}
+        if fp16:
+            half = spec.file.replace(".onnx", ".fp16.onnx")
+            (root / half).write_bytes(body + b" ")  # a different file of the same IO
+            graphs[name]["variants"] = {"fp16": {"file": half, "sha256": A.sha256_file(root / half)}}
     A.write_manifest(
         root,
         {
@@ -56,11 +62,12 @@ def make_artifacts(root: Path, config: SegVolConfig | None = None, broken: str |
     return root
 
 
-@pytest.fixture
-def fake_trt(monkeypatch):
+@pytest.fixture(params=[10, 11], ids=["trt10", "trt11"])
+def fake_trt(request, monkeypatch):
+    """The strict fake of TensorRT 10.x, then of 11.x: every fake test runs on both."""
     from segvol_rt.backends.tensorrt import build as tensorrt_build
 
-    trt = fake_tensorrt.make()
+    trt = fake_tensorrt.make(request.param)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(tensorrt_build, "_query_gpu", lambda: FAKE_GPU)
     return trt
@@ -73,6 +80,8 @@ def _one_build(calls: list[tuple]) -> list[tuple]:
 
 
 def test_fake_fp16_build_calls_the_documented_api_in_order(tmp_path, fake_trt):
+    """One code path on both versions: a strongly typed network from the fp16
+    graph, the workspace limit, no flag, no per-layer pin."""
     from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     root = make_artifacts(tmp_path / "art")
@@ -87,8 +96,6 @@ def test_fake_fp16_build_calls_the_documented_api_in_order(tmp_path, fake_trt):
         "parse_from_file",
         "builder.create_builder_config",
         "config.set_memory_pool_limit",
-        "config.set_flag",
-        "config.set_flag",
         "builder.create_optimization_profile",
         "profile.set_shape",
         "profile.set_shape",
@@ -100,11 +107,10 @@ def test_fake_fp16_build_calls_the_documented_api_in_order(tmp_path, fake_trt):
         "builder.build_serialized_network",
         "config.get_timing_cache",
     ]
-    assert ("builder.create_network", 0) in calls  # TensorRT 10: explicit batch is implicit
-    assert ("parse_from_file", "prompt_decoder.onnx") in calls
+    strongly = 1 << int(fake_trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # bit 1 on 10.x, bit 0 on 11.x
+    assert ("builder.create_network", strongly) in calls
+    assert ("parse_from_file", "prompt_decoder.fp16.onnx") in calls  # the fp16 graph carries the precision
     assert ("config.set_memory_pool_limit", fake_tensorrt.MemoryPoolType.WORKSPACE, 4 << 30) in calls
-    flags = [c[1] for c in calls if c[0] == "config.set_flag"]
-    assert flags == [fake_tensorrt.BuilderFlag.FP16, fake_tensorrt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS]
     # Profile shapes: the spec's, with batch capped at 2 and tokens at 4 + EXTRA_TOKENS.
     c, (d, h, w) = 32, SegVolConfig.tiny().grid_size
     n = 4 + S.EXTRA_TOKENS
@@ -117,35 +123,47 @@ def test_fake_fp16_build_calls_the_documented_api_in_order(tmp_path, fake_trt):
     }
 
 
-def test_fake_fp16_pins_norms_softmax_reductions_pow_sqrt_div(tmp_path, fake_trt):
-    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
-
-    root = make_artifacts(tmp_path / "art")
-    records = build_engines(root, BuildOptions(precision="fp16"), graphs=[S.IMAGE_ENCODER])
-    pinned = [c[1] for c in fake_trt.calls if c[0] == "layer.precision"]
-    assert pinned == [
-        "/norm/LayerNormalization",
-        "/attn/Softmax",
-        "/pe/ReduceMean",
-        "node_7",  # a Pow found by its operation, not its name
-        "/pe/Div",
-        "/norm/Sqrt",
-    ]  # not: MatMul, Add, Exp, the reshape, nor the int64 shape Div
-    assert all(c[3] == fake_tensorrt.DataType.FLOAT for c in fake_trt.calls if c[0] == "layer.set_output_type")
-    # the precision is set before the build
-    order = [c[0] for c in fake_trt.calls]
-    assert order.index("layer.precision") < order.index("builder.build_serialized_network")
-    assert records[S.IMAGE_ENCODER].options["fp32_layers"] == 6
-
-
 def test_fake_fp32_build_sets_no_precision_flags(tmp_path, fake_trt):
     from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     root = make_artifacts(tmp_path / "art")
     build_engines(root, BuildOptions(precision="fp32"))
     kinds = [c[0] for c in fake_trt.calls]
-    assert "config.set_flag" not in kinds and "layer.precision" not in kinds
+    assert "config.set_flag" not in kinds and "layer.precision" not in kinds and "layer.set_output_type" not in kinds
     assert kinds.count("builder.build_serialized_network") == 3
+    assert [c[1] for c in fake_trt.calls if c[0] == "parse_from_file"] == [s.file for s in S.graph_specs(SegVolConfig.tiny()).values()]
+
+
+def test_fake_trt11_rejects_the_weak_typing_api(fake_trt):
+    """The 11.x fake lacks what 11.x removed, so code touching it fails as on the real one;
+    the 10.x fake documents it, but a strongly typed build refuses it."""
+    if fake_trt.__version__.startswith("11"):
+        for name in fake_tensorrt.REMOVED_IN_11_FLAGS:
+            with pytest.raises(AttributeError):
+                getattr(fake_trt.BuilderFlag, name)
+        with pytest.raises(AttributeError):
+            fake_trt.BuilderFlag.FP16  # noqa: B018
+        with pytest.raises(AttributeError):
+            fake_trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH  # noqa: B018
+        layer = fake_trt.ILayer([], "x")
+        assert not hasattr(layer, "precision") and not hasattr(layer, "set_output_type")
+        assert not hasattr(fake_tensorrt.FakeEngine, "device_memory_size")
+        return
+    builder = fake_trt.Builder(fake_trt.Logger(fake_trt.Logger.WARNING))
+    network = builder.create_network(1 << int(fake_trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    config = builder.create_builder_config()
+    config.set_flag(fake_trt.BuilderFlag.FP16)
+    assert builder.build_serialized_network(network, config) is None
+    assert hasattr(fake_tensorrt.FakeEngine10, "device_memory_size")
+
+
+def test_fake_fp16_build_needs_fp16_graphs(tmp_path, fake_trt, monkeypatch):
+    from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
+
+    root = make_artifacts(tmp_path / "art", fp16=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # refused before tensorrt is looked for
+    with pytest.raises(SegVolError, match=r"has no fp16 graphs .*segvol-rt export --precision fp16"):
+        build_engines(root, BuildOptions(precision="fp16"))
 
 
 def test_fake_build_writes_plain_engines_and_manifest_records(tmp_path, fake_trt):
@@ -165,10 +183,11 @@ def test_fake_build_writes_plain_engines_and_manifest_records(tmp_path, fake_trt
         # The file is exactly TensorRT's serialized engine: no header of ours.
         assert path.read_bytes().startswith(b"FAKE-SERIALIZED-ENGINE/")
         assert rec.sha256 == A.sha256_file(path)
-        assert rec.graph_sha256 == manifest["graphs"][graph]["sha256"]
+        assert rec.graph_sha256 == manifest["graphs"][graph]["variants"]["fp16"]["sha256"]  # the graph it was built from
         assert rec.model_sha256 == CHECKPOINT_SHA
-        assert (rec.tensorrt_version, rec.gpu_name, rec.compute_capability) == ("10.99.0-FAKE", "FAKE GPU", "9.0")
-        assert rec.precision == "fp16" and rec.profiles == E.profile_shapes(specs[graph])
+        assert (rec.tensorrt_version, rec.gpu_name, rec.compute_capability) == (fake_trt.__version__, "FAKE GPU", "9.0")
+        assert rec.precision == rec.graph_variant == "fp16" and rec.profiles == E.profile_shapes(specs[graph])
+        assert manifest["engines"][graph]["graph_variant"] == "fp16" and rec.options["strongly_typed"] is True
     A.Artifacts.load(root).verify()  # engine hashes are checked like the graphs
     # The timing cache is read once, threaded through the three builds, then saved.
     blobs = [c[1] for c in fake_trt.calls if c[0] == "config.create_timing_cache"]
@@ -214,9 +233,12 @@ def test_fake_build_refuses_a_changed_graph(tmp_path, fake_trt):
     from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     root = make_artifacts(tmp_path / "art")
-    (root / "image_encoder.onnx").write_bytes(b"changed")
+    (root / "image_encoder.fp16.onnx").write_bytes(b"changed")
     with pytest.raises(SegVolError, match="does not match manifest.json"):
         build_engines(root, BuildOptions(), graphs=[S.IMAGE_ENCODER])
+    (root / "text_encoder.onnx").write_bytes(b"changed")
+    with pytest.raises(SegVolError, match="does not match manifest.json"):
+        build_engines(root, BuildOptions(precision="fp32"), graphs=[S.TEXT_ENCODER])
 
 
 def test_build_options_are_validated():
@@ -224,17 +246,6 @@ def test_build_options_are_validated():
 
     with pytest.raises(SegVolError, match="precision"):
         BuildOptions(precision="int8")
-
-
-def test_needs_fp32_decisions():
-    from segvol_rt.backends.tensorrt.build import needs_fp32
-
-    assert needs_fp32("NORMALIZATION", None, "x") and needs_fp32("SOFTMAX", None, "x")
-    assert needs_fp32("REDUCE", None, "x") and needs_fp32("ELEMENTWISE", "POW", "x")
-    assert needs_fp32("UNARY", "SQRT", "x") and needs_fp32("ELEMENTWISE", "DIV", "x")
-    assert not needs_fp32("ELEMENTWISE", "SUM", "/x/Div_wrong_name")  # the operation wins over the name
-    assert needs_fp32("ELEMENTWISE", None, "/attn/Div")  # name fallback when the op is unknown
-    assert not needs_fp32("MATRIX_MULTIPLY", None, "/attn/Softmax_input")
 
 
 def test_missing_tensorrt_names_the_extra(tmp_path, monkeypatch):
@@ -265,7 +276,8 @@ def test_fake_cli_build(tmp_path, fake_trt):
     root = make_artifacts(tmp_path / "art")
     result = CliRunner().invoke(app, ["build", "--artifacts", str(root), "--max-batch", "2"])
     assert result.exit_code == 0, result.output
-    assert "image_encoder: engines/image_encoder.plan (fp16, TensorRT 10.99.0-FAKE, FAKE GPU)" in result.output
+    assert f"image_encoder: engines/image_encoder.plan (fp16, TensorRT {fake_trt.__version__}, FAKE GPU)" in result.output
+    assert "from image_encoder.fp16.onnx (strongly typed, fp16)" in result.output
     rec = E.engine_records(A.Artifacts.load(root).manifest)[S.IMAGE_ENCODER]
     assert rec.profiles["image"]["max"][0] == 2
 
@@ -312,6 +324,7 @@ def test_fake_backend_binds_every_tensor_and_orders_streams(tmp_path, fake_stack
     trt, cp = fake_stack
     backend = TensorRTBackend(Artifacts.load(_built(tmp_path)))
     assert backend.xp is cp and backend.precision == "fp16"
+    assert backend.device_memory_bytes == dict.fromkeys(S.GRAPH_NAMES, 1 << 20)  # _v2 on both versions
     config = SegVolConfig.tiny()
     for graph, feeds in _feeds(config, batch=2).items():
         spec = backend.specs[graph]
@@ -359,6 +372,8 @@ def test_fake_backend_refuses_foreign_or_changed_engines(tmp_path, fake_stack):
     (root / engines[S.TEXT_ENCODER]["file"]).write_bytes(b"FAKE-SERIALIZED-ENGINE/{}")
     with pytest.raises(SegVolError, match="does not match its manifest sha256"):
         TensorRTBackend(Artifacts.load(root))
+    with pytest.raises(SegVolError, match=r"are not fp32 .*segvol-rt build --precision fp32"):
+        TensorRTBackend(Artifacts.load(root), precision="fp32")
     art.update(engines={})
     with pytest.raises(SegVolError, match="no TensorRT engine for .*segvol-rt build"):
         TensorRTBackend(Artifacts.load(root))
@@ -426,7 +441,7 @@ def tiny_artifacts(tmp_path_factory, tiny_pth):
     from segvol_rt.export.exporter import ExportOptions, export_artifacts
 
     out = tmp_path_factory.mktemp("trt") / "art"
-    export_artifacts(tiny_pth, out, tokenizer=shared_path("clip"), options=ExportOptions(verify=False))
+    export_artifacts(tiny_pth, out, tokenizer=shared_path("clip"), options=ExportOptions(verify=False, precision="fp16"))
     return out
 
 
@@ -480,8 +495,8 @@ def test_real_engines_match_ort_cpu(tiny_artifacts, tmp_path, precision):
     root = _build_copy(tiny_artifacts, tmp_path / precision, precision)
     art = Artifacts.load(root)
     art.verify()
-    trt_backend = TensorRTBackend(art)
-    cpu_backend = OnnxRuntimeBackend(art, device="cpu")
+    trt_backend = TensorRTBackend(art, precision=precision)
+    cpu_backend = OnnxRuntimeBackend(art, device="cpu", precision=precision)
     feeds = _inputs(art.config)
     got = _run_all(trt_backend, trt_backend.xp, *feeds)
     want = _run_all(cpu_backend, np, *feeds)

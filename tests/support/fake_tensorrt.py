@@ -1,10 +1,34 @@
-"""A FAKE, minimal ``tensorrt`` module for CPU tests of our builder wiring.
+"""FAKE, strict ``tensorrt`` modules for CPU tests of our builder and runner.
 
-It implements only the TensorRT 10 Python API surface that
-``segvol_rt.backends.tensorrt.build`` calls, records every call in
-``module.calls`` and returns plausible objects. It builds nothing: tests
-using it check that we call the documented API in the right order with the
-right profile shapes, NOT that TensorRT accepts our graphs.
+:func:`make` returns a fresh module with *one major version's* documented
+Python API surface, ``make(10)`` (TensorRT 10.x) or ``make(11)`` (TensorRT
+11.x), and nothing more: a name the version lacks raises ``AttributeError``
+when touched, as the real bindings do. Every call is recorded in
+``module.calls``. Nothing is parsed, built or executed on a GPU: the tests
+check that we call the documented API of each version the right way.
+
+The surfaces, from NVIDIA's pages:
+
+* TensorRT 10.x Python API reference, ``Core/Builder.html``
+  (``NetworkDefinitionCreationFlag``: ``EXPLICIT_BATCH`` "[DEPRECATED] Ignored
+  because networks are always explicit batch", ``STRONGLY_TYPED``; ``BuilderFlag``
+  with ``FP16``, ``BF16``, ``INT8``, ``FP8``, ``INT4``, ``OBEY_PRECISION_CONSTRAINTS``,
+  ``PREFER_PRECISION_CONSTRAINTS``, ``DIRECT_IO``, ...), ``Core/Engine.html``
+  (``ICudaEngine.device_memory_size`` and, from 10.1, ``device_memory_size_v2``),
+  ``Graph/Layers.html`` (``ILayer.precision``, ``ILayer.set_output_type``);
+  docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html.
+  PyPI's ``tensorrt-stubs`` (10.x) types the same names.
+* "Migrating from TensorRT 10.x to 11.x" and its "Removed Python APIs and
+  Replacements" page (docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/
+  tensorrt-10x-to-11x-python-api-reference.html): removed are
+  ``BuilderFlag.FP16``/``BF16``/``INT8``/``FP8``/``INT4``/``FP4``,
+  ``OBEY_PRECISION_CONSTRAINTS``, ``PREFER_PRECISION_CONSTRAINTS``, ``DIRECT_IO``,
+  the weak-typing layer APIs (``ILayer.precision``, ``ILayer.set_output_type``)
+  and ``ICudaEngine.device_memory_size`` (use ``device_memory_size_v2``). The 11.0
+  Python reference (11.0.0/_static/python-api/infer/Core/Engine.html) lists
+  ``device_memory_size_v2`` only; ``NetworkDefinitionCreationFlag`` keeps
+  ``STRONGLY_TYPED`` (value 0, accepted and ignored: strong typing is always on)
+  and has no ``EXPLICIT_BATCH``.
 """
 
 from __future__ import annotations
@@ -17,63 +41,72 @@ from pathlib import Path
 
 import numpy as np
 
-
-class LayerType(enum.Enum):
-    NORMALIZATION = 1
-    SOFTMAX = 2
-    REDUCE = 3
-    ELEMENTWISE = 4
-    UNARY = 5
-    MATRIX_MULTIPLY = 6
-    SHUFFLE = 7
-
-
-class ElementWiseOperation(enum.Enum):
-    SUM = 0
-    PROD = 1
-    DIV = 2
-    POW = 3
-
-
-class UnaryOperation(enum.Enum):
-    EXP = 0
-    SQRT = 1
+VERSIONS = {10: "10.99.0-FAKE", 11: "11.99.0-FAKE"}
 
 
 class DataType(enum.Enum):
     FLOAT = 0
     HALF = 1
-    INT32 = 2
-    INT64 = 3
+    INT8 = 2
+    INT32 = 3
+    BOOL = 4
+    UINT8 = 5
+    FP8 = 6
+    BF16 = 7
+    INT64 = 8
+    INT4 = 9
 
 
 class TensorIOMode(enum.Enum):
-    INPUT = 0
-    OUTPUT = 1
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
 
 
 class MemoryPoolType(enum.Enum):
     WORKSPACE = 0
+    DLA_MANAGED_SRAM = 1
+    DLA_LOCAL_DRAM = 2
+    DLA_GLOBAL_DRAM = 3
+    TACTIC_DRAM = 4
+    TACTIC_SHARED_MEMORY = 5
 
 
-class BuilderFlag(enum.Enum):
-    FP16 = 0
-    OBEY_PRECISION_CONSTRAINTS = 1
+# BuilderFlag members common to 10.x and 11.x (the weak-typing ones are 10.x only).
+_COMMON_FLAGS = [
+    "DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "TF32", "SPARSE_WEIGHTS", "SAFETY_SCOPE",
+    "REJECT_EMPTY_ALGORITHMS", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME", "STRIP_PLAN", "REFIT_IDENTICAL",
+    "WEIGHT_STREAMING", "REFIT_INDIVIDUAL", "STRICT_NANS", "MONITOR_MEMORY", "EDITABLE_TIMING_CACHE",
+    "DISTRIBUTIVE_INDEPENDENCE",
+]
+REMOVED_IN_11_FLAGS = [
+    "FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
+    "DIRECT_IO",
+]
+BuilderFlag10 = enum.IntEnum("BuilderFlag", [*REMOVED_IN_11_FLAGS, *_COMMON_FLAGS])  # type: ignore[misc]
+BuilderFlag11 = enum.IntEnum("BuilderFlag", _COMMON_FLAGS)  # type: ignore[misc]
 
 
-class FakeTensor:
-    def __init__(self, dtype: DataType):
-        self.dtype = dtype
+class NetworkDefinitionCreationFlag10(enum.IntEnum):
+    EXPLICIT_BATCH = 0
+    STRONGLY_TYPED = 1
+    PREFER_AOT_PYTHON_PLUGINS = 2
+    PREFER_JIT_PYTHON_PLUGINS = 3
 
 
-class ILayer:
-    def __init__(self, calls, name, type_, dtype=DataType.FLOAT, op=None):
+class NetworkDefinitionCreationFlag11(enum.IntEnum):
+    STRONGLY_TYPED = 0
+    PREFER_AOT_PYTHON_PLUGINS = 1
+    PREFER_JIT_PYTHON_PLUGINS = 2
+
+
+class ILayer11:
+    """A network layer as 11.x has it: strongly typed, no precision or output-type setters."""
+
+    def __init__(self, calls, name, dtype=DataType.FLOAT):
         self._calls = calls
         self.name = name
-        self.type = type_
-        self._op = op
         self._outputs = [FakeTensor(dtype)]
-        self._precision = None
 
     @property
     def num_outputs(self) -> int:
@@ -82,30 +115,26 @@ class ILayer:
     def get_output(self, i):
         return self._outputs[i]
 
+
+class ILayer10(ILayer11):
+    """10.x also documents the weak-typing setters (refused in a strongly typed
+    network: the fake records the call and the network's build fails)."""
+
     @property
     def precision(self):
-        return self._precision
+        return DataType.FLOAT
 
     @precision.setter
     def precision(self, value):
         self._calls.append(("layer.precision", self.name, value))
-        self._precision = value
 
     def set_output_type(self, i, dtype):
         self._calls.append(("layer.set_output_type", self.name, i, dtype))
-        self._outputs[i].dtype = dtype
 
 
-class IElementWiseLayer(ILayer):
-    @property
-    def op(self):
-        return self._op
-
-
-class IUnaryLayer(ILayer):
-    @property
-    def op(self):
-        return self._op
+class FakeTensor:
+    def __init__(self, dtype: DataType):
+        self.dtype = dtype
 
 
 class ParserError:
@@ -125,35 +154,44 @@ class ParserError:
         return self._v[3]
 
 
-def make(version: str = "10.99.0-FAKE") -> types.ModuleType:
-    """A fresh fake ``tensorrt`` module with its own call log."""
+def make(major: int = 10) -> types.ModuleType:
+    """A fresh fake ``tensorrt`` module of TensorRT ``major`` (10 or 11) with its own call log."""
+    if major not in VERSIONS:
+        raise ValueError(f"no fake for TensorRT {major}")
     calls: list[tuple] = []
     trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
+    trt.__version__ = VERSIONS[major]
     trt.calls = calls
-    for cls in (LayerType, TensorIOMode, ElementWiseOperation, UnaryOperation, MemoryPoolType, BuilderFlag, IElementWiseLayer, IUnaryLayer):
-        setattr(trt, cls.__name__, cls)
+    flags_enum = NetworkDefinitionCreationFlag10 if major == 10 else NetworkDefinitionCreationFlag11
+    trt.NetworkDefinitionCreationFlag = flags_enum
+    trt.BuilderFlag = BuilderFlag10 if major == 10 else BuilderFlag11
+    trt.TensorIOMode, trt.MemoryPoolType, trt.DataType = TensorIOMode, MemoryPoolType, DataType
+    trt.ILayer = ILayer10 if major == 10 else ILayer11
     trt.float32, trt.float16, trt.int32, trt.int64 = DataType.FLOAT, DataType.HALF, DataType.INT32, DataType.INT64
+    trt.bfloat16, trt.int8, trt.bool, trt.uint8 = DataType.BF16, DataType.INT8, DataType.BOOL, DataType.UINT8
+    known_bits = sum(1 << int(f) for f in flags_enum)
 
     class Logger:
-        WARNING = "WARNING"
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
 
         def __init__(self, level):
             calls.append(("Logger", level))
 
     class Network:
-        def __init__(self):
-            self.layers = []
+        def __init__(self, flags: int):
+            self.flags = flags
+            self.layers: list = []
+            self.source = b""
 
         @property
         def num_layers(self):
             return len(self.layers)
 
         def get_layer(self, i):
-            layer = self.layers[i]
-            base = ILayer.__new__(ILayer)  # get_layer hands out the generic ILayer, as TensorRT does
-            base.__dict__ = layer.__dict__
-            return base
+            return self.layers[i]
+
+        def get_flag(self, flag):
+            return bool(self.flags & (1 << int(flag)))
 
     class OnnxParser:
         def __init__(self, network, logger):
@@ -167,20 +205,7 @@ def make(version: str = "10.99.0-FAKE") -> types.ModuleType:
                 self.errors = [ParserError(7, "/blocks.0/attn/Einsum", "Einsum", "unsupported equation")]
                 return False
             self.network.source = Path(path).read_bytes()
-            f, i64 = DataType.FLOAT, DataType.INT64
-            self.network.layers = [
-                ILayer(calls, "/norm/LayerNormalization", LayerType.NORMALIZATION),
-                ILayer(calls, "/attn/Softmax", LayerType.SOFTMAX),
-                ILayer(calls, "/attn/MatMul", LayerType.MATRIX_MULTIPLY),
-                ILayer(calls, "/pe/ReduceMean", LayerType.REDUCE),
-                IElementWiseLayer(calls, "node_7", LayerType.ELEMENTWISE, f, ElementWiseOperation.POW),
-                IElementWiseLayer(calls, "/attn/Add", LayerType.ELEMENTWISE, f, ElementWiseOperation.SUM),
-                IElementWiseLayer(calls, "/shape/Div", LayerType.ELEMENTWISE, i64, ElementWiseOperation.DIV),
-                IElementWiseLayer(calls, "/pe/Div", LayerType.ELEMENTWISE, f, ElementWiseOperation.DIV),
-                IUnaryLayer(calls, "/norm/Sqrt", LayerType.UNARY, f, UnaryOperation.SQRT),
-                IUnaryLayer(calls, "/act/Exp", LayerType.UNARY, f, UnaryOperation.EXP),
-                ILayer(calls, "/reshape", LayerType.SHUFFLE),
-            ]
+            self.network.layers = [trt.ILayer(calls, "/norm/LayerNormalization"), trt.ILayer(calls, "/attn/MatMul")]
             return True
 
         @property
@@ -204,12 +229,16 @@ def make(version: str = "10.99.0-FAKE") -> types.ModuleType:
     class Config:
         def __init__(self):
             self.cache = None
+            self.flags: set = set()
 
         def set_memory_pool_limit(self, pool, size):
             calls.append(("config.set_memory_pool_limit", pool, size))
 
         def set_flag(self, flag):
+            if not isinstance(flag, trt.BuilderFlag):
+                raise TypeError(f"set_flag(): incompatible function arguments ({flag!r})")
             calls.append(("config.set_flag", flag))
+            self.flags.add(flag.name)
 
         def add_optimization_profile(self, profile):
             calls.append(("config.add_optimization_profile",))
@@ -232,9 +261,11 @@ def make(version: str = "10.99.0-FAKE") -> types.ModuleType:
         def __init__(self, logger):
             calls.append(("Builder",))
 
-        def create_network(self, flags):
+        def create_network(self, flags=0):
+            if flags & ~known_bits:
+                raise ValueError(f"create_network: unknown NetworkDefinitionCreationFlag bits {flags:#x}")
             calls.append(("builder.create_network", flags))
-            return Network()
+            return Network(flags)
 
         def create_builder_config(self):
             calls.append(("builder.create_builder_config",))
@@ -246,11 +277,19 @@ def make(version: str = "10.99.0-FAKE") -> types.ModuleType:
 
         def build_serialized_network(self, network, config):
             calls.append(("builder.build_serialized_network",))
+            strongly = network.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) or major >= 11
+            weak = {"FP16", "BF16", "INT8", "FP8", "INT4", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"}
+            pinned = any(c[0] in ("layer.precision", "layer.set_output_type") for c in calls)
+            if strongly and (config.flags & weak or pinned):
+                return None  # TensorRT logs "... not allowed in a strongly typed network" and builds nothing
             return memoryview(b"FAKE-SERIALIZED-ENGINE/" + network.source)
 
     trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
-    trt.Runtime = lambda logger: FakeRuntime(calls)
-    trt.nptype = lambda dtype: {DataType.FLOAT: np.float32, DataType.INT32: np.int32, DataType.INT64: np.int64}[dtype]
+    trt.Runtime = lambda logger: FakeRuntime(calls, major)
+    trt.nptype = lambda dtype: {
+        DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT32: np.int32, DataType.INT64: np.int64,
+        DataType.BOOL: np.bool_, DataType.INT8: np.int8, DataType.UINT8: np.uint8,
+    }[dtype]
     return trt
 
 
@@ -281,8 +320,8 @@ def fake_outputs(spec, inputs: dict) -> dict:
 
 
 class FakeRuntime:
-    def __init__(self, calls):
-        self.calls = calls
+    def __init__(self, calls, major: int = 10):
+        self.calls, self.major = calls, major
 
     def deserialize_cuda_engine(self, blob):
         self.calls.append(("runtime.deserialize_cuda_engine",))
@@ -291,13 +330,20 @@ class FakeRuntime:
             return None
         from segvol_rt.io.spec import spec_from_dict
 
-        return FakeEngine(self.calls, spec_from_dict(json.loads(bytes(blob)[len(head):])))
+        cls = FakeEngine10 if self.major == 10 else FakeEngine
+        return cls(self.calls, spec_from_dict(json.loads(bytes(blob)[len(head):])))
 
 
 class FakeEngine:
+    """``ICudaEngine`` as 11.x has it (``device_memory_size_v2`` only)."""
+
     def __init__(self, calls, spec):
         self.calls, self.spec = calls, spec
         self.tensors = {t.name: t for t in (*spec.inputs, *spec.outputs)}
+
+    @property
+    def device_memory_size_v2(self):
+        return 1 << 20
 
     @property
     def num_io_tensors(self):
@@ -318,6 +364,14 @@ class FakeEngine:
         self.calls.append(("engine.create_execution_context", self.spec.name))
         dtypes = {name: "int32" if name in self.narrowed else t.dtype for name, t in self.tensors.items()}
         return FakeContext(self.calls, self.spec, dtypes)
+
+
+class FakeEngine10(FakeEngine):
+    """10.x: also the older ``device_memory_size`` (deprecated in 10.1, removed in 11)."""
+
+    @property
+    def device_memory_size(self):
+        return 1 << 20
 
 
 class FakeContext:

@@ -1,13 +1,22 @@
 """TensorRT engines from the exported ONNX graphs (``segvol-rt build``).
 
-Written against TensorRT 10's Python API, in small steps:
+One code path for TensorRT 10.x and 11.x. The network is *strongly typed*:
+every tensor has the type the ONNX graph gives it, so an fp16 engine is
+built from the fp16 graph variant (``segvol-rt export --precision fp16``;
+norms, softmax, reductions and the decoder's two-stage LayerNorm are fp32
+there, through explicit Casts) and an fp32 engine from the fp32 graph. No
+precision flag and no per-layer pin is set: TensorRT 11 removed them
+(``BuilderFlag.FP16``, ``OBEY_PRECISION_CONSTRAINTS``, ``ILayer.precision``,
+``ILayer.set_output_type``), and a strongly typed 10.x network refuses them.
+
+Steps:
 
 1. :func:`create_builder` - logger and builder;
-2. :func:`parse_onnx` - an (implicitly explicit-batch) network from the ONNX
-   file, parser errors reported with node names;
-3. :func:`create_config` - workspace pool, fp16 flag; with fp16,
-   ``OBEY_PRECISION_CONSTRAINTS`` and :func:`pin_fp32_layers` keeps
-   normalisations, softmax, reductions, pow, sqrt and div in fp32;
+2. :func:`parse_onnx` - a network created with
+   ``1 << NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (:func:`network_flags`:
+   required on 10.x, accepted and ignored on 11.x, where every network is
+   strongly typed), parser errors reported with node names;
+3. :func:`create_config` - the workspace pool, nothing else;
 4. :func:`add_profile` - one optimisation profile from
    :meth:`segvol_rt.io.spec.GraphSpec.profile` (max batch/points optionally
    lowered, never above the exported ranges);
@@ -15,7 +24,8 @@ Written against TensorRT 10's Python API, in small steps:
    builds and saved afterwards);
 6. :func:`serialize` - ``build_serialized_network``;
 7. the engine file is written atomically and recorded in the manifest's
-   ``engines`` section (:class:`segvol_rt.backends.tensorrt.engines.EngineRecord`).
+   ``engines`` section (:class:`segvol_rt.backends.tensorrt.engines.EngineRecord`,
+   with the TensorRT version and the graph variant).
 
 Engine files are TensorRT's serialized engines as they are, without any
 header of ours. ``tensorrt`` is imported lazily; without it the build fails
@@ -35,18 +45,10 @@ from segvol_rt._optional import require
 from segvol_rt.backends.tensorrt import engines as E
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
-from segvol_rt.io.artifacts import Artifacts, sha256_file
+from segvol_rt.io.artifacts import PRECISIONS, Artifacts, sha256_file
 from segvol_rt.io.atomic import atomic_write_bytes
 
 GIB = 1 << 30
-# Layer kinds kept in fp32 in fp16 engines: statistics and normalisers lose
-# range or precision in fp16 (variance, softmax denominators, rsqrt).
-FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
-FP32_ELEMENTWISE_OPS = ("POW", "DIV")
-FP32_UNARY_OPS = ("SQRT",)
-# Fallback when a layer's operation cannot be read: ONNX node names the
-# parser carries into layer names.
-FP32_NAME_TOKENS = ("LayerNorm", "Softmax", "ReduceMean", "Pow", "Sqrt", "Div")
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,15 @@ class BuildOptions:
     the profiles' maxima, see :func:`segvol_rt.backends.tensorrt.engines.build_limits`.
     """
 
-    precision: str = "fp16"
+    precision: str = "fp16"  # the graph variant built from; see the module docstring
     max_batch: int | None = None
     max_points: int | None = None
     timing_cache: Path | None = None
     workspace_gib: float = 4.0
 
     def __post_init__(self) -> None:
-        if self.precision not in E.PRECISIONS:
-            raise SegVolError(f"--precision must be one of {E.PRECISIONS}, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise SegVolError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.workspace_gib <= 0:
             raise SegVolError("workspace must be positive")
 
@@ -85,13 +87,23 @@ def create_builder(trt: Any) -> tuple[Any, Any]:
     return logger, builder
 
 
-def parse_onnx(trt: Any, builder: Any, logger: Any, path: Path) -> tuple[Any, Any]:
-    """(network, parser) for the ONNX file at ``path``.
+def network_flags(trt: Any) -> int:
+    """``create_network`` flags of a strongly typed network.
 
-    TensorRT 10 networks are always explicit-batch (flag 0). The parser owns
-    the weights and must outlive the build, hence it is returned too.
+    TensorRT 10.x documents ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``
+    (its ``EXPLICIT_BATCH`` is ignored: networks are always explicit-batch);
+    TensorRT 11.x removed ``EXPLICIT_BATCH`` and keeps ``STRONGLY_TYPED`` for
+    compatibility, ignored because strong typing is the only mode. The same
+    flag thus serves both."""
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def parse_onnx(trt: Any, builder: Any, logger: Any, path: Path) -> tuple[Any, Any]:
+    """(network, parser) for the ONNX file at ``path``, strongly typed
+    (:func:`network_flags`). The parser owns the weights and must outlive the
+    build, hence it is returned too.
     """
-    network = builder.create_network(0)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(path)):
         errors = "; ".join(parser_errors(parser)) or "no details"
@@ -113,53 +125,12 @@ def parser_errors(parser: Any) -> list[str]:
     return lines
 
 
-def create_config(trt: Any, builder: Any, network: Any, options: BuildOptions) -> tuple[Any, list[str]]:
-    """(builder config, names of layers pinned to fp32). fp32 engines pin nothing."""
+def create_config(trt: Any, builder: Any, options: BuildOptions) -> Any:
+    """The builder config: the workspace pool limit. No precision flag: the
+    network is strongly typed, its types are the graph's."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * GIB))
-    pinned: list[str] = []
-    if options.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pinned = pin_fp32_layers(trt, network)
-    return config, pinned
-
-
-def needs_fp32(layer_type: str, op: str | None, layer_name: str) -> bool:
-    """Whether a layer is kept in fp32 in an fp16 engine.
-
-    ``layer_type`` is the ``trt.LayerType`` member name, ``op`` the
-    elementwise/unary operation name when known.
-    """
-    if layer_type in FP32_LAYER_TYPES:
-        return True
-    if layer_type == "ELEMENTWISE" and op is not None:
-        return op in FP32_ELEMENTWISE_OPS
-    if layer_type == "UNARY" and op is not None:
-        return op in FP32_UNARY_OPS
-    if layer_type in ("ELEMENTWISE", "UNARY"):
-        return any(token in layer_name for token in FP32_NAME_TOKENS)
-    return False
-
-
-def pin_fp32_layers(trt: Any, network: Any) -> list[str]:
-    """Set precision and float output types of the :func:`needs_fp32` layers
-    to fp32; layers with non-float outputs (shape arithmetic) are left alone.
-    Returns the names of the pinned layers."""
-    floats = (trt.float32, trt.float16)
-    pinned = []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        if not outputs or any(t.dtype not in floats for t in outputs):
-            continue
-        if not needs_fp32(layer.type.name, _layer_op(trt, layer), layer.name):
-            continue
-        layer.precision = trt.float32
-        for j in range(layer.num_outputs):
-            layer.set_output_type(j, trt.float32)
-        pinned.append(layer.name)
-    return pinned
+    return config
 
 
 def add_profile(trt: Any, builder: Any, config: Any, profiles: E.Profiles) -> None:
@@ -207,21 +178,22 @@ def build_engine(
     profiles: E.Profiles,
     options: BuildOptions,
     cache_blob: bytes,
-) -> tuple[str, bytes, list[str]]:
-    """Build one engine into ``engine_path``.
+) -> tuple[str, bytes]:
+    """Build one engine into ``engine_path`` from the ONNX graph ``onnx_path``
+    (of the variant ``options.precision``).
 
-    Returns (engine sha256, updated timing cache blob, fp32-pinned layer names).
+    Returns (engine sha256, updated timing cache blob).
     """
     logger, builder = create_builder(trt)
     network, parser = parse_onnx(trt, builder, logger, onnx_path)
-    config, pinned = create_config(trt, builder, network, options)
+    config = create_config(trt, builder, options)
     add_profile(trt, builder, config, profiles)
     attach_timing_cache(trt, config, cache_blob)
     blob = serialize(builder, network, config, onnx_path.stem)
     digest = write_atomic(engine_path, blob)
     cache_blob = bytes(memoryview(config.get_timing_cache().serialize()))
     del parser  # kept alive until here: it owns the network's weights
-    return digest, cache_blob, pinned
+    return digest, cache_blob
 
 
 def build_engines(
@@ -233,20 +205,20 @@ def build_engines(
     """Build an engine per graph of ``artifacts_dir`` and record each in its
     manifest's ``engines`` section as soon as it is written, so the manifest
     always vouches for the files on disk. Returns the new records by graph."""
+    artifacts = Artifacts.load(artifacts_dir)
+    artifacts.require_precision(options.precision)  # names `export --precision fp16`, before TensorRT is looked for
     trt = require_tensorrt()
     gpu = _query_gpu()
-    artifacts = Artifacts.load(artifacts_dir)
     limits = E.build_limits(options.max_batch, options.max_points)
     # Everything that can be wrong with the inputs is checked before the slow builds.
-    plans = {g: (E.profile_shapes(artifacts.specs[g], limits[g]), _checked_hashes(artifacts, g)) for g in graphs}
+    plans = {g: (E.profile_shapes(artifacts.specs[g], limits[g]), _checked_hashes(artifacts, g, options.precision)) for g in graphs}
     cache_blob = _read_cache(options.timing_cache)
     records: dict[str, E.EngineRecord] = {}
     for graph, (profiles, (model_sha, graph_sha)) in plans.items():
         rel = E.engine_file(graph)
-        log(f"building {graph} ({options.precision}) on {gpu.name} ...")
-        digest, cache_blob, pinned = build_engine(
-            trt, artifacts.graph_path(graph), artifacts.root / rel, profiles, options, cache_blob
-        )
+        source = artifacts.graph_path(graph, options.precision)
+        log(f"building {graph} from {source.name} (strongly typed, {options.precision}) on {gpu.name} ...")
+        digest, cache_blob = build_engine(trt, source, artifacts.root / rel, profiles, options, cache_blob)
         records[graph] = E.EngineRecord(
             graph=graph,
             file=rel,
@@ -258,12 +230,13 @@ def build_engines(
             compute_capability=gpu.compute_capability,
             model_sha256=model_sha,
             graph_sha256=graph_sha,
-            options={"workspace_gib": options.workspace_gib, "fp32_layers": len(pinned)},
+            options={"workspace_gib": options.workspace_gib, "strongly_typed": True},
+            graph_variant=options.precision,
         )
         engines = dict(artifacts.manifest.get("engines") or {})
         engines[graph] = records[graph].to_dict()
         artifacts.update(engines=engines)
-        log(f"  {rel}: {len(pinned)} layers pinned to fp32" if pinned else f"  {rel}")
+        log(f"  {rel}")
         if options.timing_cache is not None:
             write_atomic(Path(options.timing_cache), cache_blob)
     return records
@@ -278,11 +251,11 @@ def _query_gpu() -> E.GpuIdentity:
     return query_gpu(0)
 
 
-def _checked_hashes(artifacts: Artifacts, graph: str) -> tuple[str, str]:
+def _checked_hashes(artifacts: Artifacts, graph: str, variant: str) -> tuple[str, str]:
     """(model sha256, graph sha256) of the manifest, after checking that the
-    ONNX file is the one the manifest vouches for (the engine inherits it)."""
-    model_sha, graph_sha = E.artifact_hashes(artifacts.manifest, graph)
-    path = artifacts.graph_path(graph)
+    ONNX file of ``variant`` is the one the manifest vouches for (the engine inherits it)."""
+    model_sha, graph_sha = E.artifact_hashes(artifacts.manifest, graph, variant)
+    path = artifacts.graph_path(graph, variant)
     if not path.is_file() or sha256_file(path) != graph_sha:
         raise SegVolError(f"{path} is missing or does not match manifest.json; export the artifacts again")
     return model_sha, graph_sha
@@ -292,21 +265,6 @@ def _read_cache(path: Path | None) -> bytes:
     if path is None or not Path(path).is_file():
         return b""
     return Path(path).read_bytes()
-
-
-def _layer_op(trt: Any, layer: Any) -> str | None:
-    """Name of an elementwise/unary layer's operation, else None. The generic
-    ``ILayer`` from ``get_layer`` is downcast to read ``op`` (the documented
-    Python idiom, as in Polygraphy)."""
-    classes = {trt.LayerType.ELEMENTWISE: trt.IElementWiseLayer, trt.LayerType.UNARY: trt.IUnaryLayer}
-    cls = classes.get(layer.type)
-    if cls is None:
-        return None
-    try:
-        layer.__class__ = cls
-        return layer.op.name
-    except (AttributeError, TypeError):
-        return None
 
 
 def _call(obj: Any, method: str, default: Any) -> Any:

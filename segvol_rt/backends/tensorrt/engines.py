@@ -1,8 +1,9 @@
 """TensorRT engine records of the manifest and their compatibility checks.
 
-An engine is tied to one exported graph (its sha256), one model (the
-checkpoint's sha256), one GPU (name and compute capability) and one TensorRT
-version. ``segvol-rt build`` writes one :class:`EngineRecord` per graph into
+An engine is tied to one exported graph variant (``graph_variant``, fp32 or
+fp16, and that file's sha256), one model (the checkpoint's sha256), one GPU
+(name and compute capability) and one TensorRT version. Engines are strongly
+typed: their precision is the graph variant's own. ``segvol-rt build`` writes one :class:`EngineRecord` per graph into
 the manifest's ``engines`` section; the TensorRT backend refuses an engine
 whose record differs from the machine and artifacts it runs with, saying
 exactly what differs. Engine files carry no custom header: everything we know
@@ -23,8 +24,8 @@ from typing import Any
 
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
+from segvol_rt.io.artifacts import PRECISIONS, REFERENCE_PRECISION
 
-PRECISIONS = ("fp16", "fp32")
 ENGINE_SUFFIX = ".plan"
 REBUILD_HINT = "rebuild the engines on this machine: segvol-rt build --artifacts DIR"
 
@@ -43,7 +44,9 @@ class GpuIdentity:
 class EngineRecord:
     """The manifest's record of one engine (``manifest["engines"][graph]``).
 
-    ``file`` is relative to the artifacts directory with ``/`` separators.
+    ``file`` is relative to the artifacts directory with ``/`` separators;
+    ``graph_variant`` is the precision of the ONNX graph it was built from
+    (records written before variants existed were built from the fp32 graph).
     """
 
     graph: str
@@ -57,20 +60,24 @@ class EngineRecord:
     model_sha256: str
     graph_sha256: str
     options: dict[str, Any] = field(default_factory=dict)
+    graph_variant: str = REFERENCE_PRECISION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EngineRecord:
-        names = [f for f in cls.__dataclass_fields__ if f != "options"]
+        optional = ("options", "graph_variant")
+        names = [f for f in cls.__dataclass_fields__ if f not in optional]
         missing = [n for n in names if n not in data]
         if missing:
             where = data.get("graph", "?") if isinstance(data, Mapping) else "?"
             raise SegVolError(f"engine record {where!r} lacks {missing}; {REBUILD_HINT}")
-        record = cls(**{n: data[n] for n in names}, options=dict(data.get("options", {})))
-        if record.precision not in PRECISIONS:
-            raise SegVolError(f"engine {record.file}: precision {record.precision!r} is not one of {PRECISIONS}")
+        record = cls(**{n: data[n] for n in names}, options=dict(data.get("options", {})),
+                     graph_variant=str(data.get("graph_variant", REFERENCE_PRECISION)))
+        for what, value in (("precision", record.precision), ("graph_variant", record.graph_variant)):
+            if value not in PRECISIONS:
+                raise SegVolError(f"engine {record.file}: {what} {value!r} is not one of {PRECISIONS}")
         return record
 
     @property
@@ -198,13 +205,28 @@ def check_engine(
         raise SegVolError(f"engine {record.file} cannot run here ({'; '.join(problems)}); {REBUILD_HINT}")
 
 
-def artifact_hashes(manifest: Mapping[str, Any], graph: str) -> tuple[str, str]:
-    """(checkpoint sha256, graph sha256) the manifest vouches for; an engine
-    must have been built from exactly these."""
+def artifact_hashes(manifest: Mapping[str, Any], graph: str, variant: str = REFERENCE_PRECISION) -> tuple[str, str]:
+    """(checkpoint sha256, sha256 of the graph's ``variant``) the manifest
+    vouches for; an engine must have been built from exactly these."""
     try:
-        return str(manifest["checkpoint"]["sha256"]), str(manifest["graphs"][graph]["sha256"])
+        entry = manifest["graphs"][graph]
+        if variant != REFERENCE_PRECISION:
+            entry = entry["variants"][variant]
+        return str(manifest["checkpoint"]["sha256"]), str(entry["sha256"])
     except (KeyError, TypeError) as exc:
-        raise SegVolError(f"manifest lacks the checkpoint or {graph} sha256 ({exc!r}); export again") from exc
+        raise SegVolError(
+            f"manifest lacks the checkpoint or the {graph} ({variant}) sha256 ({exc!r}); "
+            f"export again (segvol-rt export --precision {variant})"
+        ) from exc
+
+
+def device_memory_bytes(engine: Any) -> int:
+    """Device memory an execution context of ``engine`` needs: TensorRT's
+    ``device_memory_size_v2`` (10.1 and later; 11 has only this one), else the
+    10.0 ``device_memory_size``. Chosen by what the engine offers."""
+    if hasattr(engine, "device_memory_size_v2"):
+        return int(engine.device_memory_size_v2)
+    return int(engine.device_memory_size)
 
 
 def engine_records(manifest: Mapping[str, Any]) -> dict[str, EngineRecord]:

@@ -163,16 +163,19 @@ class TensorRTBackend(Backend):
         device_id: CUDA device to run on.
         cuda_graph_batch: capture the image encoder at this batch into a CUDA
             graph and replay it for inputs of that batch (None: never).
+        precision: ``"fp32"`` or ``"fp16"``: refuse engines of another precision
+            (None: run the engines as built).
     """
 
     name = "tensorrt"
     device = "cuda"
 
-    def __init__(self, artifacts: Artifacts, device_id: int = 0, cuda_graph_batch: int | None = None):
+    def __init__(self, artifacts: Artifacts, device_id: int = 0, cuda_graph_batch: int | None = None,
+                 precision: str | None = None):
+        self.records = _records_for(artifacts, precision)
         self._trt = require("tensorrt")
         self._cp = require_cupy(device_id)
         self.gpu = query_gpu(device_id)
-        self.records = _records_for(artifacts)
         self._device = self._cp.cuda.Device(device_id)
         specs = {g: E.spec_for_profiles(artifacts.specs[g], r.profiles) for g, r in self.records.items()}
         super().__init__(specs)
@@ -192,15 +195,20 @@ class TensorRTBackend(Backend):
         return self._cp
 
     @property
-    def precision(self) -> str:
+    def precision(self) -> str:  # type: ignore[override]
         return "/".join(sorted({r.precision for r in self.records.values()}))
+
+    @property
+    def device_memory_bytes(self) -> dict[str, int]:
+        """Device memory each engine's execution context needs, by graph."""
+        return {g: E.device_memory_bytes(e.engine) for g, e in self._engines.items()}
 
     def describe(self) -> str:
         return f"tensorrt {self._trt.__version__} (cuda: {self.gpu.name}, {self.precision})"
 
     def _load(self, artifacts: Artifacts, graph: str) -> _Engine:
         record = self.records[graph]
-        model_sha, graph_sha = E.artifact_hashes(artifacts.manifest, graph)
+        model_sha, graph_sha = E.artifact_hashes(artifacts.manifest, graph, record.graph_variant)
         E.check_engine(
             record,
             model_sha256=model_sha,
@@ -236,12 +244,20 @@ class TensorRTBackend(Backend):
         self._engines = {}
 
 
-def _records_for(artifacts: Artifacts) -> dict[str, E.EngineRecord]:
+def _records_for(artifacts: Artifacts, precision: str | None = None) -> dict[str, E.EngineRecord]:
+    """The engine records of all three graphs, all of ``precision`` when given."""
     records = E.engine_records(artifacts.manifest)
     missing = [g for g in S.GRAPH_NAMES if g not in records]
     if missing:
         raise SegVolError(
             f"{artifacts.root} has no TensorRT engine for {missing}; "
             f"build them: segvol-rt build --artifacts {artifacts.root}"
+        )
+    other = sorted(g for g, r in records.items() if precision is not None and r.precision != precision)
+    if other:
+        built = ", ".join(f"{g} {records[g].precision}" for g in other)
+        raise SegVolError(
+            f"the TensorRT engines of {artifacts.root} are not {precision} ({built}); "
+            f"build them: segvol-rt build --precision {precision} --artifacts {artifacts.root}"
         )
     return records
