@@ -128,9 +128,9 @@ class OrtCudaBackend(Backend):
 
     def __init__(self, artifacts: Artifacts, device_id: int = 0, session_options: Any = None, precision: str = "fp32"):
         super().__init__(artifacts.specs)
+        self._cp = require_cupy(device_id)
         artifacts.require_precision(precision)
         self.precision = precision
-        self._cp = require_cupy(device_id)
         self.device_id = device_id
         self._device = self._cp.cuda.Device(device_id)
         paths = {g: artifacts.graph_path(g, precision) for g in S.GRAPH_NAMES}

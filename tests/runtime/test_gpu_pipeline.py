@@ -280,7 +280,8 @@ def test_cuda_selects_the_io_binding_backend(tiny, monkeypatch):
     class FakeOrtCuda:
         name, device = "onnxruntime", "cuda"
 
-        def __init__(self, artifacts):
+        def __init__(self, artifacts, precision="fp32"):
+            self.precision = precision
             opened.append(artifacts)
 
     monkeypatch.setattr(select, "gpu_problem", lambda: None)
@@ -288,9 +289,9 @@ def test_cuda_selects_the_io_binding_backend(tiny, monkeypatch):
     monkeypatch.setattr(ort_cuda, "OrtCudaBackend", FakeOrtCuda)
     art = Artifacts.load(tiny[0])
     backend, reason = select.open_backend(art, "onnxruntime", "cuda")
-    assert isinstance(backend, FakeOrtCuda) and opened and reason == "onnxruntime on CUDA: requested"
+    assert isinstance(backend, FakeOrtCuda) and opened and reason == "onnxruntime on CUDA (fp32): requested"
     backend, reason = select.open_backend(art, "auto", "cuda")
-    assert isinstance(backend, FakeOrtCuda) and reason.startswith("onnxruntime on CUDA: no TensorRT engines")
+    assert isinstance(backend, FakeOrtCuda) and reason.startswith("onnxruntime on CUDA (fp32): no TensorRT engines")
 
 
 def test_cuda_without_cupy_names_the_gpu_extra(tiny, monkeypatch):

@@ -183,7 +183,7 @@ def test_auto_prefers_onnxruntime_cpu_without_gpu(tiny, monkeypatch):
     monkeypatch.setattr(select, "gpu_problem", lambda: "no CUDA device")
     backend, reason = select.open_backend(Artifacts.load(tiny[0]))
     assert (backend.name, backend.device) == ("onnxruntime", "cpu")
-    assert reason == "onnxruntime on CPU: no CUDA device"
+    assert reason == "onnxruntime on CPU (fp32): no CUDA device"
 
 
 def test_auto_says_why_not_tensorrt(tiny, monkeypatch):
@@ -217,7 +217,7 @@ def test_auto_falls_back_to_torch(tiny, monkeypatch):
 def test_torch_backend_matches_onnxruntime(tiny, scan):
     ort = SegVolRuntime.load(tiny[0], backend="onnxruntime", device="cpu")
     pt = SegVolRuntime.load(tiny[0], backend="torch", device="cpu", checkpoint=tiny[1])
-    assert pt.backend.name == "torch" and pt.backend_reason == "torch on CPU: requested"
+    assert pt.backend.name == "torch" and pt.backend_reason == "torch on CPU (fp32): requested"
     for rt in (ort, pt):
         rt.set_volume(scan)
     a = ort.segment(text="liver", box=BOX, keep_logits=True)
