@@ -634,11 +634,14 @@ def read_dicom_series(path: str | os.PathLike[str], series: str | None = None) -
 
 def read_datasets(datasets: Sequence[Any], where: str, series: str | None = None) -> DicomScan:
     """The same as :func:`read_dicom_series` for datasets already in memory (e.g. fetched over DICOMweb)."""
+    Dataset = require("pydicom.dataset").Dataset
     items = []
     for ds in datasets:
-        header = ds.copy()
-        if "PixelData" in header:
-            del header.PixelData
+        header = Dataset()  # the elements, shared, without the pixel data (a copy would share the dict)
+        for elem in ds:
+            if elem.tag != 0x7FE00010:
+                header.add(elem)
+        header.file_meta = getattr(ds, "file_meta", None) or require("pydicom.dataset").FileMetaDataset()
         items.append(DicomFile(header, None, pixels_from=ds))
     disc = group_series(items)
     info = choose_series(disc, series, where)

@@ -7,8 +7,11 @@
 * :func:`dcmqi_segments` decodes a SEG with dcmqi's ``segimage2itkimage`` into
   world-coordinate voxel centres per segment.
 * :class:`Orthanc` runs ``Orthanc`` with the DICOMweb plugin, its own
-  temporary storage and configuration, a free port on 127.0.0.1, remote
-  access disabled and HTTP basic authentication; bounded waits.
+  temporary storage and configuration, a free port, remote access disabled
+  (Orthanc 1.10 has no HTTP bind-address option: it listens on every
+  interface but refuses any client that is not loopback), its DICOM (DIMSE)
+  server off and HTTP basic authentication; the tests talk to it on
+  127.0.0.1 only; bounded waits.
 """
 
 from __future__ import annotations
@@ -131,8 +134,7 @@ class Orthanc:
             "StorageDirectory": str(self.root / "storage"),
             "IndexDirectory": str(self.root / "storage"),
             "HttpPort": self.port,
-            "DicomPort": free_port(),
-            "DicomAet": "SEGVOLTEST",
+            "DicomServerEnabled": False,  # DICOMweb only: no DIMSE listener at all
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": True,
             "RegisteredUsers": {self.USER: self.PASSWORD},
