@@ -495,7 +495,7 @@ def _seg_file(scan: Scan, results: Sequence[TargetResult], rt: SegVolRuntime) ->
     prov = provenance(rt, "official")
     algo = Algorithm(prov["segvol_rt_version"], prov["checkpoint_sha256"])
     masks = [np.asarray(r.segmentation.mask) > 0 for r in results]
-    return seg_bytes(scan, masks, [r.plan.name for r in results], algo)  # type: ignore[arg-type]
+    return seg_bytes(scan, masks, [r.plan.name for r in results], algo)
 
 
 def _gz(path: Path) -> bool:

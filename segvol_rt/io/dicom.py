@@ -312,6 +312,10 @@ def _floats(value: Any, n: int, what: str, name: str) -> np.ndarray:
     return out
 
 
+def _pair(values: np.ndarray) -> tuple[float, float]:
+    return float(values[0]), float(values[1])
+
+
 def _rescale(holder: Any) -> tuple[float, float]:
     slope = getattr(holder, "RescaleSlope", None)
     inter = getattr(holder, "RescaleIntercept", None)
@@ -323,7 +327,7 @@ def _classic_frame(index: int, ds: Any, name: str) -> Frame:
         source=index, frame=0,
         position=_floats(getattr(ds, "ImagePositionPatient", None), 3, "ImagePositionPatient", name),
         orientation=_floats(getattr(ds, "ImageOrientationPatient", None), 6, "ImageOrientationPatient", name),
-        spacing=tuple(_floats(getattr(ds, "PixelSpacing", None), 2, "PixelSpacing", name)),  # type: ignore[arg-type]
+        spacing=_pair(_floats(getattr(ds, "PixelSpacing", None), 2, "PixelSpacing", name)),
         size=(int(ds.Rows), int(ds.Columns)),
         rescale=_rescale(ds),
     )
@@ -356,7 +360,7 @@ def _multiframe_frames(index: int, ds: Any, name: str) -> list[Frame]:
             source=index, frame=f,
             position=_floats(getattr(pos, "ImagePositionPatient", None), 3, "ImagePositionPatient", where),
             orientation=_floats(getattr(orient, "ImageOrientationPatient", None), 6, "ImageOrientationPatient", where),
-            spacing=tuple(_floats(getattr(measures, "PixelSpacing", None), 2, "PixelSpacing", where)),  # type: ignore[arg-type]
+            spacing=_pair(_floats(getattr(measures, "PixelSpacing", None), 2, "PixelSpacing", where)),
             size=(int(ds.Rows), int(ds.Columns)),
             rescale=_rescale(rescale) if rescale is not None else _rescale(ds),
         ))

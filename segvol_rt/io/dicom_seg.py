@@ -36,6 +36,7 @@ import numpy as np
 from segvol_rt._optional import require
 from segvol_rt.errors import SegVolError
 from segvol_rt.io.dicom import MULTIFRAME_CLASSES, DicomScan
+from segvol_rt.io.nifti import Scan
 from segvol_rt.io.vocabulary import normalize_name
 
 TABLE_FILE = Path(__file__).with_name("snomed_segments.csv")
@@ -73,14 +74,22 @@ def segment_table() -> dict[str, SegmentCode]:
     out = {}
     with open(TABLE_FILE, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
-            def pair(key: str, row: dict[str, str] = row) -> tuple[str, str] | None:
-                code = row[f"{key}_code"]
-                return (code, row[f"{key}_meaning"]) if code else None
-
-            rgb = tuple(int(v) for v in row["rgb"].split())
-            out[row["name"]] = SegmentCode(row["name"], pair("category"), pair("type"), pair("modifier"),  # type: ignore[arg-type]
-                                           pair("region"), rgb, True)  # type: ignore[arg-type]
+            r, g, b = (int(v) for v in row["rgb"].split())
+            out[row["name"]] = SegmentCode(row["name"], _required(row, "category"), _required(row, "type"),
+                                           _optional_pair(row, "modifier"), _optional_pair(row, "region"), (r, g, b), True)
     return out
+
+
+def _optional_pair(row: dict[str, str], key: str) -> tuple[str, str] | None:
+    code = row[f"{key}_code"]
+    return (code, row[f"{key}_meaning"]) if code else None
+
+
+def _required(row: dict[str, str], key: str) -> tuple[str, str]:
+    pair = _optional_pair(row, key)
+    if pair is None:  # the shipped table is checked by the tests; this guards an edited copy
+        raise SegVolError(f"{TABLE_FILE}: row {row['name']!r} has no {key} code")
+    return pair
 
 
 def segment_code(name: str) -> SegmentCode:
@@ -134,7 +143,7 @@ def _source_pixels(scan: DicomScan, masks: Sequence[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(scan.to_source_frames(stack)).astype(np.uint8)
 
 
-def seg_bytes(scan: DicomScan, masks: Sequence[np.ndarray], names: Sequence[str], algo: Algorithm) -> bytes:
+def seg_bytes(scan: Scan, masks: Sequence[np.ndarray], names: Sequence[str], algo: Algorithm) -> bytes:
     """A binary SEG of ``masks`` (each ``(I, J, K)``, 0/1, on ``scan``'s grid), one
     segment per name, as file bytes; read back and checked (see the module docstring)."""
     if not isinstance(scan, DicomScan):
