@@ -94,6 +94,17 @@ def test_seg_passes_dciodvfy(seg_run) -> None:
 def test_seg_decodes_through_dcmqi_to_our_masks(seg_run, tmp_path: Path) -> None:
     labels, affine = _mask(seg_run.labels)
     decoded = dcmqi_segments(seg_run.seg, tmp_path / "dcmqi")
+    # and dcmqi (what Slicer loads SEGs with) reads back the codes and colours of the table
+    from segvol_rt.io.dicom_seg import segment_code
+
+    meta = json.loads((tmp_path / "dcmqi" / "meta.json").read_text())
+    by_label = {a["SegmentLabel"]: a for group in meta["segmentAttributes"] for a in group}
+    for name, attrs in by_label.items():
+        code = segment_code(name)
+        assert attrs["SegmentedPropertyTypeCodeSequence"]["CodeValue"] == code.type[0]
+        assert tuple(attrs["recommendedDisplayRGBValue"]) == code.rgb
+    if "left kidney" in by_label:
+        assert by_label["left kidney"]["SegmentedPropertyTypeModifierCodeSequence"]["CodeMeaning"] == "Left"
     for i, name in enumerate(seg_run.names, start=1):
         ours = world_set(np.argwhere(labels == i), affine)  # the targets do not overlap here
         if ours:
@@ -152,6 +163,10 @@ def test_probabilities_with_a_seg_are_refused(data, tmp_path: Path) -> None:
 
 def test_seg_needs_dicom_input(data, tmp_path: Path) -> None:
     refused(infer(data.nii, "--text", "liver", "--out", tmp_path / "s.dcm"), "DICOM input")
+    refused(infer(data.nii, "--text", "liver", "--series", "1.2.3", "--out", tmp_path / "s.nii.gz"), "--series", "not a DICOM")
+    refused(infer(data.dir, "--text", "liver", "--store", "http://127.0.0.1:9/dicom-web", "--out", tmp_path / "s.nii.gz"),
+            "--store", ".dcm")
+    assert not any(tmp_path.iterdir())
 
 
 def test_multiframe_seg_is_valid_and_decodes(data, tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def version() -> None:
 
 _PROMPT_HELP = (
     "Box and points are voxel indices (i, j, k) of SCAN as nibabel loads it - 3D Slicer's IJK - "
-    "inclusive, 0-based."
+    "inclusive, 0-based. DICOM: the grid dcm2niix writes - i = column, j = rows - 1 - row, k = slice rank along the normal."
 )
 
 
@@ -186,7 +186,7 @@ def infer(
     store: str | None = typer.Option(None, "--store", help="DICOMweb service root (https://HOST/dicom-web): STOW-RS the SEG there, after it is written and validated locally."),
     dicomweb_auth: str | None = typer.Option(None, "--dicomweb-auth", envvar="SEGVOL_RT_DICOMWEB_AUTH", show_envvar=True, help="USER:PASSWORD for DICOMweb (never put credentials in a URL)."),
 ) -> None:
-    """Segment targets of a CT scan by text, box and/or point prompts; write NIfTI masks (all of them or none)."""
+    """Segment targets of a CT scan (NIfTI, DICOM folder or DICOMweb series) by text, box and/or point prompts; write NIfTI masks or DICOM SEGs (all of them or none)."""
     from segvol_rt.app.console import ConsoleReporter, check_choices, load_runtime, provenance_line
     from segvol_rt.app.infer import InferOptions, run_infer
 

@@ -27,6 +27,15 @@ all together or not at all.
 
 Box and points are voxel indices ``(i, j, k)`` of the input file as nibabel
 loads it (3D Slicer's IJK), inclusive; see :mod:`segvol_rt.pipeline.prompts`.
+
+DICOM (:func:`dicom_input`): a folder or file is a DICOM series, read in
+dcm2niix's voxel order (:mod:`segvol_rt.io.dicom`; prompts in that grid), a
+``http(s)://.../studies/S/series/T`` URL is fetched over DICOMweb
+(:mod:`segvol_rt.app.dicomweb`). Its headers are read and the series chosen
+(``series``) before the output checks; an output ending in ``.dcm`` (the
+default for DICOM input) is a DICOM SEG (:mod:`segvol_rt.io.dicom_seg`), one
+segment per target (``split``: one SEG per target); ``store`` sends the
+committed SEG files with STOW-RS, last.
 """
 
 from __future__ import annotations
@@ -255,11 +264,14 @@ def dicom_input(source: str, opts: InferOptions) -> DicomInput | None:
 
     if W.is_url(source):
         url = W.parse_series_url(source)
-        datasets = W.fetch_series(url, W.parse_auth(opts.dicomweb_auth))
+        auth = W.parse_auth(opts.dicomweb_auth)
         from segvol_rt.io.dicom import read_datasets
 
+        def fetch_and_read() -> Any:  # after the output checks: the fetch is the slow part
+            return read_datasets(W.fetch_series(url, auth), str(url), opts.series)
+
         default = Path.cwd() / f"{slug(url.series)}{DEFAULT_SUFFIX}.dcm"
-        return DicomInput(str(url), [], default, lambda: read_datasets(datasets, str(url), opts.series))
+        return DicomInput(str(url), [], default, fetch_and_read)
     from segvol_rt.io.scans import is_dicom
 
     if not is_dicom(source):

@@ -134,11 +134,14 @@ class Discovery:
 
 
 def is_dicom_input(path: str | os.PathLike[str]) -> bool:
-    """A folder, or a file with the DICOM preamble (``DICM`` at byte 128)."""
+    """A folder, or a file with the DICOM preamble (``DICM`` at byte 128); never a
+    path named ``.nii``/``.nii.gz`` (a folder so named is a NIfTI mistake, said as such)."""
     p = Path(path)
+    if p.name.lower().endswith((".nii", ".nii.gz")):
+        return False
     if p.is_dir():
         return True
-    if p.is_file() and not p.name.lower().endswith((".nii", ".nii.gz")):
+    if p.is_file():
         try:
             with open(p, "rb") as fh:
                 fh.seek(128)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -156,24 +158,8 @@ def seg_bytes(scan: Scan, masks: Sequence[np.ndarray], names: Sequence[str], alg
     descriptions = [_description(i + 1, segment_code(n), algorithm) for i, n in enumerate(names)]
     pixels = _source_pixels(scan, masks)
     try:
-        seg = hd.seg.Segmentation(
-            source_images=scan.source_datasets(),
-            pixel_array=pixels,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
-            series_instance_uid=hd.UID(),
-            series_number=SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            manufacturer_model_name="segvol-rt",
-            software_versions=algo.version,
-            device_serial_number="0",
-            series_description=SERIES_DESCRIPTION,
-            content_label="SEGVOLRT",
-            content_description="SegVol segmentation (segvol-rt)",
-            omit_empty_frames=True,
-        )
+        with _quiet("highdicom"):  # its log warnings (e.g. an all-empty target keeps its frames) are not ours to print
+            seg = _segmentation(hd, scan, pixels, descriptions, algo)
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, seg, enforce_file_format=True)
     except SegVolError:
@@ -183,6 +169,38 @@ def seg_bytes(scan: Scan, masks: Sequence[np.ndarray], names: Sequence[str], alg
     data = buffer.getvalue()
     check_seg(data, scan, pixels)
     return data
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _segmentation(hd: Any, scan: DicomScan, pixels: np.ndarray, descriptions: list[Any], algo: Algorithm) -> Any:
+    return hd.seg.Segmentation(
+        source_images=scan.source_datasets(),
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name="segvol-rt",
+        software_versions=algo.version,
+        device_serial_number="0",
+        series_description=SERIES_DESCRIPTION,
+        content_label="SEGVOLRT",
+        content_description="SegVol segmentation (segvol-rt)",
+        omit_empty_frames=True,
+    )
 
 
 def check_seg(data: bytes, scan: DicomScan, expected: np.ndarray) -> None:
