@@ -302,3 +302,34 @@ def test_dicomweb_errors_are_one_line(orthanc, tmp_path: Path) -> None:
     line = refused(run(creds, dict(os.environ)), "no credentials in the URL")
     assert orthanc.PASSWORD not in line
     assert not (tmp_path / "s.dcm").exists()
+
+
+# -- the real CT of ../shared, written as a DICOM series ---------------------------------------
+
+
+def test_real_ct_as_a_series(real_ct: Path, tmp_path: Path) -> None:
+    """The real CT's voxels and geometry as a pydicom series (LPS, DICOM's usual axial storage):
+    the same scan as dcm2niix's, the same masks, and a SEG that passes dciodvfy and dcmqi."""
+    ensure_tools("dcm2niix", "dciodvfy")
+    img = nib.load(real_ct)
+    vol = np.asanyarray(img.dataobj).astype(np.int16)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
+    zooms = np.linalg.norm(lps[:3, :3], axis=0)
+    spec = SeriesSpec(row_cos=tuple(lps[:3, 0] / zooms[0]), col_cos=tuple(lps[:3, 1] / zooms[1]),
+                      pixel_spacing=(float(zooms[1]), float(zooms[0])), slice_step=float(zooms[2]),
+                      origin=tuple(lps[:3, 3]), description="real CT (shared)", signed=True, intercept=0.0)
+    assert np.allclose(spec.normal * zooms[2], lps[:3, 2])
+    write_series(tmp_path / "dcm", vol, spec)
+    [nii] = dcm2niix(tmp_path / "dcm", tmp_path / "nii")
+    from segvol_rt.io.dicom import read_dicom_series
+    from segvol_rt.io.nifti import read_scan
+
+    ours, ref = read_dicom_series(tmp_path / "dcm"), read_scan(nii)
+    assert np.array_equal(ours.data, ref.data) and np.abs(ours.affine - ref.affine).max() < 1e-4
+    ok(infer(tmp_path / "dcm", "--text", "liver", "--out", tmp_path / "a.nii.gz"))
+    ok(infer(nii, "--text", "liver", "--out", tmp_path / "b.nii.gz"))
+    a, affine = _mask(tmp_path / "a.nii.gz")
+    assert np.array_equal(a, _mask(tmp_path / "b.nii.gz")[0])
+    ok(infer(tmp_path / "dcm", "--text", "liver", "--out", tmp_path / "seg.dcm"))
+    assert dciodvfy(tmp_path / "seg.dcm") == []
+    assert dcmqi_segments(tmp_path / "seg.dcm", tmp_path / "qi").get("liver", set()) == world_set(np.argwhere(a > 0), affine)

@@ -260,7 +260,7 @@ def _fill_series_uids(items: Sequence[DicomFile], notes: list[str]) -> None:
                 group = str(getattr(item.dataset, group_by, "")) if group_by else ""
                 missing.setdefault(group, []).append(item)
         for group_items in missing.values():
-            uid = generate_uid(entropy_srcs=sorted(str(i.dataset.SOPInstanceUID) for i in group_items))
+            uid = generate_uid(entropy_srcs=[key, *sorted(str(i.dataset.SOPInstanceUID) for i in group_items)])
             for item in group_items:
                 setattr(item.dataset, key, uid)
             notes.append(f"{len(group_items)} file(s) have no {key}; generated {uid}")
@@ -368,6 +368,24 @@ def _multiframe_frames(index: int, ds: Any, name: str) -> list[Frame]:
             rescale=_rescale(rescale) if rescale is not None else _rescale(ds),
         ))
     return frames
+
+
+def _check_frame_of_reference(info: SeriesInfo, where: str) -> None:
+    uids = {str(f.dataset.FrameOfReferenceUID) for f in info.files if str(f.dataset.SOPClassUID) in CT_CLASSES}
+    if len(uids) > 1:
+        raise SegVolError(f"{where}: {len(uids)} frames of reference in one series ({', '.join(sorted(uids)[:3])}"
+                          f"{' ...' if len(uids) > 3 else ''}); its slices are not in one coordinate system")
+
+
+def _check_memory(geo: SeriesGeometry, dtype: np.dtype, where: str) -> None:
+    """The stored volume and its float32 copy must fit in the memory available, before either is allocated."""
+    from segvol_rt.io.nifti_header import available_memory
+
+    need = geo.rows * geo.columns * len(geo.frames) * (dtype.itemsize + 4)
+    room = available_memory()
+    if room is not None and need > room:
+        raise SegVolError(f"{where}: {geo.columns} x {geo.rows} x {len(geo.frames)} voxels need {need / 2**30:.1f} GiB; "
+                          f"{room / 2**30:.1f} GiB are available")
 
 
 def series_frames(info: SeriesInfo) -> list[Frame]:
@@ -614,7 +632,10 @@ def _header(raw: np.ndarray, geo: SeriesGeometry, description: str) -> Any:
 def scan_from_series(info: SeriesInfo, where: str, notes: Sequence[str] = ()) -> DicomScan:
     """Read the chosen series' pixels into a :class:`DicomScan` (checks first, then pixels)."""
     check_syntaxes(info)
-    geo = series_geometry(series_frames(info), f"series {info.uid} in {where}")
+    named = f"series {info.uid} in {where}"
+    _check_frame_of_reference(info, named)
+    geo = series_geometry(series_frames(info), named)
+    _check_memory(geo, _stored_dtype(info), named)
     raw = stored_volume(info, geo)
     header = _header(raw, geo, f"segvol-rt from DICOM {info.uid}")
     # nibabel's scaling: the float32 slope/intercept the NIfTI header holds, as the

@@ -130,6 +130,28 @@ def test_anonymised_uids_fall_back_with_notes(hu: np.ndarray, tmp_path: Path) ->
     assert {str(ds.SOPInstanceUID) for ds in scan.source_datasets()} == {str(pydicom.dcmread(f).file_meta.MediaStorageSOPInstanceUID)
                                                                          for f in files}
     assert read_dicom_series(tmp_path / "d").series.uid == scan.series.uid  # generated the same way again
+    study = scan.source_datasets()[0].StudyInstanceUID
+    assert study and study != scan.series.uid
+
+
+def test_non_uniform_spacing_and_frames_of_reference(hu: np.ndarray, tmp_path: Path) -> None:
+    import pydicom
+
+    files = _positions(write_series(tmp_path / "d", hu, SeriesSpec()))
+    for z, f in files[6:]:  # every slice from the 7th on moves up 1.2 mm: one gap of 3.7 mm where the others are 2.5
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], f"{z + 1.2:.4f}"]
+        ds.save_as(f)
+    with pytest.raises(SegVolError) as err:
+        read_dicom_series(tmp_path / "d")
+    assert "non-uniform slice spacing: gaps from 2.500 to 3.700 mm" in _one_line(err)
+    files = write_series(tmp_path / "f", hu, SeriesSpec())
+    ds = pydicom.dcmread(files[0])
+    ds.FrameOfReferenceUID = "1.2.3.4.5"
+    ds.save_as(files[0])
+    with pytest.raises(SegVolError) as err:
+        read_dicom_series(tmp_path / "f")
+    assert "2 frames of reference" in _one_line(err)
 
 
 # -- bad input: one line each ----------------------------------------------------------------
