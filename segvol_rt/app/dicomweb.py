@@ -113,7 +113,17 @@ def store(base: str, auth: tuple[str, str] | None, files: Sequence[Path]) -> lis
     datasets = [pydicom.dcmread(p) for p in files]
     client = _client(base, auth)
     try:
-        client.store_instances(datasets)
+        response = client.store_instances(datasets)
     except Exception as exc:  # noqa: BLE001 - requests and dicomweb-client raise many types
         raise _failed("STOW-RS store to", base, exc) from exc
+    failed = list(getattr(response, "FailedSOPSequence", None) or [])
+    if failed:  # HTTP 200/202 with a failure list: the server refused some instances
+        reasons = ", ".join(f"{getattr(f, 'ReferencedSOPInstanceUID', '?')} (reason {getattr(f, 'FailureReason', '?')})"
+                            for f in failed)
+        raise SegVolError(f"STOW-RS store to {base}: the server refused {len(failed)} instance(s): {reasons}; "
+                          "the local files are kept")
+    stored = {str(getattr(r, "ReferencedSOPInstanceUID", "")) for r in (getattr(response, "ReferencedSOPSequence", None) or [])}
+    missing = [str(ds.SOPInstanceUID) for ds in datasets if stored and str(ds.SOPInstanceUID) not in stored]
+    if missing:
+        raise SegVolError(f"STOW-RS store to {base}: the server did not confirm {', '.join(missing)}; the local files are kept")
     return [str(ds.SOPInstanceUID) for ds in datasets]
