@@ -262,3 +262,40 @@ def test_series_on_nifti_is_refused(tmp_path: Path) -> None:
     path, _ = ph.save(tmp_path / "ct.nii.gz")
     with pytest.raises(SegVolError, match="not a DICOM"):
         read_any(path, series="1.2.3")
+
+
+def _random_spec(seed: int) -> SeriesSpec:
+    """A random oblique orientation (or, every other seed, a signed axis permutation), slice step and spacing."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    row, col = q[:, 0], q[:, 1]
+    if seed % 2:
+        p, s = rng.permutation(3), rng.choice([-1.0, 1.0], size=2)
+        row, col = np.eye(3)[p[0]] * s[0], np.eye(3)[p[1]] * s[1]
+    step = float(rng.choice([-3.0, -1.25, 2.0, 5.0]))
+    return SeriesSpec(row_cos=tuple(np.round(row, 6)), col_cos=tuple(np.round(col, 6)), slice_step=step,
+                      pixel_spacing=(0.7, 1.3), multiframe=bool(seed % 3 == 0), seed=seed)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_orientations_match_dcm2niix(seed: int, hu: np.ndarray, tmp_path: Path) -> None:
+    write_series(tmp_path / "dcm", hu[:24, :20, :7], _random_spec(seed))
+    [nii] = dcm2niix(tmp_path / "dcm", tmp_path / "nii")
+    ours, ref = read_dicom_series(tmp_path / "dcm"), read_scan(nii)
+    assert np.array_equal(ours.data, ref.data) and np.abs(ours.affine - ref.affine).max() < 1e-4
+
+
+def test_legacy_converted_enhanced_ct(hu: np.ndarray, tmp_path: Path) -> None:
+    """highdicom's legacy converter turns the classic series into one multi-frame file: the same scan, and dcm2niix agrees."""
+    import highdicom as hd
+    import pydicom
+
+    files = write_series(tmp_path / "classic", hu, SeriesSpec(slice_step=-2.5, row_cos=(-1.0, 0.0, 0.0)))
+    lce = hd.legacy.LegacyConvertedEnhancedCTImage([pydicom.dcmread(f) for f in files], series_instance_uid=hd.UID(),
+                                                   series_number=7, sop_instance_uid=hd.UID(), instance_number=1)
+    (tmp_path / "lce").mkdir()
+    lce.save_as(tmp_path / "lce" / "lce.dcm")
+    classic, multi = read_dicom_series(tmp_path / "classic"), read_dicom_series(tmp_path / "lce")
+    assert np.array_equal(classic.data, multi.data) and np.array_equal(classic.affine, multi.affine)
+    [nii] = dcm2niix(tmp_path / "lce", tmp_path / "nii")
+    assert np.array_equal(multi.data, read_scan(nii).data)
