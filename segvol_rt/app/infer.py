@@ -250,11 +250,10 @@ class DicomInput:
     """A DICOM series chosen before any work: where it is, its files (inputs no output
     may be), the default SEG path and how to read its pixels."""
 
-    label: str
-    inputs: list[tuple[str, Path]]
+    label: str  # the folder, file or URL as given
+    inputs: list[tuple[str, Path]]  # empty for a DICOMweb series
     default_out: Path
-    read: Callable[[], Any]
-    notes: list[str] = field(default_factory=list)
+    read: Callable[[], Any]  # -> DicomScan (notes: skipped files, UID fallbacks)
 
 
 def dicom_input(source: str, opts: InferOptions) -> DicomInput | None:
@@ -285,7 +284,7 @@ def dicom_input(source: str, opts: InferOptions) -> DicomInput | None:
     files = [("DICOM file", f.path) for f in info.files if f.path is not None]
     p = Path(source)
     default = p.with_name(p.name + DEFAULT_SUFFIX + ".dcm") if p.is_dir() else p.with_name(p.stem + DEFAULT_SUFFIX + ".dcm")
-    return DicomInput(source, files, default, lambda: D.scan_from_series(info, source, disc.notes), list(disc.notes))
+    return DicomInput(source, files, default, lambda: D.scan_from_series(info, source, disc.notes))
 
 
 def input_paths(scan_path: Path, opts: InferOptions) -> list[tuple[str, Path]]:
@@ -382,7 +381,8 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
         parse_store_url(opts.store)
     with clock.stage("read"):
         dicom = dicom_input(str(scan_path), opts)  # DICOM: headers read and the series chosen, no pixels yet
-    scan_path = Path(scan_path) if dicom is None or dicom.inputs else Path(dicom.default_out)
+    # a DICOMweb series has no local path; its default output is named after the series, in the current folder
+    scan_path = Path(dicom.default_out) if dicom is not None and not dicom.inputs else Path(scan_path)
     outputs = output_plan(scan_path, opts, targets, dicom)  # path mistakes fail before any work
     report.stage("reading the scan")
     with clock.stage("read"):
@@ -482,7 +482,7 @@ def write_outputs(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan,
     with OutputSet(plan.files()) as out:
         for path, indices in plan.masks.items():
             if path.name.lower().endswith(".dcm"):
-                out.stage(path, _seg_file(scan, [results[i] for i in indices], rt))
+                out.stage(path, _seg_file(scan, [results[i] for i in indices], rt, opts))
                 continue
             labels = np.zeros(scan.shape, dtype=np.uint8, order="F")
             for label, i in enumerate(indices, start=1):
@@ -500,11 +500,11 @@ def write_outputs(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan,
         return out.commit()
 
 
-def _seg_file(scan: Scan, results: Sequence[TargetResult], rt: SegVolRuntime) -> bytes:
+def _seg_file(scan: Scan, results: Sequence[TargetResult], rt: SegVolRuntime, opts: InferOptions) -> bytes:
     """A DICOM SEG, one segment per target (overlaps kept: segments are independent), read back and checked."""
     from segvol_rt.io.dicom_seg import Algorithm, seg_bytes
 
-    prov = provenance(rt, "official")
+    prov = provenance(rt, opts.window_prompts)
     algo = Algorithm(prov["segvol_rt_version"], prov["checkpoint_sha256"])
     masks = [np.asarray(r.segmentation.mask) > 0 for r in results]
     return seg_bytes(scan, masks, [r.plan.name for r in results], algo)
