@@ -25,6 +25,10 @@ _EXTRAS = {
     "tokenizers": ("base install", "the CLIP tokenizer"),
     "transformers": ("dev", "reference checks against transformers"),
     "PIL": ("demo", "PNG previews"),
+    "pydicom": ("dicom", "reading DICOM series"),
+    "highdicom": ("dicom", "writing DICOM SEG files"),
+    "dicomweb_client": ("dicom", "DICOMweb (WADO-RS, STOW-RS)"),
+    "requests": ("dicom", "DICOMweb (WADO-RS, STOW-RS)"),
 }
 
 

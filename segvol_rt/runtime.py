@@ -268,8 +268,10 @@ class SegVolRuntime:
         volume: str | os.PathLike[str] | np.ndarray,
         affine: np.ndarray | None = None,
         reorient: str | None = None,
+        series: str | None = None,
     ) -> None:
-        """Preprocess a scan (a NIfTI path, or a real-valued ``(I, J, K)`` array in
+        """Preprocess a scan (a NIfTI path, a DICOM folder or file - ``series``: the
+        SeriesInstanceUID when it holds several, see :mod:`segvol_rt.io.dicom` - or a real-valued ``(I, J, K)`` array in
         scan space with its 4x4 ``affine``, identity by default) once for all targets.
 
         Arrays of integer, unsigned or floating-point dtype are read as float32
@@ -288,14 +290,16 @@ class SegVolRuntime:
         V.optional_text(reorient, "reorient")
         with self._stats.stage("read"):
             if isinstance(volume, (str, os.PathLike)):
-                from segvol_rt.io.nifti import read_scan
+                from segvol_rt.io.scans import read_any
 
                 source = V.path(volume, "volume")
                 if affine is not None:
                     raise SegVolError("affine: a NIfTI volume brings its own affine; pass affine only with an array volume")
-                scan = read_scan(source)
+                scan = read_any(source, series=V.optional_text(series, "series"))
                 data, affine = scan.data, scan.affine
             else:
+                if series is not None:
+                    raise SegVolError("series: selects a DICOM series; pass it only with a DICOM folder or file")
                 on_device = A.on_device(volume)
                 data = V.real_volume(volume, "volume", on_device=True) if on_device else V.float32_scan(volume, "volume")
                 affine = np.eye(4) if affine is None else V.affine(affine, "affine")

@@ -92,6 +92,7 @@ def test_the_wheel_carries_assets_kernels_and_schema(wheel):
     cu = {p.name for p in (REPO / "kernels").glob("*.cu*")}
     assert cu and all(f"segvol_rt/kernels/{n}" in names for n in cu)
     assert any(n.startswith("segvol_rt/io/") and n.endswith(".schema.json") for n in names), "no manifest schema"
+    assert "segvol_rt/io/snomed_segments.csv" in names, "no SNOMED segment table"
     assert "segvol_rt/export/exporter.py" in names and "segvol_rt/app/cli.py" in names
 
 

@@ -154,17 +154,17 @@ def version() -> None:
 
 _PROMPT_HELP = (
     "Box and points are voxel indices (i, j, k) of SCAN as nibabel loads it - 3D Slicer's IJK - "
-    "inclusive, 0-based."
+    "inclusive, 0-based. DICOM: the grid dcm2niix writes - i = column, j = rows - 1 - row, k = slice rank along the normal."
 )
 
 
 @app.command(epilog=_PROMPT_HELP)
 def infer(
-    scan: str = typer.Argument(..., help="CT scan, .nii or .nii.gz."),
+    scan: str = typer.Argument(..., help="CT scan: .nii or .nii.gz, a DICOM folder or file, or a DICOMweb series URL (https://HOST/dicom-web/studies/STUDY/series/SERIES)."),
     text: list[str] | None = typer.Option(None, "--text", help="Target name or free phrase; repeat for several targets (one target each)."),
     box: str | None = typer.Option(None, "--box", help="i0,j0,k0,i1,j1,k1: inclusive box in SCAN voxel indices (IJK); applies to every --text."),
     point: list[str] | None = typer.Option(None, "--point", help="i,j,k[,label] in SCAN voxel indices (IJK), label 1 positive (default) or 0 negative; repeatable; applies to every --text."),
-    out: str | None = typer.Option(None, "--out", help="Output mask (.nii/.nii.gz); default SCAN stem + _segvol.nii.gz beside it. Several targets: a multi-label file (label i = i-th target; where targets overlap the later one wins) and a .json sidecar naming the labels."),
+    out: str | None = typer.Option(None, "--out", help="Output mask (.nii/.nii.gz, or .dcm - a DICOM SEG - for DICOM input, its default); default SCAN stem + _segvol.nii.gz beside it. Several targets: a multi-label file (label i = i-th target; where targets overlap the later one wins) and a .json sidecar naming the labels."),
     split: bool = typer.Option(False, "--split", help="One 0/1 file per target, <out stem>_<name>.nii.gz, instead of a multi-label file."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write float32 probability maps <out stem>_prob[_<name>].nii.gz."),
     backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | torch | tensorrt."),
@@ -183,8 +183,11 @@ def infer(
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime (CPU) and torch (default: all cores)."),
     cache_mb: float | None = typer.Option(None, "--cache-mb", min=0, help="Bound of the runtime's window-embedding cache in MiB (default: the runtime's)."),
     precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16: the graph variant (fp16 needs `export --precision fp16`; TensorRT: the engines' precision). Default: fp32 on ONNX Runtime and torch, the built engines' on TensorRT."),
+    series: str | None = typer.Option(None, "--series", help="DICOM input: the SeriesInstanceUID to segment, when the folder holds several CT series (the error lists them)."),
+    store: str | None = typer.Option(None, "--store", help="DICOMweb service root (https://HOST/dicom-web): STOW-RS the SEG there, after it is written and validated locally."),
+    dicomweb_auth: str | None = typer.Option(None, "--dicomweb-auth", envvar="SEGVOL_RT_DICOMWEB_AUTH", show_envvar=True, help="USER:PASSWORD for DICOMweb (never put credentials in a URL)."),
 ) -> None:
-    """Segment targets of a CT scan by text, box and/or point prompts; write NIfTI masks (all of them or none)."""
+    """Segment targets of a CT scan (NIfTI, DICOM folder or DICOMweb series) by text, box and/or point prompts; write NIfTI masks or DICOM SEGs (all of them or none)."""
     from segvol_rt.app.console import ConsoleReporter, check_choices, load_runtime, provenance_line
     from segvol_rt.app.infer import InferOptions, run_infer
 
@@ -194,6 +197,7 @@ def infer(
         texts=tuple(text or ()), box=box, points=tuple(point or ()), out=out, split=split,
         probabilities=probabilities, zoom_in=not no_zoom_in, window_prompts=window_prompts, reorient=reorient, seed=seed,
         prompt_from=prompt_from, prompt_box=prompt_box, prompt_points=prompt_points, reference=reference,
+        series=series, store=store, dicomweb_auth=dicomweb_auth,
     )
     report = ConsoleReporter(quiet=quiet)
     try:

@@ -27,6 +27,15 @@ all together or not at all.
 
 Box and points are voxel indices ``(i, j, k)`` of the input file as nibabel
 loads it (3D Slicer's IJK), inclusive; see :mod:`segvol_rt.pipeline.prompts`.
+
+DICOM (:func:`dicom_input`): a folder or file is a DICOM series, read in
+dcm2niix's voxel order (:mod:`segvol_rt.io.dicom`; prompts in that grid), a
+``http(s)://.../studies/S/series/T`` URL is fetched over DICOMweb
+(:mod:`segvol_rt.app.dicomweb`). Its headers are read and the series chosen
+(``series``) before the output checks; an output ending in ``.dcm`` (the
+default for DICOM input) is a DICOM SEG (:mod:`segvol_rt.io.dicom_seg`), one
+segment per target (``split``: one SEG per target); ``store`` sends the
+committed SEG files with STOW-RS, last.
 """
 
 from __future__ import annotations
@@ -79,6 +88,9 @@ class InferOptions:
     prompt_box: bool = True
     prompt_points: bool = False
     reference: str | None = None
+    series: str | None = None  # DICOM input: the SeriesInstanceUID (segvol_rt.io.dicom)
+    store: str | None = None  # DICOMweb service root to STOW-RS the SEG files to, after they are written
+    dicomweb_auth: str | None = None  # USER:PASSWORD for DICOMweb (never in a URL)
 
     @property
     def evaluating(self) -> bool:
@@ -178,6 +190,7 @@ class OutputPlan:
     sidecar: Path | None
     probabilities: dict[int, Path] = field(default_factory=dict)
     inputs: list[tuple[str, Path]] = field(default_factory=list)
+    source: str = ""  # the input as given (a DICOMweb URL has no path)
 
     def files(self) -> list[Path]:
         """Every output, in commit order: masks, probability maps, the sidecar last."""
@@ -188,14 +201,24 @@ class OutputPlan:
 _NAME_HINT = "shorten --out or the --text (the target names name the --split and --probabilities files)"
 
 
-def output_plan(scan_path: Path, opts: InferOptions, targets: Sequence[TargetPlan]) -> OutputPlan:
-    """Where each output goes (see the module docstring); refuses the input itself."""
+def output_plan(scan_path: Path, opts: InferOptions, targets: Sequence[TargetPlan], dicom: DicomInput | None = None
+                ) -> OutputPlan:
+    """Where each output goes (see the module docstring); refuses the input itself.
+    With a DICOM input (``dicom``), ``--out`` may be a ``.dcm`` SEG, the default."""
     if opts.out is not None:
         out = Path(opts.out)
-        if not out.name.lower().endswith((".nii", ".nii.gz")):
-            raise SegVolError(f"--out {out} must end in .nii or .nii.gz")
+        allowed = (".nii", ".nii.gz", ".dcm") if dicom is not None else (".nii", ".nii.gz")
+        if not out.name.lower().endswith(allowed):
+            raise SegVolError(f"--out {out} must end in {', '.join(allowed[:-1])} or {allowed[-1]}"
+                              + ("" if dicom is not None else " (a .dcm SEG needs a DICOM input)"))
+    elif dicom is not None:
+        out = dicom.default_out
     else:
         out = scan_path.with_name(_split_name(scan_path)[0] + DEFAULT_SUFFIX + ".nii.gz")
+    if out.name.lower().endswith(".dcm"):
+        _check_seg_options(opts)
+    elif opts.store is not None:
+        raise SegVolError("--store sends a DICOM SEG; give --out ending in .dcm")
     stem, suffix = _split_name(out)
     beside = out.with_name
     many = len(targets) > 1
@@ -207,11 +230,61 @@ def output_plan(scan_path: Path, opts: InferOptions, targets: Sequence[TargetPla
     if opts.probabilities:
         for i, t in enumerate(targets):
             probs[i] = beside(f"{stem}_prob_{t.slug}{suffix}" if many else f"{stem}_prob{suffix}")
-    plan = OutputPlan(masks, beside(f"{stem}.json") if many or opts.split else None, probs, input_paths(scan_path, opts))
+    inputs = input_paths(scan_path, opts) if dicom is None else dicom.inputs + input_paths(scan_path, opts)[1:]
+    plan = OutputPlan(masks, beside(f"{stem}.json") if many or opts.split else None, probs, inputs,
+                      dicom.label if dicom is not None else str(scan_path))
     from segvol_rt.io.outputs import check_outputs
 
     check_outputs(plan.files(), plan.inputs, name_hint=_NAME_HINT)
     return plan
+
+
+def _check_seg_options(opts: InferOptions) -> None:
+    if opts.probabilities:
+        raise SegVolError("--probabilities is refused with a DICOM SEG output (.dcm): segvol-rt writes binary SEGs only; "
+                          "write the probability maps with --out NAME.nii.gz")
+
+
+@dataclass
+class DicomInput:
+    """A DICOM series chosen before any work: where it is, its files (inputs no output
+    may be), the default SEG path and how to read its pixels."""
+
+    label: str  # the folder, file or URL as given
+    inputs: list[tuple[str, Path]]  # empty for a DICOMweb series
+    default_out: Path
+    read: Callable[[], Any]  # -> DicomScan (notes: skipped files, UID fallbacks)
+
+
+def dicom_input(source: str, opts: InferOptions) -> DicomInput | None:
+    """The DICOM series ``source`` names (a folder, a DICOM file or a DICOMweb
+    series URL), its headers read and the series chosen; None for a NIfTI file."""
+    from segvol_rt.app import dicomweb as W
+
+    if W.is_url(source):
+        url = W.parse_series_url(source)
+        auth = W.parse_auth(opts.dicomweb_auth)
+        from segvol_rt.io.dicom import read_datasets
+
+        def fetch_and_read() -> Any:  # after the output checks: the fetch is the slow part
+            return read_datasets(W.fetch_series(url, auth), str(url), opts.series)
+
+        default = Path.cwd() / f"{slug(url.series)}{DEFAULT_SUFFIX}.dcm"
+        return DicomInput(str(url), [], default, fetch_and_read)
+    from segvol_rt.io.scans import is_dicom
+
+    if not is_dicom(source):
+        if opts.series is not None:
+            raise SegVolError(f"--series selects a DICOM series, but {source} is not a DICOM folder or file")
+        return None
+    from segvol_rt.io import dicom as D
+
+    disc = D.discover(source)
+    info = D.choose_series(disc, opts.series, source)
+    files = [("DICOM file", f.path) for f in info.files if f.path is not None]
+    p = Path(source)
+    default = p.with_name(p.name + DEFAULT_SUFFIX + ".dcm") if p.is_dir() else p.with_name(p.stem + DEFAULT_SUFFIX + ".dcm")
+    return DicomInput(source, files, default, lambda: D.scan_from_series(info, source, disc.notes))
 
 
 def input_paths(scan_path: Path, opts: InferOptions) -> list[tuple[str, Path]]:
@@ -302,12 +375,19 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
     start = time.perf_counter()
     clock = StageClock()
     targets = plan_targets(opts)
-    scan_path = Path(scan_path)
-    outputs = output_plan(scan_path, opts, targets)  # path mistakes fail before any work
+    if opts.store is not None:
+        from segvol_rt.app.dicomweb import parse_store_url
+
+        parse_store_url(opts.store)
+    with clock.stage("read"):
+        dicom = dicom_input(str(scan_path), opts)  # DICOM: headers read and the series chosen, no pixels yet
+    # a DICOMweb series has no local path; its default output is named after the series, in the current folder
+    scan_path = Path(dicom.default_out) if dicom is not None and not dicom.inputs else Path(scan_path)
+    outputs = output_plan(scan_path, opts, targets, dicom)  # path mistakes fail before any work
     report.stage("reading the scan")
     with clock.stage("read"):
-        scan = read_scan(scan_path)
-    for note in scan.notes:  # header fixes that change the geometry, in our words
+        scan = read_scan(scan_path) if dicom is None else dicom.read()
+    for note in scan.notes:  # header fixes that change the geometry, DICOM fallbacks, in our words
         report.warn(note)
     if opts.prompt_from is None:  # evaluation prompts come from the label, later
         for t in targets:
@@ -322,6 +402,14 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
     report.stage("writing", total=1)
     with clock.stage("write"):
         files = write_outputs(outputs, results, scan, rt, opts)
+    if opts.store is not None:  # last: a store cannot be rolled back
+        from segvol_rt.app import dicomweb as W
+
+        report.stage("storing the SEG (STOW-RS)")
+        with clock.stage("store"):
+            segs = [p for p in files if p.name.lower().endswith(".dcm")]
+            stored = W.store(W.parse_store_url(opts.store), W.parse_auth(opts.dicomweb_auth), segs)
+        report.note(f"stored {len(stored)} SEG instance(s) at {opts.store}")
     report.close()
     timings = _merge_timings(clock, rt)
     timings["total"] = time.perf_counter() - start
@@ -374,8 +462,9 @@ def _merge_timings(clock: StageClock, rt: SegVolRuntime) -> dict[str, float]:
     theirs = {k: v for k, v in rt.stats["timings"].items() if k != "read"}
     out: dict[str, float] = {k: mine[k] for k in ("read", "load", "reference") if k in mine}
     out.update(theirs)
-    if "write" in mine:
-        out["write"] = mine["write"]
+    for key in ("write", "store"):
+        if key in mine:
+            out[key] = mine[key]
     return out
 
 
@@ -392,6 +481,9 @@ def write_outputs(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan,
     check_outputs(plan.files(), plan.inputs, name_hint=_NAME_HINT)  # again: the files may have changed meanwhile
     with OutputSet(plan.files()) as out:
         for path, indices in plan.masks.items():
+            if path.name.lower().endswith(".dcm"):
+                out.stage(path, _seg_file(scan, [results[i] for i in indices], rt, opts))
+                continue
             labels = np.zeros(scan.shape, dtype=np.uint8, order="F")
             for label, i in enumerate(indices, start=1):
                 # where targets overlap the later one wins (documented in --help)
@@ -406,6 +498,16 @@ def write_outputs(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan,
             doc = sidecar(plan, results, scan, rt, opts, {p.name: d for p, d in out.digests().items()})
             out.stage(plan.sidecar, json_bytes(doc, plan.sidecar))
         return out.commit()
+
+
+def _seg_file(scan: Scan, results: Sequence[TargetResult], rt: SegVolRuntime, opts: InferOptions) -> bytes:
+    """A DICOM SEG, one segment per target (overlaps kept: segments are independent), read back and checked."""
+    from segvol_rt.io.dicom_seg import Algorithm, seg_bytes
+
+    prov = provenance(rt, opts.window_prompts)
+    algo = Algorithm(prov["segvol_rt_version"], prov["checkpoint_sha256"])
+    masks = [np.asarray(r.segmentation.mask) > 0 for r in results]
+    return seg_bytes(scan, masks, [r.plan.name for r in results], algo)
 
 
 def _gz(path: Path) -> bool:
@@ -426,11 +528,13 @@ def sidecar(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan, rt: S
         if i in plan.probabilities:
             entry["probabilities"] = plan.probabilities[i].name
         targets.append(entry)
-    doc: dict[str, Any] = {"scan": str(scan.path), "backend": rt.backend_reason,
+    doc: dict[str, Any] = {"scan": str(scan.path) if scan.path is not None else plan.source, "backend": rt.backend_reason,
                            "provenance": provenance(rt, opts.window_prompts)}
     if not opts.split:
         doc["labels"] = {str(i + 1): r.plan.name for i, r in enumerate(results)}
-        doc["overlaps"] = "where targets overlap, the later target's label wins"
+        dcm = any(p.name.lower().endswith(".dcm") for p in plan.masks)
+        doc["overlaps"] = ("one DICOM SEG segment per target (segment number = label); overlaps are kept" if dcm
+                           else "where targets overlap, the later target's label wins")
     doc["targets"] = targets
     doc["files"] = {name: {"sha256": digest} for name, digest in (digests or {}).items()}
     return doc
