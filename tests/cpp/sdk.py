@@ -97,6 +97,7 @@ class CppRuntime:
                                           ctypes.POINTER(ctypes.c_double)]
         lib.segvol_segment.argtypes = [ctypes.c_void_p, ctypes.POINTER(Target), ctypes.c_size_t,
                                        ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ResultInfo)]
+        lib.segvol_release_volume.argtypes = [ctypes.c_void_p]
         lib.segvol_windows_encoded.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]
         self.lib = lib
         self.h = lib.segvol_create()
@@ -123,6 +124,10 @@ class CppRuntime:
         aff = None if affine is None else (ctypes.c_double * 16)(*np.asarray(affine, np.float64).reshape(-1))
         self._check(self.lib.segvol_set_volume(self.h, vol.ctypes.data, DTYPES[vol.dtype.name], dims, aff))
         self.shape = vol.shape
+
+    def release_volume(self) -> None:
+        self._check(self.lib.segvol_release_volume(self.h))
+        self.shape = None
 
     def windows_encoded(self) -> int:
         n = ctypes.c_uint64()
