@@ -266,6 +266,7 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
         fail(SEGVOL_ERR_BACKEND, e.what());
     }
     bool cuda = opt.device == "cuda" || (opt.device == "auto" && info->cuda);
+    cuda_ = cuda;
     if (opt.device == "cuda" && !info->cuda)
         fail(SEGVOL_ERR_BACKEND, "device cuda: the ONNX Runtime at " + info->path + " has no CUDAExecutionProvider");
     GraphOptions go;
@@ -364,33 +365,54 @@ void Runtime::set_volume(const void* data, DType dtype, const std::array<i64, 3>
     vol_ = std::move(v);
 }
 
-std::vector<float> Runtime::text_embedding(const std::string& text) {
-    std::string key = normalize_name(text);
-    auto it = table_.find(key);
-    if (it != table_.end()) return it->second;
-    auto p = phrases_.find(key);
-    if (p != phrases_.end()) return p->second;
-    if (!tokenizer_) {
-        tokenizer_ = Tokenizer::from_dir(art_.path(art_.tokenizer_dir), art_.max_length);
+static std::string strip(const std::string& t) {
+    size_t s = t.find_first_not_of(" \t\n\r\f\v"), e = t.find_last_not_of(" \t\n\r\f\v");
+    return s == std::string::npos ? std::string() : t.substr(s, e - s + 1);
+}
+
+std::vector<std::vector<float>> Runtime::text_embeddings(const std::vector<std::string>& texts) {
+    // as SegVolRuntime.text_embeddings: table rows, then cached phrases, then the new
+    // phrases through the text encoder, text_batch_ per call, in first-seen order
+    std::vector<std::string> keys, fresh;
+    std::map<std::string, std::string> raw;
+    for (const std::string& t : texts) {
+        keys.push_back(normalize_name(t));
+        raw[keys.back()] = strip(t);
+    }
+    for (const std::string& k : keys)
+        if (!table_.count(k) && !phrases_.count(k) && std::find(fresh.begin(), fresh.end(), k) == fresh.end()) fresh.push_back(k);
+    if (!fresh.empty() && !tokenizer_) {
+        tokenizer_ = Tokenizer::from_dir(art_.path(art_.tokenizer_dir), 0);  // max_length as Python: tokenizer_config.json, else 77
         GraphOptions go;
         go.threads = opt_.threads;
-        text_encoder_ = std::make_unique<Graph>(art_.path(art_.graphs["text_encoder"].file), "text_encoder", go);
+        go.cuda = cuda_;
+        try {
+            text_encoder_ = std::make_unique<Graph>(art_.path(art_.graphs["text_encoder"].file), "text_encoder", go);
+        } catch (const std::exception& e) {
+            fail(SEGVOL_ERR_BACKEND, "cannot open " + art_.path(art_.graphs["text_encoder"].file) + ": " + e.what());
+        }
     }
-    // the prompt template around the trimmed phrase (str.format's "{}")
-    std::string phrase = text;
-    size_t s = phrase.find_first_not_of(" \t\n\r\f\v"), e = phrase.find_last_not_of(" \t\n\r\f\v");
-    phrase = phrase.substr(s, e - s + 1);
-    std::string sentence = art_.prompt_template;
-    size_t at = sentence.find("{}");
-    if (at != std::string::npos) sentence.replace(at, 2, phrase);
-    Tensor ids;
-    ids.kind = 2;
-    ids.i64 = tokenizer_->encode(sentence);
-    ids.shape = {1, (long long)ids.i64.size()};
-    std::vector<long long> shape;
-    std::vector<float> out = text_encoder_->run({{art_.graphs["text_encoder"].inputs[0], &ids}}, &shape);
-    phrases_[key] = out;
-    return out;
+    for (size_t i = 0; i < fresh.size(); i += (size_t)text_batch_) {
+        size_t n = std::min(fresh.size() - i, (size_t)text_batch_);
+        Tensor ids;
+        ids.kind = 2;
+        for (size_t j = 0; j < n; ++j) {
+            std::string sentence = art_.prompt_template;
+            size_t at = sentence.find("{}");
+            if (at != std::string::npos) sentence.replace(at, 2, raw[fresh[i + j]]);
+            std::vector<long long> row = tokenizer_->encode(sentence);
+            ids.i64.insert(ids.i64.end(), row.begin(), row.end());
+        }
+        ids.shape = {(long long)n, (long long)(ids.i64.size() / n)};
+        std::vector<long long> shape;
+        std::vector<float> out = text_encoder_->run({{art_.graphs["text_encoder"].inputs[0], &ids}}, &shape);
+        size_t per = out.size() / n;
+        for (size_t j = 0; j < n; ++j)
+            phrases_[fresh[i + j]] = std::vector<float>(out.begin() + (long)(j * per), out.begin() + (long)((j + 1) * per));
+    }
+    std::vector<std::vector<float>> rows;
+    for (const std::string& k : keys) rows.push_back(table_.count(k) ? table_.at(k) : phrases_.at(k));
+    return rows;
 }
 
 std::vector<std::vector<float>> Runtime::decode(const std::vector<const std::vector<float>*>& embeddings,
@@ -604,11 +626,17 @@ std::vector<Result> Runtime::segment(const std::vector<Request>& requests) {
             tg.points_zoom = pz;
         }
     }
-    for (size_t t = 0; t < requests.size(); ++t)
-        if (requests[t].text) {
-            texts[t] = text_embedding(*requests[t].text);
-            targets[t].text = &texts[t];
-        }
+    std::vector<std::string> phrases;
+    for (const Request& r : requests)
+        if (r.text) phrases.push_back(*r.text);
+    if (!phrases.empty()) {
+        std::vector<std::vector<float>> rows = text_embeddings(phrases);
+        for (size_t t = 0, j = 0; t < requests.size(); ++t)
+            if (requests[t].text) {
+                texts[t] = std::move(rows[j++]);
+                targets[t].text = &texts[t];
+            }
+    }
     // -- coarse pass on the zoom-out embedding (encoded once per volume)
     if (v.zoom_embedding.empty()) v.zoom_embedding = encode(v.zoom.data, 1);
     std::vector<Tokens> coarse_tokens;

@@ -118,7 +118,8 @@ class Runtime {
     Vec3 low_shape_{0, 0, 0};           // (4d, 4h, 4w) of the decoder's logits
     int enc_batch_ = 1, dec_batch_ = 1, text_batch_ = 1, max_points_ = 16;
 
-    std::vector<float> text_embedding(const std::string& text);
+    bool cuda_ = false;
+    std::vector<std::vector<float>> text_embeddings(const std::vector<std::string>& texts);
     std::vector<std::vector<float>> decode(const std::vector<const std::vector<float>*>& embeddings,
                                            const std::vector<Tokens>& tokens,
                                            const std::vector<const std::vector<float>*>& texts);

@@ -6,6 +6,8 @@
 // max_length keeping the end token, padded with the pad id.
 #pragma once
 
+#include <algorithm>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -23,6 +25,7 @@ class Tokenizer {
    private:
     std::map<std::string, long long> vocab_;
     std::map<std::pair<std::string, std::string>, int> ranks_;
+    std::string unk_;
     long long bos_ = 0, eos_ = 0, pad_ = 0;
     int max_length_ = 77;
     mutable std::map<std::string, std::vector<std::string>> cache_;

@@ -88,3 +88,19 @@ __attribute__((visibility("default"))) void svt_resized_box(const long long* box
 }
 
 }  // extern "C"
+
+#include "tokenizer.hpp"
+
+// ids of `text` (unpadded, with BOS/EOS) from the tokenizer in `dir`; returns the count or -1
+extern "C" __attribute__((visibility("default"))) int svt_tokenize(const char* dir, const char* text, long long* ids, int cap) {
+    try {
+        static std::map<std::string, std::unique_ptr<segvol::Tokenizer>> cache;
+        auto& tok = cache[dir];
+        if (!tok) tok = segvol::Tokenizer::from_dir(dir, 0);
+        std::vector<long long> v = tok->ids(text);
+        for (size_t i = 0; i < v.size() && (int)i < cap; ++i) ids[i] = v[i];
+        return (int)v.size();
+    } catch (...) {
+        return -1;
+    }
+}

@@ -47,6 +47,7 @@ CASES = {
     "text+points-aligned": dict(text="liver", points="points", window_prompts="aligned", seed=3),
     "box-aligned": dict(box="box", window_prompts="aligned"),
     "points-no-zoom": dict(points="points", zoom_in=False),
+    "free-phrase": dict(text="the big liver"),  # not in the text table: C++ tokenizer + text encoder
 }
 
 
@@ -123,6 +124,14 @@ def Z_request(r: dict):
     from segvol_rt.pipeline.requests import Request
 
     return Request.of(r)
+
+
+def test_free_phrases_batched_like_python(pair):
+    """New phrases of one call go through the text encoder together, as in Python."""
+    ph, py, cc = pair
+    reqs = [{"text": "Müller 中文 🫁 spleen"}, {"text": "liver"}, {"text": "THE big   liver"}, {"text": "a 3.5cm lesion"}]
+    for w, g in zip(py.segment_many(reqs), cc.segment_many(reqs)):
+        assert np.array_equal(np.asarray(w.mask), g.mask)
 
 
 def test_probabilities_close_to_python(pair):
@@ -311,3 +320,27 @@ def test_no_python_in_the_library(cpp_build):
     """The library links no ONNX Runtime and no Python: ORT is dlopened."""
     out = subprocess.run(["ldd", str(cpp_build / "libsegvol_rt.so.1")], capture_output=True, text=True).stdout
     assert "onnxruntime" not in out and "python" not in out
+
+
+def _tokenizer_dirs() -> list:
+    from tests.support.shared import shared_path
+
+    dirs = [pytest.param(sdk.ROOT / "segvol_rt" / "assets" / "demo" / "artifacts" / "tokenizer", id="demo")]
+    try:
+        dirs.append(pytest.param(shared_path("clip"), id="clip"))
+    except pytest.skip.Exception:
+        dirs.append(pytest.param(None, id="clip", marks=pytest.mark.skip(reason="../shared/clip is absent")))
+    return dirs
+
+
+@pytest.mark.parametrize("directory", _tokenizer_dirs())
+def test_tokenizer_ids_equal(hooks, directory):
+    """The C++ CLIP BPE gives the Python tokenizer's ids on the tokenizer tests' phrases."""
+    from segvol_rt.io.tokenizer import ClipTokenizer
+    from tests.runtime.test_tokenizer import PHRASES
+
+    py = ClipTokenizer.from_dir(directory)
+    for text in [*PHRASES, "中文 肝脏", "Müller 中文 zq 🫁", "İstanbul ΣΑΣ", "x<|endoftext|>y"]:
+        buf = (ctypes.c_longlong * 4096)()
+        n = hooks.svt_tokenize(str(directory).encode(), text.encode(), buf, 4096)
+        assert list(buf[:n]) == py.ids(text), text
