@@ -1,0 +1,147 @@
+// segvol-rt C++17 API: RAII wrappers over the C ABI (segvol_rt.h).
+//
+//   segvol::Runtime rt("artifacts/");                       // throws segvol::Error
+//   rt.set_volume(data, SEGVOL_DTYPE_INT16, {I, J, K}, affine);
+//   segvol::Target liver; liver.text = "liver";
+//   std::vector<uint8_t> mask = rt.segment(liver).mask;     // I*J*K, i fastest
+//
+// Header-only: every call goes through the C ABI, so the C++ standard
+// library of the application never has to match the SDK's. Errors become
+// segvol::Error (the status and the handle's one-line message). Same thread
+// safety as the C ABI: one Runtime may be shared, its calls are serialised.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "segvol_rt/segvol_rt.h"
+
+namespace segvol {
+
+class Error : public std::runtime_error {
+   public:
+    Error(segvol_status status, const std::string& message) : std::runtime_error(message), status_(status) {}
+    segvol_status status() const noexcept { return status_; }
+
+   private:
+    segvol_status status_;
+};
+
+struct LoadOptions {
+    std::string backend = "auto", device = "auto", precision = "fp32", ort_library;
+    int threads = 0;
+    bool verify = true;
+    uint64_t cache_bytes = 512ull << 20;
+};
+
+struct Target {
+    std::optional<std::string> text;
+    std::optional<std::array<int64_t, 6>> box;  // i0, j0, k0, i1, j1, k1 inclusive
+    std::vector<std::array<int64_t, 4>> points; // i, j, k, label
+    bool zoom_in = true;
+    segvol_window_prompts window_prompts = SEGVOL_WINDOW_PROMPTS_OFFICIAL;
+    uint64_t seed = 0;
+    bool probabilities = false;
+};
+
+struct Segmentation {
+    std::vector<uint8_t> mask;        // I*J*K, the volume's layout
+    std::vector<float> probabilities; // empty unless asked for
+    segvol_result_info info{};
+};
+
+class Runtime {
+   public:
+    explicit Runtime(const std::string& artifacts_dir, const LoadOptions& options = {}) : h_(segvol_create()) {
+        if (!h_) throw Error(SEGVOL_ERR_OUT_OF_MEMORY, "out of memory");
+        segvol_load_options o;
+        segvol_load_options_init(&o);
+        o.backend = options.backend.c_str();
+        o.device = options.device.c_str();
+        o.precision = options.precision.c_str();
+        o.ort_library = options.ort_library.empty() ? nullptr : options.ort_library.c_str();
+        o.threads = options.threads;
+        o.verify = options.verify ? 1 : 0;
+        o.cache_bytes = options.cache_bytes;
+        check(segvol_load(h_, artifacts_dir.c_str(), &o));
+    }
+    ~Runtime() { segvol_destroy(h_); }
+    Runtime(const Runtime&) = delete;
+    Runtime& operator=(const Runtime&) = delete;
+    Runtime(Runtime&& o) noexcept : h_(std::exchange(o.h_, nullptr)), voxels_(o.voxels_) {}
+    Runtime& operator=(Runtime&& o) noexcept {
+        if (this != &o) {
+            segvol_destroy(h_);
+            h_ = std::exchange(o.h_, nullptr);
+            voxels_ = o.voxels_;
+        }
+        return *this;
+    }
+
+    std::string backend() const { return segvol_backend(h_); }
+
+    void set_volume(const void* data, segvol_dtype dtype, const std::array<int64_t, 3>& dims,
+                    const std::array<double, 16>* affine = nullptr) {
+        check(segvol_set_volume(h_, data, dtype, dims.data(), affine ? affine->data() : nullptr));
+        voxels_ = (size_t)(dims[0] * dims[1] * dims[2]);
+    }
+    void release_volume() {
+        check(segvol_release_volume(h_));
+        voxels_ = 0;
+    }
+
+    Segmentation segment(const Target& target) { return std::move(segment_many({target}).at(0)); }
+
+    std::vector<Segmentation> segment_many(const std::vector<Target>& targets) {
+        std::vector<segvol_target> c(targets.size());
+        std::vector<std::vector<int64_t>> pts(targets.size());
+        std::vector<Segmentation> out(targets.size());
+        std::vector<uint8_t*> masks(targets.size());
+        std::vector<float*> probs(targets.size(), nullptr);
+        std::vector<segvol_result_info> info(targets.size());
+        for (size_t i = 0; i < targets.size(); ++i) {
+            const Target& t = targets[i];
+            segvol_target_init(&c[i]);
+            c[i].text = t.text ? t.text->c_str() : nullptr;
+            c[i].box = t.box ? t.box->data() : nullptr;
+            for (const auto& p : t.points) pts[i].insert(pts[i].end(), p.begin(), p.end());
+            c[i].points = t.points.empty() ? nullptr : pts[i].data();
+            c[i].n_points = t.points.size();
+            c[i].zoom_in = t.zoom_in ? 1 : 0;
+            c[i].window_prompts = t.window_prompts;
+            c[i].seed = t.seed;
+            out[i].mask.resize(voxels_);
+            masks[i] = out[i].mask.data();
+            if (t.probabilities) {
+                out[i].probabilities.resize(voxels_);
+                probs[i] = out[i].probabilities.data();
+            }
+        }
+        check(segvol_segment(h_, c.data(), c.size(), masks.data(), probs.data(), info.data()));
+        for (size_t i = 0; i < targets.size(); ++i) out[i].info = info[i];
+        return out;
+    }
+
+    uint64_t windows_encoded() const {
+        uint64_t n = 0;
+        check(segvol_windows_encoded(h_, &n));
+        return n;
+    }
+
+    segvol_runtime* handle() const noexcept { return h_; }
+
+   private:
+    segvol_runtime* h_;
+    size_t voxels_ = 0;
+
+    void check(segvol_status s) const {
+        if (s != SEGVOL_OK) throw Error(s, segvol_last_error(h_));
+    }
+};
+
+}  // namespace segvol

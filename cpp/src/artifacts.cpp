@@ -1,0 +1,251 @@
+#include "artifacts.hpp"
+
+#include <openssl/evp.h>
+#include <zip.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sys/stat.h>
+
+#include "errors.hpp"
+
+namespace segvol {
+
+using json = nlohmann::json;
+static const char* MANIFEST = "manifest.json";
+static const char* GRAPHS[] = {"image_encoder", "text_encoder", "prompt_decoder"};
+
+static bool is_file(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string sha256_file(const std::string& path) {
+    std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+    if (!f) fail(SEGVOL_ERR_ARTIFACTS, path + " cannot be read");
+    std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+    EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+    std::vector<unsigned char> buf(1 << 20);
+    size_t n;
+    while ((n = std::fread(buf.data(), 1, buf.size(), f.get())) > 0) EVP_DigestUpdate(ctx.get(), buf.data(), n);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len = 0;
+    EVP_DigestFinal_ex(ctx.get(), md, &len);
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < len; ++i) {
+        out += hex[md[i] >> 4];
+        out += hex[md[i] & 15];
+    }
+    return out;
+}
+
+static std::array<int, 3> range_of(const json& spec, const char* axis, const std::string& where) {
+    const json& r = spec.at("ranges").at(axis);
+    if (!r.is_array() || r.size() != 3) fail(SEGVOL_ERR_ARTIFACTS, where + ": /ranges/" + axis + " is not [min, opt, max]");
+    std::array<int, 3> out{r[0].get<int>(), r[1].get<int>(), r[2].get<int>()};
+    if (out[0] < 1 || out[0] > out[1] || out[1] > out[2])
+        fail(SEGVOL_ERR_ARTIFACTS, where + ": /ranges/" + axis + " is not an increasing positive range");
+    return out;
+}
+
+Artifacts Artifacts::load(const std::string& root, const std::string& precision) {
+    Artifacts a;
+    a.root = root;
+    std::string mpath = root + "/" + MANIFEST;
+    if (!is_file(mpath)) fail(SEGVOL_ERR_ARTIFACTS, root + " has no " + MANIFEST + "; is it an artifacts directory from `segvol-rt export`?");
+    json m;
+    try {
+        std::ifstream in(mpath);
+        m = json::parse(in);
+    } catch (const json::exception& e) {
+        fail(SEGVOL_ERR_ARTIFACTS, mpath + " is not valid JSON (" + std::string(e.what()).substr(0, 160) + "); export the artifacts again");
+    }
+    try {
+        if (m.value("format_version", 0) != 1)
+            fail(SEGVOL_ERR_ARTIFACTS, mpath + ": unsupported format_version; export the artifacts again");
+        const json& cfg = m.at("config");
+        for (int k = 0; k < 3; ++k) a.spatial_size[k] = cfg.at("spatial_size").at(k).get<long long>();
+        a.embed_dim = cfg.at("embed_dim").get<int>();
+        if (cfg.contains("text")) a.max_length = cfg["text"].value("max_length", 77);
+        a.prompt_template = m.value("prompt_template", cfg.value("prompt_template", std::string("{}")));
+        const json* graphs = &m.at("graphs");
+        if (precision == "fp16") {
+            // fp16 graphs as listed by the fp16 export: manifest /precisions/fp16/graphs
+            if (!m.contains("precisions") || !m["precisions"].contains("fp16"))
+                fail(SEGVOL_ERR_INVALID_ARGUMENT, "precision fp16: " + mpath + " lists no fp16 graphs; export them or use fp32");
+            graphs = &m["precisions"]["fp16"].at("graphs");
+        } else if (precision != "fp32") {
+            fail(SEGVOL_ERR_INVALID_ARGUMENT, "precision '" + precision + "': choose fp32 or fp16");
+        }
+        for (const char* name : GRAPHS) {
+            if (!graphs->contains(name)) fail(SEGVOL_ERR_ARTIFACTS, mpath + " lists no graph '" + name + "'; export the artifacts again");
+            const json& g = (*graphs)[name];
+            GraphEntry e;
+            e.file = g.at("file").get<std::string>();
+            e.sha256 = g.at("sha256").get<std::string>();
+            const json& spec = g.contains("spec") ? g["spec"] : m.at("graphs").at(name).at("spec");
+            std::string where = mpath + " /graphs/" + name + "/spec";
+            e.batch = range_of(spec, "B", where);
+            if (std::string(name) == "prompt_decoder") e.tokens = range_of(spec, "N", where);
+            for (const json& t : spec.at("inputs")) e.inputs.push_back(t.at("name").get<std::string>());
+            a.files.emplace_back(e.file, e.sha256);
+            a.graphs[name] = e;
+        }
+        if (m.contains("tokenizer")) {
+            const json& t = m["tokenizer"];
+            a.tokenizer_dir = t.value("dir", std::string("tokenizer"));
+            for (auto it = t.at("files").begin(); it != t.at("files").end(); ++it)
+                a.files.emplace_back(a.tokenizer_dir + "/" + it.key(), it.value().get<std::string>());
+        } else {
+            a.tokenizer_dir = "tokenizer";
+        }
+        if (m.contains("text_table") && !m["text_table"].is_null()) {
+            const json& t = m["text_table"];
+            a.text_table_file = t.at("file").get<std::string>();
+            a.text_table_count = t.value("count", -1LL);
+            a.files.emplace_back(a.text_table_file, t.at("sha256").get<std::string>());
+        }
+        if (m.contains("engines") && m["engines"].is_object())
+            for (auto& [k, v] : m["engines"].items())
+                if (v.is_object() && v.contains("file") && v.contains("sha256"))
+                    a.files.emplace_back(v["file"].get<std::string>(), v["sha256"].get<std::string>());
+    } catch (const json::exception& e) {
+        fail(SEGVOL_ERR_ARTIFACTS, mpath + " is incomplete (" + std::string(e.what()).substr(0, 160) + "); export the artifacts again");
+    }
+    for (int k = 0; k < 3; ++k)
+        if (a.spatial_size[k] < 1) fail(SEGVOL_ERR_ARTIFACTS, mpath + ": spatial_size must be positive");
+    if (a.embed_dim < 1) fail(SEGVOL_ERR_ARTIFACTS, mpath + ": embed_dim must be positive");
+    return a;
+}
+
+void Artifacts::verify() const {
+    for (const auto& [rel, digest] : files) {
+        std::string p = path(rel);
+        if (!is_file(p)) fail(SEGVOL_ERR_ARTIFACTS, p + " is listed in manifest.json but missing; export the artifacts again");
+        std::string actual = sha256_file(p);
+        if (actual != digest)
+            fail(SEGVOL_ERR_ARTIFACTS, p + " does not match manifest.json (sha256 " + actual.substr(0, 12) + "..., expected " +
+                                           digest.substr(0, 12) + "...); the file was changed or damaged - export the artifacts again");
+    }
+}
+
+// -- .npy inside the .npz ----------------------------------------------------------
+
+struct Npy {
+    std::string descr;
+    std::vector<long long> shape;
+    std::string data;
+};
+
+static std::string read_entry(zip_t* z, const char* name, const std::string& where) {
+    zip_stat_t st;
+    if (zip_stat(z, name, 0, &st) != 0) fail(SEGVOL_ERR_ARTIFACTS, where + " lacks the array '" + std::string(name) + "'; it is not a text table - export again");
+    std::unique_ptr<zip_file_t, int (*)(zip_file_t*)> f(zip_fopen(z, name, 0), &zip_fclose);
+    if (!f) fail(SEGVOL_ERR_ARTIFACTS, where + ": cannot open " + name);
+    std::string buf((size_t)st.size, '\0');
+    if (zip_fread(f.get(), buf.data(), st.size) != (zip_int64_t)st.size) fail(SEGVOL_ERR_ARTIFACTS, where + ": cannot read " + name);
+    return buf;
+}
+
+// The .npy header is a Python dict literal; its three keys are read by hand (a
+// dict literal is not JSON), and anything unexpected is an error.
+static Npy parse_npy(const std::string& raw, const std::string& where) {
+    if (raw.size() < 10 || raw.compare(0, 6, "\x93NUMPY") != 0) fail(SEGVOL_ERR_ARTIFACTS, where + " is not a .npy array");
+    int major = (unsigned char)raw[6];
+    size_t hlen, off;
+    if (major == 1) {
+        hlen = (unsigned char)raw[8] | ((size_t)(unsigned char)raw[9] << 8);
+        off = 10;
+    } else {
+        hlen = (unsigned char)raw[8] | ((size_t)(unsigned char)raw[9] << 8) | ((size_t)(unsigned char)raw[10] << 16) |
+               ((size_t)(unsigned char)raw[11] << 24);
+        off = 12;
+    }
+    if (off + hlen > raw.size()) fail(SEGVOL_ERR_ARTIFACTS, where + ": truncated .npy header");
+    std::string h = raw.substr(off, hlen);
+    Npy out;
+    auto value = [&](const std::string& key) {
+        size_t p = h.find("'" + key + "'");
+        if (p == std::string::npos) fail(SEGVOL_ERR_ARTIFACTS, where + ": .npy header without " + key);
+        p = h.find(':', p) + 1;
+        while (p < h.size() && h[p] == ' ') ++p;
+        return p;
+    };
+    size_t p = value("descr");
+    size_t q = h.find('\'', p + 1);
+    out.descr = h.substr(p + 1, q - p - 1);
+    p = value("fortran_order");
+    if (h.compare(p, 5, "False") != 0) fail(SEGVOL_ERR_ARTIFACTS, where + ": Fortran-ordered array not expected");
+    p = value("shape");
+    q = h.find(')', p);
+    std::string dims = h.substr(p + 1, q - p - 1);
+    size_t s = 0;
+    while (s < dims.size()) {
+        size_t e = dims.find(',', s);
+        std::string d = dims.substr(s, e == std::string::npos ? std::string::npos : e - s);
+        if (d.find_first_not_of(' ') != std::string::npos) out.shape.push_back(std::stoll(d));
+        if (e == std::string::npos) break;
+        s = e + 1;
+    }
+    out.data = raw.substr(off + hlen);
+    return out;
+}
+
+static std::string utf8_of(char32_t c) {
+    std::string s;
+    if (c < 0x80) s += (char)c;
+    else if (c < 0x800) { s += (char)(0xC0 | (c >> 6)); s += (char)(0x80 | (c & 0x3F)); }
+    else if (c < 0x10000) { s += (char)(0xE0 | (c >> 12)); s += (char)(0x80 | ((c >> 6) & 0x3F)); s += (char)(0x80 | (c & 0x3F)); }
+    else { s += (char)(0xF0 | (c >> 18)); s += (char)(0x80 | ((c >> 12) & 0x3F)); s += (char)(0x80 | ((c >> 6) & 0x3F)); s += (char)(0x80 | (c & 0x3F)); }
+    return s;
+}
+
+void Artifacts::text_table(std::vector<std::string>* names, std::vector<float>* rows) const {
+    names->clear();
+    rows->clear();
+    if (text_table_file.empty()) return;
+    std::string p = path(text_table_file);
+    int err = 0;
+    std::unique_ptr<zip_t, void (*)(zip_t*)> z(zip_open(p.c_str(), ZIP_RDONLY, &err), [](zip_t* x) { zip_discard(x); });
+    if (!z) fail(SEGVOL_ERR_ARTIFACTS, p + " is not a readable text table (not a zip archive); export again");
+    Npy n = parse_npy(read_entry(z.get(), "names.npy", p), p + " names");
+    Npy e = parse_npy(read_entry(z.get(), "embeddings.npy", p), p + " embeddings");
+    if (n.shape.size() != 1 || n.descr.size() < 3 || n.descr.compare(0, 2, "<U") != 0)
+        fail(SEGVOL_ERR_ARTIFACTS, p + ": 'names' is not 1D strings; export again");
+    size_t width = std::stoul(n.descr.substr(2));
+    long long count = n.shape[0];
+    if (n.data.size() < (size_t)count * width * 4) fail(SEGVOL_ERR_ARTIFACTS, p + ": 'names' is truncated");
+    for (long long i = 0; i < count; ++i) {
+        std::string s;
+        for (size_t k = 0; k < width; ++k) {
+            char32_t c;
+            std::memcpy(&c, n.data.data() + ((size_t)i * width + k) * 4, 4);
+            if (c == 0) break;
+            s += utf8_of(c);
+        }
+        names->push_back(s);
+    }
+    if (e.shape.size() != 2 || e.shape[0] != count || e.shape[1] != embed_dim || (text_table_count >= 0 && text_table_count != count))
+        fail(SEGVOL_ERR_ARTIFACTS, p + ": table shape does not fit embed_dim " + std::to_string(embed_dim) + " / its names; export again");
+    size_t total = (size_t)(count * embed_dim);
+    rows->resize(total);
+    if (e.descr == "<f4" && e.data.size() >= total * 4) {
+        std::memcpy(rows->data(), e.data.data(), total * 4);
+    } else if (e.descr == "<f8" && e.data.size() >= total * 8) {
+        for (size_t i = 0; i < total; ++i) {
+            double d;
+            std::memcpy(&d, e.data.data() + i * 8, 8);
+            (*rows)[i] = (float)d;
+        }
+    } else {
+        fail(SEGVOL_ERR_ARTIFACTS, p + ": 'embeddings' is " + e.descr + ", expected float32/float64; export again");
+    }
+    for (float v : *rows)
+        if (!(v == v) || v - v != 0.0f) fail(SEGVOL_ERR_ARTIFACTS, p + ": 'embeddings' holds non-finite values; export again");
+}
+
+}  // namespace segvol

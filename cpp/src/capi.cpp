@@ -1,0 +1,189 @@
+// The C ABI (include/segvol_rt/segvol_rt.h) over segvol::Runtime: status codes,
+// one-line messages per handle, a lock per handle, no exception escapes.
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <string>
+
+#include "errors.hpp"
+#include "pipeline.hpp"
+#include "segvol_rt/segvol_rt.h"
+
+struct segvol_runtime {
+    mutable std::mutex mu;
+    std::unique_ptr<segvol::Runtime> rt;
+    std::string error, backend;
+};
+
+static thread_local std::string g_thread_error;
+
+namespace {
+
+segvol_status set_error(segvol_runtime* h, segvol_status code, const std::string& msg) {
+    std::string line = msg;
+    for (char& c : line)
+        if (c == '\n' || c == '\r') c = ' ';
+    g_thread_error = line;
+    if (h) h->error = line;
+    return code;
+}
+
+template <typename F>
+segvol_status guarded(segvol_runtime* h, F body) {
+    if (!h) return set_error(nullptr, SEGVOL_ERR_INVALID_ARGUMENT, "the runtime handle is NULL");
+    std::lock_guard<std::mutex> lock(h->mu);
+    try {
+        body();
+        h->error.clear();
+        return SEGVOL_OK;
+    } catch (const segvol::Error& e) {
+        return set_error(h, e.code(), e.what());
+    } catch (const std::bad_alloc&) {
+        return set_error(h, SEGVOL_ERR_OUT_OF_MEMORY, "out of memory");
+    } catch (const std::exception& e) {
+        return set_error(h, SEGVOL_ERR_INTERNAL, std::string("internal error: ") + e.what());
+    } catch (...) {
+        return set_error(h, SEGVOL_ERR_INTERNAL, "internal error");
+    }
+}
+
+segvol::DType dtype_of(segvol_dtype d) {
+    switch (d) {
+        case SEGVOL_DTYPE_UINT8: return segvol::DType::U8;
+        case SEGVOL_DTYPE_INT8: return segvol::DType::I8;
+        case SEGVOL_DTYPE_UINT16: return segvol::DType::U16;
+        case SEGVOL_DTYPE_INT16: return segvol::DType::I16;
+        case SEGVOL_DTYPE_UINT32: return segvol::DType::U32;
+        case SEGVOL_DTYPE_INT32: return segvol::DType::I32;
+        case SEGVOL_DTYPE_INT64: return segvol::DType::I64;
+        case SEGVOL_DTYPE_FLOAT32: return segvol::DType::F32;
+        case SEGVOL_DTYPE_FLOAT64: return segvol::DType::F64;
+    }
+    segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "dtype " + std::to_string((int)d) + " is not a segvol_dtype (uint8 ... float64)");
+}
+
+std::string str_or(const char* s, const char* dflt) { return s ? std::string(s) : std::string(dflt); }
+
+}  // namespace
+
+extern "C" {
+
+const char* segvol_version(void) { return SEGVOL_RT_VERSION; }
+uint32_t segvol_abi_version(void) { return SEGVOL_RT_ABI_VERSION; }
+
+void segvol_load_options_init(segvol_load_options* o) {
+    if (!o) return;
+    std::memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+    o->verify = 1;
+    o->cache_bytes = 512ull << 20;
+}
+
+void segvol_target_init(segvol_target* t) {
+    if (!t) return;
+    std::memset(t, 0, sizeof *t);
+    t->struct_size = sizeof *t;
+    t->zoom_in = 1;
+    t->window_prompts = SEGVOL_WINDOW_PROMPTS_OFFICIAL;
+}
+
+segvol_runtime* segvol_create(void) { return new (std::nothrow) segvol_runtime(); }
+
+void segvol_destroy(segvol_runtime* rt) { delete rt; }
+
+const char* segvol_last_error(const segvol_runtime* rt) { return rt ? rt->error.c_str() : g_thread_error.c_str(); }
+
+const char* segvol_backend(const segvol_runtime* rt) { return rt ? rt->backend.c_str() : ""; }
+
+segvol_status segvol_load(segvol_runtime* h, const char* dir, const segvol_load_options* o) {
+    return guarded(h, [&] {
+        if (!dir) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "artifacts_dir is NULL");
+        segvol::LoadOptions lo;
+        if (o) {
+            if (o->struct_size < offsetof(segvol_load_options, cache_bytes) + sizeof(uint64_t))
+                segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "options: struct_size is not set; call segvol_load_options_init first");
+            lo.backend = str_or(o->backend, "auto");
+            lo.device = str_or(o->device, "auto");
+            lo.precision = str_or(o->precision, "fp32");
+            lo.ort_library = str_or(o->ort_library, "");
+            lo.threads = o->threads;
+            lo.verify = o->verify != 0;
+            lo.cache_bytes = o->cache_bytes;
+        }
+        h->rt.reset();
+        h->backend.clear();
+        h->rt = std::make_unique<segvol::Runtime>(dir, lo);
+        h->backend = h->rt->describe();
+    });
+}
+
+segvol_status segvol_set_volume(segvol_runtime* h, const void* data, segvol_dtype dtype, const int64_t dims[3],
+                                const double affine[16]) {
+    return guarded(h, [&] {
+        if (!h->rt) segvol::fail(SEGVOL_ERR_NOT_LOADED, "no artifacts loaded: call segvol_load first");
+        if (!data) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "volume data is NULL");
+        if (!dims) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "dims is NULL");
+        segvol::DType dt = dtype_of(dtype);
+        h->rt->set_volume(data, dt, {dims[0], dims[1], dims[2]}, affine);
+    });
+}
+
+segvol_status segvol_release_volume(segvol_runtime* h) {
+    return guarded(h, [&] {
+        if (h->rt) h->rt->release_volume();
+    });
+}
+
+segvol_status segvol_segment(segvol_runtime* h, const segvol_target* targets, size_t n, uint8_t* const* masks,
+                             float* const* probabilities, segvol_result_info* info) {
+    return guarded(h, [&] {
+        if (!h->rt) segvol::fail(SEGVOL_ERR_NOT_LOADED, "no artifacts loaded: call segvol_load first");
+        if (!h->rt->has_volume()) segvol::fail(SEGVOL_ERR_NO_VOLUME, "no volume: call segvol_set_volume before segvol_segment");
+        if (n == 0) return;
+        if (!targets) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "targets is NULL");
+        if (!masks) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "masks is NULL");
+        std::vector<segvol::Request> reqs(n);
+        for (size_t t = 0; t < n; ++t) {
+            const segvol_target& x = targets[t];
+            std::string where = "targets[" + std::to_string(t) + "]: ";
+            if (x.struct_size < offsetof(segvol_target, seed) + sizeof(uint64_t))
+                segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "struct_size is not set; call segvol_target_init first");
+            if (!masks[t]) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "mask buffer is NULL");
+            if (x.n_points && !x.points) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "points is NULL but n_points > 0");
+            if (x.points && !x.n_points) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "points: no point given (n_points = 0)");
+            if (x.window_prompts != SEGVOL_WINDOW_PROMPTS_OFFICIAL && x.window_prompts != SEGVOL_WINDOW_PROMPTS_ALIGNED)
+                segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "window_prompts must be OFFICIAL (0) or ALIGNED (1)");
+            segvol::Request& r = reqs[t];
+            if (x.text) r.text = std::string(x.text);
+            if (x.box) r.box = std::array<long long, 6>{x.box[0], x.box[1], x.box[2], x.box[3], x.box[4], x.box[5]};
+            for (size_t i = 0; i < x.n_points; ++i)
+                r.points.push_back({x.points[4 * i], x.points[4 * i + 1], x.points[4 * i + 2], x.points[4 * i + 3]});
+            r.zoom_in = x.zoom_in != 0;
+            r.aligned = x.window_prompts == SEGVOL_WINDOW_PROMPTS_ALIGNED;
+            r.seed = x.seed;
+            r.probabilities = probabilities && probabilities[t];
+        }
+        std::vector<segvol::Result> res = h->rt->segment(reqs);
+        for (size_t t = 0; t < n; ++t) {
+            std::memcpy(masks[t], res[t].mask.data(), res[t].mask.size());
+            if (probabilities && probabilities[t])
+                std::memcpy(probabilities[t], res[t].probabilities.data(), res[t].probabilities.size() * sizeof(float));
+            if (info) {
+                segvol_result_info& i = info[t];
+                for (int k = 0; k < 6; ++k) i.roi[k] = res[t].roi ? res[t].roi->official[k] : -1;
+                i.n_windows = res[t].n_windows;
+                i.zoom_in_applied = res[t].zoom_in_applied;
+                i.no_foreground = res[t].no_foreground;
+            }
+        }
+    });
+}
+
+segvol_status segvol_windows_encoded(const segvol_runtime* h, uint64_t* count) {
+    return guarded(const_cast<segvol_runtime*>(h), [&] {
+        if (!count) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "count is NULL");
+        *count = h->rt ? h->rt->windows_encoded() : 0;
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,346 @@
+"""The C++ SDK (cpp/) against the Python runtime: masks bit-identical to
+``SegVolRuntime`` and ``segvol-rt infer`` on the demo model over held-out
+phantoms (text, box, points, their combinations, zoom-in on and off, both
+window-prompt placements, several targets, scans smaller than a window, an
+LPS-stored scan), the sample app's NIfTI output, and the host logic ported
+from Python (window plan, ROI rule, window prompts, numpy-1.x statistics,
+numpy's random stream) through the test hooks.
+
+cpp/build.sh runs once per session (its ctest covers the C ABI's bad-input
+cases and the host checks); the tests skip only where no compiler or cmake
+exists.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segvol_rt import SegVolRuntime
+from segvol_rt.demo.phantom import make_phantom
+from segvol_rt.ops import foreground_stats, nearest_source_index
+from segvol_rt.pipeline import prompts as P
+from segvol_rt.pipeline import zoom as Z
+from segvol_rt.pipeline.geometry import _resized_box
+from tests.cpp import sdk
+
+# Held out: the demo model was trained on phantom seeds below 1000.
+SCANS = {
+    "ras": dict(seed=1001, shape=(96, 96, 40)),
+    "lps": dict(seed=1002, shape=(80, 100, 48), orientation="LPS"),
+    "small": dict(seed=1003, shape=(60, 52, 20)),  # smaller than the 32x128x128 window along every axis
+    "large": dict(seed=1010, shape=(192, 192, 80)),  # several zoom-in windows (global_preds boxes, blending)
+}
+
+CASES = {
+    "text": dict(text="liver"),
+    "text-no-zoom": dict(text="spleen", zoom_in=False),
+    "box": dict(box="box"),
+    "points": dict(points="points"),
+    "text+box": dict(text="liver", box="box"),
+    "box+points": dict(box="box", points="points"),
+    "text+points-aligned": dict(text="liver", points="points", window_prompts="aligned", seed=3),
+    "box-aligned": dict(box="box", window_prompts="aligned"),
+    "points-no-zoom": dict(points="points", zoom_in=False),
+    "free-phrase": dict(text="the big liver"),  # not in the text table: C++ tokenizer + text encoder
+}
+
+
+def _prompts(ph) -> dict[str, object]:
+    """A box around the liver and points on the liver (two positive) and the spleen (negative), scan space."""
+    liver = np.argwhere(ph.labels == 1)
+    spleen = np.argwhere(ph.labels == 2)
+    lo, hi = liver.min(axis=0), liver.max(axis=0)
+    box = tuple(int(v) for v in (*lo, *hi))
+    pick = [liver[len(liver) // 3], liver[(2 * len(liver)) // 3]]
+    points = [(*map(int, q), 1) for q in pick] + [(*map(int, spleen[len(spleen) // 2]), 0)]
+    return {"box": box, "points": points}
+
+
+def _request(case: dict, ph) -> dict:
+    named = _prompts(ph)
+    return {k: (named[v] if isinstance(v, str) and v in named else v) for k, v in case.items()}
+
+
+@pytest.fixture(scope="module", params=sorted(SCANS))
+def pair(request, cpp_build, demo_artifacts):
+    """(phantom, SegVolRuntime, the C++ runtime) with the same volume set."""
+    ph = make_phantom(**SCANS[request.param])
+    vol = np.asfortranarray(ph.image)
+    py = SegVolRuntime.load(demo_artifacts, backend="onnxruntime", device="cpu")
+    py.set_volume(vol, ph.affine)
+    cc = sdk.CppRuntime(cpp_build, demo_artifacts)
+    cc.set_volume(vol, ph.affine)
+    yield ph, py, cc
+    cc.close()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_library_masks_equal_python(pair, case):
+    ph, py, cc = pair
+    req = _request(CASES[case], ph)
+    want = py.segment(**req)
+    got = cc.segment_many([req])[0]
+    assert np.array_equal(np.asarray(want.mask), got.mask), f"{case}: {int(want.mask.sum())} vs {int(got.mask.sum())} voxels"
+    assert got.n_windows == want.n_windows
+    assert got.zoom_in_applied == want.zoom_in_applied and got.no_foreground == want.no_foreground
+    if want.roi is not None:
+        assert got.roi == tuple(want.roi.official)
+
+
+def test_several_targets_share_windows(pair):
+    ph, py, cc = pair
+    named = _prompts(ph)
+    reqs = [{"text": "liver"}, {"text": "spleen", "box": named["box"]}, {"points": named["points"], "seed": 5}]
+    want = py.segment_many(reqs)
+    before = cc.windows_encoded()
+    got = cc.segment_many(reqs)
+    for w, g in zip(want, got):
+        assert np.array_equal(np.asarray(w.mask), g.mask)
+    distinct = len({tuple(k) for k in _window_keys(py, reqs)})
+    assert cc.windows_encoded() - before <= max(distinct, 1)
+
+
+def _window_keys(py: SegVolRuntime, reqs: list[dict]) -> list[tuple[int, ...]]:
+    """The zoom-in window keys the Python runtime plans for ``reqs`` (for the sharing check)."""
+    vol = py._require_volume()
+    keys = []
+    targets = py._model_targets(vol, [Z_request(r) for r in reqs], Z.StageClock())
+    for t in targets:
+        emb = py._zoom_embedding(Z.StageClock())
+        low = Z.decode_batched(py.backend, [emb], [t.coarse_tokens()], [t.text_embedding], 1, py.config.embed_dim)[0]
+        coarse = Z.coarse_crop_logits(low, py.config.spatial_size, vol.crop_image.shape)
+        plan = Z.plan_zoom_in(t, coarse, py.config.spatial_size, py.config.spatial_size)
+        keys += [] if plan is None else [w.key for w in plan.windows]
+    return keys
+
+
+def Z_request(r: dict):
+    from segvol_rt.pipeline.requests import Request
+
+    return Request.of(r)
+
+
+def test_free_phrases_batched_like_python(pair):
+    """New phrases of one call go through the text encoder together, as in Python."""
+    ph, py, cc = pair
+    reqs = [{"text": "Müller 中文 🫁 spleen"}, {"text": "liver"}, {"text": "THE big   liver"}, {"text": "a 3.5cm lesion"}]
+    for w, g in zip(py.segment_many(reqs), cc.segment_many(reqs)):
+        assert np.array_equal(np.asarray(w.mask), g.mask)
+
+
+def test_probabilities_close_to_python(pair):
+    """Probabilities: the same logits through float32 sigmoids (libm's expf vs numpy's: an ulp or two)."""
+    ph, py, cc = pair
+    want = py.segment(text="liver", probabilities=True)
+    got = cc.segment_many([{"text": "liver"}], probabilities=True)[0]
+    np.testing.assert_allclose(got.probabilities, np.asarray(want.probabilities), rtol=0, atol=1e-6)
+
+
+def test_follow_up_volume(cpp_build, demo_artifacts):
+    """A second volume on the same handle (and a release in between) gives the Python masks."""
+    cc = sdk.CppRuntime(cpp_build, demo_artifacts, threads=1)
+    py = SegVolRuntime.load(demo_artifacts, backend="onnxruntime", device="cpu", threads=1)
+    for seed in (1004, 1005):
+        ph = make_phantom(seed, (72, 64, 36))
+        cc.set_volume(ph.image, ph.affine)  # int16 straight through the C ABI
+        py.set_volume(np.asfortranarray(ph.image), ph.affine)
+        for req in ({"text": "left kidney"}, {"text": "aorta", "zoom_in": False}):
+            assert np.array_equal(np.asarray(py.segment(**req).mask), cc.segment_many([req])[0].mask)
+        cc.release_volume()
+    cc.close()
+
+
+# -- the sample app against segvol-rt infer ------------------------------------------------
+
+
+def _cli() -> list[str]:
+    return [sys.executable, "-m", "segvol_rt"]
+
+
+@pytest.mark.parametrize("args", [
+    ["--text", "liver"],
+    ["--text", "liver", "--text", "spleen", "--box", "BOX"],
+    ["--point", "P0", "--point", "P2", "--no-zoom-in"],
+], ids=["text", "two-targets-box", "points-no-zoom"])
+def test_sample_app_equals_cli(tmp_path, cpp_build, demo_artifacts, args):
+    nib = pytest.importorskip("nibabel")
+    ph = make_phantom(1006, (88, 80, 40), orientation="LPS")
+    scan = tmp_path / "scan.nii.gz"
+    ph.save(scan)
+    named = _prompts(ph)
+    subst = {"BOX": ",".join(map(str, named["box"])), "P0": ",".join(map(str, named["points"][0])),
+             "P2": ",".join(map(str, named["points"][2]))}
+    args = [subst.get(a, a) for a in args]
+    ours, theirs = tmp_path / "cpp.nii.gz", tmp_path / "py.nii.gz"
+    run = subprocess.run([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(demo_artifacts), *args,
+                          "--out", str(ours), "-q"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime",
+                          "--device", "cpu", *args, "--out", str(theirs), "-q"], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    a, b = nib.load(ours), nib.load(theirs)
+    assert a.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
+    np.testing.assert_allclose(a.affine, b.affine)
+    assert a.shape == b.shape == ph.image.shape
+
+
+def test_sample_app_errors(tmp_path, cpp_build, demo_artifacts):
+    """Bad input to the app: one line on stderr, exit status 2, nothing written."""
+    ph = make_phantom(1007, (64, 64, 32))
+    scan = tmp_path / "scan.nii.gz"
+    ph.save(scan)
+    out = tmp_path / "mask.nii.gz"
+    app = str(cpp_build / "segvol-rt-infer")
+    cases = [
+        [str(scan), "--artifacts", str(demo_artifacts), "--box", "0,0,0,64,10,10", "--out", str(out)],
+        [str(scan), "--artifacts", str(tmp_path / "nope"), "--text", "liver", "--out", str(out)],
+        [str(tmp_path / "missing.nii.gz"), "--artifacts", str(demo_artifacts), "--text", "liver", "--out", str(out)],
+        [str(scan), "--artifacts", str(demo_artifacts), "--text", "liver", "--out", str(scan)],
+        [str(scan), "--artifacts", str(demo_artifacts), "--point", "1,2", "--out", str(out)],
+    ]
+    for argv in cases:
+        run = subprocess.run([app, *argv], capture_output=True, text=True)
+        assert run.returncode == 2, (argv, run.stdout, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+        assert not out.exists()
+
+
+# -- host logic against Python (test hooks) ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hooks(cpp_build):
+    lib = sdk.hooks(cpp_build)
+    lib.svt_np1_sum.restype = ctypes.c_float
+    return lib
+
+
+def _p(a: np.ndarray):
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+@pytest.mark.parametrize("n", [1, 7, 100, 8191, 8192, 20000, 300_001])
+def test_foreground_stats_equal(hooks, n):
+    rng = np.random.default_rng(n)
+    x = (rng.normal(0, 300, n) + rng.integers(-1000, 1000, n)).astype(np.float32)
+    if n == 1:
+        x = np.array([1.0, 2.0], np.float32)
+    out = np.zeros(4, np.float64)
+    ok = ctypes.c_int()
+    hooks.svt_foreground_stats(_p(x), ctypes.c_longlong(x.size), _p(out), ctypes.byref(ok))
+    assert ok.value == 1
+    want = foreground_stats(x)
+    assert out[0] == want.lower and out[1] == want.upper
+    assert np.float32(out[2]) == np.float32(want.mean) and np.float32(out[3]) == np.float32(want.std)
+
+
+def test_nearest_tables_equal(hooks):
+    for n, o in [(1, 7), (37, 128), (128, 37), (200, 256), (255, 256), (97, 32), (513, 128)]:
+        for exact in (0, 1):
+            idx = np.zeros(o, np.int64)
+            hooks.svt_nearest_index(ctypes.c_longlong(n), ctypes.c_longlong(o), exact, _p(idx))
+            np.testing.assert_array_equal(idx, nearest_source_index(n, o, "nearest-exact" if exact else "nearest"))
+
+
+def test_roi_and_window_plan_equal(hooks):
+    rng = np.random.default_rng(0)
+    window = np.array([32, 128, 128], np.int64)
+    for _ in range(200):
+        size = rng.integers(1, 300, 3).astype(np.int64)
+        lo = np.array([rng.integers(0, s) for s in size])
+        hi = np.array([rng.integers(a, s) for a, s in zip(lo, size)])
+        box = np.concatenate([lo, hi]).astype(np.int64)
+        out = np.zeros(12, np.int64)
+        hooks.svt_roi(_p(box), _p(size), _p(window), _p(out))
+        roi = Z.roi_from_box(tuple(box), tuple(size), tuple(window))
+        assert tuple(out[:6]) == roi.official and tuple(out[6:9]) == roi.lo and tuple(out[9:]) == roi.hi
+        pad, padded = np.zeros(3, np.int64), np.zeros(3, np.int64)
+        starts = np.zeros(3 * 512, np.int64)
+        shape = np.array(roi.shape, np.int64)
+        n = hooks.svt_plan(_p(shape), _p(window), ctypes.c_double(0.5), _p(pad), _p(padded), _p(starts), 512)
+        plan = Z.plan_windows(roi.shape, tuple(window))
+        assert n == len(plan) and tuple(pad) == plan.pad_before and tuple(padded) == plan.padded_shape
+        assert [tuple(s) for s in starts[: 3 * n].reshape(-1, 3)] == list(plan.starts)
+
+
+def test_window_prompts_equal(hooks):
+    """generate_box and select_points (numpy's default_rng stream, several windows in a row)."""
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        shape = tuple(int(v) for v in rng.integers(1, 24, 3))
+        m = (rng.random(shape) < rng.choice([0.0, 0.01, 0.2, 0.9])).astype(np.uint8)
+        sh = np.array(shape, np.int64)
+        box = np.zeros(6, np.int64)
+        hooks.svt_generate_box(_p(m), _p(sh), _p(box))
+        assert tuple(box) == P.generate_box(m)
+        calls = 3
+        coords, labels = np.zeros(3 * 64, np.int64), np.zeros(64, np.int64)
+        n = hooks.svt_select_points(_p(m), _p(sh), ctypes.c_ulonglong(trial), calls, _p(coords), _p(labels), 64)
+        g = np.random.default_rng(trial)
+        want = [P.select_points(m, g, 4, 0) for _ in range(calls)]
+        wc = np.concatenate([w.coords for w in want]).reshape(-1)
+        wl = np.concatenate([w.labels for w in want])
+        assert n == len(wl)
+        np.testing.assert_array_equal(coords[: 3 * n], wc)
+        np.testing.assert_array_equal(labels[:n], wl)
+
+
+def test_zoom_box_equal(hooks):
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        cin = rng.integers(1, 200, 3).astype(np.int64)
+        cout = np.array([32, 128, 128], np.int64)
+        lo = np.array([rng.integers(0, s) for s in cin])
+        hi = np.array([rng.integers(a, s) for a, s in zip(lo, cin)])
+        box = np.concatenate([lo, hi]).astype(np.int64)
+        res, empty = np.zeros(6, np.int64), ctypes.c_int()
+        hooks.svt_resized_box(_p(box), _p(cin), _p(cout), 1, _p(res), ctypes.byref(empty))
+        want = _resized_box(tuple(int(v) for v in box), tuple(cin), tuple(cout), "nearest-exact")
+        assert (want is None) == bool(empty.value)
+        if want is not None:
+            assert tuple(res) == want
+
+
+def test_build_dir_has_soname(cpp_build):
+    """The soname is libsegvol_rt.so.<ABI version>."""
+    assert (cpp_build / "libsegvol_rt.so.1").exists()
+    out = subprocess.run(["objdump", "-p", str(cpp_build / "libsegvol_rt.so.1")], capture_output=True, text=True).stdout
+    assert "SONAME               libsegvol_rt.so.1" in out
+
+
+def test_no_python_in_the_library(cpp_build):
+    """The library links no ONNX Runtime and no Python: ORT is dlopened."""
+    out = subprocess.run(["ldd", str(cpp_build / "libsegvol_rt.so.1")], capture_output=True, text=True).stdout
+    assert "onnxruntime" not in out and "python" not in out
+
+
+def _tokenizer_dirs() -> list:
+    from tests.support.shared import shared_path
+
+    dirs = [pytest.param(sdk.ROOT / "segvol_rt" / "assets" / "demo" / "artifacts" / "tokenizer", id="demo")]
+    try:
+        dirs.append(pytest.param(shared_path("clip"), id="clip"))
+    except pytest.skip.Exception:
+        dirs.append(pytest.param(None, id="clip", marks=pytest.mark.skip(reason="../shared/clip is absent")))
+    return dirs
+
+
+@pytest.mark.parametrize("directory", _tokenizer_dirs())
+def test_tokenizer_ids_equal(hooks, directory):
+    """The C++ CLIP BPE gives the Python tokenizer's ids on the tokenizer tests' phrases."""
+    from segvol_rt.io.tokenizer import ClipTokenizer
+    from tests.runtime.test_tokenizer import PHRASES
+
+    py = ClipTokenizer.from_dir(directory)
+    for text in [*PHRASES, "中文 肝脏", "Müller 中文 zq 🫁", "İstanbul ΣΑΣ", "x<|endoftext|>y"]:
+        buf = (ctypes.c_longlong * 4096)()
+        n = hooks.svt_tokenize(str(directory).encode(), text.encode(), buf, 4096)
+        assert list(buf[:n]) == py.ids(text), text
