@@ -24,6 +24,8 @@ _EXTRAS = {
     "tokenizers": ("base install", "the CLIP tokenizer"),
     "transformers": ("dev", "reference checks against transformers"),
     "PIL": ("demo", "PNG previews"),
+    "pytriton": ("serve", "segvol-rt serve (Triton through PyTriton; needs numpy<2, so an environment of its own)"),
+    "tritonclient": ("client", "segvol_rt.client and `segvol-rt infer --server`"),
 }
 
 
