@@ -21,6 +21,7 @@ open a new one), and a line naming the URL when the server cannot be reached.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -157,7 +158,7 @@ class SegVolClient:
         stream = W.compress_volume(volume)
         t1 = time.perf_counter()
         header = W.VolumeHeader(volume.dtype.name, tuple(int(s) for s in volume.shape),  # type: ignore[arg-type]
-                                tuple(tuple(float(v) for v in row) for row in affine), len(stream))
+                                tuple(tuple(float(v) for v in row) for row in affine), len(stream), W.memory_order(volume))
         W.VolumeHeader.of(header.as_dict())  # the server's checks, here first
         chunks = [stream[i : i + W.CHUNK_BYTES] for i in range(0, len(stream), W.CHUNK_BYTES)]
         info: dict[str, Any] = {}
@@ -168,14 +169,14 @@ class SegVolClient:
         if info.get("state") != "ready":
             raise SegVolError(f"the server did not complete session {sid} ({info.get('state')})")
         upload = Upload(volume.nbytes, len(stream), len(chunks), time.perf_counter() - t0, t1 - t0)
-        return RemoteSession(self, sid, tuple(info["shape"]), upload)  # type: ignore[arg-type]
+        return RemoteSession(self, sid, info, upload)
 
     def open_server_path(self, path: str) -> RemoteSession:
         """A session on a scan the server reads itself (``path`` relative to its
         ``--allow-path-root``; refused by servers without one)."""
         sid = uuid.uuid4().hex
         info = _json(self.infer(W.OPEN_MODEL, sid, {"meta": W.to_json_bytes({"path": path}), "chunk": b""}, ("info",))["info"])
-        return RemoteSession(self, sid, tuple(info["shape"]), None)  # type: ignore[arg-type]
+        return RemoteSession(self, sid, info, None)
 
 
 def _json(arr: np.ndarray) -> dict[str, Any]:
@@ -183,11 +184,21 @@ def _json(arr: np.ndarray) -> dict[str, Any]:
 
 
 class RemoteSession:
-    """One volume on the server. ``shape``: the scan's ``(I, J, K)``; ``upload``:
-    how it went up (None for a server-side path)."""
+    """One volume on the server.
 
-    def __init__(self, client: SegVolClient, sid: str, shape: tuple[int, int, int], upload: Upload | None):
-        self.client, self.id, self.shape, self.upload = client, sid, shape, upload
+    ``shape``: the scan's ``(I, J, K)``; ``geometry``: its coordinate chain
+    (:class:`segvol_rt.pipeline.geometry.Geometry`, rebuilt from the server's
+    crop box); ``provenance``: what serves it (backend, device, checkpoint);
+    ``upload``: how it went up (None for a server-side path)."""
+
+    def __init__(self, client: SegVolClient, sid: str, info: Mapping[str, Any], upload: Upload | None):
+        from segvol_rt.pipeline.geometry import Geometry
+
+        self.client, self.id, self.upload = client, sid, upload
+        self.shape: tuple[int, int, int] = tuple(int(s) for s in info["shape"])  # type: ignore[assignment]
+        geo = info["geometry"]
+        self.geometry = Geometry.build(self.shape, tuple(geo["crop_box"]), tuple(geo["spatial_size"]))  # type: ignore[arg-type]
+        self.provenance: dict[str, Any] = dict(info.get("provenance") or {})
         self.closed = False
 
     def __enter__(self) -> RemoteSession:
@@ -195,10 +206,8 @@ class RemoteSession:
 
     def __exit__(self, *exc: object) -> None:
         if not self.closed:
-            try:
+            with contextlib.suppress(SessionGoneError):  # already gone (expired, or its server stopped)
                 self.close()
-            except SessionGoneError:
-                pass  # already gone (expired, or its server stopped): nothing left to free
 
     def segment(self, text: str | None = None, box: Any = None, points: Any = None, **options: Any) -> Segmentation:
         """As :meth:`segvol_rt.runtime.SegVolRuntime.segment` (options: zoom_in,

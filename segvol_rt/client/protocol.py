@@ -6,9 +6,9 @@ client on numpy 2, and the bytes are the same).
 Models (Triton, ``batching=False``; every tensor has shape ``[1]`` unless noted):
 
 * ``segvol_open``: ``session`` (BYTES, the client-chosen id), ``meta`` (BYTES,
-  JSON: dtype, shape, affine, total compressed bytes, chunk index, or a
-  server-side ``path``), ``chunk`` (BYTES: a slice of the zlib stream of the
-  volume's raw ``(I, J, K)`` C-order bytes in its own dtype). A volume goes
+  JSON: dtype, shape, affine, total compressed bytes, memory order, chunk
+  index; or a server-side ``path``), ``chunk`` (BYTES: a slice of the zlib
+  stream of the volume's raw ``(I, J, K)`` bytes in its own dtype and order). A volume goes
   in chunks of at most :data:`CHUNK_BYTES`; the last chunk completes the
   session. Out: ``info`` (BYTES, JSON: state, received bytes, scan shape).
 * ``segvol_segment``: ``session``, ``request`` (BYTES, JSON of
@@ -101,12 +101,17 @@ def from_json_bytes(raw: bytes, what: str) -> dict[str, Any]:
 @dataclass(frozen=True)
 class VolumeHeader:
     """What ``meta`` says of an uploaded volume: dtype, shape ``(I, J, K)``,
-    4x4 affine and the compressed stream's total size in bytes."""
+    4x4 affine, the compressed stream's total size in bytes, and the memory
+    ``order`` of the bytes ("F" for a Fortran-ordered array as nibabel reads
+    it, else "C"). The order is kept because the runtime's float32
+    preprocessing sums in memory order: the same values in another layout can
+    move a mask by a voxel, and a served mask must equal the local one."""
 
     dtype: str
     shape: tuple[int, int, int]
     affine: tuple[tuple[float, ...], ...]
     compressed_bytes: int
+    order: str = "C"
 
     @property
     def raw_bytes(self) -> int:
@@ -114,7 +119,7 @@ class VolumeHeader:
 
     def as_dict(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "shape": list(self.shape), "affine": [list(r) for r in self.affine],
-                "compressed_bytes": self.compressed_bytes}
+                "compressed_bytes": self.compressed_bytes, "order": self.order}
 
     @classmethod
     def of(cls, doc: Mapping[str, Any]) -> VolumeHeader:
@@ -135,7 +140,10 @@ class VolumeHeader:
         size = doc.get("compressed_bytes")
         if type(size) is not int or size <= 0:
             raise SegVolError("meta.compressed_bytes must be a positive integer")
-        return cls(dtype, tuple(shape), tuple(tuple(float(v) for v in row) for row in arr), size)  # type: ignore[arg-type]
+        order = doc.get("order", "C")
+        if order not in ("C", "F"):
+            raise SegVolError("meta.order must be 'C' or 'F'")
+        return cls(dtype, tuple(shape), tuple(tuple(float(v) for v in row) for row in arr), size, order)  # type: ignore[arg-type]
 
 
 def wire_volume(volume: np.ndarray) -> np.ndarray:
@@ -151,12 +159,17 @@ def wire_volume(volume: np.ndarray) -> np.ndarray:
     return arr.astype(name if name in VOLUME_DTYPES else "float32", copy=False)
 
 
+def memory_order(volume: np.ndarray) -> str:
+    """"F" for a Fortran-ordered (not also C-ordered) array, else "C"."""
+    return "F" if volume.flags.f_contiguous and not volume.flags.c_contiguous else "C"
+
+
 def compress_volume(volume: np.ndarray, level: int = 1) -> bytes:
-    """zlib stream of ``volume``'s C-order bytes (level 1: CT compresses about
-    2-3x at a few hundred MB/s; higher levels gain little)."""
+    """zlib stream of ``volume``'s bytes in :func:`memory_order` (level 1: CT
+    compresses about 2-3x at a few hundred MB/s; higher levels gain little)."""
     from isal import isal_zlib  # a base dependency; zlib-compatible, several times faster
 
-    return isal_zlib.compress(np.ascontiguousarray(volume).tobytes(), level)
+    return isal_zlib.compress(volume.tobytes(order=memory_order(volume)), level)
 
 
 def decompress_volume(stream: bytes, header: VolumeHeader) -> np.ndarray:
@@ -170,7 +183,7 @@ def decompress_volume(stream: bytes, header: VolumeHeader) -> np.ndarray:
         raise SegVolError(f"the uploaded volume is not a valid zlib stream ({exc})") from None
     if len(raw) != header.raw_bytes or not complete:
         raise SegVolError(f"the uploaded volume does not hold {header.shape} {header.dtype} voxels")
-    return np.frombuffer(raw, dtype=header.dtype).reshape(header.shape)
+    return np.frombuffer(raw, dtype=header.dtype).reshape(header.shape, order=header.order)  # type: ignore[call-overload]
 
 
 # -- masks --------------------------------------------------------------------------

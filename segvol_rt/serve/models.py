@@ -23,7 +23,7 @@ import numpy as np
 
 from segvol_rt.client import protocol as W
 from segvol_rt.errors import SegVolError
-from segvol_rt.serve.sessions import SessionGone, SessionStore
+from segvol_rt.serve.sessions import Session, SessionGone, SessionStore
 
 LOG = logging.getLogger("segvol_rt.serve")
 
@@ -84,7 +84,7 @@ def served(fn: Callable[..., dict[str, np.ndarray]]) -> Callable[[Sequence[Mappi
 
 def _one_bytes(request: Mapping[str, np.ndarray], name: str) -> bytes:
     """The single BYTES element of input ``name``."""
-    if name not in request.keys():  # PyTriton's Request is a mapping without get()
+    if name not in request:  # PyTriton's Request is a mapping without get()
         raise SegVolError(f"input {name!r} is missing")
     arr = request[name]
     flat = np.asarray(arr).reshape(-1)
@@ -115,8 +115,9 @@ class Handlers:
     """The models' request handlers on one store. ``allowed_root``: the folder
     under which ``meta.path`` may name a server-side scan (None: paths refused)."""
 
-    def __init__(self, store: SessionStore, allowed_root: Path | None = None):
+    def __init__(self, store: SessionStore, allowed_root: Path | None = None, provenance: Mapping[str, Any] | None = None):
         self.store = store
+        self.provenance = dict(provenance or {})
         self.allowed_root = allowed_root.resolve() if allowed_root is not None else None
 
     # -- open ----------------------------------------------------------------------
@@ -141,7 +142,7 @@ class Handlers:
                 raise
             if complete:
                 LOG.info("session %s opened (%d voxels)", sid, int(np.prod(session.shape)))
-                return self._info({"state": "ready", "shape": list(session.shape or ())})
+                return self._info(self._ready(session))
             return self._info({"state": "receiving", "received": session.received})
 
     def _open_path(self, sid: str, path: Any) -> dict[str, Any]:
@@ -155,9 +156,24 @@ class Handlers:
         from segvol_rt.io.nifti import read_scan
 
         scan = read_scan(target)
-        shape = self.store.open_ready(sid, scan.data, scan.affine)
+        self.store.open_ready(sid, scan.data, scan.affine)
         LOG.info("session %s opened from a server-side file", sid)
-        return {"state": "ready", "shape": list(shape)}
+        with self.store.use(sid) as session:
+            return self._ready(session)
+
+    def _ready(self, session: Session) -> dict[str, Any]:
+        """What a client learns of a ready session: the scan's shape, the
+        geometry (model-space crop box and the model's window, from which
+        :meth:`segvol_rt.pipeline.geometry.Geometry.build` rebuilds the chain) and
+        what serves it (:data:`provenance`)."""
+        rt = session.runtime
+        if rt is None:
+            raise SegVolError(f"session {session.id} is still receiving its volume")
+        d, h, w = rt.crop_image.shape
+        crop_box = rt.geometry.box((0, 0, 0, d - 1, h - 1, w - 1), "crop", "model")
+        return {"state": "ready", "shape": list(session.shape or ()),
+                "geometry": {"crop_box": list(crop_box or ()), "spatial_size": list(rt.config.spatial_size)},
+                "provenance": self.provenance}
 
     # -- segment --------------------------------------------------------------------
     def segment(self, request: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -162,8 +162,22 @@ def bind_models(triton: Any, handlers: Handlers, instances: int) -> None:
                 inputs=[session_in], outputs=[tensor("info")], config=config)
 
 
-def make_store(opts: ServeOptions) -> SessionStore:
-    """The session store on one shared backend (loaded and verified now)."""
+def provenance(rt: Any) -> dict[str, Any]:
+    """What serves the masks (as ``segvol-rt infer`` records it): version,
+    checkpoint sha256, backend, device, precision, threads."""
+    from segvol_rt import __version__
+
+    manifest = getattr(rt.artifacts, "manifest", None)
+    checkpoint = manifest.get("checkpoint") if isinstance(manifest, dict) else None
+    precision = getattr(rt.backend, "precision", None)
+    return {"segvol_rt_version": __version__,
+            "checkpoint_sha256": checkpoint.get("sha256") if isinstance(checkpoint, dict) else None,
+            "backend": rt.backend.name, "device": getattr(rt.backend, "device", "cpu"),
+            "precision": precision if isinstance(precision, str) else "fp32", "threads": getattr(rt.backend, "threads", None)}
+
+
+def make_store(opts: ServeOptions) -> tuple[SessionStore, dict[str, Any]]:
+    """The session store on one shared backend (loaded and verified now), and its provenance."""
     from segvol_rt.runtime import SegVolRuntime
 
     first = open_shared_backend(opts)
@@ -174,7 +188,7 @@ def make_store(opts: ServeOptions) -> SessionStore:
                              text_cache_bytes=lim.text_cache_bytes)
 
     zoom_voxels = int(np.prod(first.config.spatial_size))
-    return SessionStore(make_runtime, lim, zoom_voxels)
+    return SessionStore(make_runtime, lim, zoom_voxels), provenance(first)
 
 
 def serve(opts: ServeOptions, ready: Any = None) -> None:
@@ -186,8 +200,8 @@ def serve(opts: ServeOptions, ready: Any = None) -> None:
     libdir = sysconfig.get_config_var("LIBDIR")
     if libdir:
         os.environ["LD_LIBRARY_PATH"] = ld_library_path_with(str(libdir))
-    store = make_store(opts)
-    handlers = Handlers(store, opts.allow_path_root)
+    store, prov = make_store(opts)
+    handlers = Handlers(store, opts.allow_path_root, prov)
     sweeper = Sweeper(store, max(1.0, min(60.0, opts.limits.ttl_s / 4)))
     sweeper.start()
     workspace = str(opts.workspace) if opts.workspace is not None else None

@@ -220,7 +220,8 @@ class SessionStore:
         runtime.set_volume(volume, affine)
         session.runtime, session.shape, session.header = runtime, tuple(int(s) for s in volume.shape), None  # type: ignore[assignment]
         with self._lock:  # the reservation shrinks to what it holds now
-            session.reserved = int(runtime.crop_image.nbytes + runtime.zoom_image.nbytes) + self.limits.cache_bytes + self.limits.text_cache_bytes
+            images = int(runtime.crop_image.nbytes + runtime.zoom_image.nbytes)
+            session.reserved = images + self.limits.cache_bytes + self.limits.text_cache_bytes
 
     def open_ready(self, sid: str, volume: np.ndarray, affine: np.ndarray) -> tuple[int, int, int]:
         """A session on a volume the server read itself (a server-side path)."""
