@@ -278,7 +278,8 @@ def test_infer_against_a_server_writes_the_local_outputs(server: serving.ServerP
     side_a, side_b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("local", "served"))
     assert side_a["labels"] == side_b["labels"]
     for ta, tb in zip(side_a["targets"], side_b["targets"]):
-        assert {k: ta[k] for k in ("voxels", "roi_crop", "roi_scan", "windows")} == {k: tb[k] for k in ("voxels", "roi_crop", "roi_scan", "windows")}
+        keys = ("voxels", "roi_crop", "roi_scan", "windows")
+        assert {k: ta[k] for k in keys} == {k: tb[k] for k in keys}
     refused = subprocess.run([*cli(), "infer", str(path), "--text", "liver", "--server", server.url, "--probabilities"],
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--probabilities" in refused.stderr

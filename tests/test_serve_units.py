@@ -203,9 +203,8 @@ def test_memory_bound_across_sessions() -> None:
     one = reservation(_header(), SessionLimits(cache_bytes=1000, text_cache_bytes=100), 8)
     store = _store(clock, memory_bytes=one + 10, max_sessions=10)
     store.begin_upload(sid(0), _header())  # uploading: holds its whole reservation
-    with pytest.raises(SegVolError, match="memory bound"):
-        with store.use(sid(0)):  # busy: cannot be evicted for the next one
-            store.begin_upload(sid(1), _header())
+    with pytest.raises(SegVolError, match="memory bound"), store.use(sid(0)):  # busy: cannot be evicted for the next one
+        store.begin_upload(sid(1), _header())
     store.close(sid(0))
     big = _header((4000, 4000, 4000), 10)
     with pytest.raises(SegVolError, match="over this server's limit"):

@@ -197,7 +197,7 @@ class RemoteSession:
         self.client, self.id, self.upload = client, sid, upload
         self.shape: tuple[int, int, int] = tuple(int(s) for s in info["shape"])  # type: ignore[assignment]
         geo = info["geometry"]
-        self.geometry = Geometry.build(self.shape, tuple(geo["crop_box"]), tuple(geo["spatial_size"]))  # type: ignore[arg-type]
+        self.geometry = Geometry.build(self.shape, tuple(geo["crop_box"]), tuple(geo["spatial_size"]))
         self.provenance: dict[str, Any] = dict(info.get("provenance") or {})
         self.closed = False
 
@@ -220,11 +220,11 @@ class RemoteSession:
         fields = {k: v for k, v in {"text": text, "box": _plain(box), "points": _plain(points), **options}.items() if v is not None}
         out = self.client.infer(W.SEGMENT_MODEL, self.id, {"request": W.to_json_bytes(fields)}, ("mask", "box", "info"))
         info = _json(out["info"])
-        mask = W.decode_mask(bytes(out["mask"].reshape(-1)[0]), out["box"].reshape(-1), tuple(info["shape"]))  # type: ignore[arg-type]
+        mask = W.decode_mask(bytes(out["mask"].reshape(-1)[0]), out["box"].reshape(-1), tuple(info["shape"]))
         roi = info["roi"]
         return Segmentation(
             mask=mask,
-            roi=None if roi is None else Roi(tuple(roi["official"]), tuple(roi["lo"]), tuple(roi["hi"])),  # type: ignore[arg-type]
+            roi=None if roi is None else Roi(tuple(roi["official"]), tuple(roi["lo"]), tuple(roi["hi"])),
             n_windows=int(info["n_windows"]),
             zoom_in_applied=bool(info["zoom_in_applied"]),
             no_foreground=bool(info["no_foreground"]),

@@ -32,7 +32,7 @@ import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -143,7 +143,7 @@ class VolumeHeader:
         order = doc.get("order", "C")
         if order not in ("C", "F"):
             raise SegVolError("meta.order must be 'C' or 'F'")
-        return cls(dtype, tuple(shape), tuple(tuple(float(v) for v in row) for row in arr), size, order)  # type: ignore[arg-type]
+        return cls(dtype, tuple(shape), tuple(tuple(float(v) for v in row) for row in arr), size, order)
 
 
 def wire_volume(volume: np.ndarray) -> np.ndarray:
@@ -159,7 +159,7 @@ def wire_volume(volume: np.ndarray) -> np.ndarray:
     return arr.astype(name if name in VOLUME_DTYPES else "float32", copy=False)
 
 
-def memory_order(volume: np.ndarray) -> str:
+def memory_order(volume: np.ndarray) -> Literal["C", "F"]:
     """"F" for a Fortran-ordered (not also C-ordered) array, else "C"."""
     return "F" if volume.flags.f_contiguous and not volume.flags.c_contiguous else "C"
 

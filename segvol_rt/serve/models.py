@@ -47,7 +47,7 @@ class ServedError(Exception):
         super().__init__(line.split(": ", 1)[1])
         self.line = line
 
-    @property  # type: ignore[override]
+    @property
     def __traceback__(self) -> None:  # noqa: PLE0307 - deliberately hidden, see the class doc
         return None
 
@@ -58,7 +58,7 @@ class ServedError(Exception):
 
 # the printed name: "<module>.<qualname>: message" must read "segvol_rt.error[CODE]: ..."
 def _error_class(code: str) -> type[ServedError]:
-    return type(ServedError)(f"error[{code}]", (ServedError,), {"__qualname__": f"error[{code}]", "__module__": "segvol_rt"})
+    return type(f"error[{code}]", (ServedError,), {"__qualname__": f"error[{code}]", "__module__": "segvol_rt"})
 
 
 _ERRORS = {code: _error_class(code) for code in W.ERROR_CODES}
@@ -141,7 +141,7 @@ class Handlers:
                 self.store.close(sid, "failed to open (bad upload)")
                 raise
             if complete:
-                LOG.info("session %s opened (%d voxels)", sid, int(np.prod(session.shape)))
+                LOG.info("session %s opened (%d voxels)", sid, int(np.prod(session.shape or ())))
                 return self._info(self._ready(session))
             return self._info({"state": "receiving", "received": session.received})
 

@@ -119,7 +119,7 @@ def open_shared_backend(opts: ServeOptions) -> Any:
             with lock:
                 return run(graph, feeds)
 
-        backend.run = serialized  # the typed shortcuts (encode_image, decode, ...) call self.run
+        backend.run = serialized  # type: ignore[method-assign]  # the typed shortcuts (encode_image, decode, ...) call self.run
     return first
 
 
