@@ -57,7 +57,9 @@ def server(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ser
         yield proc
     finally:
         proc.stop()
-    assert "Traceback" not in proc.log().split("serving on")[0], "the server failed while starting"
+    log = proc.log()
+    assert "Traceback" not in log, log[-3000:]
+    assert "outside the scan" not in log and "is not an integer" not in log, "user errors' texts reached the server log"
 
 
 @pytest.fixture(scope="module")
@@ -364,3 +366,14 @@ def test_two_servers_behind_nginx(venv: Path, tmp_path: Path, phantom: Any, loca
             router.stop()
         for s in servers:
             s.stop()
+
+
+def test_a_port_in_use_is_one_line(venv: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        out = subprocess.run([str(venv / "bin" / "segvol-rt"), "serve", "--artifacts", str(serving.DEMO_ARTIFACTS),
+                              "--http-port", str(port), "--grpc-port", str(serving.free_port())],
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: --http-port {port}: cannot listen"), out.stderr

@@ -283,3 +283,40 @@ def test_geometry_rebuilt_from_the_crop_box_equals_the_runtime_s() -> None:
     d, h, w = pre.image.shape
     crop_box = pre.geometry.box((0, 0, 0, d - 1, h - 1, w - 1), "crop", "model")
     assert Geometry.build(ph.image.shape, crop_box, (32, 128, 128)) == pre.geometry
+
+
+# -- the serve command's checks -------------------------------------------------------------
+def test_serve_options_are_checked_before_anything_starts() -> None:
+    from pathlib import Path
+
+    from segvol_rt.serve.server import ServeOptions, check_options, runtime_options
+
+    art = Path("artifacts")
+    with pytest.raises(SegVolError, match="not loopback.*API key"):
+        check_options(ServeOptions(art, host="0.0.0.0"))
+    with pytest.raises(SegVolError, match="at least 16"):
+        check_options(ServeOptions(art, host="10.1.2.3", api_key="short"))
+    check_options(ServeOptions(art, host="0.0.0.0", api_key="k" * 16))
+    check_options(ServeOptions(art, host="::1"))
+    with pytest.raises(SegVolError, match="distinct"):
+        check_options(ServeOptions(art, http_port=8000, grpc_port=8000))
+    import inspect
+
+    from segvol_rt.runtime import SegVolRuntime
+
+    if "precision" not in inspect.signature(SegVolRuntime.load).parameters:  # issue 12 adds it
+        with pytest.raises(SegVolError, match="no precision option"):
+            runtime_options(ServeOptions(art, precision="fp16"))
+    assert "precision" not in runtime_options(ServeOptions(art))
+
+
+def test_serve_without_the_extra_names_it() -> None:
+    pytest.importorskip("typer")
+    if __import__("importlib").util.find_spec("pytriton") is not None:
+        pytest.skip("pytriton is installed in this environment")
+    from tests.support.serving import DEMO_ARTIFACTS
+
+    out = subprocess.run([sys.executable, "-m", "segvol_rt", "serve", "--artifacts", str(DEMO_ARTIFACTS)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "segvol-rt[serve]" in out.stderr

@@ -61,7 +61,8 @@ class Upload:
 
 
 class SegVolClient:
-    """A connection to one server (or a router in front of several).
+    """A connection to one server (or a router in front of several), for one
+    thread at a time (open one client per thread; sessions are independent).
 
     ``url``: ``http://host:port`` (Triton's HTTP endpoint); ``api_key``: the
     server's key when it has one; ``timeout_s``: seconds a request may take

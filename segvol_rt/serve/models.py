@@ -5,9 +5,11 @@
 PyTriton calls each with a list of requests (``batching=False``: one at a
 time per model instance; several instances run in threads at once). A user
 error becomes :class:`ServedError`, which PyTriton turns into the Triton
-error the client sees: one line, ``segvol_rt.error[CODE]: MESSAGE``. Any other
-exception is a bug; PyTriton reports it as an error of that request and
-keeps serving. Nothing from a volume or a prompt is logged.
+error the client sees: one line, ``segvol_rt.error[CODE]: MESSAGE``; the log
+says only that a request was refused (the message may quote a prompt or a
+path). Any other exception is a bug: logged with its traceback, reported as
+an error of that request, and the server keeps serving. Nothing from a
+volume or a prompt is logged.
 """
 
 from __future__ import annotations
@@ -74,9 +76,14 @@ def served(fn: Callable[..., dict[str, np.ndarray]]) -> Callable[[Sequence[Mappi
             try:
                 out.append(fn(request))
             except SessionGone as exc:
+                LOG.info("%s: refused (session gone)", fn.__name__)  # the message names the session only for its client
                 raise _ERRORS["session"]("session", str(exc)) from None
             except SegVolError as exc:
+                LOG.info("%s: refused (request error)", fn.__name__)  # the message may quote prompts or a path
                 raise _ERRORS["request"]("request", str(exc)) from None
+            except Exception:
+                LOG.exception("%s: failed (a bug in segvol-rt)", fn.__name__)
+                raise
         return out
 
     return infer

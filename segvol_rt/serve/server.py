@@ -89,6 +89,22 @@ def check_options(opts: ServeOptions) -> None:
         raise SegVolError("--instances must be at least 1")
 
 
+def check_ports_free(opts: ServeOptions) -> None:
+    """Each port can be bound on ``opts.host`` now (Triton, failing to bind one
+    later, would leave PyTriton waiting instead of exiting)."""
+    import socket
+
+    for name, port in (("--http-port", opts.http_port), ("--grpc-port", opts.grpc_port), ("--metrics-port", opts.metrics_port)):
+        if port is None:
+            continue
+        family = socket.AF_INET6 if ":" in opts.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((opts.host, port))
+            except OSError as exc:
+                raise SegVolError(f"{name} {port}: cannot listen on {opts.host}:{port} ({exc.strerror or exc})") from None
+
+
 def runtime_options(opts: ServeOptions) -> dict[str, Any]:
     """Keyword arguments of SegVolRuntime.load; ``precision`` only where the runtime takes it."""
     import inspect
@@ -196,10 +212,14 @@ def serve(opts: ServeOptions, ready: Any = None) -> None:
     ``ready(url)`` is called once the models are loaded."""
     check_options(opts)
     pytriton_triton = require("pytriton.triton")
+    check_ports_free(opts)
     # the Python backend stub, started by tritonserver, must find this interpreter's libpython
     libdir = sysconfig.get_config_var("LIBDIR")
     if libdir:
         os.environ["LD_LIBRARY_PATH"] = ld_library_path_with(str(libdir))
+    # PyTriton logs every failed request's error text as a warning; ours may quote
+    # prompts or paths, and segvol_rt.serve.models logs what is needed instead
+    logging.getLogger("pytriton.proxy.inference").setLevel(logging.ERROR)
     store, prov = make_store(opts)
     handlers = Handlers(store, opts.allow_path_root, prov)
     sweeper = Sweeper(store, max(1.0, min(60.0, opts.limits.ttl_s / 4)))
