@@ -29,6 +29,8 @@ _EXTRAS = {
     "highdicom": ("dicom", "writing DICOM SEG files"),
     "dicomweb_client": ("dicom", "DICOMweb (WADO-RS, STOW-RS)"),
     "requests": ("dicom", "DICOMweb (WADO-RS, STOW-RS)"),
+    "pytriton": ("serve", "segvol-rt serve (Triton through PyTriton; needs numpy<2, so an environment of its own)"),
+    "tritonclient": ("client", "segvol_rt.client and `segvol-rt infer --server`"),
 }
 
 

@@ -186,6 +186,7 @@ def infer(
     series: str | None = typer.Option(None, "--series", help="DICOM input: the SeriesInstanceUID to segment, when the folder holds several CT series (the error lists them)."),
     store: str | None = typer.Option(None, "--store", help="DICOMweb service root (https://HOST/dicom-web): STOW-RS the SEG there, after it is written and validated locally."),
     dicomweb_auth: str | None = typer.Option(None, "--dicomweb-auth", envvar="SEGVOL_RT_DICOMWEB_AUTH", show_envvar=True, help="USER:PASSWORD for DICOMweb (never put credentials in a URL)."),
+    server: str | None = typer.Option(None, "--server", help="URL of a `segvol-rt serve` server (http://HOST:PORT): the scan is uploaded there and segmented by its model; outputs are written here as usual (needs the client extra; API key from $SEGVOL_API_KEY)."),
 ) -> None:
     """Segment targets of a CT scan (NIfTI, DICOM folder or DICOMweb series) by text, box and/or point prompts; write NIfTI masks or DICOM SEGs (all of them or none)."""
     from segvol_rt.app.console import ConsoleReporter, check_choices, load_runtime, provenance_line
@@ -200,11 +201,19 @@ def infer(
         series=series, store=store, dicomweb_auth=dicomweb_auth,
     )
     report = ConsoleReporter(quiet=quiet)
+    remote: list[Any] = []  # the served session, closed at the end
+    open_runtime = (lambda: _remote_runtime(server, opts, artifacts, remote)) if server is not None else (
+        lambda: load_runtime(artifacts, backend, device, report, threads, cache_bytes, precision))
+    if server is not None:
+        from segvol_rt.app.remote import check_remote_options
+
+        check_remote_options(opts, artifacts)
     try:
-        result = run_infer(scan, opts, lambda: load_runtime(artifacts, backend, device, report, threads, cache_bytes, precision),
-                           report)
+        result = run_infer(scan, opts, open_runtime, report)
     finally:
         report.close()
+        for rt in remote:
+            rt.close()
     for res in result.targets:
         seg = res.segmentation
         zoom = f"{seg.n_windows} zoom-in window(s)" if seg.zoom_in_applied else "zoom-out only"
@@ -218,6 +227,59 @@ def infer(
     for path in result.files:
         report.note(f"wrote {path}")
     report.note(f"{result.timing_line(detailed=verbose)}; {provenance_line(result.provenance)}")
+
+
+def _remote_runtime(url: str, opts: Any, artifacts: str | None, opened: list[Any]) -> Any:
+    """``infer --server``: a runtime stand-in over a session on the server (:mod:`segvol_rt.app.remote`)."""
+    import os
+
+    from segvol_rt.app.remote import RemoteRuntime
+
+    rt = RemoteRuntime(url, api_key=os.environ.get("SEGVOL_API_KEY"))
+    opened.append(rt)
+    return rt
+
+
+@app.command()
+def serve(
+    artifacts: str = typer.Option(..., "--artifacts", help="Artifacts directory from `segvol-rt export` (its graphs are opened once and shared by all sessions)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on. Anything but loopback needs an API key."),
+    http_port: int = typer.Option(8000, "--http-port", help="Triton's HTTP port."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", help="Triton's gRPC port."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Triton's metrics on this port (bound to --host); off by default."),
+    max_sessions: int = typer.Option(16, "--max-sessions", min=1, help="Sessions held at once; the least recently used idle one makes room."),
+    session_ttl: float = typer.Option(900.0, "--session-ttl", min=1, help="Seconds a session (or an unfinished upload) may stay idle before it is dropped."),
+    instances: int = typer.Option(2, "--instances", min=1, help="Requests run at once (on different sessions); one session's requests always run one at a time."),
+    memory_mb: float = typer.Option(8192.0, "--memory-mb", min=1, help="Memory bound across all sessions in MiB (volumes, images and each session's cache bounds)."),
+    max_upload_mb: float = typer.Option(1024.0, "--max-upload-mb", min=0.001, help="Largest compressed volume one session may upload, in MiB."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="SEGVOL_API_KEY", help="Key clients must send (Triton checks it on every endpoint but health); required off loopback. Default: $SEGVOL_API_KEY."),
+    allow_path_root: str | None = typer.Option(None, "--allow-path-root", help="Let clients open scans the server reads from under this folder (off by default)."),
+    backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | torch | tensorrt."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16, where this runtime supports a precision option."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime per graph call (default: all cores)."),
+    cache_mb: float = typer.Option(512.0, "--cache-mb", min=0, help="Each session's window-embedding cache bound in MiB."),
+) -> None:
+    """Serve sessions on Triton Inference Server: upload a scan once, then segment prompt after prompt (needs the serve extra)."""
+    import logging
+    from pathlib import Path
+
+    from segvol_rt.app.console import check_artifacts_dir, check_choices
+    from segvol_rt.serve.server import ServeOptions
+    from segvol_rt.serve.server import serve as run_server
+    from segvol_rt.serve.sessions import SessionLimits
+
+    check_choices(backend, device)
+    check_artifacts_dir(artifacts)
+    limits = SessionLimits(max_sessions=max_sessions, ttl_s=session_ttl, memory_bytes=int(memory_mb * 2**20),
+                           max_upload_bytes=int(max_upload_mb * 2**20), cache_bytes=_cache_bytes(cache_mb) or 0)
+    opts = ServeOptions(artifacts=Path(artifacts), host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                        instances=instances, backend=backend, device=device, precision=precision, threads=threads, limits=limits,
+                        api_key=api_key, allow_path_root=Path(allow_path_root) if allow_path_root else None)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("segvol_rt.serve").setLevel(logging.INFO)
+    _state["interrupted"] = "the server stopped"
+    run_server(opts, ready=lambda url: say(f"segvol-rt serving on {url} (models: segvol_open, segvol_segment, segvol_close)"))
 
 
 def _cache_bytes(cache_mb: float | None) -> int | None:

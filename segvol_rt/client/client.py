@@ -1,0 +1,250 @@
+"""A torch-free client of ``segvol-rt serve`` (the ``client`` extra: tritonclient).
+
+    client = SegVolClient("http://127.0.0.1:8000")
+    with client.open_session("ct.nii.gz") as session:     # read here, uploaded once
+        seg = session.segment(text="liver")                # a Segmentation, as the local API's
+        seg = session.segment(box=(10, 20, 5, 60, 80, 40), zoom_in=False)
+
+Prompts and masks are in **scan** voxel indices ``(i, j, k)`` of the volume
+as uploaded (as :meth:`segvol_rt.runtime.SegVolRuntime.segment` takes them).
+A volume travels in its own integer dtype where it has one, zlib-compressed, in
+chunks (:mod:`segvol_rt.client.protocol`); a mask comes back as the packed
+bits of its bounding box. Every request carries the session id in the
+``X-SegVol-Session`` header, so a router with consistent hashing on it keeps
+the session on its server.
+
+Errors are :class:`~segvol_rt.errors.SegVolError`: the server's one-line
+message for a user error, :class:`SessionGoneError` for a session the
+server no longer holds (expired, evicted, closed, or its server stopped:
+open a new one), and a line naming the URL when the server cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from segvol_rt._optional import require
+from segvol_rt.client import protocol as W
+from segvol_rt.client.volumes import read_volume
+from segvol_rt.errors import SegVolError
+from segvol_rt.pipeline.requests import Request
+from segvol_rt.pipeline.zoom import Roi
+from segvol_rt.runtime import Segmentation
+
+ACCESS_TOKEN_HEADER = "triton-access-token"  # Triton's restricted-API header (PyTriton's security config)
+SERVED_OPTIONS = ("zoom_in", "seed", "window_prompts")
+
+
+class SessionGoneError(SegVolError):
+    """The server does not hold this session (any more): open a new one."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """How a volume went up: raw and compressed bytes, chunks, seconds."""
+
+    raw_bytes: int
+    compressed_bytes: int
+    chunks: int
+    seconds: float
+    compress_seconds: float
+
+
+class SegVolClient:
+    """A connection to one server (or a router in front of several), for one
+    thread at a time (open one client per thread; sessions are independent).
+
+    ``url``: ``http://host:port`` (Triton's HTTP endpoint); ``api_key``: the
+    server's key when it has one; ``timeout_s``: seconds a request may take
+    (a full-size prompt on a CPU takes tens of seconds)."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 600.0, connect_timeout_s: float = 10.0):
+        http = require("tritonclient.http")
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SegVolError(f"server URL {url!r} must look like http://HOST:PORT")
+        self.url = f"{parts.scheme}://{parts.netloc}"
+        self._http = http
+        self._api_key = api_key
+        self._client = http.InferenceServerClient(parts.netloc, ssl=parts.scheme == "https", connection_timeout=connect_timeout_s,
+                                                  network_timeout=timeout_s, concurrency=1)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> SegVolClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- health -------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Triton's readiness (``/v2/health/ready``) and the three models'."""
+        try:
+            return bool(self._client.is_server_ready()) and all(self._client.is_model_ready(m) for m in W.MODELS)
+        except Exception:  # noqa: BLE001 - not reachable is "not ready"
+            return False
+
+    # -- requests -------------------------------------------------------------------
+    def _headers(self, sid: str) -> dict[str, str]:
+        headers = {W.SESSION_HEADER: sid}
+        if self._api_key:
+            headers[ACCESS_TOKEN_HEADER] = self._api_key
+        return headers
+
+    def _bytes_input(self, name: str, value: bytes) -> Any:
+        tensor = self._http.InferInput(name, [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([value], dtype=object), binary_data=True)
+        return tensor
+
+    def infer(self, model: str, sid: str, inputs: Mapping[str, bytes], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """One request to ``model`` in session ``sid``; the outputs by name."""
+        tensors = [self._bytes_input("session", sid.encode()), *(self._bytes_input(k, v) for k, v in inputs.items())]
+        wanted = [self._http.InferRequestedOutput(name, binary_data=True) for name in outputs]
+        try:
+            result = self._client.infer(model, tensors, outputs=wanted, headers=self._headers(sid))
+        except self._exception_type() as exc:
+            raise self._error(exc, sid) from None
+        except (OSError, ConnectionError) as exc:
+            raise SegVolError(f"cannot reach the segvol-rt server at {self.url} ({exc.__class__.__name__}: {exc})") from None
+        return {name: result.as_numpy(name) for name in outputs}
+
+    def _exception_type(self) -> type[Exception]:
+        return require("tritonclient.utils").InferenceServerException
+
+    def _error(self, exc: Any, sid: str) -> SegVolError:
+        text = exc.message() if hasattr(exc, "message") else str(exc)
+        parsed = W.parse_error(text or "")
+        if parsed is not None:
+            code, message = parsed
+            return SessionGoneError(message) if code == "session" else SegVolError(message)
+        status = exc.status() if hasattr(exc, "status") else None
+        detail = " ".join(str(text).split())[:200]
+        if status in ("502", "503", "504", 502, 503, 504):
+            return SessionGoneError(f"the server holding session {sid} is unreachable behind {self.url} (HTTP {status}); "
+                                    "open a new session")
+        return SegVolError(f"segvol-rt server at {self.url} failed the request (status {status}): {detail}")
+
+    # -- sessions --------------------------------------------------------------------
+    def open_session(self, path_or_array: str | Path | np.ndarray, affine: np.ndarray | None = None,
+                     series: str | None = None) -> RemoteSession:
+        """A session on a volume: a NIfTI file or DICOM folder (read here, with
+        ``series`` choosing a DICOM series), or an ``(I, J, K)`` array with its
+        4x4 ``affine`` (identity by default)."""
+        if isinstance(path_or_array, (str, Path)):
+            if affine is not None:
+                raise SegVolError("affine: a file brings its own affine; pass affine only with an array")
+            volume, affine = read_volume(Path(path_or_array), series)
+        else:
+            if series is not None:
+                raise SegVolError("series names a DICOM series of a folder; it does not apply to an array")
+            volume = path_or_array
+        affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+        return self._upload(W.wire_volume(W.narrow_integers(volume)), affine)
+
+    def _upload(self, volume: np.ndarray, affine: np.ndarray) -> RemoteSession:
+        sid = uuid.uuid4().hex
+        t0 = time.perf_counter()
+        stream = W.compress_volume(volume)
+        t1 = time.perf_counter()
+        header = W.VolumeHeader(volume.dtype.name, tuple(int(s) for s in volume.shape),  # type: ignore[arg-type]
+                                tuple(tuple(float(v) for v in row) for row in affine), len(stream), W.memory_order(volume))
+        W.VolumeHeader.of(header.as_dict())  # the server's checks, here first
+        chunks = [stream[i : i + W.CHUNK_BYTES] for i in range(0, len(stream), W.CHUNK_BYTES)]
+        info: dict[str, Any] = {}
+        for index, chunk in enumerate(chunks):
+            meta = {**header.as_dict(), "chunk": index} if index == 0 else {"chunk": index}
+            out = self.infer(W.OPEN_MODEL, sid, {"meta": W.to_json_bytes(meta), "chunk": chunk}, ("info",))
+            info = _json(out["info"])
+        if info.get("state") != "ready":
+            raise SegVolError(f"the server did not complete session {sid} ({info.get('state')})")
+        upload = Upload(volume.nbytes, len(stream), len(chunks), time.perf_counter() - t0, t1 - t0)
+        return RemoteSession(self, sid, info, upload)
+
+    def open_server_path(self, path: str) -> RemoteSession:
+        """A session on a scan the server reads itself (``path`` relative to its
+        ``--allow-path-root``; refused by servers without one)."""
+        sid = uuid.uuid4().hex
+        info = _json(self.infer(W.OPEN_MODEL, sid, {"meta": W.to_json_bytes({"path": path}), "chunk": b""}, ("info",))["info"])
+        return RemoteSession(self, sid, info, None)
+
+
+def _json(arr: np.ndarray) -> dict[str, Any]:
+    return json.loads(bytes(arr.reshape(-1)[0]))
+
+
+class RemoteSession:
+    """One volume on the server.
+
+    ``shape``: the scan's ``(I, J, K)``; ``geometry``: its coordinate chain
+    (:class:`segvol_rt.pipeline.geometry.Geometry`, rebuilt from the server's
+    crop box); ``provenance``: what serves it (backend, device, checkpoint);
+    ``upload``: how it went up (None for a server-side path)."""
+
+    def __init__(self, client: SegVolClient, sid: str, info: Mapping[str, Any], upload: Upload | None):
+        from segvol_rt.pipeline.geometry import Geometry
+
+        self.client, self.id, self.upload = client, sid, upload
+        self.shape: tuple[int, int, int] = tuple(int(s) for s in info["shape"])  # type: ignore[assignment]
+        geo = info["geometry"]
+        self.geometry = Geometry.build(self.shape, tuple(geo["crop_box"]), tuple(geo["spatial_size"]))
+        self.provenance: dict[str, Any] = dict(info.get("provenance") or {})
+        self.closed = False
+
+    def __enter__(self) -> RemoteSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.closed:
+            with contextlib.suppress(SessionGoneError):  # already gone (expired, or its server stopped)
+                self.close()
+
+    def segment(self, text: str | None = None, box: Any = None, points: Any = None, **options: Any) -> Segmentation:
+        """As :meth:`segvol_rt.runtime.SegVolRuntime.segment` (options: zoom_in,
+        seed, window_prompts); the mask is uint8 ``(I, J, K)`` in scan space."""
+        unsupported = sorted(k for k in options if k not in SERVED_OPTIONS)
+        if unsupported:
+            raise SegVolError(f"{', '.join(unsupported)}: not served (the server returns masks); served options: "
+                              f"{', '.join(SERVED_OPTIONS)}")
+        Request.of({"text": text, "box": box, "points": points, **options})  # the same type checks as the local API
+        fields = {k: v for k, v in {"text": text, "box": _plain(box), "points": _plain(points), **options}.items() if v is not None}
+        out = self.client.infer(W.SEGMENT_MODEL, self.id, {"request": W.to_json_bytes(fields)}, ("mask", "box", "info"))
+        info = _json(out["info"])
+        mask = W.decode_mask(bytes(out["mask"].reshape(-1)[0]), out["box"].reshape(-1), tuple(info["shape"]))
+        roi = info["roi"]
+        return Segmentation(
+            mask=mask,
+            roi=None if roi is None else Roi(tuple(roi["official"]), tuple(roi["lo"]), tuple(roi["hi"])),
+            n_windows=int(info["n_windows"]),
+            zoom_in_applied=bool(info["zoom_in_applied"]),
+            no_foreground=bool(info["no_foreground"]),
+            timings={k: float(v) for k, v in info["timings"].items()},
+            prompt=str(info["prompt"]),
+        )
+
+    def close(self) -> None:
+        """Free the session on the server."""
+        self.client.infer(W.CLOSE_MODEL, self.id, {}, ("info",))
+        self.closed = True
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and numpy integers as JSON lists and ints (strings as they are)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,233 @@
+"""The wire format between :mod:`segvol_rt.client` and :mod:`segvol_rt.serve`:
+model and tensor names, the session header, and how volumes and masks travel.
+One definition for both sides; numpy only (the server runs on numpy 1.x, the
+client on numpy 2, and the bytes are the same).
+
+Models (Triton, ``batching=False``; every tensor has shape ``[1]`` unless noted):
+
+* ``segvol_open``: ``session`` (BYTES, the client-chosen id), ``meta`` (BYTES,
+  JSON: dtype, shape, affine, total compressed bytes, memory order, chunk
+  index; or a server-side ``path``), ``chunk`` (BYTES: a slice of the zlib
+  stream of the volume's raw ``(I, J, K)`` bytes in its own dtype and order). A volume goes
+  in chunks of at most :data:`CHUNK_BYTES`; the last chunk completes the
+  session. Out: ``info`` (BYTES, JSON: state, received bytes, scan shape).
+* ``segvol_segment``: ``session``, ``request`` (BYTES, JSON of
+  :class:`segvol_rt.pipeline.requests.Request` fields: text, box, points,
+  zoom_in, seed, window_prompts). Out: ``mask`` (BYTES: zlib of
+  ``np.packbits`` of the mask's bounding-box crop, C order), ``box`` (INT64
+  ``[6]``: ``i0, j0, k0, i1, j1, k1`` half-open in scan voxels; an empty
+  mask has ``i1 == i0``), ``info`` (JSON: shape, timings, roi, n_windows,
+  zoom_in_applied, no_foreground, prompt).
+* ``segvol_close``: ``session``. Out: ``info``.
+
+Errors: a user error is a Triton error whose text ends in
+``segvol_rt.error[CODE]: MESSAGE`` (CODE ``session`` for an unknown or
+expired session, ``request`` otherwise); :func:`parse_error` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from segvol_rt.errors import SegVolError
+
+OPEN_MODEL = "segvol_open"
+SEGMENT_MODEL = "segvol_segment"
+CLOSE_MODEL = "segvol_close"
+MODELS = (OPEN_MODEL, SEGMENT_MODEL, CLOSE_MODEL)
+
+# HTTP header that carries the session id on every request: the router
+# (nginx ``hash $http_x_segvol_session consistent``) keeps a session on one server.
+SESSION_HEADER = "X-SegVol-Session"
+# Header that carries the API key (checked by Triton itself, --http-restricted-api).
+API_KEY_HEADER = "X-SegVol-Key"
+
+# A chunk of the compressed volume per request: well under Triton's HTTP
+# input limit (64 MiB in the bundled tritonserver 2.5x).
+CHUNK_BYTES = 16 * 2**20
+# dtypes a volume may travel in (the scan's own; float32 for real-valued data)
+VOLUME_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "float32", "float64")
+_SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+ERROR_TAG = "segvol_rt.error"
+ERROR_CODES = ("session", "request")
+_ERROR_LINE = re.compile(rf"{re.escape(ERROR_TAG)}\[(\w+)\]: ([^\n]*)")  # Triton appends lines of its own
+
+
+def check_session_id(value: str) -> str:
+    """A session id is 32 lowercase hex digits (a uuid4 hex the client draws)."""
+    if not isinstance(value, str) or not _SESSION_ID.match(value):
+        raise SegVolError(f"session id must be 32 lowercase hex digits, not {str(value)[:40]!r}")
+    return value
+
+
+def error_text(code: str, message: str) -> str:
+    """The one line a served user error carries."""
+    return f"{ERROR_TAG}[{code}]: {' '.join(message.split())}"
+
+
+def parse_error(text: str) -> tuple[str, str] | None:
+    """(code, message) of a served user error, or None for any other Triton error."""
+    found = _ERROR_LINE.search(text or "")
+    if found is None:
+        return None
+    return found.group(1), " ".join(found.group(2).split())
+
+
+# -- JSON in BYTES tensors ----------------------------------------------------------
+def to_json_bytes(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def from_json_bytes(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from a BYTES tensor element; a malformed one is a SegVolError."""
+    try:
+        doc = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SegVolError(f"{what} is not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(doc, dict):
+        raise SegVolError(f"{what} must be a JSON object, not {type(doc).__name__}")
+    return doc
+
+
+# -- volumes ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VolumeHeader:
+    """What ``meta`` says of an uploaded volume: dtype, shape ``(I, J, K)``,
+    4x4 affine, the compressed stream's total size in bytes, and the memory
+    ``order`` of the bytes ("F" for a Fortran-ordered array as nibabel reads
+    it, else "C"). The order is kept because the runtime's float32
+    preprocessing sums in memory order: the same values in another layout can
+    move a mask by a voxel, and a served mask must equal the local one."""
+
+    dtype: str
+    shape: tuple[int, int, int]
+    affine: tuple[tuple[float, ...], ...]
+    compressed_bytes: int
+    order: str = "C"
+
+    @property
+    def raw_bytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape), "affine": [list(r) for r in self.affine],
+                "compressed_bytes": self.compressed_bytes, "order": self.order}
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any]) -> VolumeHeader:
+        """Checked fields of ``meta`` (a SegVolError names the bad one)."""
+        dtype = doc.get("dtype")
+        if dtype not in VOLUME_DTYPES:
+            raise SegVolError(f"meta.dtype must be one of {', '.join(VOLUME_DTYPES)}, not {str(dtype)[:20]!r}")
+        shape = doc.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 3 and all(type(s) is int and s > 0 for s in shape)):
+            raise SegVolError("meta.shape must be 3 positive integers (I, J, K)")
+        affine = doc.get("affine")
+        try:
+            arr = np.asarray(affine, dtype=np.float64)
+        except (TypeError, ValueError):
+            arr = np.zeros(0)
+        if arr.shape != (4, 4) or not np.isfinite(arr).all():
+            raise SegVolError("meta.affine must be a finite 4x4 array of numbers")
+        size = doc.get("compressed_bytes")
+        if type(size) is not int or size <= 0:
+            raise SegVolError("meta.compressed_bytes must be a positive integer")
+        order = doc.get("order", "C")
+        if order not in ("C", "F"):
+            raise SegVolError("meta.order must be 'C' or 'F'")
+        return cls(dtype, tuple(shape), tuple(tuple(float(v) for v in row) for row in arr), size, order)
+
+
+def wire_volume(volume: np.ndarray) -> np.ndarray:
+    """The array that travels: the scan's own dtype when it is one of
+    :data:`VOLUME_DTYPES` (native byte order), else float32 - the runtime
+    reads every real dtype as float32, so no value changes."""
+    arr = np.asarray(volume)
+    if arr.ndim != 3:
+        raise SegVolError(f"volume must be a 3D (I, J, K) array, not {arr.ndim}D")
+    if arr.dtype.kind not in "iuf":
+        raise SegVolError(f"volume must hold real numbers (integer or float), not {arr.dtype}")
+    name = arr.dtype.newbyteorder("=").name
+    return arr.astype(name if name in VOLUME_DTYPES else "float32", copy=False)
+
+
+def memory_order(volume: np.ndarray) -> Literal["C", "F"]:
+    """"F" for a Fortran-ordered (not also C-ordered) array, else "C"."""
+    return "F" if volume.flags.f_contiguous and not volume.flags.c_contiguous else "C"
+
+
+def compress_volume(volume: np.ndarray, level: int = 1) -> bytes:
+    """zlib stream of ``volume``'s bytes in :func:`memory_order` (level 1: CT
+    compresses about 2-3x at a few hundred MB/s; higher levels gain little)."""
+    from isal import isal_zlib  # a base dependency; zlib-compatible, several times faster
+
+    return isal_zlib.compress(volume.tobytes(order=memory_order(volume)), level)
+
+
+def decompress_volume(stream: bytes, header: VolumeHeader) -> np.ndarray:
+    """The ``(I, J, K)`` array of an uploaded stream; never more than the header's
+    raw size is inflated (a zip bomb stops there)."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(stream, header.raw_bytes)
+        complete = inflater.eof and not inflater.unconsumed_tail and not inflater.unused_data
+    except zlib.error as exc:
+        raise SegVolError(f"the uploaded volume is not a valid zlib stream ({exc})") from None
+    if len(raw) != header.raw_bytes or not complete:
+        raise SegVolError(f"the uploaded volume does not hold {header.shape} {header.dtype} voxels")
+    return np.frombuffer(raw, dtype=header.dtype).reshape(header.shape, order=header.order)  # type: ignore[call-overload]
+
+
+# -- masks --------------------------------------------------------------------------
+def encode_mask(mask: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """(zlib of the packed bits of the bounding-box crop, box ``[6]`` int64 half-open)
+    of a 0/1 ``(I, J, K)`` mask."""
+    binary = np.asarray(mask) > 0
+    nz = [np.flatnonzero(binary.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if any(n.size == 0 for n in nz):
+        return zlib.compress(b"", 1), np.zeros(6, np.int64)
+    lo = [int(n[0]) for n in nz]
+    hi = [int(n[-1]) + 1 for n in nz]
+    crop = binary[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    return zlib.compress(np.packbits(crop, axis=None).tobytes(), 1), np.array(lo + hi, np.int64)
+
+
+def decode_mask(stream: bytes, box: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """The uint8 ``(I, J, K)`` mask of :func:`encode_mask`'s output."""
+    lo, hi = [int(v) for v in box[:3]], [int(v) for v in box[3:]]
+    mask = np.zeros(shape, np.uint8)
+    size = int(np.prod([h - l for l, h in zip(lo, hi)]))
+    if size > 0:
+        bits = np.frombuffer(zlib.decompress(stream), np.uint8)
+        crop = np.unpackbits(bits, count=size).reshape([h - l for l, h in zip(lo, hi)])
+        mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = crop
+    return mask
+
+
+_NARROW = ("uint8", "int8", "int16", "uint16", "int32")
+
+
+def narrow_integers(volume: np.ndarray) -> np.ndarray:
+    """A float volume whose values are all integers as the smallest integer
+    dtype that holds them exactly (a CT read as float32 goes back to int16:
+    half the bytes, and the server's float32 is the same); others unchanged."""
+    arr = np.asarray(volume)
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return arr
+    lo, hi = float(arr.min()), float(arr.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return arr
+    for name in _NARROW:
+        info = np.iinfo(name)
+        if info.min <= lo and hi <= info.max:
+            narrow = arr.astype(name)
+            return narrow if np.array_equal(narrow, arr) else arr
+    return arr

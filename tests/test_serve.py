@@ -1,0 +1,379 @@
+"""The real server: `segvol-rt serve` (Triton through PyTriton, in its numpy<2
+venv) on 127.0.0.1 with the shipped demo artifacts, against the local
+SegVolRuntime on numpy 2 in this process.
+
+Covers: served masks equal local ones (text, box, points, text+box; zoom-in
+on and off), failures that leave the server serving (disconnect mid-upload,
+an abandoned upload, an expired session, prompts outside the volume, an
+upload over the configured limit, malformed requests), eight concurrent
+clients, ``segvol-rt infer --server``, memory over 200 open/segment/close
+cycles, and two servers behind a real nginx with the sticky configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tritonclient.http")
+
+from segvol_rt.client import SegVolClient, SessionGoneError  # noqa: E402
+from segvol_rt.client import protocol as W  # noqa: E402
+from segvol_rt.demo.phantom import make_phantom  # noqa: E402
+from segvol_rt.errors import SegVolError  # noqa: E402
+from segvol_rt.runtime import SegVolRuntime  # noqa: E402
+from tests.support import serving  # noqa: E402
+
+TTL_S = 8.0
+UPLOAD_LIMIT_MB = 3.0  # the demo phantom compresses to about 2.6 MiB
+
+
+@pytest.fixture(scope="module")
+def venv() -> Path:
+    try:
+        return serving.serve_venv()
+    except serving.ServingUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def server(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[serving.ServerProcess]:
+    proc = serving.ServerProcess(venv, tmp_path_factory.mktemp("serve"), [
+        "--instances", "2", "--threads", "1", "--session-ttl", str(TTL_S), "--max-upload-mb", str(UPLOAD_LIMIT_MB),
+        "--max-sessions", "12"])
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+    log = proc.log()
+    assert "Traceback" not in log, log[-3000:]
+    assert "outside the scan" not in log and "is not an integer" not in log, "user errors' texts reached the server log"
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Any:
+    return make_phantom(0)
+
+
+@pytest.fixture(scope="module")
+def local(phantom: Any) -> SegVolRuntime:
+    rt = SegVolRuntime.load(serving.DEMO_ARTIFACTS, threads=1)
+    rt.set_volume(phantom.image, phantom.affine)
+    return rt
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, ...]:
+    idx = np.argwhere(mask)
+    return tuple(int(v) for v in (*idx.min(0), *idx.max(0)))
+
+
+def prompts(phantom: Any) -> dict[str, dict[str, Any]]:
+    liver, spleen = _bbox(phantom.mask("liver")), _bbox(phantom.mask("spleen"))
+    centre = tuple(int(v) for v in phantom.centroid("liver"))
+    kidney = tuple(int(v) for v in phantom.centroid("left kidney"))
+    out: dict[str, dict[str, Any]] = {}
+    for zoom in (True, False):
+        tag = "" if zoom else " zoom-out only"
+        out[f"text{tag}"] = {"text": "liver", "zoom_in": zoom}
+        out[f"box{tag}"] = {"box": liver, "zoom_in": zoom}
+        out[f"points{tag}"] = {"points": [(*centre, 1), (*kidney, 0)], "zoom_in": zoom}
+        out[f"text+box{tag}"] = {"text": "spleen", "box": spleen, "zoom_in": zoom}
+    return out
+
+
+def _same(served: Any, local_seg: Any) -> None:
+    assert served.mask.dtype == np.uint8 and served.mask.shape == local_seg.mask.shape
+    assert np.array_equal(served.mask, np.asarray(local_seg.mask)), served.prompt
+    assert (served.n_windows, served.zoom_in_applied, served.no_foreground) == (
+        local_seg.n_windows, local_seg.zoom_in_applied, local_seg.no_foreground)
+    assert served.roi == local_seg.roi
+
+
+# -- exactness ---------------------------------------------------------------------------
+def test_served_masks_equal_local(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime) -> None:
+    with SegVolClient(server.url) as client, client.open_session(phantom.image, phantom.affine) as session:
+        assert session.shape == phantom.image.shape
+        assert session.geometry == local.geometry
+        assert session.upload is not None and session.upload.raw_bytes == phantom.image.nbytes  # int16 on the wire
+        assert session.upload.compressed_bytes < session.upload.raw_bytes
+        for name, kw in prompts(phantom).items():
+            seg = session.segment(**kw)
+            _same(seg, local.segment(**kw))
+            assert seg.mask.any(), name
+            assert {"decode_zoom_out", "postprocess"} <= set(seg.timings)
+
+
+def test_float_and_nifti_inputs_give_the_same_masks(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime,
+                                                    tmp_path: Path) -> None:
+    path, _ = phantom.save(tmp_path / "ct.nii.gz")
+    want = local.segment(text="liver")
+    with SegVolClient(server.url) as client:
+        with client.open_session(phantom.image.astype(np.float32), phantom.affine) as session:
+            assert session.upload.raw_bytes == phantom.image.nbytes  # narrowed back to int16
+            _same(session.segment(text="liver"), want)
+        with client.open_session(path) as session:
+            _same(session.segment(text="liver"), want)
+        with pytest.raises(SegVolError, match="DICOM"):
+            client.open_session(tmp_path)
+        with pytest.raises(SegVolError, match="reads no server-side paths"):
+            client.open_server_path("ct.nii.gz")
+
+
+# -- failures: the server keeps serving ---------------------------------------------------
+def _still_serves(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime) -> None:
+    with SegVolClient(server.url) as client, client.open_session(phantom.image, phantom.affine) as session:
+        _same(session.segment(text="liver", zoom_in=False), local.segment(text="liver", zoom_in=False))
+
+
+def test_prompts_outside_the_volume(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime) -> None:
+    i, j, k = phantom.image.shape
+    bad = [{"box": (0, 0, 0, i, 5, 5)}, {"points": [(i + 3, 1, 1)]}, {"points": [(-1, 2, 2)]}, {"text": " "},
+           {"box": (5, 5, 5, 1, 1, 1)}, {"points": [(1.5, 2, 3)]}]
+    with SegVolClient(server.url) as client, client.open_session(phantom.image, phantom.affine) as session:
+        for kw in bad:
+            with pytest.raises(SegVolError) as remote:
+                session.segment(**kw)
+            with pytest.raises(SegVolError) as here:
+                local.segment(**kw)
+            assert str(remote.value) == str(here.value)
+            assert "\n" not in str(remote.value)
+        with pytest.raises(SegVolError, match="not served"):
+            session.segment(text="liver", probabilities=True)
+        _same(session.segment(text="liver"), local.segment(text="liver"))  # the same session still works
+
+
+def test_malformed_requests(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime) -> None:
+    import urllib.error
+    import urllib.request
+
+    with SegVolClient(server.url) as client:
+        sid = "0" * 32
+        for inputs, match in (
+            ({"request": b"{not json"}, "not valid JSON"),
+            ({"request": b"[1, 2]"}, "JSON object"),
+            ({"request": b'{"texts": "liver"}'}, "not served"),
+            ({"request": b'{"text": "liver"}'}, "unknown to this server"),
+        ):
+            with pytest.raises(SegVolError, match=match):
+                client.infer(W.SEGMENT_MODEL, sid, inputs, ("mask", "box", "info"))
+        with pytest.raises(SegVolError, match="32 lowercase hex"):
+            client.infer(W.SEGMENT_MODEL, "not-a-session", {"request": b"{}"}, ("info",))
+        with pytest.raises(SegVolError, match="meta.dtype"):
+            client.infer(W.OPEN_MODEL, "1" * 32, {"meta": b'{"chunk": 0, "dtype": "object"}', "chunk": b""}, ("info",))
+    for body in (b"{{{", b'{"inputs": [{"name": "session", "shape": [1], "datatype": "FP32", "data": [1]}]}'):
+        req = urllib.request.Request(f"{server.url}/v2/models/{W.SEGMENT_MODEL}/infer", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        # Triton answers these itself: 400, or 500 for a body that is not JSON at all
+        assert err.value.code in (400, 500) and "error" in json.loads(err.value.read())
+    _still_serves(server, phantom, local)
+
+
+def test_disconnect_mid_upload(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime) -> None:
+    # 1) the connection drops inside the HTTP body: Triton never sees a request
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+        sock.sendall(f"POST /v2/models/{W.OPEN_MODEL}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: 40\r\n"
+                     f"Content-Length: {8 * 2**20}\r\n\r\n".encode() + b"x" * 2**20)
+    # 2) a chunked upload abandoned after its first chunk: refused while incomplete, then expired
+    with SegVolClient(server.url) as client:
+        sid = "ab" * 16
+        header = W.VolumeHeader("int16", (10, 10, 10), tuple(map(tuple, np.eye(4))), 2000)
+        info = client.infer(W.OPEN_MODEL, sid, {"meta": W.to_json_bytes({**header.as_dict(), "chunk": 0}), "chunk": b"\0" * 1000},
+                            ("info",))
+        assert json.loads(bytes(info["info"][0]))["state"] == "receiving"
+        with pytest.raises(SegVolError, match="still receiving"):
+            client.infer(W.SEGMENT_MODEL, sid, {"request": b'{"text": "liver"}'}, ("mask", "box", "info"))
+        _still_serves(server, phantom, local)
+        time.sleep(TTL_S + 2)
+        with pytest.raises(SessionGoneError, match="expired"):
+            client.infer(W.SEGMENT_MODEL, sid, {"request": b'{"text": "liver"}'}, ("mask", "box", "info"))
+
+
+def test_expired_session(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime) -> None:
+    with SegVolClient(server.url) as client:
+        session = client.open_session(phantom.image, phantom.affine)
+        session.segment(text="liver", zoom_in=False)
+        time.sleep(TTL_S + 2)
+        with pytest.raises(SessionGoneError, match=f"expired after {TTL_S:g} s idle; open a new session"):
+            session.segment(text="liver")
+    _still_serves(server, phantom, local)
+
+
+def test_oversized_upload_is_refused_by_the_limit(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime) -> None:
+    noise = np.random.default_rng(0).integers(-32768, 32767, (170, 170, 64)).astype(np.int16)  # 3.5 MiB, incompressible
+    with SegVolClient(server.url) as client, pytest.raises(SegVolError, match="exceeds this server's limit of 3.0 MiB"):
+        client.open_session(noise)
+    _still_serves(server, phantom, local)
+
+
+# -- concurrency -----------------------------------------------------------------------------
+def test_eight_concurrent_clients(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime,
+                                  record_property: Any) -> None:
+    kws = list(prompts(phantom).values())[:5]
+    want = [local.segment(**kw).mask for kw in kws]
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def one_client(n: int) -> None:
+        try:
+            with SegVolClient(server.url) as client, client.open_session(phantom.image, phantom.affine) as session:
+                for i in range(5):
+                    kw = kws[(i + n) % 5]
+                    t0 = time.perf_counter()
+                    seg = session.segment(**kw)
+                    dt = time.perf_counter() - t0
+                    with lock:
+                        latencies.append(dt)
+                    if not np.array_equal(seg.mask, want[(i + n) % 5]):
+                        failures.append(f"client {n} prompt {kw}")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(f"client {n}: {exc}")
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=one_client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    wall = time.perf_counter() - t0
+    assert not failures
+    assert len(latencies) == 40
+    q = statistics.quantiles(latencies, n=10)
+    report = {"p50_s": statistics.median(latencies), "p90_s": q[8], "prompts_per_s": 40 / wall, "wall_s": wall}
+    record_property("concurrency", report)
+    print(f"\n8 clients x 5 prompts (demo model, 2 instances): p50 {report['p50_s']:.3f} s, p90 {report['p90_s']:.3f} s, "
+          f"{report['prompts_per_s']:.1f} prompts/s (uploads included in the wall time)")
+
+
+# -- infer --server -----------------------------------------------------------------------------
+def test_infer_against_a_server_writes_the_local_outputs(server: serving.ServerProcess, phantom: Any, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    def cli() -> list[str]:
+        return [sys.executable, "-m", "segvol_rt"]  # this checkout's CLI, whatever else is on PATH
+
+    path, _ = phantom.save(tmp_path / "ct.nii.gz")
+    common = [str(path), "--text", "liver", "--text", "spleen", "--quiet"]
+    here = subprocess.run([*cli(), "infer", *common, "--artifacts", str(serving.DEMO_ARTIFACTS), "--threads", "1",
+                           "--out", str(tmp_path / "local.nii.gz")], capture_output=True, text=True, timeout=300)
+    assert here.returncode == 0, here.stderr
+    there = subprocess.run([*cli(), "infer", *common, "--server", server.url, "--out", str(tmp_path / "served.nii.gz")],
+                           capture_output=True, text=True, timeout=300)
+    assert there.returncode == 0, there.stderr
+    a, b = nib.load(tmp_path / "local.nii.gz"), nib.load(tmp_path / "served.nii.gz")
+    assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine)
+    side_a, side_b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("local", "served"))
+    assert side_a["labels"] == side_b["labels"]
+    for ta, tb in zip(side_a["targets"], side_b["targets"]):
+        keys = ("voxels", "roi_crop", "roi_scan", "windows")
+        assert {k: ta[k] for k in keys} == {k: tb[k] for k in keys}
+    refused = subprocess.run([*cli(), "infer", str(path), "--text", "liver", "--server", server.url, "--probabilities"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--probabilities" in refused.stderr
+
+
+# -- memory ---------------------------------------------------------------------------------------
+def test_memory_stays_flat_over_200_sessions(server: serving.ServerProcess) -> None:
+    small = make_phantom(1, shape=(48, 48, 24))
+    box = _bbox(small.mask("liver"))
+    with SegVolClient(server.url) as client:
+        def cycle() -> None:
+            with client.open_session(small.image, small.affine) as session:
+                session.segment(box=box, zoom_in=False)
+
+        for _ in range(30):  # warm: arenas, caches and allocator pools reach their size
+            cycle()
+        start = server.rss_bytes()
+        for _ in range(170):
+            cycle()
+        growth = server.rss_bytes() - start
+    assert growth < 48 * 2**20, f"server RSS grew {growth / 2**20:.1f} MiB over 170 open/segment/close cycles"
+
+
+def test_api_key_is_required_off_loopback(venv: Path) -> None:
+    out = subprocess.run([str(venv / "bin" / "segvol-rt"), "serve", "--artifacts", str(serving.DEMO_ARTIFACTS),
+                          "--host", "0.0.0.0"], capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error: --host 0.0.0.0 is not loopback") and "API key" in out.stderr
+
+
+# -- scale-out: two servers behind nginx -------------------------------------------------------------
+API_KEY = "test-key-0123456789abcdef"
+
+
+def test_two_servers_behind_nginx(venv: Path, tmp_path: Path, phantom: Any, local: SegVolRuntime) -> None:
+    try:
+        serving.nginx_binary()
+    except serving.ServingUnavailable as exc:
+        pytest.skip(str(exc))
+    servers = [serving.ServerProcess(venv, tmp_path, ["--instances", "1", "--threads", "1"], env={"SEGVOL_API_KEY": API_KEY})
+               for _ in range(2)]
+    router = None
+    try:
+        for s in servers:
+            s.wait_ready()
+        router = serving.NginxRouter([f"127.0.0.1:{s.http_port}" for s in servers], tmp_path / "nginx")
+        small = phantom.image[:, :, 16:48]
+        want = SegVolRuntime.load(serving.DEMO_ARTIFACTS, threads=1)
+        want.set_volume(small, phantom.affine)
+        expected = want.segment(text="liver", zoom_in=False).mask
+        with SegVolClient(router.url) as bare, pytest.raises(SegVolError, match="status 40[13]"):
+            bare.open_session(small, phantom.affine)  # Triton itself checks the key
+        client = SegVolClient(router.url, api_key=API_KEY)
+        sessions = [client.open_session(small, phantom.affine) for _ in range(8)]
+        owners: dict[str, int] = {}
+        for sess in sessions:
+            assert np.array_equal(sess.segment(text="liver", zoom_in=False).mask, expected)
+            held = []
+            for n, s in enumerate(servers):
+                with SegVolClient(s.url, api_key=API_KEY) as direct:
+                    try:
+                        direct.infer(W.SEGMENT_MODEL, sess.id, {"request": b'{"text": "liver", "zoom_in": false}'}, ("info",))
+                        held.append(n)
+                    except SessionGoneError:
+                        pass
+            assert len(held) == 1, f"session {sess.id} held by {held}"
+            owners[sess.id] = held[0]
+        assert set(owners.values()) == {0, 1}, "8 sessions all hashed onto one server"
+        servers[0].kill()
+        for sess in sessions:
+            if owners[sess.id] == 0:
+                with pytest.raises(SessionGoneError, match="open a new session"):
+                    sess.segment(text="liver", zoom_in=False)
+            else:
+                assert np.array_equal(sess.segment(text="liver", zoom_in=False).mask, expected)
+        with client.open_session(small, phantom.affine) as fresh:  # new sessions land on the live server
+            assert np.array_equal(fresh.segment(text="liver", zoom_in=False).mask, expected)
+        client.close()
+    finally:
+        if router is not None:
+            router.stop()
+        for s in servers:
+            s.stop()
+
+
+def test_a_port_in_use_is_one_line(venv: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        out = subprocess.run([str(venv / "bin" / "segvol-rt"), "serve", "--artifacts", str(serving.DEMO_ARTIFACTS),
+                              "--http-port", str(port), "--grpc-port", str(serving.free_port())],
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: --http-port {port}: cannot listen"), out.stderr
