@@ -333,3 +333,24 @@ def test_real_ct_as_a_series(real_ct: Path, tmp_path: Path) -> None:
     ok(infer(tmp_path / "dcm", "--text", "liver", "--out", tmp_path / "seg.dcm"))
     assert dciodvfy(tmp_path / "seg.dcm") == []
     assert dcmqi_segments(tmp_path / "seg.dcm", tmp_path / "qi").get("liver", set()) == world_set(np.argwhere(a > 0), affine)
+
+
+def test_anonymised_series_gives_a_valid_seg_with_warnings(data, tmp_path: Path) -> None:
+    import shutil
+
+    series = tmp_path / "anon"
+    shutil.copytree(data.dir, series)
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            setattr(ds, key, "")
+        ds.save_as(f)
+    proc = ok(run_cli(series, "--text", "liver", "--out", tmp_path / "s.dcm", "--artifacts", ART, "--threads", "2"))
+    for key in ("SOPInstanceUID in the dataset; using the file meta's", "StudyInstanceUID; generated",
+                "SeriesInstanceUID; generated", "FrameOfReferenceUID; generated"):
+        assert key in proc.stderr, proc.stderr
+    assert dciodvfy(tmp_path / "s.dcm") == []
+    seg = pydicom.dcmread(tmp_path / "s.dcm")
+    metas = {str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID) for f in series.iterdir()}
+    refs = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert refs <= metas and seg.StudyInstanceUID and seg.FrameOfReferenceUID
