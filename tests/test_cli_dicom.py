@@ -270,6 +270,7 @@ def test_dicomweb_round_trip_with_orthanc(orthanc, data, tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "stored 1 SEG instance(s)" in proc.stdout
     assert orthanc.PASSWORD not in proc.stdout + proc.stderr
+    assert dciodvfy(out) == []
     local = pydicom.dcmread(out)
     # the SEG is in the PACS, in the source study, and decodes to the same frames
     from dicomweb_client.api import DICOMwebClient
