@@ -24,7 +24,15 @@ from segvol_rt.demo.model import shipped_artifacts_dir  # noqa: E402
 from segvol_rt.demo.phantom import make_phantom  # noqa: E402
 from segvol_rt.errors import SegVolError  # noqa: E402
 from tests.support.dicom_series import SeriesSpec, dcm2niix, write_series  # noqa: E402
-from tests.support.dicom_tools import Orthanc, dciodvfy, dcmqi_segments, ensure_tools, world_set  # noqa: E402
+from tests.support.dicom_tools import (  # noqa: E402
+    Orthanc,
+    dciodvfy,
+    dcmqi_levels,
+    dcmqi_segments,
+    ensure_tools,
+    world_levels,
+    world_set,
+)
 from tests.test_cli_infer import run_cli  # noqa: E402
 
 ART = str(shipped_artifacts_dir())
@@ -156,9 +164,32 @@ def test_default_output_is_a_seg_beside_the_folder(data, tmp_path: Path) -> None
     assert (tmp_path / "ct_segvol.dcm").is_file()
 
 
-def test_probabilities_with_a_seg_are_refused(data, tmp_path: Path) -> None:
-    refused(infer(data.dir, "--text", "liver", "--probabilities", "--out", tmp_path / "s.dcm"), "--probabilities", ".nii.gz")
-    assert not any(tmp_path.iterdir())
+def test_probabilities_as_fractional_segs(data, tmp_path: Path) -> None:
+    ok(infer(data.dir, "--text", "liver", "--text", "spleen", "--probabilities", "--out", tmp_path / "s.dcm"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.dcm", "s.json", "s_prob_liver.dcm", "s_prob_spleen.dcm"]
+    ok(infer(data.dir, "--text", "liver", "--text", "spleen", "--probabilities", "--out", tmp_path / "n" / "p.nii.gz"))
+    import highdicom
+
+    from segvol_rt.io.dicom import read_dicom_series
+
+    scan = read_dicom_series(data.dir)
+    uids = [str(ds.SOPInstanceUID) for ds in scan.source_datasets()]
+    for name in ("liver", "spleen"):
+        path = tmp_path / f"s_prob_{name}.dcm"
+        assert dciodvfy(path) == []
+        ds = pydicom.dcmread(path)
+        assert ds.SegmentationType == "FRACTIONAL" and ds.SegmentationFractionalType == "PROBABILITY"
+        assert ds.SegmentSequence[0].SegmentLabel == name
+        decoded = highdicom.seg.segread(path).get_pixels_by_source_instance(uids, segment_numbers=[1],
+                                                                            assert_missing_frames_are_empty=True)[..., 0]
+        probs = np.asanyarray(nib.load(tmp_path / "n" / f"p_prob_{name}.nii.gz").dataobj)
+        expected = np.round(scan.to_source_frames(probs) * 255) / np.float32(255)
+        assert np.abs(decoded - expected).max() < 1e-6 and decoded.max() > 0.5
+        # dcmqi decodes the stored levels: equal to ours in world coordinates
+        levels = np.round(probs.astype(np.float64) * 255).astype(int)
+        ijk = np.argwhere(levels > 0)
+        ours = world_levels(ijk, levels[tuple(ijk.T)], scan.affine)
+        assert dcmqi_levels(path, tmp_path / f"qi_{name}") == ours
 
 
 def test_seg_needs_dicom_input(data, tmp_path: Path) -> None:
@@ -270,6 +301,7 @@ def test_dicomweb_round_trip_with_orthanc(orthanc, data, tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "stored 1 SEG instance(s)" in proc.stdout
     assert orthanc.PASSWORD not in proc.stdout + proc.stderr
+    assert dciodvfy(out) == []
     local = pydicom.dcmread(out)
     # the SEG is in the PACS, in the source study, and decodes to the same frames
     from dicomweb_client.api import DICOMwebClient
@@ -333,3 +365,24 @@ def test_real_ct_as_a_series(real_ct: Path, tmp_path: Path) -> None:
     ok(infer(tmp_path / "dcm", "--text", "liver", "--out", tmp_path / "seg.dcm"))
     assert dciodvfy(tmp_path / "seg.dcm") == []
     assert dcmqi_segments(tmp_path / "seg.dcm", tmp_path / "qi").get("liver", set()) == world_set(np.argwhere(a > 0), affine)
+
+
+def test_anonymised_series_gives_a_valid_seg_with_warnings(data, tmp_path: Path) -> None:
+    import shutil
+
+    series = tmp_path / "anon"
+    shutil.copytree(data.dir, series)
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            setattr(ds, key, "")
+        ds.save_as(f)
+    proc = ok(run_cli(series, "--text", "liver", "--out", tmp_path / "s.dcm", "--artifacts", ART, "--threads", "2"))
+    for key in ("SOPInstanceUID in the dataset; using the file meta's", "StudyInstanceUID; generated",
+                "SeriesInstanceUID; generated", "FrameOfReferenceUID; generated"):
+        assert key in proc.stderr, proc.stderr
+    assert dciodvfy(tmp_path / "s.dcm") == []
+    seg = pydicom.dcmread(tmp_path / "s.dcm")
+    metas = {str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID) for f in series.iterdir()}
+    refs = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert refs <= metas and seg.StudyInstanceUID and seg.FrameOfReferenceUID

@@ -166,7 +166,7 @@ def infer(
     point: list[str] | None = typer.Option(None, "--point", help="i,j,k[,label] in SCAN voxel indices (IJK), label 1 positive (default) or 0 negative; repeatable; applies to every --text."),
     out: str | None = typer.Option(None, "--out", help="Output mask (.nii/.nii.gz, or .dcm - a DICOM SEG - for DICOM input, its default); default SCAN stem + _segvol.nii.gz beside it. Several targets: a multi-label file (label i = i-th target; where targets overlap the later one wins) and a .json sidecar naming the labels."),
     split: bool = typer.Option(False, "--split", help="One 0/1 file per target, <out stem>_<name>.nii.gz, instead of a multi-label file."),
-    probabilities: bool = typer.Option(False, "--probabilities", help="Also write float32 probability maps <out stem>_prob[_<name>].nii.gz."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write float32 probability maps <out stem>_prob[_<name>].nii.gz (with a .dcm --out: FRACTIONAL probability SEGs <out stem>_prob[_<name>].dcm)."),
     backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | torch | tensorrt."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     no_zoom_in: bool = typer.Option(False, "--no-zoom-in", help="Coarse (zoom-out) pass only."),

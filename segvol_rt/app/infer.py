@@ -215,9 +215,7 @@ def output_plan(scan_path: Path, opts: InferOptions, targets: Sequence[TargetPla
         out = dicom.default_out
     else:
         out = scan_path.with_name(_split_name(scan_path)[0] + DEFAULT_SUFFIX + ".nii.gz")
-    if out.name.lower().endswith(".dcm"):
-        _check_seg_options(opts)
-    elif opts.store is not None:
+    if opts.store is not None and not out.name.lower().endswith(".dcm"):
         raise SegVolError("--store sends a DICOM SEG; give --out ending in .dcm")
     stem, suffix = _split_name(out)
     beside = out.with_name
@@ -237,12 +235,6 @@ def output_plan(scan_path: Path, opts: InferOptions, targets: Sequence[TargetPla
 
     check_outputs(plan.files(), plan.inputs, name_hint=_NAME_HINT)
     return plan
-
-
-def _check_seg_options(opts: InferOptions) -> None:
-    if opts.probabilities:
-        raise SegVolError("--probabilities is refused with a DICOM SEG output (.dcm): segvol-rt writes binary SEGs only; "
-                          "write the probability maps with --out NAME.nii.gz")
 
 
 @dataclass
@@ -493,21 +485,29 @@ def write_outputs(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan,
             probs = results[i].segmentation.probabilities
             if probs is None:
                 raise SegVolError("probabilities were asked for but not computed")  # a bug, kept one line
-            out.stage(path, probability_bytes(probs, scan, _gz(path)))
+            if path.name.lower().endswith(".dcm"):  # a FRACTIONAL (probability) SEG
+                out.stage(path, _seg_file(scan, [results[i]], rt, opts, probs))
+            else:
+                out.stage(path, probability_bytes(probs, scan, _gz(path)))
         if plan.sidecar is not None:
             doc = sidecar(plan, results, scan, rt, opts, {p.name: d for p, d in out.digests().items()})
             out.stage(plan.sidecar, json_bytes(doc, plan.sidecar))
         return out.commit()
 
 
-def _seg_file(scan: Scan, results: Sequence[TargetResult], rt: SegVolRuntime, opts: InferOptions) -> bytes:
-    """A DICOM SEG, one segment per target (overlaps kept: segments are independent), read back and checked."""
+def _seg_file(scan: Scan, results: Sequence[TargetResult], rt: SegVolRuntime, opts: InferOptions,
+              probabilities: Any = None) -> bytes:
+    """A binary DICOM SEG, one segment per target (overlaps kept: segments are independent),
+    or with ``probabilities`` (one target's ``(I, J, K)`` map) a FRACTIONAL one; read back and checked."""
     from segvol_rt.io.dicom_seg import Algorithm, seg_bytes
 
     prov = provenance(rt, opts.window_prompts)
     algo = Algorithm(prov["segvol_rt_version"], prov["checkpoint_sha256"])
+    names = [r.plan.name for r in results]
+    if probabilities is not None:
+        return seg_bytes(scan, [np.asarray(probabilities, dtype=np.float32)], names, algo, fractional=True)
     masks = [np.asarray(r.segmentation.mask) > 0 for r in results]
-    return seg_bytes(scan, masks, [r.plan.name for r in results], algo)
+    return seg_bytes(scan, masks, names, algo)
 
 
 def _gz(path: Path) -> bool:

@@ -1,6 +1,7 @@
 """DICOM Segmentation (SEG) out, written with highdicom and read back before it counts.
 
-A binary SEG on the source series' grid: one segment per target, empty frames
+A binary SEG (or, for probability maps, a FRACTIONAL one of type PROBABILITY,
+255 levels) on the source series' grid: one segment per target, empty frames
 omitted, referencing the source series and instances (for a multi-frame
 source, its frames). Each segment is coded from :data:`TABLE_FILE`, the
 SNOMED CT table shipped with the package (category, type, laterality
@@ -47,6 +48,7 @@ GENERIC_RGB = (128, 174, 128)
 MANUFACTURER = "segvol-rt"
 SERIES_NUMBER = 901
 SERIES_DESCRIPTION = "segvol-rt segmentation"
+MAX_FRACTIONAL = 255  # FRACTIONAL SEG levels: a probability p is stored as round(255 p)
 
 
 @dataclass(frozen=True)
@@ -145,9 +147,23 @@ def _source_pixels(scan: DicomScan, masks: Sequence[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(scan.to_source_frames(stack)).astype(np.uint8)
 
 
-def seg_bytes(scan: Scan, masks: Sequence[np.ndarray], names: Sequence[str], algo: Algorithm) -> bytes:
-    """A binary SEG of ``masks`` (each ``(I, J, K)``, 0/1, on ``scan``'s grid), one
-    segment per name, as file bytes; read back and checked (see the module docstring)."""
+def _source_fractions(scan: DicomScan, maps: Sequence[np.ndarray]) -> np.ndarray:
+    """``(F, Rows, Columns, N)`` float32 frames of N probability maps, quantised to the
+    SEG's 1/255 steps (what a reader decodes), in the sources' frame order."""
+    stack = np.stack([np.asarray(m, dtype=np.float32) for m in maps], axis=-1)
+    if not np.isfinite(stack).all() or stack.min(initial=0.0) < 0 or stack.max(initial=0.0) > 1:
+        raise SegVolError("probability maps must hold finite values in [0, 1] for a FRACTIONAL SEG")
+    levels = np.round(np.ascontiguousarray(scan.to_source_frames(stack)) * MAX_FRACTIONAL)
+    return (levels / np.float32(MAX_FRACTIONAL)).astype(np.float32)
+
+
+def seg_bytes(scan: Scan, masks: Sequence[np.ndarray], names: Sequence[str], algo: Algorithm,
+              fractional: bool = False) -> bytes:
+    """A SEG of ``masks`` (each ``(I, J, K)`` on ``scan``'s grid), one segment per name,
+    as file bytes; read back and checked (see the module docstring).
+
+    Binary by default (masks 0/1); with ``fractional``, the masks are probability
+    maps in [0, 1] and the SEG is FRACTIONAL (type PROBABILITY, 255 levels)."""
     if not isinstance(scan, DicomScan):
         raise SegVolError("a DICOM SEG output needs a DICOM input series (for NIfTI input write .nii.gz)")
     if len(masks) != len(names) or not masks:
@@ -156,10 +172,10 @@ def seg_bytes(scan: Scan, masks: Sequence[np.ndarray], names: Sequence[str], alg
     pydicom = require("pydicom")
     algorithm = _algorithm(algo)
     descriptions = [_description(i + 1, segment_code(n), algorithm) for i, n in enumerate(names)]
-    pixels = _source_pixels(scan, masks)
+    pixels = _source_fractions(scan, masks) if fractional else _source_pixels(scan, masks)
     try:
         with _quiet("highdicom"):  # its log warnings (e.g. an all-empty target keeps its frames) are not ours to print
-            seg = _segmentation(hd, scan, pixels, descriptions, algo)
+            seg = _segmentation(hd, scan, pixels, descriptions, algo, fractional)
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, seg, enforce_file_format=True)
     except SegVolError:
@@ -182,11 +198,15 @@ def _quiet(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _segmentation(hd: Any, scan: DicomScan, pixels: np.ndarray, descriptions: list[Any], algo: Algorithm) -> Any:
+def _segmentation(hd: Any, scan: DicomScan, pixels: np.ndarray, descriptions: list[Any], algo: Algorithm,
+                  fractional: bool) -> Any:
+    kind = hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
     return hd.seg.Segmentation(
         source_images=scan.source_datasets(),
         pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=kind,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+        max_fractional_value=MAX_FRACTIONAL,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
         series_number=SERIES_NUMBER,
@@ -196,7 +216,7 @@ def _segmentation(hd: Any, scan: DicomScan, pixels: np.ndarray, descriptions: li
         manufacturer_model_name="segvol-rt",
         software_versions=algo.version,
         device_serial_number="0",
-        series_description=SERIES_DESCRIPTION,
+        series_description=SERIES_DESCRIPTION + (" (probabilities)" if fractional else ""),
         content_label="SEGVOLRT",
         content_description="SegVol segmentation (segvol-rt)",
         omit_empty_frames=True,

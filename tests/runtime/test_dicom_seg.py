@@ -71,3 +71,16 @@ def test_seg_needs_a_dicom_scan(tmp_path: Path) -> None:
     nifti = read_scan(path)
     with pytest.raises(SegVolError, match="needs a DICOM input"):
         DS.seg_bytes(nifti, [np.zeros(nifti.shape, bool)], ["liver"], ALGO)
+
+
+def test_fractional_seg(scan, tmp_path: Path) -> None:
+    ensure_tools("dciodvfy")
+    p = np.zeros(scan.shape, np.float32)
+    p[5:25, 4:20, 2:7] = np.linspace(0.0, 1.0, 20 * 16 * 5, dtype=np.float32).reshape(20, 16, 5)
+    data = DS.seg_bytes(scan, [p], ["liver tumor"], ALGO, fractional=True)
+    (tmp_path / "f.dcm").write_bytes(data)
+    assert dciodvfy(tmp_path / "f.dcm") == []
+    ds = pydicom.dcmread(tmp_path / "f.dcm")
+    assert ds.SegmentationType == "FRACTIONAL" and int(ds.MaximumFractionalValue) == 255
+    with pytest.raises(SegVolError, match=r"in \[0, 1\]"):
+        DS.seg_bytes(scan, [p * 2], ["liver"], ALGO, fractional=True)

@@ -90,6 +90,26 @@ def dcmqi_segments(seg: Path, out: Path) -> dict[str, set[tuple[float, float, fl
     return result
 
 
+def dcmqi_levels(seg: Path, out: Path) -> dict[tuple[float, float, float], int]:
+    """Decode a one-segment FRACTIONAL ``seg`` with dcmqi: {voxel centre (RAS mm, 0.01): stored level 1..255}."""
+    import nibabel as nib
+
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([_segimage2itkimage(), "--inputDICOM", str(seg), "--outputDirectory", str(out),
+                           "--outputType", "nifti"], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise AssertionError(f"segimage2itkimage failed: {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    img = nib.load(out / "1.nii.gz")
+    data = np.asanyarray(img.dataobj)
+    ijk = np.argwhere(data > 0)
+    return world_levels(ijk, data[tuple(ijk.T)], img.affine)
+
+
+def world_levels(ijk: np.ndarray, levels: np.ndarray, affine: np.ndarray) -> dict[tuple[float, float, float], int]:
+    xyz = ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    return {tuple(p): int(v) for p, v in zip(np.round(xyz, 2).tolist(), levels.tolist())}
+
+
 def world_set(ijk: np.ndarray, affine: np.ndarray) -> set[tuple[float, float, float]]:
     """Voxel indices ``(n, 3)`` -> set of world points rounded to 0.01 mm."""
     xyz = ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
