@@ -237,9 +237,11 @@ def test_eight_concurrent_clients(server: serving.ServerProcess, phantom: Any, l
     failures: list[str] = []
     lock = threading.Lock()
 
+    shared = SegVolClient(server.url)  # one client object for every thread: each gets its own connection
+
     def one_client(n: int) -> None:
         try:
-            with SegVolClient(server.url) as client, client.open_session(phantom.image, phantom.affine) as session:
+            with shared.open_session(phantom.image, phantom.affine) as session:
                 for i in range(5):
                     kw = kws[(i + n) % 5]
                     t0 = time.perf_counter()
@@ -259,6 +261,7 @@ def test_eight_concurrent_clients(server: serving.ServerProcess, phantom: Any, l
     for t in threads:
         t.join(300)
     wall = time.perf_counter() - t0
+    shared.close()
     assert not failures
     assert len(latencies) == 40
     q = statistics.quantiles(latencies, n=10)
