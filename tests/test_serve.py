@@ -228,6 +228,35 @@ def test_oversized_upload_is_refused_by_the_limit(server: serving.ServerProcess,
     _still_serves(server, phantom, local)
 
 
+def test_bad_volumes_are_refused(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime) -> None:
+    with SegVolClient(server.url) as client:
+        for volume in (np.zeros((40, 40, 20), np.int16), np.full((40, 40, 20), np.nan, np.float32)):
+            with pytest.raises(SegVolError) as remote:
+                client.open_session(volume)
+            with pytest.raises(SegVolError) as here:
+                local.set_volume(volume)
+            assert str(remote.value) == str(here.value)
+        with pytest.raises(SegVolError, match="3D"):
+            client.open_session(np.zeros((4, 4), np.int16))
+        with pytest.raises(SegVolError, match="real numbers"):
+            client.open_session(np.zeros((4, 4, 4), bool))
+    local.set_volume(phantom.image, phantom.affine)  # the module's local runtime, as it was
+    _still_serves(server, phantom, local)
+
+
+def test_the_least_recently_used_session_makes_room(server: serving.ServerProcess, phantom: Any) -> None:
+    small = phantom.image[:64, :64, :32]
+    with SegVolClient(server.url) as client:
+        sessions = [client.open_session(small) for _ in range(12)]  # the server's --max-sessions
+        sessions[0].segment(text="liver", zoom_in=False)  # 0 is now the most recently used; 1 the least
+        sessions.append(client.open_session(small))
+        with pytest.raises(SessionGoneError, match="evicted to make room"):
+            sessions[1].segment(text="liver", zoom_in=False)
+        for sess in sessions[:1] + sessions[2:]:
+            sess.segment(text="liver", zoom_in=False)
+            sess.close()
+
+
 # -- concurrency -----------------------------------------------------------------------------
 def test_eight_concurrent_clients(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime,
                                   record_property: Any) -> None:
