@@ -48,12 +48,19 @@ def venv() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[serving.ServerProcess]:
-    proc = serving.ServerProcess(venv, tmp_path_factory.mktemp("serve"), [
+def scans(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the server may read scans from (--allow-path-root), with the phantom in it."""
+    root = tmp_path_factory.mktemp("scans")
+    make_phantom(0).save(root / "ct.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(venv: Path, scans: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[serving.ServerProcess]:
+    proc = serving.ServerProcess.started(venv, tmp_path_factory.mktemp("serve"), [
         "--instances", "2", "--threads", "1", "--session-ttl", str(TTL_S), "--max-upload-mb", str(UPLOAD_LIMIT_MB),
-        "--max-sessions", "12"])
+        "--max-sessions", "12", "--allow-path-root", str(scans)])
     try:
-        proc.wait_ready()
         yield proc
     finally:
         proc.stop()
@@ -126,8 +133,18 @@ def test_float_and_nifti_inputs_give_the_same_masks(server: serving.ServerProces
             _same(session.segment(text="liver"), want)
         with pytest.raises(SegVolError, match="DICOM"):
             client.open_session(tmp_path)
-        with pytest.raises(SegVolError, match="reads no server-side paths"):
-            client.open_server_path("ct.nii.gz")
+
+
+def test_a_scan_the_server_reads(server: serving.ServerProcess, scans: Path, local: SegVolRuntime) -> None:
+    with SegVolClient(server.url) as client:
+        with client.open_server_path("ct.nii.gz") as session:
+            assert session.upload is None and session.geometry == local.geometry
+            _same(session.segment(text="liver"), local.segment(text="liver"))
+        with pytest.raises(SegVolError, match="under the server's --allow-path-root"):
+            client.open_server_path("../../etc/passwd")
+        with pytest.raises(SegVolError) as missing:
+            client.open_server_path("missing.nii.gz")
+        assert "missing.nii.gz" in str(missing.value) and str(scans) not in str(missing.value)
 
 
 def test_an_upload_in_several_chunks(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime,
@@ -363,12 +380,12 @@ def test_two_servers_behind_nginx(venv: Path, tmp_path: Path, phantom: Any, loca
         serving.nginx_binary()
     except serving.ServingUnavailable as exc:
         pytest.skip(str(exc))
-    servers = [serving.ServerProcess(venv, tmp_path, ["--instances", "1", "--threads", "1"], env={"SEGVOL_API_KEY": API_KEY})
-               for _ in range(2)]
+    servers: list[serving.ServerProcess] = []
     router = None
     try:
-        for s in servers:
-            s.wait_ready()
+        for _ in range(2):
+            servers.append(serving.ServerProcess.started(venv, tmp_path, ["--instances", "1", "--threads", "1"],
+                                                         env={"SEGVOL_API_KEY": API_KEY}))
         router = serving.NginxRouter([f"127.0.0.1:{s.http_port}" for s in servers], tmp_path / "nginx")
         small = phantom.image[:, :, 16:48]
         want = SegVolRuntime.load(serving.DEMO_ARTIFACTS, threads=1)
