@@ -317,6 +317,45 @@ def test_eight_concurrent_clients(server: serving.ServerProcess, phantom: Any, l
           f"{report['prompts_per_s']:.1f} prompts/s (uploads included in the wall time)")
 
 
+def test_one_session_runs_one_request_at_a_time_and_sessions_overlap(server: serving.ServerProcess, phantom: Any) -> None:
+    """Ordering, not timing: the server's own clock around each runtime call
+    (``info.ran``) shows which calls overlapped."""
+    client = SegVolClient(server.url)
+    request = W.to_json_bytes({"text": "liver"})
+
+    def intervals(sessions: list[Any], per_thread: int) -> list[tuple[str, float, float]]:
+        out: list[tuple[str, float, float]] = []
+        lock = threading.Lock()
+
+        def work(sess: Any) -> None:
+            for _ in range(per_thread):
+                info = json.loads(bytes(client.infer(W.SEGMENT_MODEL, sess.id, {"request": request}, ("info",))["info"][0]))
+                with lock:
+                    out.append((sess.id, *info["ran"]))
+
+        threads = [threading.Thread(target=work, args=(sess,)) for sess in sessions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        return out
+
+    a, b = client.open_session(phantom.image, phantom.affine), client.open_session(phantom.image, phantom.affine)
+    try:
+        same = intervals([a, a, a], 4)  # three threads on one session
+        assert len(same) == 12
+        same.sort(key=lambda r: r[1])
+        assert all(prev[2] <= nxt[1] for prev, nxt in zip(same, same[1:])), "two requests of one session overlapped"
+        both = intervals([a, b], 8)  # two sessions, the server's two instances
+        assert len(both) == 16
+        overlaps = [(x, y) for x in both for y in both if x[0] != y[0] and x[1] < y[2] and y[1] < x[2]]
+        assert overlaps, "no two sessions' requests ran at once with --instances 2"
+    finally:
+        a.close()
+        b.close()
+        client.close()
+
+
 # -- infer --server -----------------------------------------------------------------------------
 def test_infer_against_a_server_writes_the_local_outputs(server: serving.ServerProcess, phantom: Any, tmp_path: Path) -> None:
     import nibabel as nib

@@ -17,7 +17,8 @@ Models (Triton, ``batching=False``; every tensor has shape ``[1]`` unless noted)
   ``np.packbits`` of the mask's bounding-box crop, C order), ``box`` (INT64
   ``[6]``: ``i0, j0, k0, i1, j1, k1`` half-open in scan voxels; an empty
   mask has ``i1 == i0``), ``info`` (JSON: shape, timings, roi, n_windows,
-  zoom_in_applied, no_foreground, prompt).
+  zoom_in_applied, no_foreground, prompt, and ``ran``: the server's
+  monotonic seconds at the start and end of the runtime call).
 * ``segvol_close``: ``session``. Out: ``info``.
 
 Errors: a user error is a Triton error whose text ends in

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -196,10 +197,14 @@ class Handlers:
         with self.store.use(sid) as session:
             if session.runtime is None:
                 raise SegVolError(f"session {sid} is still receiving its volume")
+            began = time.monotonic()
             seg = session.runtime.segment(**fields)
+            ended = time.monotonic()
             shape = session.shape or ()
         stream, box = W.encode_mask(seg.mask)
         info = {
+            # the server's monotonic clock around the runtime call (what overlapped with what)
+            "ran": [began, ended],
             "shape": list(shape),
             "timings": seg.timings,
             "roi": None if seg.roi is None else {"official": list(seg.roi.official), "lo": list(seg.roi.lo), "hi": list(seg.roi.hi)},
