@@ -112,10 +112,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"artifacts": str(artifacts), "threads": args.threads, "device": args.device,
                                "scan": list(image.shape), "prompt": {k: list(v) if isinstance(v, tuple) else v for k, v in prompt.items()}}
     with tempfile.TemporaryDirectory() as tmp:
-        server = serving.ServerProcess(serving.serve_venv(), Path(tmp), [
-            "--instances", "1", "--threads", str(args.threads), "--device", args.device], artifacts=artifacts)
+        server = serving.ServerProcess.started(serving.serve_venv(), Path(tmp), [
+            "--instances", "1", "--threads", str(args.threads), "--device", args.device], artifacts=artifacts, timeout_s=300)
         try:
-            server.wait_ready(300)
             local = SegVolRuntime.load(artifacts, device=args.device, threads=args.threads)
             local.set_volume(image, affine)
             outside: dict[str, list[float]] = {"local": [], "served": []}  # wall time minus the runtime's stages

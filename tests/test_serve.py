@@ -48,18 +48,24 @@ def venv() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[serving.ServerProcess]:
-    proc = serving.ServerProcess(venv, tmp_path_factory.mktemp("serve"), [
+def scans(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the server may read scans from (--allow-path-root), with the phantom in it."""
+    root = tmp_path_factory.mktemp("scans")
+    make_phantom(0).save(root / "ct.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(venv: Path, scans: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[serving.ServerProcess]:
+    proc = serving.ServerProcess.started(venv, tmp_path_factory.mktemp("serve"), [
         "--instances", "2", "--threads", "1", "--session-ttl", str(TTL_S), "--max-upload-mb", str(UPLOAD_LIMIT_MB),
-        "--max-sessions", "12"])
+        "--max-sessions", "12", "--allow-path-root", str(scans)])
     try:
-        proc.wait_ready()
         yield proc
     finally:
         proc.stop()
     log = proc.log()
-    assert "Traceback" not in log, log[-3000:]
-    assert "outside the scan" not in log and "is not an integer" not in log, "user errors' texts reached the server log"
+    assert "segvol_rt/" not in log, log[-3000:]  # no traceback through our code: no bug, and no user error's traceback
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +133,26 @@ def test_float_and_nifti_inputs_give_the_same_masks(server: serving.ServerProces
             _same(session.segment(text="liver"), want)
         with pytest.raises(SegVolError, match="DICOM"):
             client.open_session(tmp_path)
-        with pytest.raises(SegVolError, match="reads no server-side paths"):
-            client.open_server_path("ct.nii.gz")
+
+
+def test_a_scan_the_server_reads(server: serving.ServerProcess, scans: Path, local: SegVolRuntime) -> None:
+    with SegVolClient(server.url) as client:
+        with client.open_server_path("ct.nii.gz") as session:
+            assert session.upload is None and session.geometry == local.geometry
+            _same(session.segment(text="liver"), local.segment(text="liver"))
+        with pytest.raises(SegVolError, match="under the server's --allow-path-root"):
+            client.open_server_path("../../etc/passwd")
+        with pytest.raises(SegVolError) as missing:
+            client.open_server_path("missing.nii.gz")
+        assert "missing.nii.gz" in str(missing.value) and str(scans) not in str(missing.value)
+
+
+def test_an_upload_in_several_chunks(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(W, "CHUNK_BYTES", 2**20)
+    with SegVolClient(server.url) as client, client.open_session(phantom.image, phantom.affine) as session:
+        assert session.upload is not None and session.upload.chunks == -(-session.upload.compressed_bytes // 2**20) > 1
+        _same(session.segment(text="liver"), local.segment(text="liver"))
 
 
 # -- failures: the server keeps serving ---------------------------------------------------
@@ -151,6 +175,7 @@ def test_prompts_outside_the_volume(server: serving.ServerProcess, phantom: Any,
             assert "\n" not in str(remote.value)
         with pytest.raises(SegVolError, match="not served"):
             session.segment(text="liver", probabilities=True)
+        assert "segment: refused (request error)" in server.log()  # what our log says of them; their texts stay out
         _same(session.segment(text="liver"), local.segment(text="liver"))  # the same session still works
 
 
@@ -220,6 +245,35 @@ def test_oversized_upload_is_refused_by_the_limit(server: serving.ServerProcess,
     _still_serves(server, phantom, local)
 
 
+def test_bad_volumes_are_refused(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime) -> None:
+    with SegVolClient(server.url) as client:
+        for volume in (np.zeros((40, 40, 20), np.int16), np.full((40, 40, 20), np.nan, np.float32)):
+            with pytest.raises(SegVolError) as remote:
+                client.open_session(volume)
+            with pytest.raises(SegVolError) as here:
+                local.set_volume(volume)
+            assert str(remote.value) == str(here.value)
+        with pytest.raises(SegVolError, match="3D"):
+            client.open_session(np.zeros((4, 4), np.int16))
+        with pytest.raises(SegVolError, match="real numbers"):
+            client.open_session(np.zeros((4, 4, 4), bool))
+    local.set_volume(phantom.image, phantom.affine)  # the module's local runtime, as it was
+    _still_serves(server, phantom, local)
+
+
+def test_the_least_recently_used_session_makes_room(server: serving.ServerProcess, phantom: Any) -> None:
+    small = phantom.image[:64, :64, :32]
+    with SegVolClient(server.url) as client:
+        sessions = [client.open_session(small) for _ in range(12)]  # the server's --max-sessions
+        sessions[0].segment(text="liver", zoom_in=False)  # 0 is now the most recently used; 1 the least
+        sessions.append(client.open_session(small))
+        with pytest.raises(SessionGoneError, match="evicted to make room"):
+            sessions[1].segment(text="liver", zoom_in=False)
+        for sess in sessions[:1] + sessions[2:]:
+            sess.segment(text="liver", zoom_in=False)
+            sess.close()
+
+
 # -- concurrency -----------------------------------------------------------------------------
 def test_eight_concurrent_clients(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime,
                                   record_property: Any) -> None:
@@ -229,9 +283,11 @@ def test_eight_concurrent_clients(server: serving.ServerProcess, phantom: Any, l
     failures: list[str] = []
     lock = threading.Lock()
 
+    shared = SegVolClient(server.url)  # one client object for every thread: each gets its own connection
+
     def one_client(n: int) -> None:
         try:
-            with SegVolClient(server.url) as client, client.open_session(phantom.image, phantom.affine) as session:
+            with shared.open_session(phantom.image, phantom.affine) as session:
                 for i in range(5):
                     kw = kws[(i + n) % 5]
                     t0 = time.perf_counter()
@@ -251,6 +307,7 @@ def test_eight_concurrent_clients(server: serving.ServerProcess, phantom: Any, l
     for t in threads:
         t.join(300)
     wall = time.perf_counter() - t0
+    shared.close()
     assert not failures
     assert len(latencies) == 40
     q = statistics.quantiles(latencies, n=10)
@@ -258,6 +315,45 @@ def test_eight_concurrent_clients(server: serving.ServerProcess, phantom: Any, l
     record_property("concurrency", report)
     print(f"\n8 clients x 5 prompts (demo model, 2 instances): p50 {report['p50_s']:.3f} s, p90 {report['p90_s']:.3f} s, "
           f"{report['prompts_per_s']:.1f} prompts/s (uploads included in the wall time)")
+
+
+def test_one_session_runs_one_request_at_a_time_and_sessions_overlap(server: serving.ServerProcess, phantom: Any) -> None:
+    """Ordering, not timing: the server's own clock around each runtime call
+    (``info.ran``) shows which calls overlapped."""
+    client = SegVolClient(server.url)
+    request = W.to_json_bytes({"text": "liver"})
+
+    def intervals(sessions: list[Any], per_thread: int) -> list[tuple[str, float, float]]:
+        out: list[tuple[str, float, float]] = []
+        lock = threading.Lock()
+
+        def work(sess: Any) -> None:
+            for _ in range(per_thread):
+                info = json.loads(bytes(client.infer(W.SEGMENT_MODEL, sess.id, {"request": request}, ("info",))["info"][0]))
+                with lock:
+                    out.append((sess.id, *info["ran"]))
+
+        threads = [threading.Thread(target=work, args=(sess,)) for sess in sessions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        return out
+
+    a, b = client.open_session(phantom.image, phantom.affine), client.open_session(phantom.image, phantom.affine)
+    try:
+        same = intervals([a, a, a], 4)  # three threads on one session
+        assert len(same) == 12
+        same.sort(key=lambda r: r[1])
+        assert all(prev[2] <= nxt[1] for prev, nxt in zip(same, same[1:])), "two requests of one session overlapped"
+        both = intervals([a, b], 8)  # two sessions, the server's two instances
+        assert len(both) == 16
+        overlaps = [(x, y) for x in both for y in both if x[0] != y[0] and x[1] < y[2] and y[1] < x[2]]
+        assert overlaps, "no two sessions' requests ran at once with --instances 2"
+    finally:
+        a.close()
+        b.close()
+        client.close()
 
 
 # -- infer --server -----------------------------------------------------------------------------
@@ -302,6 +398,7 @@ def test_memory_stays_flat_over_200_sessions(server: serving.ServerProcess) -> N
         for _ in range(170):
             cycle()
         growth = server.rss_bytes() - start
+    print(f"\nserver RSS {start / 2**20:.0f} MiB after 30 cycles, {(start + growth) / 2**20:.0f} MiB after 200")
     assert growth < 48 * 2**20, f"server RSS grew {growth / 2**20:.1f} MiB over 170 open/segment/close cycles"
 
 
@@ -322,12 +419,12 @@ def test_two_servers_behind_nginx(venv: Path, tmp_path: Path, phantom: Any, loca
         serving.nginx_binary()
     except serving.ServingUnavailable as exc:
         pytest.skip(str(exc))
-    servers = [serving.ServerProcess(venv, tmp_path, ["--instances", "1", "--threads", "1"], env={"SEGVOL_API_KEY": API_KEY})
-               for _ in range(2)]
+    servers: list[serving.ServerProcess] = []
     router = None
     try:
-        for s in servers:
-            s.wait_ready()
+        for _ in range(2):
+            servers.append(serving.ServerProcess.started(venv, tmp_path, ["--instances", "1", "--threads", "1"],
+                                                         env={"SEGVOL_API_KEY": API_KEY}))
         router = serving.NginxRouter([f"127.0.0.1:{s.http_port}" for s in servers], tmp_path / "nginx")
         small = phantom.image[:, :, 16:48]
         want = SegVolRuntime.load(serving.DEMO_ARTIFACTS, threads=1)

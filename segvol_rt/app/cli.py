@@ -202,12 +202,12 @@ def infer(
     )
     report = ConsoleReporter(quiet=quiet)
     remote: list[Any] = []  # the served session, closed at the end
-    open_runtime = (lambda: _remote_runtime(server, opts, artifacts, remote)) if server is not None else (
-        lambda: load_runtime(artifacts, backend, device, report, threads, cache_bytes, precision))
     if server is not None:
         from segvol_rt.app.remote import check_remote_options
 
         check_remote_options(opts, artifacts)
+    open_runtime = (lambda: _remote_runtime(server, remote)) if server is not None else (
+        lambda: load_runtime(artifacts, backend, device, report, threads, cache_bytes, precision))
     try:
         result = run_infer(scan, opts, open_runtime, report)
     finally:
@@ -229,7 +229,7 @@ def infer(
     report.note(f"{result.timing_line(detailed=verbose)}; {provenance_line(result.provenance)}")
 
 
-def _remote_runtime(url: str, opts: Any, artifacts: str | None, opened: list[Any]) -> Any:
+def _remote_runtime(url: str, opened: list[Any]) -> Any:
     """``infer --server``: a runtime stand-in over a session on the server (:mod:`segvol_rt.app.remote`)."""
     import os
 

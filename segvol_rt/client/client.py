@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -61,8 +62,12 @@ class Upload:
 
 
 class SegVolClient:
-    """A connection to one server (or a router in front of several), for one
-    thread at a time (open one client per thread; sessions are independent).
+    """A connection to one server (or a router in front of several).
+
+    Any thread may use it and its sessions: tritonclient's HTTP client (on
+    gevent) works only in the thread that made it, so each thread gets its
+    own connection, made on first use (sessions live on the server, not in a
+    connection).
 
     ``url``: ``http://host:port`` (Triton's HTTP endpoint); ``api_key``: the
     server's key when it has one; ``timeout_s``: seconds a request may take
@@ -76,11 +81,25 @@ class SegVolClient:
         self.url = f"{parts.scheme}://{parts.netloc}"
         self._http = http
         self._api_key = api_key
-        self._client = http.InferenceServerClient(parts.netloc, ssl=parts.scheme == "https", connection_timeout=connect_timeout_s,
-                                                  network_timeout=timeout_s, concurrency=1)
+        self._connect = lambda: http.InferenceServerClient(parts.netloc, ssl=parts.scheme == "https",
+                                                            connection_timeout=connect_timeout_s, network_timeout=timeout_s,
+                                                            concurrency=1)
+        self._local = threading.local()
+
+    @property
+    def _client(self) -> Any:
+        """This thread's tritonclient connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
 
     def close(self) -> None:
-        self._client.close()
+        """Close this thread's connection (another thread's goes with that thread)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
     def __enter__(self) -> SegVolClient:
         return self

@@ -17,7 +17,8 @@ Models (Triton, ``batching=False``; every tensor has shape ``[1]`` unless noted)
   ``np.packbits`` of the mask's bounding-box crop, C order), ``box`` (INT64
   ``[6]``: ``i0, j0, k0, i1, j1, k1`` half-open in scan voxels; an empty
   mask has ``i1 == i0``), ``info`` (JSON: shape, timings, roi, n_windows,
-  zoom_in_applied, no_foreground, prompt).
+  zoom_in_applied, no_foreground, prompt, and ``ran``: the server's
+  monotonic seconds at the start and end of the runtime call).
 * ``segvol_close``: ``session``. Out: ``info``.
 
 Errors: a user error is a Triton error whose text ends in
@@ -49,8 +50,9 @@ SESSION_HEADER = "X-SegVol-Session"
 # Header that carries the API key (checked by Triton itself, --http-restricted-api).
 API_KEY_HEADER = "X-SegVol-Key"
 
-# A chunk of the compressed volume per request: well under Triton's HTTP
-# input limit (64 MiB in the bundled tritonserver 2.5x).
+# A chunk of the compressed volume per request: well under the 64 MiB HTTP
+# input limit of newer Triton releases (PyTriton 0.7.0's tritonserver 2.51.0
+# has none) and under the nginx template's in-memory body bound (24 MiB).
 CHUNK_BYTES = 16 * 2**20
 # dtypes a volume may travel in (the scan's own; float32 for real-valued data)
 VOLUME_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "float32", "float64")

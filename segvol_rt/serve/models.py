@@ -5,9 +5,10 @@
 PyTriton calls each with a list of requests (``batching=False``: one at a
 time per model instance; several instances run in threads at once). A user
 error becomes :class:`ServedError`, which PyTriton turns into the Triton
-error the client sees: one line, ``segvol_rt.error[CODE]: MESSAGE``; the log
-says only that a request was refused (the message may quote a prompt or a
-path). Any other exception is a bug: logged with its traceback, reported as
+error the client sees, ending in one line ``segvol_rt.error[CODE]: MESSAGE``
+(Triton's Python stub puts its own prefix and trailer around it, and logs
+it: the message quotes prompt coordinates or limits at most, never voxels
+or the server's paths); our log says only that a request was refused. Any other exception is a bug: logged with its traceback, reported as
 an error of that request, and the server keeps serving. Nothing from a
 volume or a prompt is logged.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,7 +164,10 @@ class Handlers:
             raise SegVolError("meta.path must lie under the server's --allow-path-root")
         from segvol_rt.io.nifti import read_scan
 
-        scan = read_scan(target)
+        try:
+            scan = read_scan(target)
+        except SegVolError as exc:  # the client named the file relative to the root: the server's layout stays private
+            raise SegVolError(str(exc).replace(str(target), path)) from None
         self.store.open_ready(sid, scan.data, scan.affine)
         LOG.info("session %s opened from a server-side file", sid)
         with self.store.use(sid) as session:
@@ -192,10 +197,14 @@ class Handlers:
         with self.store.use(sid) as session:
             if session.runtime is None:
                 raise SegVolError(f"session {sid} is still receiving its volume")
+            began = time.monotonic()
             seg = session.runtime.segment(**fields)
+            ended = time.monotonic()
             shape = session.shape or ()
         stream, box = W.encode_mask(seg.mask)
         info = {
+            # the server's monotonic clock around the runtime call (what overlapped with what)
+            "ran": [began, ended],
             "shape": list(shape),
             "timings": seg.timings,
             "roi": None if seg.roi is None else {"official": list(seg.roi.official), "lo": list(seg.roi.lo), "hi": list(seg.roi.hi)},

@@ -106,18 +106,9 @@ def check_ports_free(opts: ServeOptions) -> None:
 
 
 def runtime_options(opts: ServeOptions) -> dict[str, Any]:
-    """Keyword arguments of SegVolRuntime.load; ``precision`` only where the runtime takes it."""
-    import inspect
-
-    from segvol_rt.runtime import SegVolRuntime
-
-    options: dict[str, Any] = {"backend": opts.backend, "device": opts.device, "threads": opts.threads,
-                               "cache_bytes": opts.limits.cache_bytes, "text_cache_bytes": opts.limits.text_cache_bytes}
-    if opts.precision is not None:
-        if "precision" not in inspect.signature(SegVolRuntime.load).parameters:
-            raise SegVolError("--precision: this segvol-rt runtime has no precision option")
-        options["precision"] = opts.precision
-    return options
+    """Keyword arguments of SegVolRuntime.load (``precision`` None: the backend's default)."""
+    return {"backend": opts.backend, "device": opts.device, "threads": opts.threads, "precision": opts.precision,
+            "cache_bytes": opts.limits.cache_bytes, "text_cache_bytes": opts.limits.text_cache_bytes}
 
 
 def open_shared_backend(opts: ServeOptions) -> Any:

@@ -71,6 +71,24 @@ class ServerProcess:
         full_env.update(env or {})
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env=full_env)
 
+    @classmethod
+    def started(cls, venv: Path, log_dir: Path, args: Sequence[str] = (), artifacts: Path = DEMO_ARTIFACTS,
+                env: dict[str, str] | None = None, timeout_s: float = START_TIMEOUT_S, attempts: int = 3) -> ServerProcess:
+        """A ready server, started again with fresh ports when a start fails: a port
+        taken between :func:`free_port` and the server's bind by another process on
+        the machine, or PyTriton's start-up handshake with Triton's Python stubs
+        refused (seen once here, right after another server's shutdown)."""
+        for attempt in range(attempts):
+            proc = cls(venv, log_dir, args, artifacts, env)
+            try:
+                proc.wait_ready(timeout_s)
+                return proc
+            except RuntimeError:
+                proc.stop()
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Until Triton and the three models are ready (bounded)."""
         deadline = time.monotonic() + timeout_s
