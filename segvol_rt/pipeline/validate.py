@@ -168,10 +168,15 @@ def affine(value: Any, name: str) -> np.ndarray:
 def float32_scan(value: Any, name: str = "volume") -> np.ndarray:
     """A host volume as the pipeline reads it: :func:`real_volume`, then float32
     (the official LoadImage's dtype). Values beyond float32's range would
-    silently become infinite there; they are refused by name instead."""
+    silently become infinite there; they are refused by name instead.
+
+    The result is Fortran-ordered, as nibabel reads a NIfTI file: the
+    statistics' float32 sums depend on the memory order, so one order makes an
+    array give exactly the masks of the same values read from a file, whatever
+    order the caller's array has."""
     arr = real_volume(value, name)
     with np.errstate(over="ignore"):  # reported below, not as a NumPy warning
-        data = np.asarray(arr, dtype=np.float32)
+        data = np.asarray(arr, dtype=np.float32, order="F")
     if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and np.isinf(data).any() and not np.isinf(arr).any():
         raise SegVolError(f"{name} has values beyond float32's range (|value| up to {float(np.abs(arr).max()):g}); the model reads float32")
     return data
