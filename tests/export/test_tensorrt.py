@@ -548,3 +548,15 @@ def test_real_foreign_engine_is_refused(tiny_artifacts, tmp_path, field, value, 
     with pytest.raises(SegVolError, match="cannot run here") as info:
         TensorRTBackend(Artifacts.load(root))
     assert words in str(info.value) and "segvol-rt build" in str(info.value)
+
+
+def test_engine_records_written_before_graph_variants_load_as_built_from_fp32():
+    record = {
+        "graph": S.IMAGE_ENCODER, "file": "engines/image_encoder.plan", "sha256": "a" * 64, "precision": "fp16",
+        "profiles": {}, "tensorrt_version": "10.3.0", "gpu_name": "G", "compute_capability": "9.0",
+        "model_sha256": "b" * 64, "graph_sha256": "c" * 64,
+    }
+    assert E.EngineRecord.from_dict(record).graph_variant == "fp32"
+    assert E.EngineRecord.from_dict({**record, "graph_variant": "fp16"}).graph_variant == "fp16"
+    with pytest.raises(SegVolError, match="graph_variant 'int8'"):
+        E.EngineRecord.from_dict({**record, "graph_variant": "int8"})
