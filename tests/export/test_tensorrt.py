@@ -157,6 +157,16 @@ def test_fake_trt11_rejects_the_weak_typing_api(fake_trt):
     assert hasattr(fake_tensorrt.FakeEngine10, "device_memory_size")
 
 
+def test_network_flags_by_feature_detection():
+    from segvol_rt.backends.tensorrt.build import network_flags
+
+    assert network_flags(fake_tensorrt.make(10)) == 1 << 1
+    assert network_flags(fake_tensorrt.make(11)) == 1 << 0
+    later = fake_tensorrt.make(11)
+    later.NetworkDefinitionCreationFlag = type("NetworkDefinitionCreationFlag", (), {})  # a release without the member
+    assert network_flags(later) == 0
+
+
 def test_fake_fp16_build_needs_fp16_graphs(tmp_path, fake_trt, monkeypatch):
     from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
