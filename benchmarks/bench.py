@@ -143,6 +143,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also time each backend's pipeline with at most N windows per image-encoder call "
                         "(e.g. 1: on a CPU, large batches are slower per window)")
     p.add_argument("--raw-shape", nargs=3, type=int, default=(512, 512, 200), metavar=("I", "J", "K"))
+    p.add_argument("--precision", choices=("fp32", "fp16"), default=None,
+                   help="graph variant of the ONNX Runtime and TensorRT rows (fp16 needs artifacts from "
+                        "`segvol-rt export --precision fp16`; default: fp32 on ONNX Runtime, the engines' on TensorRT); "
+                        "benchmarks/precision.py compares the two side by side")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of ONNX Runtime and torch (default: all cores); e.g. 1 on a machine others share")
     p.add_argument("--torch-device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -234,7 +238,8 @@ def open_all(ctx: Context) -> None:
                 ctx.official = OfficialStyleModel(model, ctx.tokenizer, ctx.artifacts.prompt_template, device)
     if model is None:
         labels = [b for b in labels if b != "torch-pipeline"]
-    ctx.backends = open_backends(ctx.artifacts, labels, ctx.checkpoint, model, ctx.log, ctx.args.threads)
+    ctx.backends = open_backends(ctx.artifacts, labels, ctx.checkpoint, model, ctx.log, ctx.args.threads,
+                                 ctx.args.precision)
     for n in ctx.args.window_batch:
         for label, backend in list(ctx.backends.items()):
             if " windows/call" not in label:

@@ -14,7 +14,8 @@ Latency: both sessions in one process, warmed up, then timed in alternation
 (fp32, fp16, fp32, ...) so that a machine shared with other work slows both
 alike; median, p90 and min per window. Peak RSS: a fresh process per
 precision that opens the session with the runtime's own session options and
-encodes one window; the kernel's ``ru_maxrss`` (``os.wait4``). Also the
+encodes one window; the kernel's ``ru_maxrss`` (``os.wait4``, through
+``benchmarks/memory.py``'s launcher). Also the
 relative L2 error of the fp16 embedding against the fp32 one. Prints a
 markdown table; ``--json`` writes every sample.
 """
@@ -136,11 +137,12 @@ def _child(args: argparse.Namespace, kind: str, paths: Sequence[Path]) -> list[s
 
 
 def peak_rss_mib(cmd: list[str]) -> float:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed")
-    return usage.ru_maxrss / 1024  # KiB on Linux
+    """Peak RSS of ``cmd`` in a process of its own, through memory.py's small
+    launcher (a child forked from this process would inherit our peak)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from memory import measure
+
+    return float(measure(cmd)["peak_rss_mib"])
 
 
 # -- the run ----------------------------------------------------------------------------------

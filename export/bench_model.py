@@ -201,7 +201,8 @@ def prepare_bench_model(
     say(f"building the {config_name} benchmark model (random weights, seed {seed})")
     ckpt = save_pth(blob_model(config, seed), work / "model.pth")
     say(f"exporting it into {work / 'artifacts'} (parity checks skipped; done once)")
-    export_artifacts(ckpt, work / "artifacts", tokenizer=tok_dir, options=ExportOptions(verify=False))
+    # fp16 variants too, so `bench --precision fp16` and benchmarks/precision.py run on it
+    export_artifacts(ckpt, work / "artifacts", tokenizer=tok_dir, options=ExportOptions(verify=False, precision="fp16"))
     info = {
         "config": config_name,
         "weights": f"random (seed {seed}), decoder edited to predict a fixed box",

@@ -134,7 +134,8 @@ class ExportResult:
             parity = "skipped" if g.parity is None else f"rel L2 <= {g.parity.max_rel_l2:.1e} ({len(g.parity.cases)} cases)"
             rows.append((g.file, _size(g.bytes), ops, parity))
             for v in g.variants.values():
-                ops = f"{sum(v.operators.values())} nodes; fp32: {len(v.conversion['fp32_ops'])} op types, {v.conversion['fp32_nodes']} nodes"
+                kept = v.conversion
+                ops = f"{sum(v.operators.values())} nodes; fp32: {len(kept['fp32_ops'])} op types, {kept['fp32_nodes']} nodes"
                 parity = "skipped" if v.parity is None else f"vs fp32: rel L2 <= {v.parity.max_rel_l2:.1e} ({len(v.parity.cases)} cases)"
                 rows.append((v.file, _size(v.bytes), ops, parity))
         for rel in (A.TEXT_TABLE, *(f"{A.TOKENIZER_DIR}/{n}" for n in self.manifest["tokenizer"]["files"])):

@@ -155,3 +155,22 @@ def test_blob_cells_never_empty():
             a, b = _cells(lo, hi, n)
             assert 0 <= a < b <= n
     assert np.isfinite(percentile([0.5], 90))
+
+
+@torch_needed
+def test_quick_bench_fp16_and_the_precision_benchmark(cache, tmp_path):
+    """The tiny bench model carries fp16 variants: the quick run times them, and
+    benchmarks/precision.py compares fp16 with fp32 side by side."""
+    rep = quick_bench(cache_dir=cache, backends=("ort-cpu",), repeat=1, warmup=0, scan_shape=(96, 96, 32),
+                      threads=1, precision="fp16")
+    assert any(r["stage"] == "image encoder, batch 1" for r in json.loads(rep.write_json(tmp_path / "q.json").read_text())["rows"])
+    bm = prepare_bench_model("tiny", cache)
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "precision.py"), "--artifacts", str(bm.artifacts),
+                          "--repeat", "2", "--threads", "1", "--json", str(tmp_path / "p.json")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert set(data["precisions"]) == {"fp32", "fp16"} and data["notes"]["fp16"] == "the artifacts' variant"
+    assert all(r["peak_rss_mib"] > 0 and r["n"] == 2 for r in data["precisions"].values())
+    assert data["rel_l2_fp16_vs_fp32"] < 2e-2
+    assert "| fp16 |" in out.stdout

@@ -61,15 +61,17 @@ def test_shipped_graphs_equal_a_fresh_export(fresh_demo_artifacts):
     shipped, fresh = Artifacts.load(shipped_artifacts_dir()), Artifacts.load(fresh_demo_artifacts)
     assert shipped.specs == fresh.specs
     assert shipped.config == fresh.config
+    assert shipped.precisions == fresh.precisions == ("fp32", "fp16")  # the demo ships its fp16 variants
     rng = np.random.default_rng(0)
     for name in S.GRAPH_NAMES:
         feeds = _feeds(shipped.specs[name], shipped.config, rng)
         dtypes = {i.name: i.dtype for i in shipped.specs[name].inputs}
         feeds = {k: v.astype(np.dtype(dtypes[k])) for k, v in feeds.items()}
-        outs = [ort.InferenceSession(str(a.graph_path(name)), providers=["CPUExecutionProvider"]).run(None, feeds)
-                for a in (shipped, fresh)]
-        for got, want in zip(*outs):
-            assert _rel_l2(got, want) <= PARITY, name
+        for precision in shipped.precisions:
+            outs = [ort.InferenceSession(str(a.graph_path(name, precision)), providers=["CPUExecutionProvider"]).run(None, feeds)
+                    for a in (shipped, fresh)]
+            for got, want in zip(*outs):
+                assert _rel_l2(got, want) <= PARITY, (name, precision)
     (names_a, table_a), (names_b, table_b) = shipped.text_table(), fresh.text_table()
     assert list(names_a) == list(names_b)
     assert _rel_l2(table_a, table_b) <= PARITY

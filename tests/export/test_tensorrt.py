@@ -157,6 +157,16 @@ def test_fake_trt11_rejects_the_weak_typing_api(fake_trt):
     assert hasattr(fake_tensorrt.FakeEngine10, "device_memory_size")
 
 
+def test_network_flags_by_feature_detection():
+    from segvol_rt.backends.tensorrt.build import network_flags
+
+    assert network_flags(fake_tensorrt.make(10)) == 1 << 1
+    assert network_flags(fake_tensorrt.make(11)) == 1 << 0
+    later = fake_tensorrt.make(11)
+    later.NetworkDefinitionCreationFlag = type("NetworkDefinitionCreationFlag", (), {})  # a release without the member
+    assert network_flags(later) == 0
+
+
 def test_fake_fp16_build_needs_fp16_graphs(tmp_path, fake_trt, monkeypatch):
     from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
@@ -548,3 +558,15 @@ def test_real_foreign_engine_is_refused(tiny_artifacts, tmp_path, field, value, 
     with pytest.raises(SegVolError, match="cannot run here") as info:
         TensorRTBackend(Artifacts.load(root))
     assert words in str(info.value) and "segvol-rt build" in str(info.value)
+
+
+def test_engine_records_written_before_graph_variants_load_as_built_from_fp32():
+    record = {
+        "graph": S.IMAGE_ENCODER, "file": "engines/image_encoder.plan", "sha256": "a" * 64, "precision": "fp16",
+        "profiles": {}, "tensorrt_version": "10.3.0", "gpu_name": "G", "compute_capability": "9.0",
+        "model_sha256": "b" * 64, "graph_sha256": "c" * 64,
+    }
+    assert E.EngineRecord.from_dict(record).graph_variant == "fp32"
+    assert E.EngineRecord.from_dict({**record, "graph_variant": "fp16"}).graph_variant == "fp16"
+    with pytest.raises(SegVolError, match="graph_variant 'int8'"):
+        E.EngineRecord.from_dict({**record, "graph_variant": "int8"})

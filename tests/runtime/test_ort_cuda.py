@@ -171,10 +171,12 @@ def test_cuda_session_without_cuda_provider_names_the_gpu_extra(tmp_path):
 
 
 # -- OrtCudaBackend on a fake cupy and ORT CPU (real tiny artifacts) -------------
-def test_backend_plumbing_with_fake_cupy_on_ort_cpu(tiny_artifacts_dir_cpu, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_backend_plumbing_with_fake_cupy_on_ort_cpu(tiny_artifacts_dir_cpu, monkeypatch, precision):
     """OrtCudaBackend._run end to end with a FAKE cupy (host arrays) and CPU
     sessions bound as device "cpu": checks buffer sizing, binding and the
-    stream sync - not CUDA."""
+    stream sync - not CUDA - for the fp32 graphs and their fp16 variants
+    (fp32 IO both: the same bindings)."""
     ort = pytest.importorskip("onnxruntime")
     from segvol_rt.backends import ort_cuda
     from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend
@@ -187,7 +189,9 @@ def test_backend_plumbing_with_fake_cupy_on_ort_cpu(tiny_artifacts_dir_cpu, monk
     )
     monkeypatch.setattr(ort_cuda.OrtCudaBackend, "_bind_device", "cpu")
     art = Artifacts.load(tiny_artifacts_dir_cpu)
-    backend, reference = ort_cuda.OrtCudaBackend(art), OnnxRuntimeBackend(art, device="cpu")
+    backend = ort_cuda.OrtCudaBackend(art, precision=precision)
+    reference = OnnxRuntimeBackend(art, device="cpu", precision=precision)
+    assert backend.precision == precision and precision in backend.describe()
     image, tokens, coords, labels = _chain_inputs(art.config)
     emb = backend.encode_image(cp.asarray(image))
     text = backend.encode_text(cp.asarray(tokens))
@@ -217,7 +221,7 @@ def _export_tiny(root: Path) -> Path:
     from segvol_rt.export.model.segvol import SegVol
 
     ckpt = save_pth(SegVol.random(SegVolConfig.tiny(), seed=0), root / "tiny.pth")
-    export_artifacts(ckpt, root / "art", tokenizer=shared_path("clip"), options=ExportOptions(verify=False))
+    export_artifacts(ckpt, root / "art", tokenizer=shared_path("clip"), options=ExportOptions(verify=False, precision="fp16"))
     return root / "art"
 
 
@@ -277,3 +281,26 @@ def test_gpu_ort_cuda_backend_matches_ort_cpu(tiny_artifacts_dir):
     low_gpu = gpu.decode(emb_gpu, cp.asarray(coords), cp.asarray(labels), text_gpu)
     low_cpu = cpu.decode(emb_cpu, coords, labels, text_cpu)
     np.testing.assert_allclose(cp.asnumpy(low_gpu), low_cpu, rtol=1e-5, atol=1e-5)
+
+
+def test_gpu_ort_cuda_fp16_graphs_match_fp32(tiny_artifacts_dir):
+    """The fp16 variants on the CUDA provider against the fp32 graphs on the CPU:
+    relative L2 of each output within the export's fp16 tolerance."""
+    cp = _gpu_stack_or_skip()
+    from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend
+    from segvol_rt.backends.ort_cuda import OrtCudaBackend
+    from segvol_rt.export.fp16 import FP16_TOLERANCE
+    from segvol_rt.io.artifacts import Artifacts
+
+    art = Artifacts.load(tiny_artifacts_dir)
+    gpu, cpu = OrtCudaBackend(art, precision="fp16"), OnnxRuntimeBackend(art, device="cpu")
+    image, tokens, coords, labels = _chain_inputs(art.config)
+    emb, text = cpu.encode_image(image), cpu.encode_text(tokens)
+    pairs = [
+        (gpu.encode_image(cp.asarray(image)), emb),
+        (gpu.encode_text(cp.asarray(tokens)), text),
+        (gpu.decode(cp.asarray(emb), cp.asarray(coords), cp.asarray(labels), cp.asarray(text)), cpu.decode(emb, coords, labels, text)),
+    ]
+    for got, want in pairs:
+        got = cp.asnumpy(got)
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) <= FP16_TOLERANCE

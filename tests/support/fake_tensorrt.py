@@ -17,7 +17,9 @@ The surfaces, from NVIDIA's pages:
   (``ICudaEngine.device_memory_size`` and, from 10.1, ``device_memory_size_v2``),
   ``Graph/Layers.html`` (``ILayer.precision``, ``ILayer.set_output_type``);
   docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html.
-  PyPI's ``tensorrt-stubs`` (10.x) types the same names.
+  PyPI's ``tensorrt-stubs`` 10.13 types the same names:
+  tests/export/test_fake_tensorrt_surface.py checks every name we use, the
+  10.x flag names and the enum values against it (.ci/setup-tensorrt-stubs.sh).
 * "Migrating from TensorRT 10.x to 11.x" and its "Removed Python APIs and
   Replacements" page (docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/
   tensorrt-10x-to-11x-python-api-reference.html): removed are
@@ -88,16 +90,19 @@ BuilderFlag11 = enum.IntEnum("BuilderFlag", _COMMON_FLAGS)  # type: ignore[misc]
 
 
 class NetworkDefinitionCreationFlag10(enum.IntEnum):
+    """Values as tensorrt-stubs 10.13 gives them (tests/export/test_fake_tensorrt_surface.py checks)."""
+
     EXPLICIT_BATCH = 0
     STRONGLY_TYPED = 1
-    PREFER_AOT_PYTHON_PLUGINS = 2
-    PREFER_JIT_PYTHON_PLUGINS = 3
+    PREFER_JIT_PYTHON_PLUGINS = 2
+    PREFER_AOT_PYTHON_PLUGINS = 3
 
 
 class NetworkDefinitionCreationFlag11(enum.IntEnum):
+    """11.x: ``kSTRONGLY_TYPED = 0``, deprecated and ignored (strong typing is always on),
+    as the 11.x headers declare it; the plugin-preference members are left out (unverified)."""
+
     STRONGLY_TYPED = 0
-    PREFER_AOT_PYTHON_PLUGINS = 1
-    PREFER_JIT_PYTHON_PLUGINS = 2
 
 
 class ILayer11:

@@ -94,8 +94,12 @@ def network_flags(trt: Any) -> int:
     (its ``EXPLICIT_BATCH`` is ignored: networks are always explicit-batch);
     TensorRT 11.x removed ``EXPLICIT_BATCH`` and keeps ``STRONGLY_TYPED`` for
     compatibility, ignored because strong typing is the only mode. The same
-    flag thus serves both."""
-    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    flag thus serves both; should a later 11.x drop the member, no flag is
+    needed there (found by looking, never by catching an AttributeError)."""
+    flags = trt.NetworkDefinitionCreationFlag
+    if not hasattr(flags, "STRONGLY_TYPED"):
+        return 0  # strong typing is the only mode where the flag is gone
+    return 1 << int(flags.STRONGLY_TYPED)
 
 
 def parse_onnx(trt: Any, builder: Any, logger: Any, path: Path) -> tuple[Any, Any]:
