@@ -134,8 +134,9 @@ SEGVOL_API segvol_status segvol_load(segvol_runtime* rt, const char* artifacts_d
 /* Description of the backend in use, e.g. "onnxruntime 1.32.0 (cpu, 2 threads, fp32)". */
 SEGVOL_API const char* segvol_backend(const segvol_runtime* rt);
 
-/* Preprocess a scan (see the layout above); affine may be NULL (identity). */
-SEGVOL_API segvol_status segvol_set_volume(segvol_runtime* rt, const void* data, segvol_dtype dtype,
+/* Preprocess a scan (see the layout above); dtype is a segvol_dtype value (an int32_t,
+ * so that a wrong value is an error, not undefined behaviour); affine may be NULL (identity). */
+SEGVOL_API segvol_status segvol_set_volume(segvol_runtime* rt, const void* data, int32_t dtype,
                                            const int64_t dims[3], const double affine[16]);
 SEGVOL_API segvol_status segvol_release_volume(segvol_runtime* rt);
 
