@@ -106,6 +106,9 @@ Graph::Graph(const std::string& path, const std::string& name, const GraphOption
     so.SetLogSeverityLevel(ORT_LOGGING_LEVEL_ERROR);
     so.EnableCpuMemArena();
     so.DisableMemPattern();
+    // ORT's pool threads would spin after each run, on the cores the pipeline's own
+    // kernels run on next (the Python runtime's NumPy is single-threaded); no effect on results
+    so.AddConfigEntry("session.intra_op.allow_spinning", "0");
     if (opt.cuda) {
         OrtCUDAProviderOptions cuda{};
         cuda.device_id = opt.device_id;

@@ -11,7 +11,24 @@
 #include "numpy_random.hpp"
 #include "tokenizer.hpp"
 
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+
 namespace segvol {
+
+// SEGVOL_RT_TRACE=1 prints each pipeline stage's seconds to stderr (profiling aid).
+struct StageTimer {
+    const char* name;
+    std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+    explicit StageTimer(const char* n) : name(n) {}
+    ~StageTimer() {
+        static const bool on = std::getenv("SEGVOL_RT_TRACE") && *std::getenv("SEGVOL_RT_TRACE") == '1';
+        if (on)
+            std::fprintf(stderr, "segvol_rt: %-16s %.4f s\n", name,
+                         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+};
 
 static constexpr double OVERLAP = 0.5;
 static constexpr int POINT_EXTRA_POSITIVE = 4;
@@ -338,12 +355,14 @@ void Runtime::set_volume(const void* data, DType dtype, const std::array<i64, 3>
     v->model_shape = {dims[2], dims[1], dims[0]};
     ForegroundStats st;
     try {
+        StageTimer timer("stats");
         st = foreground_stats(f.data(), (i64)n);
     } catch (const std::invalid_argument& e) {
         fail(SEGVOL_ERR_SCAN, std::string("cannot normalise the scan: ") + e.what());
     }
     if (!std::isfinite(st.lower) || !std::isfinite(st.upper) || !std::isfinite(st.mean) || !std::isfinite(st.std))
         fail(SEGVOL_ERR_SCAN, "cannot normalise the scan: its values overflow the float32 intensity statistics of the official pipeline");
+    StageTimer timer("normalize+crop");
     normalize_min_max(f.data(), (i64)n, st, f.data());
     int b[6];
     if (!kernels::bbox_float(f.data(), v->model_shape.data(), std::numeric_limits<float>::denorm_min(), b))
@@ -638,7 +657,10 @@ std::vector<Result> Runtime::segment(const std::vector<Request>& requests) {
             }
     }
     // -- coarse pass on the zoom-out embedding (encoded once per volume)
-    if (v.zoom_embedding.empty()) v.zoom_embedding = encode(v.zoom.data, 1);
+    if (v.zoom_embedding.empty()) {
+        StageTimer timer("encode_zoom_out");
+        v.zoom_embedding = encode(v.zoom.data, 1);
+    }
     std::vector<Tokens> coarse_tokens;
     std::vector<const std::vector<float>*> embs, txt;
     for (const Target& tg : targets) {
@@ -646,7 +668,12 @@ std::vector<Result> Runtime::segment(const std::vector<Request>& requests) {
         embs.push_back(&v.zoom_embedding);
         txt.push_back(tg.text);
     }
-    std::vector<std::vector<float>> low = decode(embs, coarse_tokens, txt);
+    std::vector<std::vector<float>> low;
+    {
+        StageTimer timer("decode_zoom_out");
+        low = decode(embs, coarse_tokens, txt);
+    }
+    StageTimer up_timer("upsample+plan");
     std::vector<Volume> coarse;
     for (auto& l : low) {
         Volume lv(low_shape_);
@@ -713,7 +740,11 @@ std::vector<Result> Runtime::segment(const std::vector<Request>& requests) {
     for (auto& p : plans)
         if (p) all.insert(all.end(), p->keys.begin(), p->keys.end());
     std::set<WindowKey> pinned(all.begin(), all.end());
-    ensure_windows(all);
+    {
+        StageTimer timer("encode_windows");
+        ensure_windows(all);
+    }
+    StageTimer zi_timer("decode+blend");
     std::vector<Volume> roi_logits(requests.size());
     for (size_t t = 0; t < requests.size(); ++t) {
         if (!plans[t]) continue;
@@ -746,6 +777,7 @@ std::vector<Result> Runtime::segment(const std::vector<Request>& requests) {
         roi_logits[t] = std::move(roi);
     }
     trim_cache({});
+    StageTimer mask_timer("masks");
     // -- the scan-space masks (and probabilities)
     std::vector<Result> results(requests.size());
     Vec3 out_shape{scan[2], scan[1], scan[0]};  // (K, J, I) C-ordered = (I, J, K) with i fastest

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,7 +109,7 @@ def _window_keys(py: SegVolRuntime, reqs: list[dict]) -> list[tuple[int, ...]]:
     """The zoom-in window keys the Python runtime plans for ``reqs`` (for the sharing check)."""
     vol = py._require_volume()
     keys = []
-    targets = py._model_targets(vol, [Z_request(r) for r in reqs], Z.StageClock())
+    targets = py._model_targets(vol, [_as_request(r) for r in reqs], Z.StageClock())
     for t in targets:
         emb = py._zoom_embedding(Z.StageClock())
         low = Z.decode_batched(py.backend, [emb], [t.coarse_tokens()], [t.text_embedding], 1, py.config.embed_dim)[0]
@@ -120,7 +119,7 @@ def _window_keys(py: SegVolRuntime, reqs: list[dict]) -> list[tuple[int, ...]]:
     return keys
 
 
-def Z_request(r: dict):
+def _as_request(r: dict):
     from segvol_rt.pipeline.requests import Request
 
     return Request.of(r)

@@ -56,6 +56,17 @@ def test_sanitizer_build_app_equals_release(asan_build, cpp_build, scan, demo_ar
                                   np.asanyarray(nib.load(tmp_path / "rel.nii.gz").dataobj))
 
 
+def test_generic_and_fma_kernels_agree(cpp_build, scan, demo_artifacts, tmp_path):
+    """The kernels' generic build (libm fmaf) and FMA build give the same mask."""
+    nib = pytest.importorskip("nibabel")
+    env = dict(os.environ, SEGVOL_RT_KERNELS="generic")
+    a = _infer(cpp_build / "segvol-rt-infer", scan, tmp_path / "generic.nii.gz", demo_artifacts, env=env)
+    b = _infer(cpp_build / "segvol-rt-infer", scan, tmp_path / "fma.nii.gz", demo_artifacts)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / "generic.nii.gz").dataobj),
+                                  np.asanyarray(nib.load(tmp_path / "fma.nii.gz").dataobj))
+
+
 @pytest.mark.slow
 def test_valgrind_memcheck_app(cpp_build, scan, demo_artifacts, tmp_path):
     """valgrind memcheck of the sample app on one phantom (about a minute and a half):
