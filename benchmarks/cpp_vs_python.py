@@ -17,7 +17,8 @@ round first, not counted):
 
 "first mask" is wall time from the process launch to the moment the first
 mask is in memory (the child reports the Unix time; the CLI reports none,
-so its row shows only the whole run). "follow-up" repeats the same target on
+so its row shows only the whole run; the other two rows' whole run leaves out
+the follow-ups they add, as timed inside the process). "follow-up" repeats the same target on
 the loaded volume (zoom-out and window embeddings cached: decoder, upsample,
 blend and mask assembly). Peak RSS is the contender's own ``ru_maxrss``
 (``os.wait4`` in a small launcher). Medians and p90 over ``--repeat`` runs.
@@ -95,10 +96,12 @@ def measure(cmd: list[str]) -> dict[str, Any]:
     if run["code"] != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{run['err']}")
     timing = next((json.loads(line) for line in run["out"].splitlines() if line.startswith("{")), None)
-    result = {"wall_s": run["wall_s"], "peak_rss_mib": run["rss_kib"] / 1024}
+    result = {"wall_s": run["wall_s"], "whole_s": run["wall_s"], "peak_rss_mib": run["rss_kib"] / 1024}
     if timing:
         result["first_mask_s"] = timing["first_mask_epoch"] - run["launch_epoch"]
         result["followup_s"] = timing["followup_s"]
+        # the whole infer without the follow-ups this run added (timed in the child)
+        result["whole_s"] = run["wall_s"] - sum(timing["followup_s"])
     return result
 
 
@@ -144,14 +147,26 @@ def table(model: str, scan: tuple[int, ...], results: dict[str, list[dict[str, A
     for name, runs in results.items():
         first = [r["first_mask_s"] for r in runs if "first_mask_s" in r]
         follow = [v for r in runs for v in r.get("followup_s", [])]
-        lines.append(f"| {name} | {_stats(first)} | {_stats([r['wall_s'] for r in runs])} | {_stats(follow)} | "
+        lines.append(f"| {name} | {_stats(first)} | {_stats([r.get('whole_s', r['wall_s']) for r in runs])} | {_stats(follow)} | "
                      f"{statistics.median(r['peak_rss_mib'] for r in runs):.0f} | {len(runs)} |")
     cpp, py = results.get("C++ segvol-rt-infer"), results.get("segvol-rt infer (Python CLI)")
     if cpp and py:
-        a = statistics.median(r["wall_s"] for r in cpp)
-        b = statistics.median(r["wall_s"] for r in py)
+        a = statistics.median(r["whole_s"] for r in cpp)
+        b = statistics.median(r["whole_s"] for r in py)
         lines += ["", f"whole infer: C++ app {a:.2f} s vs Python CLI {b:.2f} s ({b / a:.2f}x)"]
     return "\n".join(lines)
+
+
+def render(path: Path) -> str:
+    """The tables of a JSON report written by ``--json`` (older reports: whole_s recomputed)."""
+    report = json.loads(Path(path).read_text())
+    parts = []
+    for model, entry in report["models"].items():
+        for runs in entry["results"].values():
+            for r in runs:
+                r.setdefault("whole_s", r["wall_s"] - sum(r.get("followup_s", [])))
+        parts.append(table(model, tuple(entry["scan"]), entry["results"]))
+    return "\n\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -13,7 +14,8 @@
 
 namespace segvol::kernels {
 
-static int g_max_threads = 0;  // 0: the cores of this process
+// 0: the cores of this process. Process-wide (the last segvol_load's threads option).
+static std::atomic<int> g_max_threads{0};
 
 void set_max_threads(int n) { g_max_threads = n; }
 
@@ -25,7 +27,8 @@ static int cores() {
 
 int threads_for(i64 n) {
     static const int available = cores();
-    int hw = g_max_threads > 0 ? g_max_threads : available;
+    int cap = g_max_threads.load(std::memory_order_relaxed);
+    int hw = cap > 0 ? cap : available;
     i64 by_work = n / (1 << 16);  // a thread is worth it from ~64k items on
     return (int)std::max<i64>(1, std::min<i64>(hw, by_work));
 }

@@ -343,3 +343,31 @@ def test_tokenizer_ids_equal(hooks, directory):
         buf = (ctypes.c_longlong * 4096)()
         n = hooks.svt_tokenize(str(directory).encode(), text.encode(), buf, 4096)
         assert list(buf[:n]) == py.ids(text), text
+
+
+def test_two_handles_in_two_threads(cpp_build, demo_artifacts):
+    """Different handles run concurrently (ctypes drops the GIL) and give the single-threaded masks."""
+    import threading
+
+    phs = [make_phantom(s, (80, 80, 36)) for s in (1030, 1031)]
+    rts = [sdk.CppRuntime(cpp_build, demo_artifacts) for _ in phs]
+    for rt, ph in zip(rts, phs):
+        rt.set_volume(ph.image, ph.affine)
+    reqs = [{"text": "liver"}, {"text": "spleen", "points": _prompts(phs[0])["points"][:1]}]
+    alone = [rt.segment_many(reqs) for rt in rts]
+    got: dict[int, list] = {}
+
+    def work(i: int) -> None:
+        got[i] = [rts[i].segment_many(reqs) for _ in range(3)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        for run in got[i]:
+            for a, b in zip(alone[i], run):
+                assert np.array_equal(a.mask, b.mask)
+    for rt in rts:
+        rt.close()

@@ -23,7 +23,8 @@
  * once. Calls on one handle are serialised by a lock inside the handle (a
  * second thread waits); the string from segvol_last_error(h) stays valid
  * until the next call on h. segvol_version() and segvol_abi_version() may be
- * called from any thread at any time.
+ * called from any thread at any time. The pipeline's own CPU threads are a
+ * process-wide setting: the threads option of the latest segvol_load.
  *
  * Versioning and soname policy: SEGVOL_RT_ABI_VERSION is the ABI's major
  * version and the shared library's soname is libsegvol_rt.so.<ABI_VERSION>.
