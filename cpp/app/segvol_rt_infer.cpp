@@ -90,7 +90,7 @@ Args parse(int argc, char** argv) {
         } else if (s == "--help" || s == "-h") {
             std::printf("usage: segvol-rt-infer SCAN.nii.gz --artifacts DIR --text NAME [--box i0,j0,k0,i1,j1,k1] "
                         "[--point i,j,k[,label]] [--no-zoom-in] [--window-prompts official|aligned] [--seed N] "
-                        "[--threads N] [--ort-library PATH] --out MASK.nii.gz\n");
+                        "[--threads N] [--ort-library PATH] [--out MASK.nii.gz]\n");
             std::exit(0);
         } else if (!s.empty() && s[0] == '-') die("unknown option " + s);
         else if (a.scan.empty()) a.scan = s;
@@ -98,7 +98,15 @@ Args parse(int argc, char** argv) {
     }
     if (a.scan.empty()) die("give the scan: segvol-rt-infer SCAN.nii.gz --artifacts DIR --text NAME --out MASK.nii.gz");
     if (a.artifacts.empty()) die("--artifacts DIR is required");
-    if (a.out.empty()) die("--out MASK.nii.gz is required");
+    if (a.out.empty()) {  // as segvol-rt infer: SCAN stem + _segvol.nii.gz beside it
+        std::string stem = a.scan;
+        for (const char* ext : {".nii.gz", ".nii"})
+            if (stem.size() > std::strlen(ext) && stem.compare(stem.size() - std::strlen(ext), std::strlen(ext), ext) == 0) {
+                stem.resize(stem.size() - std::strlen(ext));
+                break;
+            }
+        a.out = stem + "_segvol.nii.gz";
+    }
     if (a.texts.empty() && a.box.empty() && a.points.empty()) die("give at least one prompt: --text, --box or --point");
     if (a.window_prompts != "official" && a.window_prompts != "aligned")
         die("--window-prompts '" + a.window_prompts + "': choose official or aligned");

@@ -125,6 +125,7 @@ Graph::Graph(const std::string& path, const std::string& name, const GraphOption
 Graph::~Graph() = default;
 
 const std::vector<std::string>& Graph::input_names() const { return impl_->inputs; }
+const std::vector<std::string>& Graph::output_names() const { return impl_->outputs; }
 
 std::vector<float> Graph::run(const std::vector<std::pair<std::string, const Tensor*>>& inputs,
                               std::vector<long long>* out_shape) {

@@ -49,6 +49,7 @@ class Graph {
     std::vector<float> run(const std::vector<std::pair<std::string, const Tensor*>>& inputs,
                            std::vector<long long>* out_shape);
     const std::vector<std::string>& input_names() const;
+    const std::vector<std::string>& output_names() const;
 
    private:
     struct Impl;

@@ -290,13 +290,7 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
     go.threads = opt.threads;
     go.cuda = cuda;
     kernels::set_max_threads(opt.threads);
-    auto open = [&](const char* name) {
-        try {
-            return std::make_unique<Graph>(art_.path(art_.graphs.at(name).file), name, go);
-        } catch (const std::exception& e) {
-            fail(SEGVOL_ERR_BACKEND, std::string("cannot open ") + art_.path(art_.graphs.at(name).file) + ": " + e.what());
-        }
-    };
+    auto open = [&](const char* name) { return open_graph(name, go); };
     encoder_ = open("image_encoder");
     decoder_ = open("prompt_decoder");
     // preferred batches as the Python backend's (segvol_rt.backends.base.preferred_batch)
@@ -317,6 +311,32 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
 }
 
 Runtime::~Runtime() = default;
+
+// A session of graph `name`, its inputs and outputs checked against the manifest's spec
+// (as segvol_rt.backends.onnxruntime.check_session_io): a graph from another export is
+// refused at load, not mid-run.
+std::unique_ptr<Graph> Runtime::open_graph(const char* name, const GraphOptions& go) {
+    const GraphEntry& e = art_.graphs.at(name);
+    std::string path = art_.path(e.file);
+    std::unique_ptr<Graph> g;
+    try {
+        g = std::make_unique<Graph>(path, name, go);
+    } catch (const std::exception& ex) {
+        fail(SEGVOL_ERR_BACKEND, "cannot open " + path + ": " + std::string(ex.what()).substr(0, 300));
+    }
+    auto names = [](const std::vector<std::string>& v) {
+        std::string s;
+        for (const std::string& x : v) s += (s.empty() ? "" : ", ") + x;
+        return s;
+    };
+    std::vector<std::string> want_in(e.inputs), got_in(g->input_names());
+    std::sort(want_in.begin(), want_in.end());
+    std::sort(got_in.begin(), got_in.end());
+    if (want_in != got_in || g->output_names().empty() || e.outputs.empty() || g->output_names()[0] != e.outputs[0])
+        fail(SEGVOL_ERR_ARTIFACTS, path + " is not the " + name + " graph its spec describes (inputs " + names(g->input_names()) +
+                                       ", expected " + names(e.inputs) + "); export the artifacts again");
+    return g;
+}
 
 std::string Runtime::describe() const { return describe_; }
 
@@ -405,11 +425,7 @@ std::vector<std::vector<float>> Runtime::text_embeddings(const std::vector<std::
         GraphOptions go;
         go.threads = opt_.threads;
         go.cuda = cuda_;
-        try {
-            text_encoder_ = std::make_unique<Graph>(art_.path(art_.graphs["text_encoder"].file), "text_encoder", go);
-        } catch (const std::exception& e) {
-            fail(SEGVOL_ERR_BACKEND, "cannot open " + art_.path(art_.graphs["text_encoder"].file) + ": " + e.what());
-        }
+        text_encoder_ = open_graph("text_encoder", go);
     }
     for (size_t i = 0; i < fresh.size(); i += (size_t)text_batch_) {
         size_t n = std::min(fresh.size() - i, (size_t)text_batch_);

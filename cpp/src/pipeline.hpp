@@ -123,6 +123,7 @@ class Runtime {
     std::vector<std::vector<float>> decode(const std::vector<const std::vector<float>*>& embeddings,
                                            const std::vector<Tokens>& tokens,
                                            const std::vector<const std::vector<float>*>& texts);
+    std::unique_ptr<Graph> open_graph(const char* name, const GraphOptions& go);
     std::vector<float> encode(const std::vector<float>& batch, long long n);
     void ensure_windows(const std::vector<WindowKey>& keys);
     void trim_cache(const std::set<WindowKey>& pinned);

@@ -371,3 +371,38 @@ def test_two_handles_in_two_threads(cpp_build, demo_artifacts):
                 assert np.array_equal(a.mask, b.mask)
     for rt in rts:
         rt.close()
+
+
+def test_mismatched_graphs_refused(cpp_build, demo_artifacts, tmp_path):
+    """Graphs swapped under a manifest whose hashes were updated to match: the sessions'
+    inputs do not fit the specs, so loading fails with the artifacts error, one line."""
+    import json
+    import shutil
+
+    from segvol_rt.io.artifacts import sha256_file
+
+    art = tmp_path / "swapped"
+    shutil.copytree(demo_artifacts, art)
+    enc, dec = art / "image_encoder.onnx", art / "prompt_decoder.onnx"
+    enc.rename(tmp_path / "enc.onnx")
+    dec.rename(enc)
+    (tmp_path / "enc.onnx").rename(dec)
+    manifest = json.loads((art / "manifest.json").read_text())
+    for g in manifest["graphs"].values():
+        g["sha256"] = sha256_file(art / g["file"])
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(sdk.SdkError) as err:
+        sdk.CppRuntime(cpp_build, art)
+    assert err.value.status == 2 and "is not the image_encoder graph" in err.value.message
+    assert "\n" not in err.value.message
+
+
+def test_sample_app_default_output_path(tmp_path, cpp_build, demo_artifacts):
+    """Without --out the mask goes beside the scan as <stem>_segvol.nii.gz, as segvol-rt infer does."""
+    ph = make_phantom(1008, (64, 64, 32))
+    scan = tmp_path / "ct.nii.gz"
+    ph.save(scan)
+    run = subprocess.run([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(demo_artifacts), "--text", "liver", "-q"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "ct_segvol.nii.gz").is_file()
