@@ -13,9 +13,16 @@
 // Prompts as `segvol-rt infer`: scan voxel indices (IJK), an inclusive box,
 // points with label 1 (default) or 0; box and points apply to every --text.
 // Writes a uint8 NIfTI with the input's header (several targets: label i =
-// i-th target, later targets win where they overlap). NIfTI through Debian's
-// libniftiio. Errors: one line on stderr, exit status 2.
+// i-th target, later targets win where they overlap) and, as segvol-rt infer,
+// a JSON sidecar <stem>.json naming the labels with per-target statistics and
+// the mask's sha256; the files are staged and renamed into place mask first,
+// sidecar last. NIfTI through Debian's libniftiio. Errors: one line on
+// stderr, exit status 2; nothing is left half-written.
 #include <nifti/nifti1_io.h>
+#include <openssl/evp.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cmath>
@@ -63,6 +70,8 @@ std::vector<int64_t> ints(const std::string& text, const std::string& what) {
     return out;
 }
 
+std::string strip_nifti(const std::string& p);
+
 Args parse(int argc, char** argv) {
     Args a;
     auto value = [&](int& i) -> std::string {
@@ -98,15 +107,7 @@ Args parse(int argc, char** argv) {
     }
     if (a.scan.empty()) die("give the scan: segvol-rt-infer SCAN.nii.gz --artifacts DIR --text NAME --out MASK.nii.gz");
     if (a.artifacts.empty()) die("--artifacts DIR is required");
-    if (a.out.empty()) {  // as segvol-rt infer: SCAN stem + _segvol.nii.gz beside it
-        std::string stem = a.scan;
-        for (const char* ext : {".nii.gz", ".nii"})
-            if (stem.size() > std::strlen(ext) && stem.compare(stem.size() - std::strlen(ext), std::strlen(ext), ext) == 0) {
-                stem.resize(stem.size() - std::strlen(ext));
-                break;
-            }
-        a.out = stem + "_segvol.nii.gz";
-    }
+    if (a.out.empty()) a.out = strip_nifti(a.scan) + "_segvol.nii.gz";  // as segvol-rt infer
     if (a.texts.empty() && a.box.empty() && a.points.empty()) die("give at least one prompt: --text, --box or --point");
     if (a.window_prompts != "official" && a.window_prompts != "aligned")
         die("--window-prompts '" + a.window_prompts + "': choose official or aligned");
@@ -156,9 +157,9 @@ bool same_file(const std::string& a, const std::string& b) {
     return stat(a.c_str(), &x) == 0 && stat(b.c_str(), &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
 }
 
-// Write the mask with the input's header (datatype uint8, no scaling) atomically: a
-// temporary file beside the output, then rename.
-void write_mask(nifti_image* like, const std::vector<uint8_t>& mask, const std::string& out) {
+// Stage the mask with the input's header (datatype uint8, no scaling) in a temporary
+// file beside the output; returns its path (renamed into place by the caller).
+std::string stage_mask(nifti_image* like, const std::vector<uint8_t>& mask, const std::string& out) {
     nifti_image* o = nifti_copy_nim_info(like);
     if (!o) die("cannot copy the NIfTI header");
     o->datatype = DT_UINT8;
@@ -176,10 +177,49 @@ void write_mask(nifti_image* like, const std::vector<uint8_t>& mask, const std::
     nifti_image_free(o);
     struct stat st;
     if (stat(tmp.c_str(), &st) != 0) die("cannot write " + out);
-    if (std::rename(tmp.c_str(), out.c_str()) != 0) {
-        std::remove(tmp.c_str());
-        die("cannot write " + out + ": " + std::strerror(errno));
+    return tmp;
+}
+
+std::string sha256_of(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+    std::vector<char> buf(1 << 20);
+    while (in) {
+        in.read(buf.data(), (std::streamsize)buf.size());
+        EVP_DigestUpdate(ctx, buf.data(), (size_t)in.gcount());
     }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len = 0;
+    EVP_DigestFinal_ex(ctx, md, &len);
+    EVP_MD_CTX_free(ctx);
+    static const char* hex = "0123456789abcdef";
+    std::string s;
+    for (unsigned i = 0; i < len; ++i) s += {hex[md[i] >> 4], hex[md[i] & 15]};
+    return s;
+}
+
+std::string base_name(const std::string& p) {
+    size_t slash = p.find_last_of('/');
+    return slash == std::string::npos ? p : p.substr(slash + 1);
+}
+
+std::string strip_nifti(const std::string& p) {
+    for (const char* ext : {".nii.gz", ".nii"})
+        if (p.size() > std::strlen(ext) && p.compare(p.size() - std::strlen(ext), std::strlen(ext), ext) == 0)
+            return p.substr(0, p.size() - std::strlen(ext));
+    return p;
+}
+
+// Rename the staged files into place in order (the sidecar last, so a sidecar
+// always describes a complete set); on a failure remove what was staged.
+void commit(const std::vector<std::pair<std::string, std::string>>& staged) {
+    for (size_t i = 0; i < staged.size(); ++i)
+        if (std::rename(staged[i].first.c_str(), staged[i].second.c_str()) != 0) {
+            std::string why = std::strerror(errno);
+            for (size_t j = i; j < staged.size(); ++j) std::remove(staged[j].first.c_str());
+            die("cannot write " + staged[i].second + ": " + why);
+        }
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -242,7 +282,39 @@ int main(int argc, char** argv) {
         for (size_t t = 0; t < segs.size(); ++t)
             for (size_t i = 0; i < out.size(); ++i)
                 if (segs[t].mask[i]) out[i] = (uint8_t)(segs.size() == 1 ? 1 : t + 1);
-        write_mask(scan.nim, out, a.out);
+        std::vector<std::pair<std::string, std::string>> staged{{stage_mask(scan.nim, out, a.out), a.out}};
+        if (segs.size() > 1) {  // the sidecar of a multi-label file (segvol-rt infer's fields that apply)
+            nlohmann::json doc;
+            doc["scan"] = a.scan;
+            doc["backend"] = rt.backend();
+            doc["overlaps"] = "where targets overlap, the later target's label wins";
+            nlohmann::json targets_doc = nlohmann::json::array();
+            for (size_t t = 0; t < segs.size(); ++t) {
+                std::string name = targets[t].text ? *targets[t].text : "box+points";
+                doc["labels"][std::to_string(t + 1)] = name;
+                size_t vox = 0;
+                for (uint8_t m : segs[t].mask) vox += m;
+                const segvol_result_info& inf = segs[t].info;
+                nlohmann::json roi = nullptr;
+                if (inf.zoom_in_applied) roi = std::vector<int64_t>(inf.roi, inf.roi + 6);
+                targets_doc.push_back({{"name", name}, {"label", t + 1}, {"file", base_name(a.out)}, {"voxels", vox},
+                                       {"roi_crop", roi}, {"windows", inf.n_windows},
+                                       {"zoom_in_applied", (bool)inf.zoom_in_applied}, {"no_foreground", (bool)inf.no_foreground}});
+            }
+            doc["targets"] = targets_doc;
+            doc["files"][base_name(a.out)] = {{"sha256", sha256_of(staged[0].first)}};
+            std::string side = strip_nifti(a.out) + ".json";
+            std::string tmp = side + ".tmp-" + std::to_string(getpid());
+            std::ofstream f(tmp);
+            f << doc.dump(2) << "\n";
+            f.close();
+            if (!f) {
+                std::remove(staged[0].first.c_str());
+                die("cannot write " + side);
+            }
+            staged.push_back({tmp, side});
+        }
+        commit(staged);
         if (!a.quiet)
             for (size_t t = 0; t < segs.size(); ++t) {
                 size_t vox = 0;

@@ -188,6 +188,17 @@ def test_sample_app_equals_cli(tmp_path, cpp_build, demo_artifacts, args):
     np.testing.assert_array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
     np.testing.assert_allclose(a.affine, b.affine)
     assert a.shape == b.shape == ph.image.shape
+    if args.count("--text") > 1:  # the multi-label sidecar: labels and per-target statistics agree
+        import hashlib
+        import json
+
+        ours_doc = json.loads((tmp_path / "cpp.json").read_text())
+        theirs_doc = json.loads((tmp_path / "py.json").read_text())
+        assert ours_doc["labels"] == theirs_doc["labels"]
+        keys = ("name", "label", "file", "voxels", "roi_crop", "windows", "zoom_in_applied", "no_foreground")
+        for o, t in zip(ours_doc["targets"], theirs_doc["targets"]):
+            assert {k: o[k] for k in keys if k != "file"} == {k: t[k] for k in keys if k != "file"}
+        assert ours_doc["files"]["cpp.nii.gz"]["sha256"] == hashlib.sha256(ours.read_bytes()).hexdigest()
 
 
 def test_sample_app_errors(tmp_path, cpp_build, demo_artifacts):
