@@ -140,3 +140,44 @@ def test_full_size_random_weights(cpp_build):
         assert np.array_equal(np.asarray(want.mask), got.mask)
         assert want.n_windows == got.n_windows
     cc.close()
+
+
+def _extra_ort_libraries() -> list:
+    """libonnxruntime.so.1.* files of other releases, from $SEGVOL_RT_EXTRA_ORT_LIBS (colon-separated)."""
+    paths = [Path(p) for p in os.environ.get("SEGVOL_RT_EXTRA_ORT_LIBS", "").split(":") if p]
+    if not paths:
+        return [pytest.param(None, marks=pytest.mark.skip(reason="set SEGVOL_RT_EXTRA_ORT_LIBS to other ORT releases' libraries"))]
+    return [pytest.param(p, id=p.name) for p in paths]
+
+
+@pytest.mark.parametrize("library", _extra_ort_libraries())
+def test_same_binary_on_other_ort_releases(cpp_build, scan, demo_artifacts, tmp_path, library):
+    """The app built against the ORT 1.29 headers runs on another release's library (given
+    at run time) and writes the mask the default library gives (run here with the 1.29.0
+    and 1.31.0 wheels' libraries beside 1.32.0)."""
+    nib = pytest.importorskip("nibabel")
+    a = _infer(cpp_build / "segvol-rt-infer", scan, tmp_path / "other.nii.gz", demo_artifacts, "--ort-library", str(library))
+    b = _infer(cpp_build / "segvol-rt-infer", scan, tmp_path / "default.nii.gz", demo_artifacts)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / "other.nii.gz").dataobj),
+                                  np.asanyarray(nib.load(tmp_path / "default.nii.gz").dataobj))
+
+
+def test_onnxruntime_root_configures(cpp_build, tmp_path):
+    """-DONNXRUNTIME_ROOT= an official release layout (include/, lib/libonnxruntime.so.1.*):
+    its headers are used and its library becomes the run-time default."""
+    import glob
+
+    import onnxruntime
+
+    headers = subprocess.run(["bash", str(CPP / "fetch-ort-headers.sh")], capture_output=True, text=True, check=True).stdout.strip()
+    root = tmp_path / "onnxruntime-linux-x64"
+    (root / "lib").mkdir(parents=True)
+    (root / "include").symlink_to(headers, target_is_directory=True)
+    lib = sorted(glob.glob(str(Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime.so.1*")))[-1]
+    (root / "lib" / Path(lib).name).symlink_to(lib)
+    build = tmp_path / "b"
+    run = subprocess.run(["cmake", "-S", str(CPP), "-B", str(build), f"-DONNXRUNTIME_ROOT={root}", "-DSEGVOL_RT_TESTS=OFF"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"ONNX Runtime headers {root}/include; default library: {root}/lib/{Path(lib).name}" in run.stdout
