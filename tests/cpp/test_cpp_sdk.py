@@ -417,3 +417,22 @@ def test_sample_app_default_output_path(tmp_path, cpp_build, demo_artifacts):
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "ct_segvol.nii.gz").is_file()
+
+
+def test_sample_app_scaled_nifti_equals_cli(tmp_path, cpp_build, demo_artifacts):
+    """A scan stored as scaled int16 (scl_slope 0.5, scl_inter -1024): the app applies the
+    read scaling as nibabel does and writes the CLI's mask."""
+    nib = pytest.importorskip("nibabel")
+    ph = make_phantom(1040, (72, 64, 32))
+    img = nib.Nifti1Image(((ph.image.astype(np.float64) + 1024) / 0.5).astype(np.int16), ph.affine)
+    img.header.set_slope_inter(0.5, -1024.0)
+    scan = tmp_path / "scaled.nii.gz"
+    nib.save(img, scan)
+    ours, theirs = tmp_path / "cpp.nii.gz", tmp_path / "py.nii.gz"
+    run = subprocess.run([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(demo_artifacts), "--text", "liver",
+                          "--out", str(ours), "-q"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime",
+                          "--device", "cpu", "--text", "liver", "--out", str(theirs), "-q"], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    np.testing.assert_array_equal(np.asanyarray(nib.load(ours).dataobj), np.asanyarray(nib.load(theirs).dataobj))
