@@ -2,7 +2,7 @@
 //
 //   segvol-rt-infer SCAN.nii[.gz] --artifacts DIR --text liver [--text ...]
 //                   [--box i0,j0,k0,i1,j1,k1] [--point i,j,k[,label] ...] [--no-zoom-in]
-//                   [--window-prompts official|aligned] [--seed N] [--threads N]
+//                   [--window-prompts official|aligned] [--seed N] [--threads N] [--device auto|cpu|cuda]
 //                   [--ort-library PATH] [--timing [--repeat N]] --out MASK.nii.gz
 //
 // --timing prints one JSON line (benchmarks/cpp_vs_python.py reads it): the
@@ -38,7 +38,7 @@
 namespace {
 
 struct Args {
-    std::string scan, artifacts, out, window_prompts = "official", ort_library;
+    std::string scan, artifacts, out, window_prompts = "official", ort_library, device = "auto", backend = "auto";
     std::vector<std::string> texts, points;
     std::string box;
     bool zoom_in = true, quiet = false, timing = false;
@@ -90,6 +90,8 @@ Args parse(int argc, char** argv) {
         else if (s == "--seed") a.seed = std::strtoull(value(i).c_str(), nullptr, 10);
         else if (s == "--threads") a.threads = std::atoi(value(i).c_str());
         else if (s == "--ort-library") a.ort_library = value(i);
+        else if (s == "--device") a.device = value(i);
+        else if (s == "--backend") a.backend = value(i);
         else if (s == "--quiet" || s == "-q") a.quiet = true;
         else if (s == "--timing") a.timing = true;
         else if (s == "--repeat") a.repeat = std::atoi(value(i).c_str());
@@ -99,7 +101,7 @@ Args parse(int argc, char** argv) {
         } else if (s == "--help" || s == "-h") {
             std::printf("usage: segvol-rt-infer SCAN.nii.gz --artifacts DIR --text NAME [--box i0,j0,k0,i1,j1,k1] "
                         "[--point i,j,k[,label]] [--no-zoom-in] [--window-prompts official|aligned] [--seed N] "
-                        "[--threads N] [--ort-library PATH] [--out MASK.nii.gz]\n");
+                        "[--threads N] [--device auto|cpu|cuda] [--backend auto|onnxruntime] [--ort-library PATH] [--out MASK.nii.gz]\n");
             std::exit(0);
         } else if (!s.empty() && s[0] == '-') die("unknown option " + s);
         else if (a.scan.empty()) a.scan = s;
@@ -245,6 +247,8 @@ int main(int argc, char** argv) {
         segvol::LoadOptions lo;
         lo.threads = a.threads;
         lo.ort_library = a.ort_library;
+        lo.device = a.device;
+        lo.backend = a.backend;
         segvol::Runtime rt(a.artifacts, lo);
         rt.set_volume(data.data(), SEGVOL_DTYPE_FLOAT32, dims, &affine);
         segvol::Target base;

@@ -214,6 +214,9 @@ def test_sample_app_errors(tmp_path, cpp_build, demo_artifacts):
         [str(tmp_path / "missing.nii.gz"), "--artifacts", str(demo_artifacts), "--text", "liver", "--out", str(out)],
         [str(scan), "--artifacts", str(demo_artifacts), "--text", "liver", "--out", str(scan)],
         [str(scan), "--artifacts", str(demo_artifacts), "--point", "1,2", "--out", str(out)],
+        [str(scan), "--artifacts", str(demo_artifacts), "--text", "liver", "--device", "cuda", "--out", str(out)],
+        [str(scan), "--artifacts", str(demo_artifacts), "--text", "liver", "--backend", "tensorrt", "--out", str(out)],
+        [str(scan), "--artifacts", str(demo_artifacts), "--text", "liver", "--window-prompts", "sideways", "--out", str(out)],
     ]
     for argv in cases:
         run = subprocess.run([app, *argv], capture_output=True, text=True)
@@ -436,3 +439,20 @@ def test_sample_app_scaled_nifti_equals_cli(tmp_path, cpp_build, demo_artifacts)
                           "--device", "cpu", "--text", "liver", "--out", str(theirs), "-q"], capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     np.testing.assert_array_equal(np.asanyarray(nib.load(ours).dataobj), np.asanyarray(nib.load(theirs).dataobj))
+
+
+def test_window_cache_bound(cpp_build, demo_artifacts):
+    """Follow-up calls reuse the window embeddings; with cache_bytes=0 they are encoded again
+    (the windows of a call are still all decoded), as SegVolRuntime's cache."""
+    ph = make_phantom(1050, (96, 96, 40))
+    counts = {}
+    for bound in (512 << 20, 0):
+        cc = sdk.CppRuntime(cpp_build, demo_artifacts, cache_bytes=bound)
+        cc.set_volume(ph.image, ph.affine)
+        first = cc.segment_many([{"text": "liver"}])[0]
+        n1 = cc.windows_encoded()
+        again = cc.segment_many([{"text": "liver"}])[0]
+        counts[bound] = (n1, cc.windows_encoded() - n1)
+        assert np.array_equal(first.mask, again.mask)
+        cc.close()
+    assert counts[512 << 20][1] == 0 and counts[0][1] == counts[0][0] > 0
