@@ -25,8 +25,9 @@ CPP = sdk.ROOT / "cpp"
 
 @pytest.fixture(scope="module")
 def asan_build(cpp_build):
-    """The sanitizer build (its own directory beside the release build), built and ctest-ed once."""
-    return sdk.build(Path(str(cpp_build) + "-asan"), "-DSEGVOL_RT_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
+    """The sanitizer build (its own directory beside the release build; Debug: -O0 -g, quick to
+    compile, the clearest reports), built and ctest-ed once."""
+    return sdk.build(Path(str(cpp_build) + "-asan"), "-DSEGVOL_RT_SANITIZE=ON", "-DCMAKE_BUILD_TYPE=Debug")
 
 
 @pytest.fixture(scope="module")
