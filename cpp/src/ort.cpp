@@ -16,7 +16,8 @@
 
 namespace segvol {
 
-// Every OrtApi call the SDK makes exists since this API version (ORT 1.16).
+// The oldest API version the SDK asks for: the calls it makes date from ORT 1.16 or
+// earlier. Run here on the 1.29, 1.31 and 1.32 libraries only.
 static constexpr int MIN_API_VERSION = 16;
 
 static std::mutex g_mu;
