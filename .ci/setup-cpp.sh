@@ -6,6 +6,9 @@ set -euo pipefail
 # libnifti2-dev, libznz-dev: nifti1.h and znzlib.h, which libniftiio-dev's nifti1_io.h includes but does not ship
 PKGS=(cmake g++ make pkg-config nlohmann-json3-dev libutf8proc-dev libzip-dev libssl-dev libniftiio-dev libnifti2-dev libznz-dev zlib1g-dev valgrind)
 missing=()
+# npm fetches the ONNX Runtime headers once (cpp/fetch-ort-headers.sh); not needed once they are cached
+HEADERS_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/segvol-rt/ort-headers-${SEGVOL_ORT_NPM_VERSION:-0.4.9}/onnxruntime_c_api.h"
+if [ ! -f "$HEADERS_CACHE" ] && ! command -v npm >/dev/null; then PKGS+=(npm); fi
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

@@ -92,6 +92,7 @@ Artifacts Artifacts::load(const std::string& root, const std::string& precision)
             e.batch = range_of(spec, "B", where);
             if (std::string(name) == "prompt_decoder") e.tokens = range_of(spec, "N", where);
             for (const json& t : spec.at("inputs")) e.inputs.push_back(t.at("name").get<std::string>());
+            for (const json& t : spec.at("outputs")) e.outputs.push_back(t.at("name").get<std::string>());
             a.files.emplace_back(e.file, e.sha256);
             a.graphs[name] = e;
         }

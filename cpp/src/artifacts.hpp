@@ -16,6 +16,7 @@ struct GraphEntry {
     std::array<int, 3> batch{1, 1, 1};   // spec range of B (min, opt, max)
     std::array<int, 3> tokens{1, 1, 1};  // prompt decoder: range of N
     std::vector<std::string> inputs;     // input names in spec order
+    std::vector<std::string> outputs;    // output names in spec order
 };
 
 struct Artifacts {

@@ -47,7 +47,7 @@ segvol_status guarded(segvol_runtime* h, F body) {
     }
 }
 
-segvol::DType dtype_of(segvol_dtype d) {
+segvol::DType dtype_of(int32_t d) {
     switch (d) {
         case SEGVOL_DTYPE_UINT8: return segvol::DType::U8;
         case SEGVOL_DTYPE_INT8: return segvol::DType::I8;
@@ -117,7 +117,7 @@ segvol_status segvol_load(segvol_runtime* h, const char* dir, const segvol_load_
     });
 }
 
-segvol_status segvol_set_volume(segvol_runtime* h, const void* data, segvol_dtype dtype, const int64_t dims[3],
+segvol_status segvol_set_volume(segvol_runtime* h, const void* data, int32_t dtype, const int64_t dims[3],
                                 const double affine[16]) {
     return guarded(h, [&] {
         if (!h->rt) segvol::fail(SEGVOL_ERR_NOT_LOADED, "no artifacts loaded: call segvol_load first");

@@ -16,7 +16,8 @@
 
 namespace segvol {
 
-// Every OrtApi call the SDK makes exists since this API version (ORT 1.16).
+// The oldest API version the SDK asks for: the calls it makes date from ORT 1.16 or
+// earlier. Run here on the 1.29, 1.31 and 1.32 libraries only.
 static constexpr int MIN_API_VERSION = 16;
 
 static std::mutex g_mu;
@@ -106,6 +107,9 @@ Graph::Graph(const std::string& path, const std::string& name, const GraphOption
     so.SetLogSeverityLevel(ORT_LOGGING_LEVEL_ERROR);
     so.EnableCpuMemArena();
     so.DisableMemPattern();
+    // ORT's pool threads would spin after each run, on the cores the pipeline's own
+    // kernels run on next (the Python runtime's NumPy is single-threaded); no effect on results
+    so.AddConfigEntry("session.intra_op.allow_spinning", "0");
     if (opt.cuda) {
         OrtCUDAProviderOptions cuda{};
         cuda.device_id = opt.device_id;
@@ -122,6 +126,7 @@ Graph::Graph(const std::string& path, const std::string& name, const GraphOption
 Graph::~Graph() = default;
 
 const std::vector<std::string>& Graph::input_names() const { return impl_->inputs; }
+const std::vector<std::string>& Graph::output_names() const { return impl_->outputs; }
 
 std::vector<float> Graph::run(const std::vector<std::pair<std::string, const Tensor*>>& inputs,
                               std::vector<long long>* out_shape) {

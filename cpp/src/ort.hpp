@@ -4,7 +4,7 @@
 // unversioned soname, so the SDK never links it: it dlopens a library by
 // path, asks OrtGetApiBase()->GetApi(N) for the newest API version N that both
 // the headers (ORT_API_VERSION) and the library support, and uses only calls
-// that exist since MIN_API_VERSION. One library is loaded per process and
+// that exist since MIN_API_VERSION (ort.cpp). Run here on ORT 1.29, 1.31, 1.32. One library is loaded per process and
 // stays loaded (ONNX Runtime does not support being unloaded).
 #pragma once
 
@@ -49,6 +49,7 @@ class Graph {
     std::vector<float> run(const std::vector<std::pair<std::string, const Tensor*>>& inputs,
                            std::vector<long long>* out_shape);
     const std::vector<std::string>& input_names() const;
+    const std::vector<std::string>& output_names() const;
 
    private:
     struct Impl;

@@ -11,7 +11,24 @@
 #include "numpy_random.hpp"
 #include "tokenizer.hpp"
 
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+
 namespace segvol {
+
+// SEGVOL_RT_TRACE=1 prints each pipeline stage's seconds to stderr (profiling aid).
+struct StageTimer {
+    const char* name;
+    std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+    explicit StageTimer(const char* n) : name(n) {}
+    ~StageTimer() {
+        static const bool on = std::getenv("SEGVOL_RT_TRACE") && *std::getenv("SEGVOL_RT_TRACE") == '1';
+        if (on)
+            std::fprintf(stderr, "segvol_rt: %-16s %.4f s\n", name,
+                         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+};
 
 static constexpr double OVERLAP = 0.5;
 static constexpr int POINT_EXTRA_POSITIVE = 4;
@@ -273,13 +290,7 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
     go.threads = opt.threads;
     go.cuda = cuda;
     kernels::set_max_threads(opt.threads);
-    auto open = [&](const char* name) {
-        try {
-            return std::make_unique<Graph>(art_.path(art_.graphs.at(name).file), name, go);
-        } catch (const std::exception& e) {
-            fail(SEGVOL_ERR_BACKEND, std::string("cannot open ") + art_.path(art_.graphs.at(name).file) + ": " + e.what());
-        }
-    };
+    auto open = [&](const char* name) { return open_graph(name, go); };
     encoder_ = open("image_encoder");
     decoder_ = open("prompt_decoder");
     // preferred batches as the Python backend's (segvol_rt.backends.base.preferred_batch)
@@ -300,6 +311,32 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
 }
 
 Runtime::~Runtime() = default;
+
+// A session of graph `name`, its inputs and outputs checked against the manifest's spec
+// (as segvol_rt.backends.onnxruntime.check_session_io): a graph from another export is
+// refused at load, not mid-run.
+std::unique_ptr<Graph> Runtime::open_graph(const char* name, const GraphOptions& go) {
+    const GraphEntry& e = art_.graphs.at(name);
+    std::string path = art_.path(e.file);
+    std::unique_ptr<Graph> g;
+    try {
+        g = std::make_unique<Graph>(path, name, go);
+    } catch (const std::exception& ex) {
+        fail(SEGVOL_ERR_BACKEND, "cannot open " + path + ": " + std::string(ex.what()).substr(0, 300));
+    }
+    auto names = [](const std::vector<std::string>& v) {
+        std::string s;
+        for (const std::string& x : v) s += (s.empty() ? "" : ", ") + x;
+        return s;
+    };
+    std::vector<std::string> want_in(e.inputs), got_in(g->input_names());
+    std::sort(want_in.begin(), want_in.end());
+    std::sort(got_in.begin(), got_in.end());
+    if (want_in != got_in || g->output_names().empty() || e.outputs.empty() || g->output_names()[0] != e.outputs[0])
+        fail(SEGVOL_ERR_ARTIFACTS, path + " is not the " + name + " graph its spec describes (inputs " + names(g->input_names()) +
+                                       ", expected " + names(e.inputs) + "); export the artifacts again");
+    return g;
+}
 
 std::string Runtime::describe() const { return describe_; }
 
@@ -338,12 +375,14 @@ void Runtime::set_volume(const void* data, DType dtype, const std::array<i64, 3>
     v->model_shape = {dims[2], dims[1], dims[0]};
     ForegroundStats st;
     try {
+        StageTimer timer("stats");
         st = foreground_stats(f.data(), (i64)n);
     } catch (const std::invalid_argument& e) {
         fail(SEGVOL_ERR_SCAN, std::string("cannot normalise the scan: ") + e.what());
     }
     if (!std::isfinite(st.lower) || !std::isfinite(st.upper) || !std::isfinite(st.mean) || !std::isfinite(st.std))
         fail(SEGVOL_ERR_SCAN, "cannot normalise the scan: its values overflow the float32 intensity statistics of the official pipeline");
+    StageTimer timer("normalize+crop");
     normalize_min_max(f.data(), (i64)n, st, f.data());
     int b[6];
     if (!kernels::bbox_float(f.data(), v->model_shape.data(), std::numeric_limits<float>::denorm_min(), b))
@@ -386,11 +425,7 @@ std::vector<std::vector<float>> Runtime::text_embeddings(const std::vector<std::
         GraphOptions go;
         go.threads = opt_.threads;
         go.cuda = cuda_;
-        try {
-            text_encoder_ = std::make_unique<Graph>(art_.path(art_.graphs["text_encoder"].file), "text_encoder", go);
-        } catch (const std::exception& e) {
-            fail(SEGVOL_ERR_BACKEND, "cannot open " + art_.path(art_.graphs["text_encoder"].file) + ": " + e.what());
-        }
+        text_encoder_ = open_graph("text_encoder", go);
     }
     for (size_t i = 0; i < fresh.size(); i += (size_t)text_batch_) {
         size_t n = std::min(fresh.size() - i, (size_t)text_batch_);
@@ -562,226 +597,261 @@ static Box global_preds_box(const Volume& coarse, const WindowKey& k) {
     return r;
 }
 
-std::vector<Result> Runtime::segment(const std::vector<Request>& requests) {
-    if (!vol_) fail(SEGVOL_ERR_NO_VOLUME, "no volume: call set_volume before segment");
-    Vol& v = *vol_;
-    Vec3 spatial = v3(art_.spatial_size), crop_shape = v.crop.shape;
-    const std::array<i64, 3>& scan = v.scan_shape;
-    // -- prompts: validate in scan space, map to crop / zoom-out space
+// -- segment: prompts -> coarse pass -> zoom-in plans -> zoom-in -> masks ----------------
+
+// A scan-space box (validated) in zoom-out space, as prompts.to_model_space: scan (i, j, k)
+// -> model (k, j, i) -> crop (minus the crop start, clipped) -> the bounding box of its
+// nearest-exact resize; a box thinner than one zoom-out voxel keeps its corners' voxels.
+static Box box_to_zoom(const std::array<i64, 6>& b, const std::array<i64, 3>& scan, const Vec3& crop_lo,
+                       const Vec3& crop_shape, const Vec3& spatial, const std::string& where) {
+    for (int a = 0; a < 3; ++a)
+        if (b[a] > b[a + 3]) fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "box " + box_str(b.data(), 6) + " is empty: need i0<=i1, j0<=j1, k0<=k1");
+    for (int a = 0; a < 3; ++a)
+        if (b[a] < 0 || b[a + 3] >= scan[a])
+            fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "box " + box_str(b.data(), 6) + " is outside the scan of shape " + box_str(scan.data(), 3));
+    Box crop;
+    for (int a = 0; a < 3; ++a) {
+        crop[a] = std::max<i64>(b[2 - a] - crop_lo[a], 0);
+        crop[a + 3] = std::min<i64>(b[5 - a] - crop_lo[a], crop_shape[a] - 1);
+        if (crop[a] > crop[a + 3])
+            fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "box " + box_str(b.data(), 6) + " lies outside the scan's foreground crop; nothing to segment there");
+    }
+    bool empty;
+    Box zoom = resized_box(crop, crop_shape, spatial, true, &empty);
+    if (empty)
+        for (int a = 0; a < 3; ++a) {
+            zoom[a] = ((2 * crop[a] + 1) * spatial[a]) / (2 * crop_shape[a]);
+            zoom[a + 3] = ((2 * crop[a + 3] + 1) * spatial[a]) / (2 * crop_shape[a]);
+        }
+    return zoom;
+}
+
+// Scan-space points (validated) as the zoom-out voxels holding their crop voxels' centres.
+static Points points_to_zoom(const std::vector<std::array<i64, 4>>& pts, const std::array<i64, 3>& scan, const Vec3& crop_lo,
+                             const Vec3& crop_shape, const Vec3& spatial, int max_points, const std::string& where) {
+    if ((int)pts.size() > max_points)
+        fail(SEGVOL_ERR_INVALID_ARGUMENT, where + std::to_string(pts.size()) + " points given; the artifacts take at most " + std::to_string(max_points));
+    Points pz;
+    for (const auto& p : pts) {
+        if (p[3] != 0 && p[3] != 1) fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "point " + box_str(p.data(), 4) + ": label must be 1 (positive) or 0 (negative)");
+        for (int a = 0; a < 3; ++a)
+            if (p[a] < 0 || p[a] >= scan[a])
+                fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "point " + box_str(p.data(), 3) + " is outside the scan of shape " + box_str(scan.data(), 3));
+        std::array<i64, 3> z;
+        for (int a = 0; a < 3; ++a) {
+            i64 c = p[2 - a] - crop_lo[a];
+            if (c < 0 || c >= crop_shape[a])
+                fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "point " + box_str(p.data(), 3) + " lies outside the scan's foreground crop; nothing to segment there");
+            z[a] = ((2 * c + 1) * spatial[a]) / (2 * crop_shape[a]);
+        }
+        pz.coords.push_back(z);
+        pz.labels.push_back(p[3]);
+    }
+    return pz;
+}
+
+// Validated model-space targets of the requests, their text rows in `texts` (kept alive by the caller).
+std::vector<Runtime::Target> Runtime::model_targets(const std::vector<Request>& requests, std::vector<std::vector<float>>* texts) {
+    const Vol& v = *vol_;
+    Vec3 spatial = v3(art_.spatial_size);
     std::vector<Target> targets(requests.size());
-    std::vector<std::vector<float>> texts(requests.size());
     for (size_t t = 0; t < requests.size(); ++t) {
         const Request& r = requests[t];
         std::string where = requests.size() > 1 ? "targets[" + std::to_string(t) + "]: " : "";
         if (!r.text && !r.box && r.points.empty()) fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "give at least one prompt: text, box or points");
         if (r.text && normalize_name(*r.text).empty()) fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "text prompt is empty");
-        Target& tg = targets[t];
-        tg.seed = r.seed;
-        if (r.box) {
-            const auto& b = *r.box;
-            for (int a = 0; a < 3; ++a) {
-                if (b[a] > b[a + 3]) fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "box " + box_str(b.data(), 6) + " is empty: need i0<=i1, j0<=j1, k0<=k1");
-            }
-            for (int a = 0; a < 3; ++a)
-                if (b[a] < 0 || b[a + 3] >= scan[a])
-                    fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "box " + box_str(b.data(), 6) + " is outside the scan of shape " + box_str(scan.data(), 3));
-            // scan (i, j, k) -> model (k, j, i) -> crop (minus the crop start), clipped
-            Box crop;
-            bool inside = true;
-            for (int a = 0; a < 3; ++a) {
-                int s = 2 - a;
-                crop[a] = std::max<i64>(b[s] - v.crop_lo[a], 0);
-                crop[a + 3] = std::min<i64>(b[s + 3] - v.crop_lo[a], crop_shape[a] - 1);
-                if (crop[a] > crop[a + 3]) inside = false;
-            }
-            if (!inside) fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "box " + box_str(b.data(), 6) + " lies outside the scan's foreground crop; nothing to segment there");
-            bool empty;
-            Box zoom = resized_box(crop, crop_shape, spatial, true, &empty);
-            if (empty)  // thinner than one zoom-out voxel: its corners' zoom-out voxels
-                for (int a = 0; a < 3; ++a) {
-                    zoom[a] = ((2 * crop[a] + 1) * spatial[a]) / (2 * crop_shape[a]);
-                    zoom[a + 3] = ((2 * crop[a + 3] + 1) * spatial[a]) / (2 * crop_shape[a]);
-                }
-            tg.box_zoom = zoom;
-        }
-        if (!r.points.empty()) {
-            if ((int)r.points.size() > max_points_)
-                fail(SEGVOL_ERR_INVALID_ARGUMENT, where + std::to_string(r.points.size()) + " points given; the artifacts take at most " + std::to_string(max_points_));
-            Points pz;
-            for (const auto& p : r.points) {
-                if (p[3] != 0 && p[3] != 1) fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "point " + box_str(p.data(), 4) + ": label must be 1 (positive) or 0 (negative)");
-                for (int a = 0; a < 3; ++a)
-                    if (p[a] < 0 || p[a] >= scan[a])
-                        fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "point " + box_str(p.data(), 3) + " is outside the scan of shape " + box_str(scan.data(), 3));
-                std::array<i64, 3> z;
-                for (int a = 0; a < 3; ++a) {
-                    i64 c = p[2 - a] - v.crop_lo[a];
-                    if (c < 0 || c >= crop_shape[a])
-                        fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "point " + box_str(p.data(), 3) + " lies outside the scan's foreground crop; nothing to segment there");
-                    z[a] = ((2 * c + 1) * spatial[a]) / (2 * crop_shape[a]);
-                }
-                pz.coords.push_back(z);
-                pz.labels.push_back(p[3]);
-            }
-            tg.points_zoom = pz;
-        }
+        targets[t].seed = r.seed;
+        if (r.box) targets[t].box_zoom = box_to_zoom(*r.box, v.scan_shape, v.crop_lo, v.crop.shape, spatial, where);
+        if (!r.points.empty())
+            targets[t].points_zoom = points_to_zoom(r.points, v.scan_shape, v.crop_lo, v.crop.shape, spatial, max_points_, where);
     }
     std::vector<std::string> phrases;
     for (const Request& r : requests)
         if (r.text) phrases.push_back(*r.text);
+    texts->assign(requests.size(), {});
     if (!phrases.empty()) {
         std::vector<std::vector<float>> rows = text_embeddings(phrases);
         for (size_t t = 0, j = 0; t < requests.size(); ++t)
             if (requests[t].text) {
-                texts[t] = std::move(rows[j++]);
-                targets[t].text = &texts[t];
+                (*texts)[t] = std::move(rows[j++]);
+                targets[t].text = &(*texts)[t];
             }
     }
-    // -- coarse pass on the zoom-out embedding (encoded once per volume)
-    if (v.zoom_embedding.empty()) v.zoom_embedding = encode(v.zoom.data, 1);
-    std::vector<Tokens> coarse_tokens;
+    return targets;
+}
+
+// The coarse crop logits (D, H, W) per target: the zoom-out embedding (encoded once per
+// volume) decoded with the zoom-out prompts, trilinear to the window, nearest to the crop.
+std::vector<Volume> Runtime::coarse_pass(const std::vector<Target>& targets) {
+    Vol& v = *vol_;
+    if (v.zoom_embedding.empty()) {
+        StageTimer timer("encode_zoom_out");
+        v.zoom_embedding = encode(v.zoom.data, 1);
+    }
+    std::vector<Tokens> tokens;
     std::vector<const std::vector<float>*> embs, txt;
     for (const Target& tg : targets) {
-        coarse_tokens.push_back(decoder_tokens(tg.points_zoom ? &*tg.points_zoom : nullptr, tg.box_zoom ? &*tg.box_zoom : nullptr, tg.text != nullptr));
+        tokens.push_back(decoder_tokens(tg.points_zoom ? &*tg.points_zoom : nullptr, tg.box_zoom ? &*tg.box_zoom : nullptr, tg.text != nullptr));
         embs.push_back(&v.zoom_embedding);
         txt.push_back(tg.text);
     }
-    std::vector<std::vector<float>> low = decode(embs, coarse_tokens, txt);
+    StageTimer timer("coarse_pass");
+    std::vector<std::vector<float>> low = decode(embs, tokens, txt);
     std::vector<Volume> coarse;
     for (auto& l : low) {
         Volume lv(low_shape_);
         lv.data = std::move(l);
-        coarse.push_back(upsample_then_nearest(lv, spatial, crop_shape));
+        coarse.push_back(upsample_then_nearest(lv, v3(art_.spatial_size), v.crop.shape));
     }
-    // -- zoom-in plans
-    struct Plan {
-        Roi roi;
-        WindowPlan windows;
-        std::vector<WindowKey> keys;
-        std::vector<Tokens> tokens;
-    };
-    std::vector<std::optional<Plan>> plans(requests.size());
+    return coarse;
+}
+
+// A target's zoom-in (zoom.plan_zoom_in): ROI around the coarse positives `pos`, the window
+// plan, each window's cache key and decoder tokens (window prompts by the official rules).
+Runtime::ZoomPlan Runtime::plan_zoom_in(const Target& tg, const Volume& coarse, const Box& pos, bool aligned) const {
+    Vec3 spatial = v3(art_.spatial_size), crop_shape = coarse.shape;
+    ZoomPlan p;
+    p.roi = roi_from_box(pos, crop_shape, spatial);
+    p.windows = plan_windows(p.roi.shape(), spatial, OVERLAP);
+    bool single = p.windows.starts.size() == 1;
+    std::optional<Map8> cube, point_map;
+    if (tg.box_zoom && single) {  // the cube is read only with a single window
+        const Box& bz = *tg.box_zoom;
+        cube = nearest_to_roi(spatial, crop_shape, p.roi, [&](i64 z, i64 y, i64 x) {
+            i64 c[3] = {z, y, x};
+            for (int a = 0; a < 3; ++a)
+                if (c[a] < std::max<i64>(bz[a], 0) || c[a] > bz[a + 3]) return (unsigned char)0;
+            return (unsigned char)1;
+        });
+    }
+    if (tg.points_zoom) {
+        std::set<std::array<i64, 3>> positive;
+        for (size_t i = 0; i < tg.points_zoom->labels.size(); ++i)
+            if (tg.points_zoom->labels[i] == 1) positive.insert(tg.points_zoom->coords[i]);
+        point_map = nearest_to_roi(spatial, crop_shape, p.roi,
+                                   [&](i64 z, i64 y, i64 x) { return (unsigned char)(positive.count({z, y, x}) ? 1 : 0); });
+    }
+    if (aligned) {
+        if (cube) cube = pad_like_roi(*cube, p.windows);
+        if (point_map) point_map = pad_like_roi(*point_map, p.windows);
+    }
+    NumpyGenerator rng(tg.seed);
+    for (const Vec3& start : p.windows.starts) {
+        WindowKey key = window_key(p.roi, p.windows, start);
+        std::optional<Box> box;
+        std::optional<Points> points;
+        if (tg.box_zoom) box = single ? generate_box(slice_map(*cube, start, spatial)) : global_preds_box(coarse, key);
+        if (point_map) {
+            points = select_points(slice_map(*point_map, start, spatial), rng, POINT_EXTRA_POSITIVE, POINT_EXTRA_NEGATIVE);
+            if (!box) box = global_preds_box(coarse, key);
+        }
+        p.keys.push_back(key);
+        p.tokens.push_back(decoder_tokens(points ? &*points : nullptr, box ? &*box : nullptr, tg.text != nullptr));
+    }
+    return p;
+}
+
+// ROI logits of one planned target: its windows decoded (embeddings from the cache),
+// trilinear to the window, blended in window order (MONAI constant), padding cut away.
+Volume Runtime::zoom_in(const ZoomPlan& p, const Target& tg) {
+    Vec3 spatial = v3(art_.spatial_size);
+    std::vector<const std::vector<float>*> e, tx;
+    for (const WindowKey& k : p.keys) {
+        e.push_back(&vol_->cache.at(k).first);
+        tx.push_back(tg.text);
+    }
+    std::vector<std::vector<float>> wl = decode(e, p.tokens, tx);
+    Volume total(p.windows.padded_shape), count(p.windows.padded_shape);
+    for (size_t i = 0; i < wl.size(); ++i) {
+        Volume lv(low_shape_);
+        lv.data = std::move(wl[i]);
+        Volume full = resize_trilinear(lv, spatial);
+        long long start[3] = {p.windows.starts[i][0], p.windows.starts[i][1], p.windows.starts[i][2]};
+        kernels::blend_accumulate(full.ptr(), start, 1, spatial.data(), total.ptr(), count.ptr(), total.shape[1], total.shape[2],
+                                  start, spatial.data());
+    }
+    Volume avg(total.shape);
+    kernels::blend_divide(total.ptr(), count.ptr(), avg.ptr(), avg.size(), std::numeric_limits<float>::quiet_NaN());
+    Vec3 rs = p.roi.shape();
+    Volume roi(rs);
+    const Vec3& pb = p.windows.pad_before;
+    for (i64 z = 0; z < rs[0]; ++z)
+        for (i64 y = 0; y < rs[1]; ++y)
+            std::memcpy(roi.ptr() + (z * rs[1] + y) * rs[2], avg.ptr() + ((z + pb[0]) * avg.shape[1] + y + pb[1]) * avg.shape[2] + pb[2],
+                        sizeof(float) * (size_t)rs[2]);
+    return roi;
+}
+
+// The scan-space result: the uint8 mask straight from the coarse and ROI logits (one
+// kernel, no paste), and the probabilities (paste, sigmoid) when asked for.
+Result Runtime::finish(const Volume& coarse, const ZoomPlan* plan, const Volume* roi, bool found, bool probabilities) const {
+    const Vol& v = *vol_;
+    const std::array<i64, 3>& scan = v.scan_shape;
+    Vec3 crop_shape = coarse.shape, zero{0, 0, 0};
+    Vec3 out_shape{scan[2], scan[1], scan[0]};  // (K, J, I) C-ordered = (I, J, K) with i fastest
+    int perm[3] = {0, 1, 2}, flips[3] = {0, 0, 0};
+    Result r;
+    r.no_foreground = !found;
+    r.mask.resize((size_t)(scan[0] * scan[1] * scan[2]));
+    Vec3 rstart = plan ? plan->roi.lo : zero;
+    Vec3 rshape = roi ? roi->shape : zero;
+    kernels::scan_mask(coarse.ptr(), crop_shape.data(), roi ? roi->ptr() : coarse.ptr(), rstart.data(), rshape.data(), r.mask.data(),
+                       out_shape.data(), perm, flips, v.crop_lo.data(), positive_threshold());
+    if (plan) {
+        r.roi = plan->roi;
+        r.n_windows = (int)plan->keys.size();
+        r.zoom_in_applied = true;
+    }
+    if (probabilities) {
+        Volume logits = coarse;
+        if (roi) {
+            Vec3 st{rshape[1] * rshape[2], rshape[2], 1};
+            kernels::paste_f32(roi->ptr(), st.data(), rshape.data(), logits.ptr(), crop_shape[1], crop_shape[2], rstart.data());
+        }
+        r.probabilities.assign(r.mask.size(), 0.0f);
+        for (i64 z = 0; z < crop_shape[0]; ++z)
+            for (i64 y = 0; y < crop_shape[1]; ++y)
+                for (i64 x = 0; x < crop_shape[2]; ++x) {
+                    float l = logits.data[(size_t)((z * crop_shape[1] + y) * crop_shape[2] + x)];
+                    i64 m0 = z + v.crop_lo[0], m1 = y + v.crop_lo[1], m2 = x + v.crop_lo[2];
+                    r.probabilities[(size_t)((m0 * out_shape[1] + m1) * out_shape[2] + m2)] = 1.0f / (1.0f + std::exp(-l));
+                }
+    }
+    return r;
+}
+
+std::vector<Result> Runtime::segment(const std::vector<Request>& requests) {
+    if (!vol_) fail(SEGVOL_ERR_NO_VOLUME, "no volume: call set_volume before segment");
+    std::vector<std::vector<float>> texts;
+    std::vector<Target> targets = model_targets(requests, &texts);
+    std::vector<Volume> coarse = coarse_pass(targets);
+    std::vector<std::optional<ZoomPlan>> plans(requests.size());
     std::vector<bool> found(requests.size());
     for (size_t t = 0; t < requests.size(); ++t) {
-        std::optional<Box> pos = positive_box(coarse[t]);
+        std::optional<Box> pos = positive_box(coarse[t]);  // "no foreground" when None
         found[t] = pos.has_value();
-        if (!requests[t].zoom_in || !pos) continue;
-        const Target& tg = targets[t];
-        Plan p;
-        p.roi = roi_from_box(*pos, crop_shape, spatial);
-        p.windows = plan_windows(p.roi.shape(), spatial, OVERLAP);
-        bool single = p.windows.starts.size() == 1;
-        std::optional<Map8> cube, point_map;
-        if (tg.box_zoom && single) {
-            const Box& bz = *tg.box_zoom;
-            cube = nearest_to_roi(spatial, crop_shape, p.roi, [&](i64 z, i64 y, i64 x) {
-                i64 c[3] = {z, y, x};
-                for (int a = 0; a < 3; ++a)
-                    if (c[a] < std::max<i64>(bz[a], 0) || c[a] > bz[a + 3]) return (unsigned char)0;
-                return (unsigned char)1;
-            });
-        }
-        if (tg.points_zoom) {
-            std::set<std::array<i64, 3>> positive;
-            for (size_t i = 0; i < tg.points_zoom->labels.size(); ++i)
-                if (tg.points_zoom->labels[i] == 1) positive.insert(tg.points_zoom->coords[i]);
-            point_map = nearest_to_roi(spatial, crop_shape, p.roi, [&](i64 z, i64 y, i64 x) {
-                return (unsigned char)(positive.count({z, y, x}) ? 1 : 0);
-            });
-        }
-        if (requests[t].aligned) {
-            if (cube) cube = pad_like_roi(*cube, p.windows);
-            if (point_map) point_map = pad_like_roi(*point_map, p.windows);
-        }
-        NumpyGenerator rng(tg.seed);
-        for (const Vec3& start : p.windows.starts) {
-            WindowKey key = window_key(p.roi, p.windows, start);
-            std::optional<Box> box;
-            std::optional<Points> points;
-            if (tg.box_zoom) box = single ? generate_box(slice_map(*cube, start, spatial)) : global_preds_box(coarse[t], key);
-            if (point_map) {
-                points = select_points(slice_map(*point_map, start, spatial), rng, POINT_EXTRA_POSITIVE, POINT_EXTRA_NEGATIVE);
-                if (!box) box = global_preds_box(coarse[t], key);
-            }
-            p.keys.push_back(key);
-            p.tokens.push_back(decoder_tokens(points ? &*points : nullptr, box ? &*box : nullptr, tg.text != nullptr));
-        }
-        plans[t] = std::move(p);
+        if (requests[t].zoom_in && pos) plans[t] = plan_zoom_in(targets[t], coarse[t], *pos, requests[t].aligned);
     }
-    // -- zoom-in: encode each distinct window once, decode per target, blend
+    // every distinct window of every target through the encoder once, then each target's windows
     std::vector<WindowKey> all;
     for (auto& p : plans)
         if (p) all.insert(all.end(), p->keys.begin(), p->keys.end());
-    std::set<WindowKey> pinned(all.begin(), all.end());
-    ensure_windows(all);
+    {
+        StageTimer timer("encode_windows");
+        ensure_windows(all);
+    }
     std::vector<Volume> roi_logits(requests.size());
-    for (size_t t = 0; t < requests.size(); ++t) {
-        if (!plans[t]) continue;
-        Plan& p = *plans[t];
-        std::vector<const std::vector<float>*> e, tx;
-        for (const WindowKey& k : p.keys) {
-            e.push_back(&v.cache.at(k).first);
-            tx.push_back(targets[t].text);
-        }
-        std::vector<std::vector<float>> wl = decode(e, p.tokens, tx);
-        Volume total(p.windows.padded_shape), count(p.windows.padded_shape);
-        for (size_t i = 0; i < wl.size(); ++i) {
-            Volume lv(low_shape_);
-            lv.data = std::move(wl[i]);
-            Volume full = resize_trilinear(lv, spatial);
-            long long start[3] = {p.windows.starts[i][0], p.windows.starts[i][1], p.windows.starts[i][2]};
-            kernels::blend_accumulate(full.ptr(), start, 1, spatial.data(), total.ptr(), count.ptr(), total.shape[1],
-                                      total.shape[2], start, spatial.data());
-        }
-        Volume avg(total.shape);
-        kernels::blend_divide(total.ptr(), count.ptr(), avg.ptr(), avg.size(), std::numeric_limits<float>::quiet_NaN());
-        Vec3 rs = p.roi.shape();
-        Volume roi(rs);
-        for (i64 z = 0; z < rs[0]; ++z)
-            for (i64 y = 0; y < rs[1]; ++y)
-                std::memcpy(roi.ptr() + (z * rs[1] + y) * rs[2],
-                            avg.ptr() + ((z + p.windows.pad_before[0]) * avg.shape[1] + y + p.windows.pad_before[1]) * avg.shape[2] +
-                                p.windows.pad_before[2],
-                            sizeof(float) * (size_t)rs[2]);
-        roi_logits[t] = std::move(roi);
+    {
+        StageTimer timer("zoom_in");
+        for (size_t t = 0; t < requests.size(); ++t)
+            if (plans[t]) roi_logits[t] = zoom_in(*plans[t], targets[t]);
     }
-    trim_cache({});
-    // -- the scan-space masks (and probabilities)
-    std::vector<Result> results(requests.size());
-    Vec3 out_shape{scan[2], scan[1], scan[0]};  // (K, J, I) C-ordered = (I, J, K) with i fastest
-    int perm[3] = {0, 1, 2}, flips[3] = {0, 0, 0};
-    for (size_t t = 0; t < requests.size(); ++t) {
-        Result& r = results[t];
-        r.no_foreground = !found[t];
-        r.mask.resize((size_t)(scan[0] * scan[1] * scan[2]));
-        Vec3 zero{0, 0, 0};
-        const Volume* roi = plans[t] ? &roi_logits[t] : nullptr;
-        Vec3 rstart = plans[t] ? plans[t]->roi.lo : zero;
-        Vec3 rshape = roi ? roi->shape : zero;
-        kernels::scan_mask(coarse[t].ptr(), crop_shape.data(), roi ? roi->ptr() : coarse[t].ptr(), rstart.data(), rshape.data(),
-                           r.mask.data(), out_shape.data(), perm, flips, v.crop_lo.data(), positive_threshold());
-        if (plans[t]) {
-            r.roi = plans[t]->roi;
-            r.n_windows = (int)plans[t]->keys.size();
-            r.zoom_in_applied = true;
-        }
-        if (requests[t].probabilities) {
-            Volume logits = coarse[t];
-            if (roi) {
-                Vec3 st{rshape[1] * rshape[2], rshape[2], 1};
-                kernels::paste_f32(roi->ptr(), st.data(), rshape.data(), logits.ptr(), crop_shape[1], crop_shape[2], rstart.data());
-            }
-            r.probabilities.assign(r.mask.size(), 0.0f);
-            for (i64 z = 0; z < crop_shape[0]; ++z)
-                for (i64 y = 0; y < crop_shape[1]; ++y)
-                    for (i64 x = 0; x < crop_shape[2]; ++x) {
-                        float l = logits.data[(size_t)((z * crop_shape[1] + y) * crop_shape[2] + x)];
-                        float sg = 1.0f / (1.0f + std::exp(-l));
-                        i64 m0 = z + v.crop_lo[0], m1 = y + v.crop_lo[1], m2 = x + v.crop_lo[2];
-                        r.probabilities[(size_t)((m0 * out_shape[1] + m1) * out_shape[2] + m2)] = sg;
-                    }
-        }
-    }
+    trim_cache({});  // back to the bound, least recently used out
+    StageTimer timer("masks");
+    std::vector<Result> results;
+    for (size_t t = 0; t < requests.size(); ++t)
+        results.push_back(finish(coarse[t], plans[t] ? &*plans[t] : nullptr, plans[t] ? &roi_logits[t] : nullptr, found[t],
+                                 requests[t].probabilities));
     return results;
 }
 

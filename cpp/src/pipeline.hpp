@@ -106,6 +106,12 @@ class Runtime {
    private:
     struct Vol;
     struct Target;
+    struct ZoomPlan {
+        Roi roi;
+        WindowPlan windows;
+        std::vector<WindowKey> keys;
+        std::vector<Tokens> tokens;
+    };
     Artifacts art_;
     LoadOptions opt_;
     std::string describe_;
@@ -123,6 +129,12 @@ class Runtime {
     std::vector<std::vector<float>> decode(const std::vector<const std::vector<float>*>& embeddings,
                                            const std::vector<Tokens>& tokens,
                                            const std::vector<const std::vector<float>*>& texts);
+    std::unique_ptr<Graph> open_graph(const char* name, const GraphOptions& go);
+    std::vector<Target> model_targets(const std::vector<Request>& requests, std::vector<std::vector<float>>* texts);
+    std::vector<Volume> coarse_pass(const std::vector<Target>& targets);
+    ZoomPlan plan_zoom_in(const Target& target, const Volume& coarse, const Box& positive, bool aligned) const;
+    Volume zoom_in(const ZoomPlan& plan, const Target& target);
+    Result finish(const Volume& coarse, const ZoomPlan* plan, const Volume* roi, bool found, bool probabilities) const;
     std::vector<float> encode(const std::vector<float>& batch, long long n);
     void ensure_windows(const std::vector<WindowKey>& keys);
     void trim_cache(const std::set<WindowKey>& pinned);

@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
     // volumes
     expect("NULL data", segvol_set_volume(rt, nullptr, SEGVOL_DTYPE_FLOAT32, dims, nullptr), SEGVOL_ERR_INVALID_ARGUMENT, rt);
     expect("NULL dims", segvol_set_volume(rt, vol.data(), SEGVOL_DTYPE_FLOAT32, nullptr, nullptr), SEGVOL_ERR_INVALID_ARGUMENT, rt);
-    expect("wrong dtype", segvol_set_volume(rt, vol.data(), (segvol_dtype)42, dims, nullptr), SEGVOL_ERR_INVALID_ARGUMENT, rt);
+    expect("wrong dtype", segvol_set_volume(rt, vol.data(), 42, dims, nullptr), SEGVOL_ERR_INVALID_ARGUMENT, rt);
     int64_t zero[3] = {40, 0, 20};
     expect("empty dims", segvol_set_volume(rt, vol.data(), SEGVOL_DTYPE_FLOAT32, zero, nullptr), SEGVOL_ERR_INVALID_ARGUMENT, rt);
     double aff[16] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1};

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,7 +109,7 @@ def _window_keys(py: SegVolRuntime, reqs: list[dict]) -> list[tuple[int, ...]]:
     """The zoom-in window keys the Python runtime plans for ``reqs`` (for the sharing check)."""
     vol = py._require_volume()
     keys = []
-    targets = py._model_targets(vol, [Z_request(r) for r in reqs], Z.StageClock())
+    targets = py._model_targets(vol, [_as_request(r) for r in reqs], Z.StageClock())
     for t in targets:
         emb = py._zoom_embedding(Z.StageClock())
         low = Z.decode_batched(py.backend, [emb], [t.coarse_tokens()], [t.text_embedding], 1, py.config.embed_dim)[0]
@@ -120,7 +119,7 @@ def _window_keys(py: SegVolRuntime, reqs: list[dict]) -> list[tuple[int, ...]]:
     return keys
 
 
-def Z_request(r: dict):
+def _as_request(r: dict):
     from segvol_rt.pipeline.requests import Request
 
     return Request.of(r)
@@ -189,6 +188,17 @@ def test_sample_app_equals_cli(tmp_path, cpp_build, demo_artifacts, args):
     np.testing.assert_array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
     np.testing.assert_allclose(a.affine, b.affine)
     assert a.shape == b.shape == ph.image.shape
+    if args.count("--text") > 1:  # the multi-label sidecar: labels and per-target statistics agree
+        import hashlib
+        import json
+
+        ours_doc = json.loads((tmp_path / "cpp.json").read_text())
+        theirs_doc = json.loads((tmp_path / "py.json").read_text())
+        assert ours_doc["labels"] == theirs_doc["labels"]
+        keys = ("name", "label", "file", "voxels", "roi_crop", "windows", "zoom_in_applied", "no_foreground")
+        for o, t in zip(ours_doc["targets"], theirs_doc["targets"]):
+            assert {k: o[k] for k in keys if k != "file"} == {k: t[k] for k in keys if k != "file"}
+        assert ours_doc["files"]["cpp.nii.gz"]["sha256"] == hashlib.sha256(ours.read_bytes()).hexdigest()
 
 
 def test_sample_app_errors(tmp_path, cpp_build, demo_artifacts):
@@ -204,6 +214,9 @@ def test_sample_app_errors(tmp_path, cpp_build, demo_artifacts):
         [str(tmp_path / "missing.nii.gz"), "--artifacts", str(demo_artifacts), "--text", "liver", "--out", str(out)],
         [str(scan), "--artifacts", str(demo_artifacts), "--text", "liver", "--out", str(scan)],
         [str(scan), "--artifacts", str(demo_artifacts), "--point", "1,2", "--out", str(out)],
+        [str(scan), "--artifacts", str(demo_artifacts), "--text", "liver", "--device", "cuda", "--out", str(out)],
+        [str(scan), "--artifacts", str(demo_artifacts), "--text", "liver", "--backend", "tensorrt", "--out", str(out)],
+        [str(scan), "--artifacts", str(demo_artifacts), "--text", "liver", "--window-prompts", "sideways", "--out", str(out)],
     ]
     for argv in cases:
         run = subprocess.run([app, *argv], capture_output=True, text=True)
@@ -344,3 +357,102 @@ def test_tokenizer_ids_equal(hooks, directory):
         buf = (ctypes.c_longlong * 4096)()
         n = hooks.svt_tokenize(str(directory).encode(), text.encode(), buf, 4096)
         assert list(buf[:n]) == py.ids(text), text
+
+
+def test_two_handles_in_two_threads(cpp_build, demo_artifacts):
+    """Different handles run concurrently (ctypes drops the GIL) and give the single-threaded masks."""
+    import threading
+
+    phs = [make_phantom(s, (80, 80, 36)) for s in (1030, 1031)]
+    rts = [sdk.CppRuntime(cpp_build, demo_artifacts) for _ in phs]
+    for rt, ph in zip(rts, phs):
+        rt.set_volume(ph.image, ph.affine)
+    reqs = [{"text": "liver"}, {"text": "spleen", "points": _prompts(phs[0])["points"][:1]}]
+    alone = [rt.segment_many(reqs) for rt in rts]
+    got: dict[int, list] = {}
+
+    def work(i: int) -> None:
+        got[i] = [rts[i].segment_many(reqs) for _ in range(3)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        for run in got[i]:
+            for a, b in zip(alone[i], run):
+                assert np.array_equal(a.mask, b.mask)
+    for rt in rts:
+        rt.close()
+
+
+def test_mismatched_graphs_refused(cpp_build, demo_artifacts, tmp_path):
+    """Graphs swapped under a manifest whose hashes were updated to match: the sessions'
+    inputs do not fit the specs, so loading fails with the artifacts error, one line."""
+    import json
+    import shutil
+
+    from segvol_rt.io.artifacts import sha256_file
+
+    art = tmp_path / "swapped"
+    shutil.copytree(demo_artifacts, art)
+    enc, dec = art / "image_encoder.onnx", art / "prompt_decoder.onnx"
+    enc.rename(tmp_path / "enc.onnx")
+    dec.rename(enc)
+    (tmp_path / "enc.onnx").rename(dec)
+    manifest = json.loads((art / "manifest.json").read_text())
+    for g in manifest["graphs"].values():
+        g["sha256"] = sha256_file(art / g["file"])
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(sdk.SdkError) as err:
+        sdk.CppRuntime(cpp_build, art)
+    assert err.value.status == 2 and "is not the image_encoder graph" in err.value.message
+    assert "\n" not in err.value.message
+
+
+def test_sample_app_default_output_path(tmp_path, cpp_build, demo_artifacts):
+    """Without --out the mask goes beside the scan as <stem>_segvol.nii.gz, as segvol-rt infer does."""
+    ph = make_phantom(1008, (64, 64, 32))
+    scan = tmp_path / "ct.nii.gz"
+    ph.save(scan)
+    run = subprocess.run([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(demo_artifacts), "--text", "liver", "-q"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "ct_segvol.nii.gz").is_file()
+
+
+def test_sample_app_scaled_nifti_equals_cli(tmp_path, cpp_build, demo_artifacts):
+    """A scan stored as scaled int16 (scl_slope 0.5, scl_inter -1024): the app applies the
+    read scaling as nibabel does and writes the CLI's mask."""
+    nib = pytest.importorskip("nibabel")
+    ph = make_phantom(1040, (72, 64, 32))
+    img = nib.Nifti1Image(((ph.image.astype(np.float64) + 1024) / 0.5).astype(np.int16), ph.affine)
+    img.header.set_slope_inter(0.5, -1024.0)
+    scan = tmp_path / "scaled.nii.gz"
+    nib.save(img, scan)
+    ours, theirs = tmp_path / "cpp.nii.gz", tmp_path / "py.nii.gz"
+    run = subprocess.run([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(demo_artifacts), "--text", "liver",
+                          "--out", str(ours), "-q"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime",
+                          "--device", "cpu", "--text", "liver", "--out", str(theirs), "-q"], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    np.testing.assert_array_equal(np.asanyarray(nib.load(ours).dataobj), np.asanyarray(nib.load(theirs).dataobj))
+
+
+def test_window_cache_bound(cpp_build, demo_artifacts):
+    """Follow-up calls reuse the window embeddings; with cache_bytes=0 they are encoded again
+    (the windows of a call are still all decoded), as SegVolRuntime's cache."""
+    ph = make_phantom(1050, (96, 96, 40))
+    counts = {}
+    for bound in (512 << 20, 0):
+        cc = sdk.CppRuntime(cpp_build, demo_artifacts, cache_bytes=bound)
+        cc.set_volume(ph.image, ph.affine)
+        first = cc.segment_many([{"text": "liver"}])[0]
+        n1 = cc.windows_encoded()
+        again = cc.segment_many([{"text": "liver"}])[0]
+        counts[bound] = (n1, cc.windows_encoded() - n1)
+        assert np.array_equal(first.mask, again.mask)
+        cc.close()
+    assert counts[512 << 20][1] == 0 and counts[0][1] == counts[0][0] > 0

@@ -23,7 +23,8 @@
  * once. Calls on one handle are serialised by a lock inside the handle (a
  * second thread waits); the string from segvol_last_error(h) stays valid
  * until the next call on h. segvol_version() and segvol_abi_version() may be
- * called from any thread at any time.
+ * called from any thread at any time. The pipeline's own CPU threads are a
+ * process-wide setting: the threads option of the latest segvol_load.
  *
  * Versioning and soname policy: SEGVOL_RT_ABI_VERSION is the ABI's major
  * version and the shared library's soname is libsegvol_rt.so.<ABI_VERSION>.
@@ -134,8 +135,9 @@ SEGVOL_API segvol_status segvol_load(segvol_runtime* rt, const char* artifacts_d
 /* Description of the backend in use, e.g. "onnxruntime 1.32.0 (cpu, 2 threads, fp32)". */
 SEGVOL_API const char* segvol_backend(const segvol_runtime* rt);
 
-/* Preprocess a scan (see the layout above); affine may be NULL (identity). */
-SEGVOL_API segvol_status segvol_set_volume(segvol_runtime* rt, const void* data, segvol_dtype dtype,
+/* Preprocess a scan (see the layout above); dtype is a segvol_dtype value (an int32_t,
+ * so that a wrong value is an error, not undefined behaviour); affine may be NULL (identity). */
+SEGVOL_API segvol_status segvol_set_volume(segvol_runtime* rt, const void* data, int32_t dtype,
                                            const int64_t dims[3], const double affine[16]);
 SEGVOL_API segvol_status segvol_release_volume(segvol_runtime* rt);
 

@@ -1,0 +1,7 @@
+// The kernels for any CPU: __fmaf_rn is a libm fmaf call.
+#include <cmath>
+#include <cstring>
+
+#include "kernels_host.hpp"
+#define SEGVOL_KNS generic
+#include "kernels_impl.inc"
