@@ -72,22 +72,22 @@ Artifacts Artifacts::load(const std::string& root, const std::string& precision)
         a.embed_dim = cfg.at("embed_dim").get<int>();
         if (cfg.contains("text")) a.max_length = cfg["text"].value("max_length", 77);
         a.prompt_template = m.value("prompt_template", cfg.value("prompt_template", std::string("{}")));
-        const json* graphs = &m.at("graphs");
-        if (precision == "fp16") {
-            // fp16 graphs as listed by the fp16 export: manifest /precisions/fp16/graphs
-            if (!m.contains("precisions") || !m["precisions"].contains("fp16"))
-                fail(SEGVOL_ERR_INVALID_ARGUMENT, "precision fp16: " + mpath + " lists no fp16 graphs; export them or use fp32");
-            graphs = &m["precisions"]["fp16"].at("graphs");
-        } else if (precision != "fp32") {
-            fail(SEGVOL_ERR_INVALID_ARGUMENT, "precision '" + precision + "': choose fp32 or fp16");
-        }
+        const json& graphs = m.at("graphs");
+        if (precision != "fp32" && precision != "fp16")
+            fail(SEGVOL_ERR_INVALID_ARGUMENT, "precision must be one of fp32, fp16, not '" + precision + "'");
         for (const char* name : GRAPHS) {
-            if (!graphs->contains(name)) fail(SEGVOL_ERR_ARTIFACTS, mpath + " lists no graph '" + name + "'; export the artifacts again");
-            const json& g = (*graphs)[name];
+            if (!graphs.contains(name)) fail(SEGVOL_ERR_ARTIFACTS, mpath + " lists no graph '" + name + "'; export the artifacts again");
+            const json& entry = graphs[name];
+            // fp32 is each graph's own file; fp16 its variants/fp16 entry (export --precision fp16), same IO spec
+            const bool variant = precision != "fp32";
+            if (variant && !(entry.contains("variants") && entry["variants"].is_object() && entry["variants"].contains(precision)))
+                fail(SEGVOL_ERR_INVALID_ARGUMENT, root + " has no " + precision + " graphs (exported at fp32); export them: "
+                     "segvol-rt export --precision " + precision + " --out DIR (and --checkpoint CKPT)");
+            const json& g = variant ? entry["variants"][precision] : entry;
             GraphEntry e;
             e.file = g.at("file").get<std::string>();
             e.sha256 = g.at("sha256").get<std::string>();
-            const json& spec = g.contains("spec") ? g["spec"] : m.at("graphs").at(name).at("spec");
+            const json& spec = entry.at("spec");
             std::string where = mpath + " /graphs/" + name + "/spec";
             e.batch = range_of(spec, "B", where);
             if (std::string(name) == "prompt_decoder") e.tokens = range_of(spec, "N", where);

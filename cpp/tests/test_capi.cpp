@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "segvol_rt/segvol_rt.h"
 
 namespace fs = std::filesystem;
@@ -52,8 +54,6 @@ int main(int argc, char** argv) {
     expect("options without init", segvol_load(rt, art.c_str(), &bad_opts), SEGVOL_ERR_INVALID_ARGUMENT, rt);
     segvol_load_options o;
     segvol_load_options_init(&o);
-    o.precision = "fp16";
-    expect("fp16 without fp16 graphs", segvol_load(rt, art.c_str(), &o), SEGVOL_ERR_INVALID_ARGUMENT, rt);
     o.precision = "fp8";
     expect("unknown precision", segvol_load(rt, art.c_str(), &o), SEGVOL_ERR_INVALID_ARGUMENT, rt);
     segvol_load_options_init(&o);
@@ -140,6 +140,18 @@ int main(int argc, char** argv) {
         f << "{\"format_version\": 1, \"graphs\": ";
     }
     expect("broken manifest", segvol_load(rt, broken.c_str(), nullptr), SEGVOL_ERR_ARTIFACTS, rt);
+    // fp16 from artifacts exported without fp16 graphs: the graphs' variants removed from the manifest
+    fs::path fp32_only = copy("fp32_only");
+    {
+        nlohmann::json m = nlohmann::json::parse(std::ifstream(fp32_only / "manifest.json"));
+        for (auto& [name, graph] : m["graphs"].items()) graph.erase("variants");
+        std::ofstream(fp32_only / "manifest.json") << m.dump(1);
+    }
+    segvol_load_options fp16;
+    segvol_load_options_init(&fp16);
+    fp16.precision = "fp16";
+    expect("fp16 without fp16 graphs", segvol_load(rt, fp32_only.c_str(), &fp16), SEGVOL_ERR_INVALID_ARGUMENT, rt);
+    expect("fp32 of the same artifacts", segvol_load(rt, fp32_only.c_str(), nullptr), SEGVOL_OK, rt);
     segvol_destroy(rt);
     fs::remove_all(tmp);
     if (failures) {

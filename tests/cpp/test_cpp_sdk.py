@@ -456,3 +456,20 @@ def test_window_cache_bound(cpp_build, demo_artifacts):
         assert np.array_equal(first.mask, again.mask)
         cc.close()
     assert counts[512 << 20][1] == 0 and counts[0][1] == counts[0][0] > 0
+
+
+@pytest.mark.parametrize("case", ["text", "text+box", "points"])
+def test_fp16_graphs_equal_python_fp16(cpp_build, demo_artifacts, case):
+    """precision fp16 picks the manifest's fp16 variants in both runtimes: the same masks."""
+    ph = make_phantom(**SCANS["ras"])
+    vol = np.asfortranarray(ph.image)
+    py = SegVolRuntime.load(demo_artifacts, backend="onnxruntime", device="cpu", precision="fp16")
+    py.set_volume(vol, ph.affine)
+    cc = sdk.CppRuntime(cpp_build, demo_artifacts, precision="fp16")
+    try:
+        cc.set_volume(vol, ph.affine)
+        req = _request(CASES[case], ph)
+        want, got = py.segment(**req), cc.segment_many([req])[0]
+        assert np.array_equal(np.asarray(want.mask), got.mask), f"{case}: {int(want.mask.sum())} vs {int(got.mask.sum())} voxels"
+    finally:
+        cc.close()
