@@ -131,8 +131,21 @@ def test_float_and_nifti_inputs_give_the_same_masks(server: serving.ServerProces
             _same(session.segment(text="liver"), want)
         with client.open_session(path) as session:
             _same(session.segment(text="liver"), want)
-        with pytest.raises(SegVolError, match="DICOM"):
-            client.open_session(tmp_path)
+
+
+def test_a_dicom_series_is_read_on_the_client(server: serving.ServerProcess, phantom: Any, tmp_path: Path) -> None:
+    """open_session(folder) reads the series as `segvol-rt infer` does (io.scans.read_any) and uploads it."""
+    pytest.importorskip("pydicom")
+    from tests.support.dicom_series import SeriesSpec, write_series
+
+    write_series(tmp_path / "series", phantom.image, SeriesSpec(slice_step=-2.5))  # descending positions
+    local = SegVolRuntime.load(serving.DEMO_ARTIFACTS, backend="onnxruntime", device="cpu")
+    local.set_volume(tmp_path / "series")
+    with SegVolClient(server.url) as client, client.open_session(tmp_path / "series") as session:
+        assert session.geometry == local.geometry
+        _same(session.segment(text="liver"), local.segment(text="liver"))
+        with pytest.raises(SegVolError, match="series"):
+            client.open_session(tmp_path / "series", series="1.2.3.4")
 
 
 def test_a_scan_the_server_reads(server: serving.ServerProcess, scans: Path, local: SegVolRuntime) -> None:

@@ -300,14 +300,8 @@ def test_serve_options_are_checked_before_anything_starts() -> None:
     check_options(ServeOptions(art, host="::1"))
     with pytest.raises(SegVolError, match="distinct"):
         check_options(ServeOptions(art, http_port=8000, grpc_port=8000))
-    import inspect
-
-    from segvol_rt.runtime import SegVolRuntime
-
-    if "precision" not in inspect.signature(SegVolRuntime.load).parameters:  # issue 12 adds it
-        with pytest.raises(SegVolError, match="no precision option"):
-            runtime_options(ServeOptions(art, precision="fp16"))
-    assert "precision" not in runtime_options(ServeOptions(art))
+    assert runtime_options(ServeOptions(art))["precision"] is None  # the backend's default
+    assert runtime_options(ServeOptions(art, precision="fp16"))["precision"] == "fp16"
 
 
 def test_serve_without_the_extra_names_it() -> None:
