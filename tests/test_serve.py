@@ -396,6 +396,26 @@ def test_infer_against_a_server_writes_the_local_outputs(server: serving.ServerP
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--probabilities" in refused.stderr
 
 
+
+def test_infer_dicom_against_a_server_writes_the_local_seg(server: serving.ServerProcess, phantom: Any, tmp_path: Path) -> None:
+    """A DICOM series through --server: read here, segmented there, the same SEG segments as a local run."""
+    pytest.importorskip("highdicom")
+    import highdicom as hd
+
+    from tests.support.dicom_series import SeriesSpec, write_series
+
+    write_series(tmp_path / "series", phantom.image, SeriesSpec())
+    cli = [sys.executable, "-m", "segvol_rt", "infer", str(tmp_path / "series"), "--text", "liver", "--quiet"]
+    here = subprocess.run([*cli, "--artifacts", str(serving.DEMO_ARTIFACTS), "--out", str(tmp_path / "local.dcm")],
+                          capture_output=True, text=True, timeout=300)
+    assert here.returncode == 0, here.stderr
+    there = subprocess.run([*cli, "--server", server.url, "--out", str(tmp_path / "served.dcm")],
+                           capture_output=True, text=True, timeout=300)
+    assert there.returncode == 0, there.stderr
+    a, b = (hd.seg.segread(tmp_path / f"{n}.dcm") for n in ("local", "served"))
+    assert np.array_equal(a.pixel_array, b.pixel_array)
+    assert [s.SegmentLabel for s in a.SegmentSequence] == [s.SegmentLabel for s in b.SegmentSequence]
+
 # -- memory ---------------------------------------------------------------------------------------
 def test_memory_stays_flat_over_200_sessions(server: serving.ServerProcess) -> None:
     small = make_phantom(1, shape=(48, 48, 24))
