@@ -386,3 +386,13 @@ def test_anonymised_series_gives_a_valid_seg_with_warnings(data, tmp_path: Path)
     metas = {str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID) for f in series.iterdir()}
     refs = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert refs <= metas and seg.StudyInstanceUID and seg.FrameOfReferenceUID
+
+
+def test_infer_dot_inside_the_series_folder(data, tmp_path: Path) -> None:
+    """`segvol-rt infer .` from inside the series folder: the default SEG goes beside the folder."""
+    import shutil
+
+    series = tmp_path / "series"
+    shutil.copytree(data.dir, series)
+    ok(run_cli(".", "--text", "liver", "--artifacts", ART, "--threads", "2", "--quiet", cwd=series))
+    assert (tmp_path / "series_segvol.dcm").is_file(), sorted(tmp_path.iterdir())

@@ -256,7 +256,7 @@ def serve(
     allow_path_root: str | None = typer.Option(None, "--allow-path-root", help="Let clients open scans the server reads from under this folder (off by default)."),
     backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | torch | tensorrt."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16, where this runtime supports a precision option."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16: the graph variant every session runs (fp16 needs `export --precision fp16`; default: fp32 on ONNX Runtime)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime per graph call (default: all cores)."),
     cache_mb: float = typer.Option(512.0, "--cache-mb", min=0, help="Each session's window-embedding cache bound in MiB."),
 ) -> None:
@@ -269,7 +269,7 @@ def serve(
     from segvol_rt.serve.server import serve as run_server
     from segvol_rt.serve.sessions import SessionLimits
 
-    check_choices(backend, device)
+    check_choices(backend, device, precision)
     check_artifacts_dir(artifacts)
     limits = SessionLimits(max_sessions=max_sessions, ttl_s=session_ttl, memory_bytes=int(memory_mb * 2**20),
                            max_upload_bytes=int(max_upload_mb * 2**20), cache_bytes=_cache_bytes(cache_mb) or 0)

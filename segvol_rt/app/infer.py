@@ -274,7 +274,7 @@ def dicom_input(source: str, opts: InferOptions) -> DicomInput | None:
     disc = D.discover(source)
     info = D.choose_series(disc, opts.series, source)
     files = [("DICOM file", f.path) for f in info.files if f.path is not None]
-    p = Path(source)
+    p = Path(source).resolve()  # "." or "/" has no name to build the default SEG's name from
     default = p.with_name(p.name + DEFAULT_SUFFIX + ".dcm") if p.is_dir() else p.with_name(p.stem + DEFAULT_SUFFIX + ".dcm")
     return DicomInput(source, files, default, lambda: D.scan_from_series(info, source, disc.notes))
 
@@ -368,9 +368,10 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
     clock = StageClock()
     targets = plan_targets(opts)
     if opts.store is not None:
-        from segvol_rt.app.dicomweb import parse_store_url
+        from segvol_rt.app.dicomweb import parse_auth, parse_store_url
 
-        parse_store_url(opts.store)
+        parse_store_url(opts.store)  # both before any work: the store comes last
+        parse_auth(opts.dicomweb_auth)
     with clock.stage("read"):
         dicom = dicom_input(str(scan_path), opts)  # DICOM: headers read and the series chosen, no pixels yet
     # a DICOMweb series has no local path; its default output is named after the series, in the current folder

@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from segvol_rt.errors import SegVolError
+from segvol_rt.pipeline import validate as V
 
 OPEN_MODEL = "segvol_open"
 SEGMENT_MODEL = "segvol_segment"
@@ -132,13 +133,7 @@ class VolumeHeader:
         shape = doc.get("shape")
         if not (isinstance(shape, list) and len(shape) == 3 and all(type(s) is int and s > 0 for s in shape)):
             raise SegVolError("meta.shape must be 3 positive integers (I, J, K)")
-        affine = doc.get("affine")
-        try:
-            arr = np.asarray(affine, dtype=np.float64)
-        except (TypeError, ValueError):
-            arr = np.zeros(0)
-        if arr.shape != (4, 4) or not np.isfinite(arr).all():
-            raise SegVolError("meta.affine must be a finite 4x4 array of numbers")
+        arr = V.affine(doc.get("affine"), "meta.affine")  # the runtime's own check of an affine
         size = doc.get("compressed_bytes")
         if type(size) is not int or size <= 0:
             raise SegVolError("meta.compressed_bytes must be a positive integer")

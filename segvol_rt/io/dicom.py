@@ -29,6 +29,7 @@ Runtime dependencies: numpy, nibabel, pydicom (lazily).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from segvol_rt.io.dicom_files import (
 )
 from segvol_rt.io.dicom_geometry import SeriesGeometry, check_frame_of_reference, series_frames, series_geometry
 from segvol_rt.io.nifti import Scan, _check_values, _scaled
+from segvol_rt.io.nifti_header import check_scaled_range
 
 __all__ = [
     "CT_CLASSES", "MULTIFRAME_CLASSES", "SUPPORTED_SYNTAXES", "DicomFile", "DicomScan", "Discovery", "SeriesInfo",
@@ -207,6 +209,15 @@ def _header(raw: np.ndarray, geo: SeriesGeometry, description: str) -> Any:
     return header
 
 
+def _check_rescale(raw: np.ndarray, rescale: tuple[float, float], named: str) -> None:
+    """RescaleSlope/Intercept must scale the stored values to finite float32 HU
+    (a zero, NaN or infinite slope scales nothing; nibabel would refuse it too)."""
+    slope, inter = rescale
+    if slope == 0 or not (math.isfinite(slope) and math.isfinite(inter)):
+        raise SegVolError(f"{named}: RescaleSlope {slope:g} and RescaleIntercept {inter:g} cannot scale the stored values")
+    check_scaled_range(raw, slope, inter, named, "DICOM")
+
+
 def scan_from_series(info: SeriesInfo, where: str, notes: Sequence[str] = ()) -> DicomScan:
     """Read the chosen series' pixels into a :class:`DicomScan` (checks first, then pixels)."""
     check_syntaxes(info)
@@ -215,6 +226,7 @@ def scan_from_series(info: SeriesInfo, where: str, notes: Sequence[str] = ()) ->
     geo = series_geometry(series_frames(info), named)
     _check_memory(geo, _stored_dtype(info), named)
     raw = stored_volume(info, geo)
+    _check_rescale(raw, geo.rescale, named)
     header = _header(raw, geo, f"segvol-rt from DICOM {info.uid}")
     # nibabel's scaling: the float32 slope/intercept the NIfTI header holds, as the
     # Python floats its array proxy applies (float64 arithmetic, then float32)
@@ -222,7 +234,7 @@ def scan_from_series(info: SeriesInfo, where: str, notes: Sequence[str] = ()) ->
     scale = None if (slope == 1 and inter == 0) else (np.asanyarray(slope), np.asanyarray(inter))
     data = _scaled(raw, scale, np.float32)
     path = Path(where) if where and not where.startswith(("http:", "https:")) else None
-    _check_values(data, raw, exact_ints=scale is None, p=path or Path(where))
+    _check_values(data, raw, exact_ints=scale is None, p=path or where)
     return DicomScan(data=data, affine=geo.affine.copy(), header=header, path=path, notes=tuple(notes),
                      series=info, geometry=geo)
 

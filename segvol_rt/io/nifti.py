@@ -173,7 +173,7 @@ def _scaled(arr: np.ndarray, scale: tuple[np.ndarray, np.ndarray] | None, dtype:
     return out
 
 
-def _check_values(data: np.ndarray, raw: np.ndarray, exact_ints: bool, p: Path) -> None:
+def _check_values(data: np.ndarray, raw: np.ndarray, exact_ints: bool, p: Path | str) -> None:
     """Reject NaN/Inf, constant volumes (statistics of either would be meaningless)
     and values the float32 intensity statistics would overflow on."""
     if not exact_ints:

@@ -322,7 +322,7 @@ def check_scaling(header: Any, p: Path, what: str) -> None:
         raise SegVolError(f"{what} {p}: scl_inter is {inter} (scl_slope {slope:g}); the stored values cannot be scaled")
 
 
-def check_scaled_range(raw: np.ndarray, slope: float, inter: float, p: Path, what: str) -> None:
+def check_scaled_range(raw: np.ndarray, slope: float, inter: float, p: Path | str, what: str) -> None:
     """Refuse a slope/intercept that take the stored values beyond float32."""
     lo, hi = float(raw.min()), float(raw.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -341,7 +341,7 @@ def statistics_limit(count: int) -> float:
     return math.sqrt(_F32_MAX / max(1, count)) / 2
 
 
-def check_statistics_range(lo: float, hi: float, count: int, p: Path) -> None:
+def check_statistics_range(lo: float, hi: float, count: int, p: Path | str) -> None:
     """Refuse values the official float32 intensity statistics would overflow on."""
     peak, limit = max(abs(lo), abs(hi)), statistics_limit(count)
     if peak > limit:

@@ -162,10 +162,10 @@ class Handlers:
         target = (self.allowed_root / path).resolve()
         if not target.is_relative_to(self.allowed_root):
             raise SegVolError("meta.path must lie under the server's --allow-path-root")
-        from segvol_rt.io.nifti import read_scan
+        from segvol_rt.io.scans import read_any
 
         try:
-            scan = read_scan(target)
+            scan = read_any(target)  # a NIfTI file or a DICOM series, as the client reads them
         except SegVolError as exc:  # the client named the file relative to the root: the server's layout stays private
             raise SegVolError(str(exc).replace(str(target), path)) from None
         self.store.open_ready(sid, scan.data, scan.affine)

@@ -177,6 +177,15 @@ def test_missing_slice(hu: np.ndarray, tmp_path: Path) -> None:
     assert "missing slice" in _one_line(err) and "1 slice(s) missing" in str(err.value)
 
 
+@pytest.mark.parametrize("slope", ["0", "NaN", "1e39"])
+def test_unusable_rescale_is_one_line(slope: str, hu: np.ndarray, tmp_path: Path) -> None:
+    """A zero or NaN slope scales nothing, and 1e39 takes the values beyond float32: one line each."""
+    write_series(tmp_path / "d", hu, SeriesSpec(extra={"RescaleSlope": slope}))
+    with pytest.raises(SegVolError) as err:
+        read_dicom_series(tmp_path / "d")
+    assert "RescaleSlope" in _one_line(err) or "beyond float32" in _one_line(err)
+
+
 def test_duplicate_positions(hu: np.ndarray, tmp_path: Path) -> None:
     import pydicom
 
