@@ -219,6 +219,25 @@ class SegVolRuntime:
         """The array module the pipeline runs in: the backend's (numpy or cupy)."""
         return self.backend.xp
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What produces this runtime's masks: segvol-rt version, the checkpoint's
+        sha256 (from the artifacts manifest), backend, device, precision (the
+        backend's, else fp32: ONNX Runtime and torch run float32) and CPU threads."""
+        from segvol_rt import __version__
+
+        manifest = getattr(self.artifacts, "manifest", None)  # None for artifacts that carry no manifest
+        checkpoint = manifest.get("checkpoint") if isinstance(manifest, dict) else None
+        precision = getattr(self.backend, "precision", None)
+        return {
+            "segvol_rt_version": __version__,
+            "checkpoint_sha256": checkpoint.get("sha256") if isinstance(checkpoint, dict) else None,
+            "backend": self.backend.name,
+            "device": self.backend.device,
+            "precision": precision if isinstance(precision, str) else "fp32",
+            "threads": getattr(self.backend, "threads", None),
+        }
+
     def zoom_settings(self, window_prompts: str = "official") -> Z.ZoomSettings:
         """The zoom-in settings of this model and backend: the model's window,
         the official overlap and the backend's preferred batch per graph call."""

@@ -205,24 +205,9 @@ def check_precision(precision: str | None) -> None:
 
 
 def provenance(rt: SegVolRuntime, window_prompts: str) -> dict[str, Any]:
-    """What produced an output: segvol-rt version, the checkpoint's sha256 (from
-    the artifacts manifest), backend, device, precision (the backend's, else
-    fp32: ONNX Runtime and torch run float32), CPU threads and the window-prompts mode."""
-    from segvol_rt import __version__
-
-    manifest = getattr(rt.artifacts, "manifest", None)
-    checkpoint = manifest.get("checkpoint") if isinstance(manifest, dict) else None
-    backend = rt.backend
-    precision = getattr(backend, "precision", None)
-    return {
-        "segvol_rt_version": __version__,
-        "checkpoint_sha256": checkpoint.get("sha256") if isinstance(checkpoint, dict) else None,
-        "backend": backend.name,
-        "device": backend.device,
-        "precision": precision if isinstance(precision, str) else "fp32",
-        "threads": getattr(backend, "threads", None),
-        "window_prompts": window_prompts,
-    }
+    """What produced an output: the runtime's :attr:`~segvol_rt.runtime.SegVolRuntime.provenance`
+    (version, checkpoint sha256, backend, device, precision, threads) and the window-prompts mode."""
+    return {**rt.provenance, "window_prompts": window_prompts}
 
 
 def provenance_line(prov: dict[str, Any]) -> str:

@@ -45,8 +45,8 @@ class RemoteRuntime:
         self.session: Any = None
         self.timings: dict[str, float] = {}
         self.backend_reason = f"segvol-rt server {self.client.url}"
-        self.artifacts = SimpleNamespace(manifest={})
         self.backend = SimpleNamespace(name="server", device="?", precision=None, threads=None)
+        self.provenance: dict[str, Any] = {}  # the server's, once a session is open
 
     def set_volume(self, volume: np.ndarray, affine: np.ndarray, reorient: str | None = None) -> None:
         if reorient is not None:
@@ -55,9 +55,12 @@ class RemoteRuntime:
         prov = self.session.provenance
         upload = self.session.upload
         self.timings["upload"] = upload.seconds if upload is not None else 0.0
-        self.artifacts = SimpleNamespace(manifest={"checkpoint": {"sha256": prov.get("checkpoint_sha256")}})
         self.backend = SimpleNamespace(name=f"{prov.get('backend')} (served)", device=prov.get("device"),
                                        precision=prov.get("precision"), threads=prov.get("threads"))
+        from segvol_rt import __version__
+
+        # as a local run records it, with the served backend named as served
+        self.provenance = {**prov, "segvol_rt_version": __version__, "backend": self.backend.name}
         self.backend_reason = f"segvol-rt server {self.client.url}: {prov.get('backend')} on {prov.get('device')}"
 
     @property

@@ -169,20 +169,6 @@ def bind_models(triton: Any, handlers: Handlers, instances: int) -> None:
                 inputs=[session_in], outputs=[tensor("info")], config=config)
 
 
-def provenance(rt: Any) -> dict[str, Any]:
-    """What serves the masks (as ``segvol-rt infer`` records it): version,
-    checkpoint sha256, backend, device, precision, threads."""
-    from segvol_rt import __version__
-
-    manifest = getattr(rt.artifacts, "manifest", None)
-    checkpoint = manifest.get("checkpoint") if isinstance(manifest, dict) else None
-    precision = getattr(rt.backend, "precision", None)
-    return {"segvol_rt_version": __version__,
-            "checkpoint_sha256": checkpoint.get("sha256") if isinstance(checkpoint, dict) else None,
-            "backend": rt.backend.name, "device": getattr(rt.backend, "device", "cpu"),
-            "precision": precision if isinstance(precision, str) else "fp32", "threads": getattr(rt.backend, "threads", None)}
-
-
 def make_store(opts: ServeOptions) -> tuple[SessionStore, dict[str, Any]]:
     """The session store on one shared backend (loaded and verified now), and its provenance."""
     from segvol_rt.runtime import SegVolRuntime
@@ -195,7 +181,7 @@ def make_store(opts: ServeOptions) -> tuple[SessionStore, dict[str, Any]]:
                              text_cache_bytes=lim.text_cache_bytes)
 
     zoom_voxels = int(np.prod(first.config.spatial_size))
-    return SessionStore(make_runtime, lim, zoom_voxels), provenance(first)
+    return SessionStore(make_runtime, lim, zoom_voxels), first.provenance
 
 
 def serve(opts: ServeOptions, ready: Any = None) -> None:
