@@ -215,7 +215,7 @@ def output_plan(scan_path: Path, opts: InferOptions, targets: Sequence[TargetPla
         out = dicom.default_out
     else:
         out = scan_path.with_name(_split_name(scan_path)[0] + DEFAULT_SUFFIX + ".nii.gz")
-    if opts.store is not None and not out.name.lower().endswith(".dcm"):
+    if opts.store is not None and not _is_seg(out):
         raise SegVolError("--store sends a DICOM SEG; give --out ending in .dcm")
     stem, suffix = _split_name(out)
     beside = out.with_name
@@ -400,7 +400,7 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
 
         report.stage("storing the SEG (STOW-RS)")
         with clock.stage("store"):
-            segs = [p for p in files if p.name.lower().endswith(".dcm")]
+            segs = [p for p in files if _is_seg(p)]
             stored = W.store(W.parse_store_url(opts.store), W.parse_auth(opts.dicomweb_auth), segs)
         report.note(f"stored {len(stored)} SEG instance(s) at {opts.store}")
     report.close()
@@ -474,7 +474,7 @@ def write_outputs(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan,
     check_outputs(plan.files(), plan.inputs, name_hint=_NAME_HINT)  # again: the files may have changed meanwhile
     with OutputSet(plan.files()) as out:
         for path, indices in plan.masks.items():
-            if path.name.lower().endswith(".dcm"):
+            if _is_seg(path):
                 out.stage(path, _seg_file(scan, [results[i] for i in indices], rt, opts))
                 continue
             labels = np.zeros(scan.shape, dtype=np.uint8, order="F")
@@ -486,7 +486,7 @@ def write_outputs(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan,
             probs = results[i].segmentation.probabilities
             if probs is None:
                 raise SegVolError("probabilities were asked for but not computed")  # a bug, kept one line
-            if path.name.lower().endswith(".dcm"):  # a FRACTIONAL (probability) SEG
+            if _is_seg(path):  # a FRACTIONAL (probability) SEG
                 out.stage(path, _seg_file(scan, [results[i]], rt, opts, probs))
             else:
                 out.stage(path, probability_bytes(probs, scan, _gz(path)))
@@ -511,6 +511,11 @@ def _seg_file(scan: Scan, results: Sequence[TargetResult], rt: SegVolRuntime, op
     return seg_bytes(scan, masks, names, algo)
 
 
+def _is_seg(path: Path) -> bool:
+    """Whether an output is a DICOM SEG (``.dcm``), not a NIfTI file."""
+    return path.name.lower().endswith(".dcm")
+
+
 def _gz(path: Path) -> bool:
     return path.name.lower().endswith(".gz")
 
@@ -533,7 +538,7 @@ def sidecar(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan, rt: S
                            "provenance": provenance(rt, opts.window_prompts)}
     if not opts.split:
         doc["labels"] = {str(i + 1): r.plan.name for i, r in enumerate(results)}
-        dcm = any(p.name.lower().endswith(".dcm") for p in plan.masks)
+        dcm = any(_is_seg(p) for p in plan.masks)
         doc["overlaps"] = ("one DICOM SEG segment per target (segment number = label); overlaps are kept" if dcm
                            else "where targets overlap, the later target's label wins")
     doc["targets"] = targets
