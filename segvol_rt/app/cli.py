@@ -416,7 +416,7 @@ def bench(
 
     For the full side-by-side benchmark against the official-style PyTorch flow, run benchmarks/bench.py."""
     from segvol_rt.app.bench import BACKEND_CHOICES, quick_bench
-    from segvol_rt.app.console import check_precision
+    from segvol_rt.backends.select import check_names
 
     chosen = tuple(backend or BACKEND_CHOICES)
     unknown = sorted(set(chosen) - set(BACKEND_CHOICES))
@@ -424,7 +424,7 @@ def bench(
         raise SegVolError(f"unknown --backend {', '.join(unknown)}; choose from {', '.join(BACKEND_CHOICES)}")
     if model not in ("tiny", "demo"):
         raise SegVolError(f"unknown --model {model!r}; choose tiny or demo")
-    check_precision(precision)
+    check_names(precision=precision)
     log = lambda m: typer.echo(m, err=True)  # noqa: E731
     log(f"precision: {precision or 'fp32 (ONNX Runtime), as built (TensorRT)'}")
     report = quick_bench(artifacts, checkpoint, backends=chosen, repeat=repeat, warmup=warmup,

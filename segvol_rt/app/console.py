@@ -187,21 +187,9 @@ def check_artifacts_dir(artifacts: str | os.PathLike[str]) -> None:
 
 def check_choices(backend: str, device: str, precision: str | None = None) -> None:
     """``--backend``, ``--device`` and ``--precision`` are known names (before any file is read)."""
-    from segvol_rt.backends.select import BACKENDS, DEVICES
+    from segvol_rt.backends.select import check_names
 
-    if backend not in BACKENDS:
-        raise SegVolError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if device not in DEVICES:
-        raise SegVolError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
-    check_precision(precision)
-
-
-def check_precision(precision: str | None) -> None:
-    """``--precision`` is fp32, fp16 or not given."""
-    from segvol_rt.io.artifacts import PRECISIONS
-
-    if precision is not None and precision not in PRECISIONS:
-        raise SegVolError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    check_names(backend, device, precision)
 
 
 def provenance(rt: SegVolRuntime, window_prompts: str) -> dict[str, Any]:

@@ -150,6 +150,16 @@ def _auto(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] 
     raise SegVolError(f"no backend can run on device={device!r}: " + "; ".join(why_not) + hint)
 
 
+def check_names(backend: str | None = None, device: str | None = None, precision: str | None = None) -> None:
+    """Each of ``backend``, ``device`` and ``precision`` that is given is a known name."""
+    if backend is not None and backend not in BACKENDS:
+        raise SegVolError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if device is not None and device not in DEVICES:
+        raise SegVolError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise SegVolError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+
+
 def open_backend(
     artifacts: Artifacts,
     backend: str = "auto",
@@ -171,12 +181,7 @@ def open_backend(
     Returns:
         ``(backend, reason)``: the reason says what runs and why better choices do not.
     """
-    if backend not in BACKENDS:
-        raise SegVolError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if device not in DEVICES:
-        raise SegVolError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
-    if precision is not None and precision not in PRECISIONS:
-        raise SegVolError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    check_names(backend, device, precision)
     if precision is not None and precision != "fp32" and backend in ("auto", "onnxruntime"):
         artifacts.require_precision(precision)  # one clear line, not a list of every backend's refusal
     if backend == "auto":
