@@ -14,3 +14,8 @@ class SegVolError(Exception):
 
 class MissingDependencyError(SegVolError):
     """An optional dependency is not installed; the message names the extra."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``ClassName: message`` of a library's exception, on one line whatever it wrote."""
+    return f"{exc.__class__.__name__}: {' '.join(str(exc).split())}"

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from segvol_rt._optional import require
-from segvol_rt.errors import SegVolError
+from segvol_rt.errors import SegVolError, one_line
 from segvol_rt.io.dicom_files import (
     CT_CLASSES,
     MULTIFRAME_CLASSES,
@@ -50,7 +50,6 @@ from segvol_rt.io.dicom_files import (
     discover,
     group_series,
     is_dicom_input,
-    one_line,
 )
 from segvol_rt.io.dicom_geometry import SeriesGeometry, check_frame_of_reference, series_frames, series_geometry
 from segvol_rt.io.nifti import Scan, _check_values, _scaled

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from segvol_rt._optional import require
-from segvol_rt.errors import SegVolError
+from segvol_rt.errors import SegVolError, one_line
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -126,10 +126,6 @@ def _read_header(path: Path) -> Any | None:
         raise SegVolError(f"cannot read DICOM file {path}: {exc.strerror or exc}") from exc
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on a damaged file
         raise SegVolError(f"cannot read DICOM file {path}: {one_line(exc)} (damaged or truncated?)") from exc
-
-
-def one_line(exc: BaseException) -> str:
-    return f"{exc.__class__.__name__}: {' '.join(str(exc).split())}"
 
 
 def discover(path: str | os.PathLike[str]) -> Discovery:

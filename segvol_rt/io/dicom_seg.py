@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from segvol_rt._optional import require
-from segvol_rt.errors import SegVolError
+from segvol_rt.errors import SegVolError, one_line
 from segvol_rt.io.dicom import MULTIFRAME_CLASSES, DicomScan
 from segvol_rt.io.nifti import Scan
 from segvol_rt.io.vocabulary import normalize_name
@@ -181,7 +181,7 @@ def seg_bytes(scan: Scan, masks: Sequence[np.ndarray], names: Sequence[str], alg
     except SegVolError:
         raise
     except Exception as exc:  # noqa: BLE001 - highdicom validates with many exception types
-        raise SegVolError(f"cannot build the DICOM SEG: {exc.__class__.__name__}: {' '.join(str(exc).split())}") from exc
+        raise SegVolError(f"cannot build the DICOM SEG: {one_line(exc)}") from exc
     data = buffer.getvalue()
     check_seg(data, scan, pixels)
     return data

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from segvol_rt._optional import require
-from segvol_rt.errors import SegVolError
+from segvol_rt.errors import SegVolError, one_line
 from segvol_rt.io import nifti_header as H
 from segvol_rt.io.atomic import atomic_write_bytes
 from segvol_rt.io.outputs import same_file
@@ -105,8 +105,7 @@ def _nibabel_load(path: Path) -> tuple[Any, np.ndarray]:
 def _unreadable(what: str, p: Path, exc: BaseException) -> SegVolError:
     if isinstance(exc, OSError) and exc.strerror:
         return SegVolError(f"cannot read {what} {p}: {exc.strerror}")
-    reason = " ".join(str(exc).split())  # one line, whatever the library wrote
-    return SegVolError(f"cannot read {what} {p}: {exc.__class__.__name__}: {reason}")
+    return SegVolError(f"cannot read {what} {p}: {one_line(exc)}")
 
 
 def _checked_header(p: Path, what: str, file_size: int) -> tuple[Any, bool, tuple[int, ...]]:
