@@ -11,17 +11,13 @@
 #include <sys/stat.h>
 
 #include "errors.hpp"
+#include "system.hpp"
 
 namespace segvol {
 
 using json = nlohmann::json;
 static const char* MANIFEST = "manifest.json";
 static const char* GRAPHS[] = {"image_encoder", "text_encoder", "prompt_decoder"};
-
-static bool is_file(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
 
 std::string sha256_file(const std::string& path) {
     std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
@@ -70,7 +66,6 @@ Artifacts Artifacts::load(const std::string& root, const std::string& precision)
         const json& cfg = m.at("config");
         for (int k = 0; k < 3; ++k) a.spatial_size[k] = cfg.at("spatial_size").at(k).get<long long>();
         a.embed_dim = cfg.at("embed_dim").get<int>();
-        if (cfg.contains("text")) a.max_length = cfg["text"].value("max_length", 77);
         a.prompt_template = m.value("prompt_template", cfg.value("prompt_template", std::string("{}")));
         const json& graphs = m.at("graphs");
         if (precision != "fp32" && precision != "fp16")
@@ -196,15 +191,6 @@ static Npy parse_npy(const std::string& raw, const std::string& where) {
     return out;
 }
 
-static std::string utf8_of(char32_t c) {
-    std::string s;
-    if (c < 0x80) s += (char)c;
-    else if (c < 0x800) { s += (char)(0xC0 | (c >> 6)); s += (char)(0x80 | (c & 0x3F)); }
-    else if (c < 0x10000) { s += (char)(0xE0 | (c >> 12)); s += (char)(0x80 | ((c >> 6) & 0x3F)); s += (char)(0x80 | (c & 0x3F)); }
-    else { s += (char)(0xF0 | (c >> 18)); s += (char)(0x80 | ((c >> 12) & 0x3F)); s += (char)(0x80 | ((c >> 6) & 0x3F)); s += (char)(0x80 | (c & 0x3F)); }
-    return s;
-}
-
 void Artifacts::text_table(std::vector<std::string>* names, std::vector<float>* rows) const {
     names->clear();
     rows->clear();
@@ -226,7 +212,7 @@ void Artifacts::text_table(std::vector<std::string>* names, std::vector<float>* 
             char32_t c;
             std::memcpy(&c, n.data.data() + ((size_t)i * width + k) * 4, 4);
             if (c == 0) break;
-            s += utf8_of(c);
+            s += encode_utf8((int32_t)c);
         }
         names->push_back(s);
     }

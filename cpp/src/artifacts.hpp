@@ -23,7 +23,6 @@ struct Artifacts {
     std::string root;
     std::array<long long, 3> spatial_size{0, 0, 0};
     int embed_dim = 0;
-    int max_length = 77;
     std::string prompt_template;
     std::map<std::string, GraphEntry> graphs;  // image_encoder, text_encoder, prompt_decoder
     std::vector<std::pair<std::string, std::string>> files;  // (relative path, sha256) to verify

@@ -2,6 +2,7 @@
 // build of kernels/*.cu (kernels_generic.cpp, kernels_fma.cpp). Both builds
 // compute the same bits (see kernels_fma.cpp); FMA is only faster.
 #include "kernels_host.hpp"
+#include "system.hpp"
 
 #include <sched.h>
 
@@ -19,14 +20,8 @@ static std::atomic<int> g_max_threads{0};
 
 void set_max_threads(int n) { g_max_threads = n; }
 
-static int cores() {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
-    return (int)std::max(1u, std::thread::hardware_concurrency());
-}
-
 int threads_for(i64 n) {
-    static const int available = cores();
+    static const int available = cpu_cores();
     int cap = g_max_threads.load(std::memory_order_relaxed);
     int hw = cap > 0 ? cap : available;
     i64 by_work = n / (1 << 16);  // a thread is worth it from ~64k items on

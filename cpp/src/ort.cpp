@@ -1,4 +1,5 @@
 #include "ort.hpp"
+#include "system.hpp"
 
 #include <dlfcn.h>
 #include <sched.h>
@@ -78,12 +79,6 @@ const OrtInfo& ort_load(const std::string& requested) {
     }
     throw std::runtime_error("cannot load ONNX Runtime (tried " + tried + "): " + why +
                              "; pass its path (libonnxruntime.so.1.*) or set SEGVOL_RT_ORT_LIBRARY");
-}
-
-static int cpu_cores() {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
-    return 1;
 }
 
 static Ort::Env& env() {

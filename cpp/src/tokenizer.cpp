@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "errors.hpp"
+#include "system.hpp"
 
 namespace segvol {
 
@@ -22,11 +23,6 @@ static const char* BOS = "<|startoftext|>";
 static const char* EOS = "<|endoftext|>";
 static const char* SUFFIX = "</w>";
 
-static bool is_file(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
 static json read_json(const std::string& path) {
     try {
         std::ifstream in(path);
@@ -34,12 +30,6 @@ static json read_json(const std::string& path) {
     } catch (const json::exception& e) {
         fail(SEGVOL_ERR_ARTIFACTS, "cannot read " + path + ": " + std::string(e.what()).substr(0, 160));
     }
-}
-
-static std::string encode_utf8(int32_t cp) {
-    utf8proc_uint8_t buf[4];
-    utf8proc_ssize_t n = utf8proc_encode_char(cp, buf);
-    return std::string((const char*)buf, (size_t)n);
 }
 
 static std::vector<int32_t> decode_utf8(const std::string& s) {

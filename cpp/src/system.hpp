@@ -1,0 +1,34 @@
+// Small host helpers shared by the SDK's sources: a regular-file test, the cores
+// this process may run on, and UTF-8 encoding of one code point (utf8proc).
+#pragma once
+
+#include <sched.h>
+#include <sys/stat.h>
+#include <utf8proc.h>
+
+#include <algorithm>
+#include <string>
+#include <thread>
+
+namespace segvol {
+
+inline bool is_file(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// The CPUs of this process's affinity mask (what `taskset` or a container allows), at least 1.
+inline int cpu_cores() {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+    return (int)std::max(1u, std::thread::hardware_concurrency());
+}
+
+// UTF-8 of one code point; empty for a value that is not one.
+inline std::string encode_utf8(int32_t cp) {
+    utf8proc_uint8_t buf[4];
+    utf8proc_ssize_t n = utf8proc_encode_char(cp, buf);
+    return std::string((const char*)buf, (size_t)n);
+}
+
+}  // namespace segvol
