@@ -14,7 +14,7 @@ What runs, per case and backend (every backend that can run here):
   and ``torch-official`` (our torch model called as the official demo calls
   SegVol: fp32 eager, one window at a time, the whole model and the text
   encoder re-run per window and per target, resizes on the host;
-  ``segvol_rt.export.reference``);
+  ``segvol_rt.export.reference.official``);
 * cases: ``synthetic``, a phantom scan whose preprocessed crop is the
   official demo's 200x352x480 (scaled for smaller windows), with 1 and 5
   targets; ``raw``, a 512x512x200 int16 ``.nii.gz`` read from disk, timed as
@@ -24,7 +24,7 @@ What runs, per case and backend (every backend that can run here):
 The model (``--config``): ``official`` is SegVol's full size (180.9 M
 parameters) with random weights, ``tiny`` a few-kB model of the same
 architecture, ``demo`` the shipped demo model. Random models get a decoder
-edit that makes the coarse prediction a fixed box (``segvol_rt.export.bench_model.blob_model``)
+edit that makes the coarse prediction a fixed box (``segvol_rt.export.reference.bench_model.blob_model``)
 so each target runs 6 zoom-in windows on the synthetic case, as in the
 reference figures; the targets then share their ROI, which the runtime's
 window cache exploits - the ``no shared windows`` rows show the cost when
@@ -80,12 +80,12 @@ from segvol_rt.bench.stages import (
 )
 from segvol_rt.bench.timing import failure_reason, synchronize, time_calls
 from segvol_rt.errors import SegVolError
-from segvol_rt.export.bench_model import default_cache_dir, prepare_bench_model
-from segvol_rt.export.bench_reference import (
+from segvol_rt.export.reference.bench import (
     OfficialStyleModel,
     bench_official_graphs,
     official_trial,
 )
+from segvol_rt.export.reference.bench_model import default_cache_dir, prepare_bench_model
 
 CASES = ("synthetic", "raw", "real")
 BACKENDS = ("ort-cpu", "ort-cuda", "tensorrt", "torch-pipeline", "torch-official")

@@ -119,7 +119,7 @@ def contenders(app: Path, scan: Path, artifacts: Path, out: Path, args: argparse
 
 
 def artifacts_of(model: str) -> Path:
-    from segvol_rt.export.bench_model import prepare_bench_model
+    from segvol_rt.export.reference.bench_model import prepare_bench_model
 
     return prepare_bench_model(model, log=lambda m: print(m, file=sys.stderr)).artifacts
 

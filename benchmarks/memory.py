@@ -14,7 +14,7 @@ time is reported too, but this is a memory benchmark: see ``bench.py`` for
 latency.
 
 The torch contender is the official flow as the other benchmarks run it
-(:mod:`segvol_rt.export.bench_reference`): our torch SegVol called as the
+(:mod:`segvol_rt.export.reference.bench`): our torch SegVol called as the
 official ``SegVol.forward`` is, text re-encoded on every call, one
 zoom-out-zoom-in per target, on the crop and zoom-out images of our
 preprocessing (the official MONAI preprocessing needs more memory still).
@@ -60,8 +60,8 @@ def torch_child(args: argparse.Namespace) -> None:
     import torch
 
     from segvol_rt.backends.torch import TorchBackend
-    from segvol_rt.export.bench_reference import OfficialStyleModel, official_targets, run_official
     from segvol_rt.export.checkpoint import build_model
+    from segvol_rt.export.reference.bench import OfficialStyleModel, official_targets, run_official
     from segvol_rt.io.artifacts import Artifacts
     from segvol_rt.runtime import SegVolRuntime
 
@@ -118,7 +118,7 @@ def measure(cmd: list[str]) -> dict[str, float]:
 def prepare(args: argparse.Namespace, tmp: Path) -> None:
     """Fill in the artifacts, checkpoint and scan that were not given."""
     if args.artifacts is None:
-        from segvol_rt.export.bench_model import prepare_bench_model
+        from segvol_rt.export.reference.bench_model import prepare_bench_model
 
         bm = prepare_bench_model(args.config, log=lambda m: print(m, file=sys.stderr))
         args.artifacts, args.checkpoint = bm.artifacts, bm.checkpoint

@@ -58,7 +58,7 @@ def graphs(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any]]:
     from segvol_rt.io.artifacts import Artifacts
 
     if args.artifacts is None:
-        from segvol_rt.export.bench_model import prepare_bench_model
+        from segvol_rt.export.reference.bench_model import prepare_bench_model
 
         bm = prepare_bench_model(args.config, log=lambda m: print(m, file=sys.stderr))
         root, source = bm.artifacts, f"{args.config} benchmark model ({bm.info.get('weights', '?')})"

@@ -57,7 +57,7 @@ def artifacts_for(args: argparse.Namespace) -> Path:
         from tests.support.serving import DEMO_ARTIFACTS
 
         return DEMO_ARTIFACTS
-    from segvol_rt.export.bench_model import prepare_bench_model
+    from segvol_rt.export.reference.bench_model import prepare_bench_model
 
     return prepare_bench_model(args.config, log=lambda m: print(m, file=sys.stderr)).artifacts
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-import segvol_rt
+from segvol_rt._version import __version__
 from segvol_rt.errors import SegVolError
 from segvol_rt.export import fp16 as F
 from segvol_rt.export import onnx as O
@@ -364,7 +364,7 @@ def _manifest(
 
     return {
         "format_version": A.FORMAT_VERSION,
-        "segvol_rt_version": segvol_rt.__version__,
+        "segvol_rt_version": __version__,
         "checkpoint": {"name": ckpt.path.name, "sha256": ckpt.sha256, "format": ckpt.format},
         "config": config.to_dict(),
         "prompt_template": config.prompt_template,
@@ -449,14 +449,14 @@ def _size(n: int) -> str:
     return f"{size} B"
 
 
-def export_demo_model(target: Path, say: Callable[[str], None] | None = None) -> Path:
-    """Export the shipped demo checkpoint into ``target`` (replacing a damaged copy)."""
-    from segvol_rt.demo.model import demo_checkpoint_dir
-
+def export_demo_model(checkpoint: Path, target: Path, say: Callable[[str], None] | None = None) -> Path:
+    """Export the demo checkpoint ``checkpoint`` (the caller finds it:
+    :func:`segvol_rt.demo.model.demo_checkpoint_dir`, a layer above this one)
+    into ``target``, replacing a damaged copy."""
     say = say or (lambda _msg: None)
     # A light parity check: the shipped model was verified when it was made;
     # this only guards against a broken local torch / onnxruntime pair.
     options = ExportOptions(image_batches=(1,), text_batches=(1,), decoder_batches=(1, 2), point_counts=(1, 5), precision="fp16")
     say(f"exporting the demo model into {target} (once; later runs reuse it)")
-    export_artifacts(demo_checkpoint_dir(), target, options=options, force=True, progress=say)
+    export_artifacts(checkpoint, target, options=options, force=True, progress=say)
     return target

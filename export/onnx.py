@@ -11,7 +11,7 @@ Official SegVol builds the decoder's sparse tokens from optional points,
 box and text (``PromptEncoder.forward``). The ``prompt_decoder`` graph takes
 one token sequence (``prompt_coords``, ``prompt_labels``; kinds in
 :mod:`segvol_rt.io.spec`) and is *exactly* the official computation when the
-runtime lays the tokens out as :func:`segvol_rt.pipeline.prompts.decoder_tokens` does:
+runtime lays the tokens out as :func:`segvol_rt.io.spec.decoder_tokens` does:
 
 * order and count are the official ones: ``[points..., pad point iff points
   and no box, box min corner, box max corner, text]``. No token that the
@@ -397,14 +397,20 @@ class PromptCase:
 
     def tokens(self) -> tuple[np.ndarray, np.ndarray]:
         """The runtime's token layout of this case, stacked: (B, N, 3), (B, N)."""
-        from segvol_rt.pipeline.prompts import Points, decoder_tokens
-
         rows = []
         for i in range(self.batch):
-            pts = None if self.points is None else Points(self.points[0][i], self.points[1][i])
+            pts = None if self.points is None else _Points(self.points[0][i].reshape(-1, 3), self.points[1][i].reshape(-1))
             box = None if self.boxes is None else int_box(self.boxes[i])
-            rows.append(decoder_tokens(pts, box, self.text is not None))
+            rows.append(S.decoder_tokens(pts, box, self.text is not None))
         return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
+
+@dataclass(frozen=True)
+class _Points:
+    """One row's point prompts: ``coords (N, 3)``, ``labels (N,)`` (:class:`segvol_rt.io.spec.PointPrompts`)."""
+
+    coords: np.ndarray
+    labels: np.ndarray
 
 
 def random_case(

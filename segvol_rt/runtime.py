@@ -17,7 +17,7 @@ frees a scan and its embeddings (host or GPU memory) while the backend stays
 open; ``clear_window_cache()`` forgets only the window embeddings.
 
 Arguments are checked at this boundary with real types
-(:mod:`segvol_rt.pipeline.validate`, :class:`segvol_rt.pipeline.requests.Request`):
+(:mod:`segvol_rt.validate`, :class:`segvol_rt.types.Request`):
 a misuse is a :class:`SegVolError` naming the argument, never a coercion.
 
 Spaces: prompts and outputs are in **scan** voxel indices ``(i, j, k)``; the
@@ -46,14 +46,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segvol_rt import ops
+from segvol_rt import validate as V
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.ops import arrays as A
 from segvol_rt.pipeline import prompts as P
-from segvol_rt.pipeline import validate as V
 from segvol_rt.pipeline import zoom as Z
 from segvol_rt.pipeline.caches import MIB, ByteLRU
-from segvol_rt.pipeline.requests import FLAGS, BoxPrompt, PointsPrompt, Request, check_zoom_target, request_at
+from segvol_rt.pipeline.requests import check_zoom_target
+from segvol_rt.types import FLAGS, BoxPrompt, PointsPrompt, Request, Segmentation, request_at
 
 if TYPE_CHECKING:  # runtime types only: importing segvol_rt stays light
     from segvol_rt.backends.base import Backend
@@ -66,41 +67,6 @@ if TYPE_CHECKING:  # runtime types only: importing segvol_rt stays light
 # table are never cached (the table holds them). The window cache's default is
 # Z.DEFAULT_CACHE_BYTES (512 MiB).
 DEFAULT_TEXT_CACHE_BYTES = 16 * MIB
-
-
-@dataclass
-class Segmentation:
-    """One target's result.
-
-    Arrays are numpy, or cupy arrays on a CUDA backend when the request
-    asked for ``on_device``; their memory layout is unspecified (e.g. a
-    transposed view on the host).
-
-    Attributes:
-        mask: uint8 ``(I, J, K)`` in scan space, 1 = target.
-        probabilities: float32 ``(I, J, K)`` sigmoid of the logits in scan
-            space (0 outside the crop), when asked for. (On the GPU the
-            sigmoid's ``exp`` may differ from numpy's by an ulp or two.)
-        roi: the zoom-in ROI in crop space (:class:`segvol_rt.pipeline.zoom.Roi`), or None.
-        n_windows: zoom-in windows run for this target (0 without zoom-in).
-        zoom_in_applied: the zoom-in stage ran and its logits were pasted.
-        no_foreground: the coarse pass found no voxel with sigmoid > 0.5, so
-            the (empty) coarse result stands.
-        timings: seconds per stage of the call that produced this result
-            (stages shared by several targets are reported to each).
-        crop_logits: float32 crop-space logits ``(D, H, W)``, when kept.
-        prompt: what was asked, for display.
-    """
-
-    mask: Any
-    probabilities: Any = None
-    roi: Z.Roi | None = None
-    n_windows: int = 0
-    zoom_in_applied: bool = False
-    no_foreground: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-    crop_logits: Any = None
-    prompt: str = ""
 
 
 @dataclass
@@ -224,7 +190,7 @@ class SegVolRuntime:
         """What produces this runtime's masks: segvol-rt version, the checkpoint's
         sha256 (from the artifacts manifest), backend, device, precision (the
         backend's, else fp32: ONNX Runtime and torch run float32) and CPU threads."""
-        from segvol_rt import __version__
+        from segvol_rt._version import __version__
 
         manifest = getattr(self.artifacts, "manifest", None)  # None for artifacts that carry no manifest
         checkpoint = manifest.get("checkpoint") if isinstance(manifest, dict) else None

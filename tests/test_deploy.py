@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from segvol_rt.client import protocol as W
+from segvol_rt import wire as W
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"

@@ -16,7 +16,9 @@ from tests.support.layers import REPO, lint_imports, mypy, package_tree
 
 pytest.importorskip("importlinter", reason="import-linter is in the dev extra")
 
-CONTRACTS = ("Layers, top down", "pipeline, ops, io and backends never import", "Nothing below app imports typer")
+CONTRACTS = ("Layers, top down", "The export core", "Demo training and the torch references", "backends never import app",
+             "Only the torch backend", "never import torch", "Nothing below app imports typer", "serve and client are independent",
+             "client imports no runtime", "client imports no CuPy")
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +47,28 @@ def test_every_layer_contract_is_kept(tree):
 @pytest.mark.parametrize(
     ("module", "line", "broken"),
     [
-        ("io/nifti.py", "import segvol_rt.app.cli", ("Layers, top down", "never import")),
-        ("ops/masks.py", "from segvol_rt.export import onnx", ("Layers, top down", "never import")),
-        ("backends/onnxruntime.py", "import segvol_rt.export.exporter", ("Layers, top down", "never import")),
+        ("io/nifti.py", "import segvol_rt.app.cli", ("Layers, top down", "backends never import app")),
+        ("ops/masks.py", "from segvol_rt.export import onnx", ("Layers, top down", "never import torch")),
+        ("backends/onnxruntime.py", "import segvol_rt.export.reference.official", ("Layers, top down", "backends never import app")),
+        ("backends/onnxruntime.py", "import segvol_rt.export.exporter", ("Only the torch backend",)),
         ("pipeline/zoom.py", "import typer", ("Nothing below app imports typer",)),
         ("runtime.py", "import segvol_rt.bench.report", ("Layers, top down",)),
-        ("export/onnx.py", "import segvol_rt.app.cli", ("Layers, top down",)),
+        ("export/onnx.py", "import segvol_rt.app.cli", ("Layers, top down", "The export core")),
+        ("export/exporter.py", "import segvol_rt.pipeline.prompts", ("Layers, top down", "The export core")),
+        # the root package's lazy names reach the runtime: an export core module may not take that path
+        ("export/exporter.py", "import segvol_rt", ("The export core",)),
+        ("export/model/segvol.py", "from segvol_rt.demo.model import demo_checkpoint_dir", ("Layers, top down", "The export core")),
+        ("export/reference/official.py", "import segvol_rt.export.demo_training.recipe", ("Demo training and the torch references",)),
         ("kernels/__init__.py", "from segvol_rt.ops import dispatch", ("Layers, top down",)),
-        ("client/protocol.py", "import onnxruntime", ("client imports no backend",)),
-        ("client/client.py", "from segvol_rt.serve import models", ("Layers, top down", "client imports no backend")),
+        ("types.py", "import torch", ("never import torch",)),
+        ("types.py", "from segvol_rt.pipeline import zoom", ("Layers, top down",)),
+        ("wire.py", "from segvol_rt.runtime import SegVolRuntime", ("Layers, top down",)),
+        ("client/volumes.py", "import onnxruntime", ("client imports no runtime",)),
+        ("client/client.py", "from segvol_rt.runtime import SegVolRuntime", ("client imports no runtime",)),
+        ("client/volumes.py", "import cupy", ("client imports no CuPy",)),
+        ("client/client.py", "from segvol_rt.serve import models",
+         ("Layers, top down", "serve and client are independent", "client imports no runtime")),
+        ("serve/models.py", "from segvol_rt.client import client", ("Layers, top down", "serve and client are independent")),
         ("serve/models.py", "import segvol_rt.app.cli", ("Layers, top down",)),
     ],
 )
@@ -65,8 +80,13 @@ def test_a_deliberate_violation_breaks_its_contract(tmp_path, module, line, brok
     report = result.stdout + result.stderr
     assert result.returncode != 0, report
     for name in broken:
-        verdict = report[report.index(name):].split("\n\n")[0]
-        assert "BROKEN" in verdict, (name, report)
+        assert _verdict(report, name) == "BROKEN", (name, report)
+
+
+def _verdict(report: str, name: str) -> str:
+    """KEPT or BROKEN: the verdict that follows the contract ``name`` in the report's summary."""
+    rest = report[report.index(name):]
+    return min(("KEPT", "BROKEN"), key=lambda word: rest.find(word) if word in rest else len(rest))
 
 
 def test_mypy_finds_no_error(tree, tmp_path):

@@ -28,8 +28,8 @@ import pytest
 
 pytest.importorskip("tritonclient.http")
 
+from segvol_rt import wire as W  # noqa: E402
 from segvol_rt.client import SegVolClient, SessionGoneError  # noqa: E402
-from segvol_rt.client import protocol as W  # noqa: E402
 from segvol_rt.demo.phantom import make_phantom  # noqa: E402
 from segvol_rt.errors import SegVolError  # noqa: E402
 from segvol_rt.runtime import SegVolRuntime  # noqa: E402
@@ -209,7 +209,11 @@ def test_malformed_requests(server: serving.ServerProcess, phantom: Any, local: 
         with pytest.raises(SegVolError, match="32 lowercase hex"):
             client.infer(W.SEGMENT_MODEL, "not-a-session", {"request": b"{}"}, ("info",))
         with pytest.raises(SegVolError, match="meta.dtype"):
-            client.infer(W.OPEN_MODEL, "1" * 32, {"meta": b'{"chunk": 0, "dtype": "object"}', "chunk": b""}, ("info",))
+            meta = W.to_json_bytes({"wire": W.WIRE_VERSION, "chunk": 0, "dtype": "object"})
+            client.infer(W.OPEN_MODEL, "1" * 32, {"meta": meta, "chunk": b""}, ("info",))
+        for other in ({"wire": W.WIRE_VERSION + 1}, {}):  # a client of another wire version, or of none: one line
+            with pytest.raises(W.VersionMismatch, match=r"^segvol-rt server at .*: the client speaks wire version .*same segvol-rt"):
+                client.infer(W.OPEN_MODEL, "2" * 32, {"meta": W.to_json_bytes({**other, "chunk": 0}), "chunk": b""}, ("info",))
     for body in (b"{{{", b'{"inputs": [{"name": "session", "shape": [1], "datatype": "FP32", "data": [1]}]}'):
         req = urllib.request.Request(f"{server.url}/v2/models/{W.SEGMENT_MODEL}/infer", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -230,8 +234,8 @@ def test_disconnect_mid_upload(server: serving.ServerProcess, phantom: Any, loca
     with SegVolClient(server.url) as client:
         sid = "ab" * 16
         header = W.VolumeHeader("int16", (10, 10, 10), tuple(map(tuple, np.eye(4))), 2000)
-        info = client.infer(W.OPEN_MODEL, sid, {"meta": W.to_json_bytes({**header.as_dict(), "chunk": 0}), "chunk": b"\0" * 1000},
-                            ("info",))
+        meta = W.to_json_bytes({**header.as_dict(), "chunk": 0, "wire": W.WIRE_VERSION})
+        info = client.infer(W.OPEN_MODEL, sid, {"meta": meta, "chunk": b"\0" * 1000}, ("info",))
         assert json.loads(bytes(info["info"][0]))["state"] == "receiving"
         with pytest.raises(SegVolError, match="still receiving"):
             client.infer(W.SEGMENT_MODEL, sid, {"request": b'{"text": "liver"}'}, ("mask", "box", "info"))

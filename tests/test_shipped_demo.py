@@ -96,7 +96,7 @@ def test_the_wheel_carries_assets_kernels_and_schema(wheel):
     assert any(n.startswith("segvol_rt/io/") and n.endswith(".schema.json") for n in names), "no manifest schema"
     assert "segvol_rt/io/snomed_segments.csv" in names, "no SNOMED segment table"
     assert "segvol_rt/export/exporter.py" in names and "segvol_rt/app/cli.py" in names
-    assert "segvol_rt/serve/server.py" in names and "segvol_rt/client/protocol.py" in names
+    assert "segvol_rt/serve/server.py" in names and "segvol_rt/wire.py" in names
 
 
 def test_a_runtime_only_install_runs_the_demo(wheel, tmp_path):

@@ -24,12 +24,12 @@ from segvol_rt.bench.stages import (
     bench_text_lookup,
 )
 from segvol_rt.errors import SegVolError
-from segvol_rt.export.bench_model import prepare_bench_model
-from segvol_rt.export.bench_reference import (
+from segvol_rt.export.reference.bench import (
     OfficialStyleModel,
     bench_official,
     bench_official_graphs,
 )
+from segvol_rt.export.reference.bench_model import prepare_bench_model
 from segvol_rt.io import spec as S
 
 Log = Callable[[str], None]

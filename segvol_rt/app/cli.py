@@ -147,7 +147,7 @@ def _root() -> None:
 @app.command()
 def version() -> None:
     """Print the segvol-rt version."""
-    from segvol_rt import __version__
+    from segvol_rt._version import __version__
 
     say(__version__)
 
@@ -189,7 +189,7 @@ def infer(
     server: str | None = typer.Option(None, "--server", help="URL of a `segvol-rt serve` server (http://HOST:PORT): the scan is uploaded there and segmented by its model; outputs are written here as usual (needs the client extra; API key from $SEGVOL_API_KEY)."),
 ) -> None:
     """Segment targets of a CT scan (NIfTI, DICOM folder or DICOMweb series) by text, box and/or point prompts; write NIfTI masks or DICOM SEGs (all of them or none)."""
-    from segvol_rt.app.console import ConsoleReporter, check_choices, load_runtime, provenance_line
+    from segvol_rt.app.console import ConsoleReporter, check_choices, load_runtime
     from segvol_rt.app.infer import InferOptions, run_infer
 
     check_choices(backend, device, precision)
@@ -214,6 +214,14 @@ def infer(
         report.close()
         for rt in remote:
             rt.close()
+    _print_result(result, report, verbose)
+
+
+def _print_result(result: Any, report: Any, verbose: bool) -> None:
+    """``infer``'s closing lines: per target its voxels and zoom-in (with ``verbose``,
+    its prompt and ROI) and Dice when asked, the files written, timing and provenance."""
+    from segvol_rt.app.console import provenance_line
+
     for res in result.targets:
         seg = res.segmentation
         zoom = f"{seg.n_windows} zoom-in window(s)" if seg.zoom_in_applied else "zoom-out only"

@@ -23,6 +23,7 @@ from segvol_rt.demo.model import (  # noqa: F401  (re-exported: the cache's name
     cache_root,
     cached_demo_artifacts,
     demo_cache_dir,
+    demo_checkpoint_dir,
 )
 from segvol_rt.errors import SegVolError
 from segvol_rt.runtime import SegVolRuntime
@@ -224,4 +225,4 @@ def export_demo(target: Path, say: Say | None = None) -> Path:
         require(module)  # the error names the `export` extra
     from segvol_rt.export.exporter import export_demo_model
 
-    return export_demo_model(target, say)
+    return export_demo_model(demo_checkpoint_dir(), target, say)

@@ -229,7 +229,7 @@ def segment_organs(rt: SegVolRuntime, phantom: Phantom, advance: Callable[[str],
     """Every organ of ``phantom`` (the runtime's current volume) by each of
     :data:`PROMPT_KINDS`, zoom-out only and zoom-out-zoom-in: a row per organ
     and kind (scan-space Dice, timing) and the final masks per kind and label."""
-    from segvol_rt.runtime import Request
+    from segvol_rt.types import Request
 
     advance = advance or (lambda _m: None)
     rows: list[DemoRow] = []

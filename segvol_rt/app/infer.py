@@ -54,7 +54,7 @@ from segvol_rt.errors import SegVolError
 from segvol_rt.ops.boxes import InclusiveBox
 from segvol_rt.pipeline import prompts as P
 from segvol_rt.pipeline.zoom import StageClock
-from segvol_rt.runtime import Request, Segmentation
+from segvol_rt.types import Request, Segmentation
 
 if TYPE_CHECKING:
     from segvol_rt.io.nifti import Scan

@@ -20,7 +20,7 @@ import numpy as np
 
 from segvol_rt.app.infer import InferOptions
 from segvol_rt.errors import SegVolError
-from segvol_rt.runtime import Request, Segmentation
+from segvol_rt.types import Request, Segmentation
 
 
 def check_remote_options(opts: InferOptions, artifacts: str | None) -> None:
@@ -57,7 +57,7 @@ class RemoteRuntime:
         self.timings["upload"] = upload.seconds if upload is not None else 0.0
         self.backend = SimpleNamespace(name=f"{prov.get('backend')} (served)", device=prov.get("device"),
                                        precision=prov.get("precision"), threads=prov.get("threads"))
-        from segvol_rt import __version__
+        from segvol_rt._version import __version__
 
         # as a local run records it, with the served backend named as served
         self.provenance = {**prov, "segvol_rt_version": __version__, "backend": self.backend.name}

@@ -6,7 +6,7 @@ Each adds rows to a :class:`~segvol_rt.bench.report.Report`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,6 @@ from segvol_rt._optional import require
 from segvol_rt.bench.report import Report, Row
 from segvol_rt.bench.timing import (
     LatencyStats,
-    Trial,
     failure_reason,
     time_calls,
     time_interleaved,
@@ -31,6 +30,18 @@ if TYPE_CHECKING:
     from segvol_rt.runtime import SegVolRuntime
 
 # -- stages ---------------------------------------------------------------------------
+
+
+@dataclass
+class Trial:
+    """One contender of an interleaved comparison: ``run`` is timed,
+    ``before`` runs untimed ahead of every run, ``record`` turns the timing
+    into report rows (and returns the main row)."""
+
+    label: str
+    run: Callable[[], Any]
+    record: Callable[[Report, LatencyStats], Row]
+    before: Callable[[], Any] | None = None
 
 
 @dataclass

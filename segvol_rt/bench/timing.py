@@ -19,14 +19,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from segvol_rt.errors import SegVolError
-
-if TYPE_CHECKING:  # the report imports this module
-    from segvol_rt.bench.report import Report, Row
 
 # -- timing ---------------------------------------------------------------------
 
@@ -104,19 +101,18 @@ def time_calls(fn: Callable[[], Any], repeat: int, warmup: int, before: Callable
     return LatencyStats([time_once(fn, before) for _ in range(repeat)])
 
 
-@dataclass
-class Trial:
-    """One contender of an interleaved comparison: ``run`` is timed,
-    ``before`` runs untimed ahead of every run, ``record`` turns the timing
-    into report rows (and returns the main row)."""
+class Contender(Protocol):
+    """One contender of an interleaved comparison (:class:`segvol_rt.bench.stages.Trial`
+    is one): ``run`` is timed, ``before`` runs untimed ahead of every run."""
 
-    label: str
-    run: Callable[[], Any]
-    record: Callable[[Report, LatencyStats], Row]
-    before: Callable[[], Any] | None = None
+    @property
+    def run(self) -> Callable[[], Any]: ...
+
+    @property
+    def before(self) -> Callable[[], Any] | None: ...
 
 
-def time_interleaved(trials: Sequence[Trial], repeat: int, warmup: int) -> list[LatencyStats | BaseException]:
+def time_interleaved(trials: Sequence[Contender], repeat: int, warmup: int) -> list[LatencyStats | BaseException]:
     """Time the trials in rounds (A, B, C, A, B, C, ...) so that a machine
     whose load changes during the run loads every contender alike. A trial
     that raises is dropped from later rounds; its exception is returned in

@@ -1,7 +1,7 @@
 """Torch-free client of ``segvol-rt serve`` (the ``client`` extra).
 
 :class:`SegVolClient` (``segvol_rt.client.client``) talks to the server;
-:mod:`segvol_rt.client.protocol` is the wire format both sides share.
+:mod:`segvol_rt.wire` is the wire format both sides share.
 Importing this package loads neither tritonclient nor any backend.
 """
 

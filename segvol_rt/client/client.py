@@ -8,7 +8,7 @@
 Prompts and masks are in **scan** voxel indices ``(i, j, k)`` of the volume
 as uploaded (as :meth:`segvol_rt.runtime.SegVolRuntime.segment` takes them).
 A volume travels in its own integer dtype where it has one, zlib-compressed, in
-chunks (:mod:`segvol_rt.client.protocol`); a mask comes back as the packed
+chunks (:mod:`segvol_rt.wire`); a mask comes back as the packed
 bits of its bounding box. Every request carries the session id in the
 ``X-SegVol-Session`` header, so a router with consistent hashing on it keeps
 the session on its server.
@@ -34,16 +34,13 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from segvol_rt import wire as W
 from segvol_rt._optional import require
-from segvol_rt.client import protocol as W
 from segvol_rt.client.volumes import read_volume
 from segvol_rt.errors import SegVolError
-from segvol_rt.pipeline.requests import Request
-from segvol_rt.pipeline.zoom import Roi
-from segvol_rt.runtime import Segmentation
+from segvol_rt.types import Segmentation
 
 ACCESS_TOKEN_HEADER = "triton-access-token"  # Triton's restricted-API header (PyTriton's security config)
-SERVED_OPTIONS = ("zoom_in", "seed", "window_prompts")
 
 
 class SessionGoneError(SegVolError):
@@ -147,6 +144,8 @@ class SegVolClient:
         parsed = W.parse_error(text or "")
         if parsed is not None:
             code, message = parsed
+            if code == "version":
+                return W.VersionMismatch(f"segvol-rt server at {self.url}: {message}")
             return SessionGoneError(message) if code == "session" else SegVolError(message)
         status = exc.status() if hasattr(exc, "status") else None
         detail = " ".join(str(text).split())[:200]
@@ -184,8 +183,9 @@ class SegVolClient:
         info: dict[str, Any] = {}
         for index, chunk in enumerate(chunks):
             meta = {**header.as_dict(), "chunk": index} if index == 0 else {"chunk": index}
-            out = self.infer(W.OPEN_MODEL, sid, {"meta": W.to_json_bytes(meta), "chunk": chunk}, ("info",))
+            out = self.infer(W.OPEN_MODEL, sid, {"meta": W.to_json_bytes({"wire": W.WIRE_VERSION, **meta}), "chunk": chunk}, ("info",))
             info = _json(out["info"])
+            W.check_server_version(info, self.url)
         if info.get("state") != "ready":
             raise SegVolError(f"the server did not complete session {sid} ({info.get('state')})")
         upload = Upload(volume.nbytes, len(stream), len(chunks), time.perf_counter() - t0, t1 - t0)
@@ -195,7 +195,9 @@ class SegVolClient:
         """A session on a scan the server reads itself (``path`` relative to its
         ``--allow-path-root``; refused by servers without one)."""
         sid = uuid.uuid4().hex
-        info = _json(self.infer(W.OPEN_MODEL, sid, {"meta": W.to_json_bytes({"path": path}), "chunk": b""}, ("info",))["info"])
+        meta = W.to_json_bytes({"wire": W.WIRE_VERSION, "path": path})
+        info = _json(self.infer(W.OPEN_MODEL, sid, {"meta": meta, "chunk": b""}, ("info",))["info"])
+        W.check_server_version(info, self.url)
         return RemoteSession(self, sid, info, None)
 
 
@@ -232,38 +234,12 @@ class RemoteSession:
     def segment(self, text: str | None = None, box: Any = None, points: Any = None, **options: Any) -> Segmentation:
         """As :meth:`segvol_rt.runtime.SegVolRuntime.segment` (options: zoom_in,
         seed, window_prompts); the mask is uint8 ``(I, J, K)`` in scan space."""
-        unsupported = sorted(k for k in options if k not in SERVED_OPTIONS)
-        if unsupported:
-            raise SegVolError(f"{', '.join(unsupported)}: not served (the server returns masks); served options: "
-                              f"{', '.join(SERVED_OPTIONS)}")
-        Request.of({"text": text, "box": box, "points": points, **options})  # the same type checks as the local API
-        fields = {k: v for k, v in {"text": text, "box": _plain(box), "points": _plain(points), **options}.items() if v is not None}
-        out = self.client.infer(W.SEGMENT_MODEL, self.id, {"request": W.to_json_bytes(fields)}, ("mask", "box", "info"))
-        info = _json(out["info"])
-        mask = W.decode_mask(bytes(out["mask"].reshape(-1)[0]), out["box"].reshape(-1), tuple(info["shape"]))
-        roi = info["roi"]
-        return Segmentation(
-            mask=mask,
-            roi=None if roi is None else Roi(tuple(roi["official"]), tuple(roi["lo"]), tuple(roi["hi"])),
-            n_windows=int(info["n_windows"]),
-            zoom_in_applied=bool(info["zoom_in_applied"]),
-            no_foreground=bool(info["no_foreground"]),
-            timings={k: float(v) for k, v in info["timings"].items()},
-            prompt=str(info["prompt"]),
-        )
+        request = W.encode_request(text, box, points, options)
+        out = self.client.infer(W.SEGMENT_MODEL, self.id, {"request": request}, ("mask", "box", "info"))
+        return W.decode_result(bytes(out["mask"].reshape(-1)[0]), out["box"], _json(out["info"]))
 
     def close(self) -> None:
         """Free the session on the server."""
         self.client.infer(W.CLOSE_MODEL, self.id, {}, ("info",))
         self.closed = True
 
-
-def _plain(value: Any) -> Any:
-    """Tuples and numpy integers as JSON lists and ints (strings as they are)."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in value]
-    return value

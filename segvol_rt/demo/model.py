@@ -1,7 +1,7 @@
 """The demo model shipped inside the package, and where its exported artifacts
 are cached: a small SegVol trained on the synthetic phantoms of
 :mod:`segvol_rt.demo.phantom` (see ``assets/demo/TRAINING.md``
-and :mod:`segvol_rt.export.demo_training`), so ``segvol-rt demo`` and the
+and :mod:`segvol_rt.export.demo_training.training`), so ``segvol-rt demo`` and the
 end-to-end tests run without downloading the released weights.
 
 It is a checkpoint directory in the official Hugging Face layout
@@ -11,7 +11,7 @@ phantom organs (:data:`segvol_rt.demo.phantom.PHANTOM_LABELS`); never use it on
 real scans. No torch here: this module only locates the files.
 
 Its exported artifacts ship in the package too (``assets/demo/artifacts``,
-written by ``python -m segvol_rt.export.ship_demo``), so a runtime-only
+written by ``python -m segvol_rt.export.demo_training.ship``), so a runtime-only
 install needs no torch. They are used when their manifest names the shipped
 checkpoint's sha256 and every hash matches. Otherwise (a retrained or replaced
 checkpoint) the artifacts are exported the first time they are needed (the

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -264,3 +264,41 @@ def check_tokens(labels: Sequence[int]) -> None:
     bad = sorted({int(v) for v in labels} - allowed)
     if bad:
         raise SegVolError(f"prompt labels {bad} are not token kinds {sorted(allowed)}")
+
+
+class PointPrompts(Protocol):
+    """Point prompts as the decoder takes them: ``coords (N, 3)`` integer
+    (D, H, W) voxel indices and ``labels (N,)`` in {1, 0, -1}
+    (:class:`segvol_rt.pipeline.prompts.Points` is one)."""
+
+    @property
+    def coords(self) -> np.ndarray: ...
+
+    @property
+    def labels(self) -> np.ndarray: ...
+
+
+def decoder_tokens(points: PointPrompts | None, box: Sequence[int] | None, text: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Official sparse-token order -> ``coords (N, 3)`` float32, ``labels (N,)`` int32.
+
+    ``[points..., pad point if points and no box, box min, box max, text]``
+    (the LABEL_* values above); coordinates are (D, H, W) voxel indices of the
+    image the decoder segments, ``box`` is inclusive ``(d0, h0, w0, d1, h1, w1)``;
+    pad and text tokens carry zeros (ignored)."""
+    coords: list[Sequence[float]] = []
+    labels: list[int] = []
+    if points is not None:
+        coords.extend(points.coords.tolist())
+        labels.extend(points.labels.tolist())
+        if box is None:
+            coords.append((0, 0, 0))
+            labels.append(LABEL_PAD)
+    if box is not None:
+        coords.extend([tuple(box[:3]), tuple(box[3:])])
+        labels.extend([LABEL_BOX_MIN, LABEL_BOX_MAX])
+    if text:
+        coords.append((0, 0, 0))
+        labels.append(LABEL_TEXT)
+    if not labels:
+        raise SegVolError("give at least one prompt: text, box or points")
+    return np.asarray(coords, dtype=np.float32).reshape(-1, 3), np.asarray(labels, dtype=np.int32)

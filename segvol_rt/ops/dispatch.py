@@ -74,7 +74,8 @@ def cuda_twin(fn: F) -> F:
 
 
 def registered_twins() -> dict[str, Callable[..., Any]]:
-    """Every registered NumPy function by name (the CUDA twin has the same name)."""
-    import segvol_rt.ops  # noqa: F401  (registers every operation)
+    """Every registered NumPy function by name (the CUDA twin has the same name).
 
+    Complete whenever this module is: importing it runs ``segvol_rt.ops``
+    first, whose ``__init__`` imports (and so registers) every operation."""
     return dict(_REGISTRY)

@@ -13,17 +13,17 @@ Everything here is numpy and small; the heavy volumes live in :mod:`segvol_rt.pi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
+from segvol_rt.io.spec import decoder_tokens  # noqa: F401  (the token layout, beside the graph IO specs)
 from segvol_rt.ops.boxes import InclusiveBox, int_box
-from segvol_rt.pipeline import validate as V
+from segvol_rt.types import Points, parse_box, parse_points  # noqa: F401  (the prompt types, numpy only)
 
 if TYPE_CHECKING:
     from segvol_rt.pipeline.geometry import Geometry
@@ -33,92 +33,7 @@ if TYPE_CHECKING:
 EMPTY_BOX: InclusiveBox = (-1, -1, -1, -1, -1, -1)
 
 
-@dataclass(frozen=True)
-class Points:
-    """``coords (N, 3)`` int64 voxel indices and ``labels (N,)`` int64 in {1, 0, -1}."""
-
-    coords: np.ndarray
-    labels: np.ndarray
-
-    def __post_init__(self) -> None:
-        # integer arrays only: a float voxel index would be truncated, a bool taken for 0/1
-        coords = _integer_array(self.coords, "point coordinates")
-        if coords.size % 3:
-            raise SegVolError(f"point coordinates need 3 per point (i, j, k), got shape {coords.shape}")
-        object.__setattr__(self, "coords", coords.reshape(-1, 3))
-        object.__setattr__(self, "labels", _integer_array(self.labels, "point labels").reshape(-1))
-        if len(self.coords) != len(self.labels):
-            raise SegVolError(f"{len(self.coords)} point coordinates but {len(self.labels)} labels")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def positive(self) -> np.ndarray:
-        """Coordinates ``(P, 3)`` of the positive points."""
-        return self.coords[self.labels == 1]
-
-
-def _integer_array(value: Any, what: str) -> np.ndarray:
-    """``value`` as an int64 array if its elements are integers (an empty one may
-    be of any dtype); floats, bools and other dtypes are refused."""
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as exc:
-        raise SegVolError(f"{what} are not an integer array ({exc})") from None
-    if arr.size and arr.dtype.kind not in "iu":
-        raise SegVolError(f"{what} must be integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64)
-
-
-# -- parsing and validation of user prompts (scan space) --------------------
-
-
-def _ints(text: str, what: str) -> list[int]:
-    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
-    try:
-        return [int(p) for p in parts]
-    except ValueError:
-        raise SegVolError(f"{what} {text!r}: expected integers separated by commas") from None
-
-
-def parse_box(value: str | Sequence[int]) -> InclusiveBox:
-    """``"i0,j0,k0,i1,j1,k1"`` (or six ints: Python or NumPy integers, or an
-    integer array) -> inclusive scan-space box. Floats and bools are refused."""
-    vals = _ints(value, "box") if isinstance(value, str) else V.int_vector(value, "box")
-    if len(vals) != 6:
-        raise SegVolError(f"box needs 6 integers i0,j0,k0,i1,j1,k1; got {len(vals)}")
-    lo, hi = vals[:3], vals[3:]
-    if any(a > b for a, b in zip(lo, hi)):
-        raise SegVolError(f"box {tuple(vals)} is empty: need i0<=i1, j0<=j1, k0<=k1")
-    return tuple(vals)  # type: ignore[return-value]
-
-
-def parse_points(value: str | Sequence[Any] | Points) -> Points:
-    """Points in scan space from ``"i,j,k[,label];i,j,k[,label]"``, a sequence of
-    such strings, a sequence of ``(i, j, k[, label])`` integers (or an integer
-    array of shape (N, 3) or (N, 4)), or :class:`Points`; the label defaults to
-    1. Floats and bools are refused, not truncated."""
-    if isinstance(value, Points):
-        if not np.isin(value.labels, (0, 1)).all():
-            raise SegVolError(f"points: labels must be 1 (positive) or 0 (negative), got {sorted(set(value.labels.tolist()))}")
-        return value
-    if isinstance(value, str):
-        items: Sequence[Any] | np.ndarray = [p for p in value.split(";") if p.strip()]
-    else:
-        items = V.sequence(value, "points", "points (i, j, k[, label])")
-    if len(items) == 0:
-        raise SegVolError("points: no point given")
-    coords, labels = [], []
-    for item in items:
-        vals = _ints(item, "point") if isinstance(item, str) else V.int_vector(item, "point")
-        if len(vals) not in (3, 4):
-            raise SegVolError(f"point {item!r}: expected i,j,k or i,j,k,label")
-        label = vals[3] if len(vals) == 4 else 1
-        if label not in (0, 1):
-            raise SegVolError(f"point {item!r}: label must be 1 (positive) or 0 (negative)")
-        coords.append(vals[:3])
-        labels.append(label)
-    return Points(np.array(coords), np.array(labels))
+# -- validation of user prompts (scan space) --------------------------------
 
 
 def validate_prompts(
@@ -196,34 +111,6 @@ def to_model_space(geometry: Geometry, box: InclusiveBox | None, points: Points 
         pc = Points(crop, points.labels)
         pz = Points(geometry.zoom.crop_to_zoom_index(crop), points.labels)
     return ModelPrompts(box_crop, box_zoom, pc, pz)
-
-
-# -- decoder tokens ----------------------------------------------------------
-
-
-def decoder_tokens(points: Points | None, box: InclusiveBox | None, text: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Official sparse-token order -> ``coords (N, 3)`` float32, ``labels (N,)`` int32.
-
-    ``[points..., pad point if points and no box, box min, box max, text]``
-    (see :mod:`segvol_rt.io.spec`); coordinates are (D, H, W) voxel indices of the
-    image the decoder segments; pad and text tokens carry zeros (ignored)."""
-    coords: list[Sequence[float]] = []
-    labels: list[int] = []
-    if points is not None:
-        coords.extend(points.coords.tolist())
-        labels.extend(points.labels.tolist())
-        if box is None:
-            coords.append((0, 0, 0))
-            labels.append(S.LABEL_PAD)
-    if box is not None:
-        coords.extend([box[:3], box[3:]])
-        labels.extend([S.LABEL_BOX_MIN, S.LABEL_BOX_MAX])
-    if text:
-        coords.append((0, 0, 0))
-        labels.append(S.LABEL_TEXT)
-    if not labels:
-        raise SegVolError("give at least one prompt: text, box or points")
-    return np.asarray(coords, dtype=np.float32).reshape(-1, 3), np.asarray(labels, dtype=np.int32)
 
 
 # -- window prompt rules (official generate_box / select_points / binary maps) --

@@ -1,100 +1,19 @@
-"""What the runtime is asked: :class:`Request` (one target's scan-space
-prompts and options), and the checks of zoom-out-space targets
-(:func:`check_zoom_target`).
-
-Every field is checked when a request is made, with real types (see
-:mod:`segvol_rt.pipeline.validate`): a user mistake is a :class:`SegVolError`
-naming the field, never a coercion (bytes read as text, floats truncated to
-voxel indices, 0/1 taken for flags). Prompts are in **scan** voxel indices
-``(i, j, k)``; :class:`segvol_rt.pipeline.zoom.Target` holds them in zoom-out
-space ``(D, H, W)``.
-"""
+"""The checks of zoom-out-space targets (:func:`check_zoom_target`), the
+expert API's requests; the scan-space :class:`~segvol_rt.types.Request` and
+its prompt types live in :mod:`segvol_rt.types` (re-exported here)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from segvol_rt import validate as V
 from segvol_rt.errors import SegVolError
 from segvol_rt.ops.arrays import to_host
 from segvol_rt.pipeline import prompts as P
-from segvol_rt.pipeline import validate as V
 from segvol_rt.pipeline import zoom as Z
-
-# A box prompt: "i0,j0,k0,i1,j1,k1" or six ints, inclusive, scan voxel indices.
-BoxPrompt = str | Sequence[int]
-# Point prompts: "i,j,k[,label];..." or [(i, j, k[, label]), ...] (label 1 positive, 0 negative).
-PointsPrompt = str | Sequence[Sequence[int]] | P.Points
-
-FLAGS = ("zoom_in", "probabilities", "keep_logits", "on_device")
-
-
-@dataclass(frozen=True)
-class Request:
-    """One target of :meth:`segvol_rt.runtime.SegVolRuntime.segment_many` (scan-space prompts).
-
-    Every field is checked when the request is made (a :class:`SegVolError`
-    naming the field): ``text`` a ``str`` (bytes are refused), ``box`` and
-    ``points`` integers (floats and bools are refused, not truncated), the
-    flags ``bool``, ``seed`` an integer >= 0, ``window_prompts`` a name. The
-    box's and points' bounds are checked against the volume when it runs."""
-
-    text: str | None = None
-    box: BoxPrompt | None = None  # "i0,j0,k0,i1,j1,k1" or 6 ints, inclusive
-    points: PointsPrompt | None = None  # "i,j,k[,label];..." or [(i, j, k[, label]), ...]
-    zoom_in: bool = True
-    probabilities: bool = False
-    seed: int = 0
-    keep_logits: bool = False
-    on_device: bool = False  # keep the outputs on the GPU (cupy) instead of downloading them
-    window_prompts: str = "official"  # or "aligned": see segvol_rt.pipeline.zoom (scans smaller than a window)
-
-    def __post_init__(self) -> None:
-        V.optional_text(self.text, "text")
-        if self.box is not None:
-            P.parse_box(self.box)  # types, count and order; bounds need the volume
-        if self.points is not None:
-            P.parse_points(self.points)
-        for name in FLAGS:  # numpy.bool_ becomes bool
-            object.__setattr__(self, name, V.boolean(getattr(self, name), name))
-        object.__setattr__(self, "seed", V.integer(self.seed, "seed", minimum=0))
-        if not isinstance(self.window_prompts, str):
-            raise SegVolError(f"window_prompts must be a str ({' or '.join(Z.WINDOW_PROMPTS)}), not {V.type_name(self.window_prompts)}")
-        Z.check_window_prompts(self.window_prompts)
-
-    @classmethod
-    def of(cls, item: Request | Mapping[str, Any] | str) -> Request:
-        """A request from a Request, a target name or a mapping of :class:`Request` fields."""
-        if isinstance(item, Request):
-            return item
-        if isinstance(item, str):
-            return cls(text=item)
-        if isinstance(item, Mapping):
-            fields = cls.__dataclass_fields__
-            unknown = [k for k in item if not (isinstance(k, str) and k in fields)]
-            if unknown:
-                raise SegVolError(f"unknown target fields {', '.join(sorted(map(repr, unknown)))}; fields: {', '.join(fields)}")
-            return cls(**item)
-        raise SegVolError(f"a target is a name, a mapping or a Request, not {V.type_name(item)}")
-
-    def describe(self) -> str:
-        parts = [f"text={self.text!r}"] if self.text is not None else []
-        if self.box is not None:
-            parts.append(f"box={self.box}")
-        if self.points is not None:
-            parts.append(f"points={self.points}")
-        return ", ".join(parts)
-
-
-def request_at(item: Any, index: int) -> Request:
-    """``Request.of(item)``, its error prefixed with the target's place."""
-    try:
-        return Request.of(item)
-    except SegVolError as exc:
-        raise SegVolError(f"targets[{index}]: {exc}") from None
 
 
 def check_zoom_target(target: Any, name: str, zoom_shape: Sequence[int], max_points: int, dim: int) -> None:

@@ -74,6 +74,7 @@ from segvol_rt.ops.arrays import to_host
 from segvol_rt.ops.boxes import InclusiveBox
 from segvol_rt.pipeline import prompts as P
 from segvol_rt.pipeline.caches import MIB, ByteLRU
+from segvol_rt.types import WINDOW_PROMPTS, Roi, check_window_prompts  # noqa: F401  (Z.* names of the zoom's types)
 
 Vec3 = tuple[int, int, int]
 OVERLAP = 0.5
@@ -101,16 +102,6 @@ class Graphs(Protocol):
 
     def decode(self, image_embedding: Any, coords: Any, labels: Any, text_embedding: Any) -> Any:
         """Prompt tokens -> low-res logits (B, 1, 4d, 4h, 4w)."""
-
-
-WINDOW_PROMPTS = ("official", "aligned")
-
-
-def check_window_prompts(value: str) -> str:
-    """``value`` if it names a zoom-in window-prompt placement, else a :class:`SegVolError`."""
-    if value not in WINDOW_PROMPTS:
-        raise SegVolError(f"window prompts {value!r}: choose {' or '.join(WINDOW_PROMPTS)}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -164,27 +155,6 @@ class StageClock:
 
 
 # -- ROI -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Roi:
-    """The zoom-in region in crop space.
-
-    ``official`` is ``logits2roi_coor``'s ``(min_d, min_h, min_w, max_d, max_h,
-    max_w)`` (max may equal the axis size); ``lo``/``hi`` the half-open slice
-    it denotes once ``[min:max + 1]`` is clamped to the volume."""
-
-    official: tuple[int, int, int, int, int, int]
-    lo: Vec3
-    hi: Vec3
-
-    @property
-    def shape(self) -> Vec3:
-        return tuple(b - a for a, b in zip(self.lo, self.hi))  # type: ignore[return-value]
-
-    @property
-    def slices(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(a, b) for a, b in zip(self.lo, self.hi))  # type: ignore[return-value]
 
 
 def find_roi(crop_logits: Any, window: Sequence[int]) -> Roi | None:

@@ -3,5 +3,5 @@
 :mod:`~segvol_rt.serve.sessions` (the session store and its bounds),
 :mod:`~segvol_rt.serve.models` (the served models' handlers),
 :mod:`~segvol_rt.serve.server` (Triton through PyTriton). The wire format is
-:mod:`segvol_rt.client.protocol`.
+:mod:`segvol_rt.wire`.
 """

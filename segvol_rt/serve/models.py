@@ -1,6 +1,6 @@
 """The three served models' inference callables (open, segment, close) over a
 :class:`~segvol_rt.serve.sessions.SessionStore`; tensors as
-:mod:`segvol_rt.client.protocol` defines them.
+:mod:`segvol_rt.wire` defines them.
 
 PyTriton calls each with a list of requests (``batching=False``: one at a
 time per model instance; several instances run in threads at once). A user
@@ -25,16 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from segvol_rt.client import protocol as W
+from segvol_rt import wire as W
 from segvol_rt.errors import SegVolError
 from segvol_rt.serve.sessions import Session, SessionGone, SessionStore
 
 LOG = logging.getLogger("segvol_rt.serve")
-
-# Request fields a served segment takes; the others (probabilities, logits,
-# device arrays) would be volumes of floats on the wire.
-SERVED_FIELDS = ("text", "box", "points", "zoom_in", "seed", "window_prompts")
-
 
 class ServedError(Exception):
     """A user error as Triton reports it: the one line of :func:`protocol.error_text`.
@@ -77,6 +72,9 @@ def served(fn: Callable[..., dict[str, np.ndarray]]) -> Callable[[Sequence[Mappi
         for request in requests:
             try:
                 out.append(fn(request))
+            except W.VersionMismatch as exc:
+                LOG.info("%s: refused (another wire version)", fn.__name__)
+                raise _ERRORS["version"]("version", str(exc)) from None
             except SessionGone as exc:
                 LOG.info("%s: refused (session gone)", fn.__name__)  # the message names the session only for its client
                 raise _ERRORS["session"]("session", str(exc)) from None
@@ -133,6 +131,7 @@ class Handlers:
     def open(self, request: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         sid = _session_id(request)
         meta = W.from_json_bytes(_one_bytes(request, "meta"), "meta")
+        W.check_client_version(meta)
         if "path" in meta:
             return self._info(self._open_path(sid, meta["path"]))
         index = meta.get("chunk")
@@ -152,7 +151,7 @@ class Handlers:
             if complete:
                 LOG.info("session %s opened (%d voxels)", sid, int(np.prod(session.shape or ())))
                 return self._info(self._ready(session))
-            return self._info({"state": "receiving", "received": session.received})
+            return self._info({"state": "receiving", "wire": W.WIRE_VERSION, "received": session.received})
 
     def _open_path(self, sid: str, path: Any) -> dict[str, Any]:
         if self.allowed_root is None:
@@ -183,17 +182,14 @@ class Handlers:
             raise SegVolError(f"session {session.id} is still receiving its volume")
         d, h, w = rt.crop_image.shape
         crop_box = rt.geometry.box((0, 0, 0, d - 1, h - 1, w - 1), "crop", "model")
-        return {"state": "ready", "shape": list(session.shape or ()),
+        return {"state": "ready", "wire": W.WIRE_VERSION, "shape": list(session.shape or ()),
                 "geometry": {"crop_box": list(crop_box or ()), "spatial_size": list(rt.config.spatial_size)},
                 "provenance": self.provenance}
 
     # -- segment --------------------------------------------------------------------
     def segment(self, request: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         sid = _session_id(request)
-        fields = W.from_json_bytes(_one_bytes(request, "request"), "request")
-        unknown = sorted(k for k in fields if k not in SERVED_FIELDS)
-        if unknown:
-            raise SegVolError(f"request fields {', '.join(map(repr, unknown))} are not served; fields: {', '.join(SERVED_FIELDS)}")
+        fields = W.decode_request(_one_bytes(request, "request"))
         with self.store.use(sid) as session:
             if session.runtime is None:
                 raise SegVolError(f"session {sid} is still receiving its volume")
@@ -201,19 +197,9 @@ class Handlers:
             seg = session.runtime.segment(**fields)
             ended = time.monotonic()
             shape = session.shape or ()
-        stream, box = W.encode_mask(seg.mask)
-        info = {
-            # the server's monotonic clock around the runtime call (what overlapped with what)
-            "ran": [began, ended],
-            "shape": list(shape),
-            "timings": seg.timings,
-            "roi": None if seg.roi is None else {"official": list(seg.roi.official), "lo": list(seg.roi.lo), "hi": list(seg.roi.hi)},
-            "n_windows": seg.n_windows,
-            "zoom_in_applied": seg.zoom_in_applied,
-            "no_foreground": seg.no_foreground,
-            "prompt": seg.prompt,
-        }
-        return {"mask": _bytes_out(stream), "box": box, "info": _bytes_out(W.to_json_bytes(info))}
+        # the server's monotonic clock around the runtime call (what overlapped with what)
+        stream, box, info = W.encode_result(seg, tuple(shape), (began, ended))
+        return {"mask": _bytes_out(stream), "box": box, "info": _bytes_out(info)}
 
     # -- close ------------------------------------------------------------------------
     def close(self, request: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

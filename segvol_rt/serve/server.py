@@ -4,7 +4,7 @@ session models of :mod:`segvol_rt.serve.models`.
 Triton gives the HTTP and gRPC endpoints, health (``/v2/health/ready``) and
 metadata; PyTriton runs the models' Python callables in this process, behind
 Triton's Python backend stub. One :class:`~segvol_rt.runtime.SegVolRuntime`
-backend is opened and shared by every session (see :func:`open_shared_backend`
+backend is opened and shared by every session (see :func:`open_first_runtime`
 for which backends may run calls at once).
 
 Safety: the default host is loopback; any other host needs an API key, which
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from segvol_rt import wire as W
 from segvol_rt._optional import require
-from segvol_rt.client import protocol as W
 from segvol_rt.errors import SegVolError
 from segvol_rt.serve.models import Handlers, ld_library_path_with, served
 from segvol_rt.serve.sessions import SessionLimits, SessionStore, Sweeper
@@ -111,8 +111,9 @@ def runtime_options(opts: ServeOptions) -> dict[str, Any]:
             "cache_bytes": opts.limits.cache_bytes, "text_cache_bytes": opts.limits.text_cache_bytes}
 
 
-def open_shared_backend(opts: ServeOptions) -> Any:
-    """The runtime whose backend every session shares. Backends outside
+def open_first_runtime(opts: ServeOptions) -> Any:
+    """The first :class:`~segvol_rt.runtime.SegVolRuntime`, loaded and verified
+    now; every session's runtime shares its backend. Backends outside
     :data:`CONCURRENT_BACKENDS` (ONNX Runtime CUDA with IO binding, TensorRT's
     execution contexts and CUDA graphs, torch) run one graph call at a time."""
     from segvol_rt.runtime import SegVolRuntime
@@ -173,7 +174,7 @@ def make_store(opts: ServeOptions) -> tuple[SessionStore, dict[str, Any]]:
     """The session store on one shared backend (loaded and verified now), and its provenance."""
     from segvol_rt.runtime import SegVolRuntime
 
-    first = open_shared_backend(opts)
+    first = open_first_runtime(opts)
     lim = opts.limits
 
     def make_runtime() -> SegVolRuntime:

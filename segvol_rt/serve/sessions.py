@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from segvol_rt.client import protocol as W
+from segvol_rt import wire as W
 from segvol_rt.errors import SegVolError
 from segvol_rt.runtime import SegVolRuntime
 

@@ -120,7 +120,7 @@ def _window_keys(py: SegVolRuntime, reqs: list[dict]) -> list[tuple[int, ...]]:
 
 
 def _as_request(r: dict):
-    from segvol_rt.pipeline.requests import Request
+    from segvol_rt.types import Request
 
     return Request.of(r)
 

@@ -127,7 +127,7 @@ def test_full_size_random_weights(cpp_build):
     """Once at full size (random weights, the benchmark's blob model, exported once into
     ~/.cache/segvol-rt/bench): the C++ masks equal SegVolRuntime's on a small scan."""
     pytest.importorskip("torch")
-    from segvol_rt.export.bench_model import prepare_bench_model
+    from segvol_rt.export.reference.bench_model import prepare_bench_model
 
     model = prepare_bench_model("official")
     ph = make_phantom(1022, (72, 64, 28))

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from segvol_rt.demo.phantom import make_phantom  # noqa: E402
-from segvol_rt.export import demo_training as DT  # noqa: E402
+from segvol_rt.export.demo_training import training as DT  # noqa: E402
 from segvol_rt.export.model.segvol import SegVol  # noqa: E402
 from segvol_rt.io.config import TextConfig  # noqa: E402
 

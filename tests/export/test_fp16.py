@@ -130,7 +130,7 @@ def test_fp16_masks_match_fp32_on_held_out_phantoms(fresh_demo_artifacts):
     organ and prompt kind: Dice of the fp16 mask against the fp32 mask."""
     from segvol_rt import SegVolRuntime
     from segvol_rt.demo.phantom import PHANTOM_LABELS
-    from segvol_rt.export.demo_cases import validation_phantoms
+    from segvol_rt.export.demo_training.cases import validation_phantoms
 
     runtimes = {p: SegVolRuntime.load(fresh_demo_artifacts, backend="onnxruntime", device="cpu", precision=p)
                 for p in ("fp32", "fp16")}

@@ -1,5 +1,5 @@
 """The torch-free zoom-out-zoom-in (ONNX Runtime, numpy) against the
-official-style torch pipeline (:mod:`segvol_rt.export.reference`) on tiny
+official-style torch pipeline (:mod:`segvol_rt.export.reference.official`) on tiny
 artifacts: crop-space logits within 1e-5 relative error, identical masks.
 
 The model is :mod:`tests.support.tiny_artifacts`' seeded tiny SegVol with a
@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from segvol_rt import ops  # noqa: E402
-from segvol_rt.export.reference import official_zoom_out_zoom_in  # noqa: E402
+from segvol_rt.export.reference.official import official_zoom_out_zoom_in  # noqa: E402
 from segvol_rt.pipeline import prompts as P  # noqa: E402
 from segvol_rt.runtime import SegVolRuntime  # noqa: E402
 from tests.support.tiny_artifacts import tiny_artifacts  # noqa: E402

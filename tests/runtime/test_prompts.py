@@ -87,7 +87,7 @@ def test_decoder_tokens_match_model_prompt_tokens():
 
 def test_generate_box_matches_reference():
     torch = pytest.importorskip("torch")
-    from segvol_rt.export.reference import box_of
+    from segvol_rt.export.reference.official import box_of
 
     rng = np.random.default_rng(0)
     for _ in range(5):
@@ -98,7 +98,7 @@ def test_generate_box_matches_reference():
 
 def test_select_points_protocol_matches_reference():
     torch = pytest.importorskip("torch")
-    from segvol_rt.export.reference import choose_points
+    from segvol_rt.export.reference.official import choose_points
 
     m = np.zeros((5, 6, 7), np.float32)
     for n_pos in (0, 1, 3, 9):

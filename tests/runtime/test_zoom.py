@@ -11,7 +11,7 @@ from segvol_rt.pipeline import prompts as P
 from segvol_rt.pipeline import zoom as Z
 
 torch = pytest.importorskip("torch")
-from segvol_rt.export import reference as R  # noqa: E402
+from segvol_rt.export.reference import official as R  # noqa: E402
 
 WINDOW = (16, 64, 64)
 

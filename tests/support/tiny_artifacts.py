@@ -44,7 +44,7 @@ _CACHE: dict[str, Any] = {}
 
 def roi_friendly(model: SegVol) -> SegVol:
     """Edit ``model``'s mask decoder in place as the module docstring says."""
-    from segvol_rt.export.bench_model import shape_decoder_blob
+    from segvol_rt.export.reference.bench_model import shape_decoder_blob
 
     return shape_decoder_blob(model, BLOB)
 

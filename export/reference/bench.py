@@ -73,7 +73,7 @@ def official_targets(runtime: SegVolRuntime, targets: Sequence[Mapping[str, Any]
 
 def run_official(wrapper: OfficialStyleModel, crop_image: Any, zoom_image: Any, targets: Sequence[Mapping[str, Any]]) -> list[Any]:
     """The official demo's loop: one full zoom-out-zoom-in per target."""
-    from segvol_rt.export.reference import official_zoom_out_zoom_in
+    from segvol_rt.export.reference.official import official_zoom_out_zoom_in
 
     out = []
     for t in targets:

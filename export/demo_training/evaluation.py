@@ -1,4 +1,4 @@
-"""Evaluation of the demo SegVol (:mod:`segvol_rt.export.demo_training`):
+"""Evaluation of the demo SegVol (:mod:`segvol_rt.export.demo_training.training`):
 per-organ Dice on held-out phantoms through the runtime's own
 zoom-out-zoom-in code (:mod:`segvol_rt.pipeline.zoom`, prompts mapped by
 :func:`segvol_rt.pipeline.prompts.to_model_space`) on the torch model, whose

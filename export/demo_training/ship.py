@@ -2,7 +2,7 @@
 runtime-only install (no torch) runs ``segvol-rt demo`` and ``segvol-rt infer``
 out of the box:
 
-    python -m segvol_rt.export.ship_demo        # -> segvol_rt/assets/demo/artifacts/
+    python -m segvol_rt.export.demo_training.ship        # -> segvol_rt/assets/demo/artifacts/
 
 Run it after retraining the demo model (``python -m segvol_rt.export.demo_training``)
 or after a change of the graphs or the manifest. The export is the ordinary

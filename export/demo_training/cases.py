@@ -1,4 +1,4 @@
-"""The demo training's preprocessed phantoms (:mod:`segvol_rt.export.demo_training`).
+"""The demo training's preprocessed phantoms (:mod:`segvol_rt.export.demo_training.training`).
 
 :class:`Case`: one phantom run through the runtime's own
 :func:`segvol_rt.pipeline.preprocess.preprocess`, its labels through the same

@@ -1,7 +1,15 @@
 """The wire format between :mod:`segvol_rt.client` and :mod:`segvol_rt.serve`:
-model and tensor names, the session header, and how volumes and masks travel.
-One definition for both sides; numpy only (the server runs on numpy 1.x, the
-client on numpy 2, and the bytes are the same).
+model and tensor names, the session header, the wire version, and how
+volumes, prompts and results travel, both directions. One definition for both
+sides, which import it and not each other; numpy only (the server runs on
+numpy 1.x, the client on numpy 2, and the bytes are the same).
+
+Version: every ``meta`` a client sends carries ``wire`` (:data:`WIRE_VERSION`)
+and every ``info`` of ``segvol_open`` answers with the server's. A server
+refuses another version with the error code ``version`` (one line naming both
+versions) and a client refuses a server that answers another or none
+(:func:`check_server_version`), so a mismatch is one clear
+:class:`SegVolError` line on the client, never an HTTP error from deep inside.
 
 Models (Triton, ``batching=False``; every tensor has shape ``[1]`` unless noted):
 
@@ -11,19 +19,22 @@ Models (Triton, ``batching=False``; every tensor has shape ``[1]`` unless noted)
   stream of the volume's raw ``(I, J, K)`` bytes in its own dtype and order). A volume goes
   in chunks of at most :data:`CHUNK_BYTES`; the last chunk completes the
   session. Out: ``info`` (BYTES, JSON: state, received bytes, scan shape).
-* ``segvol_segment``: ``session``, ``request`` (BYTES, JSON of
-  :class:`segvol_rt.pipeline.requests.Request` fields: text, box, points,
-  zoom_in, seed, window_prompts). Out: ``mask`` (BYTES: zlib of
+* ``segvol_segment``: ``session``, ``request`` (BYTES, JSON of the
+  :class:`segvol_rt.types.Request` fields of :data:`SERVED_FIELDS`:
+  :func:`encode_request` / :func:`decode_request`). Out: ``mask`` (BYTES: zlib of
   ``np.packbits`` of the mask's bounding-box crop, C order), ``box`` (INT64
   ``[6]``: ``i0, j0, k0, i1, j1, k1`` half-open in scan voxels; an empty
   mask has ``i1 == i0``), ``info`` (JSON: shape, timings, roi, n_windows,
   zoom_in_applied, no_foreground, prompt, and ``ran``: the server's
-  monotonic seconds at the start and end of the runtime call).
+  monotonic seconds at the start and end of the runtime call;
+  :func:`encode_result` / :func:`decode_result`).
 * ``segvol_close``: ``session``. Out: ``info``.
 
 Errors: a user error is a Triton error whose text ends in
 ``segvol_rt.error[CODE]: MESSAGE`` (CODE ``session`` for an unknown or
-expired session, ``request`` otherwise); :func:`parse_error` reads it back.
+expired session, ``version`` for a client of another wire version,
+``request`` otherwise); :func:`parse_error` reads it back. The tag's format
+is the one thing every wire version keeps, so even a mismatched client reads it.
 """
 
 from __future__ import annotations
@@ -37,8 +48,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from segvol_rt import validate as V
 from segvol_rt.errors import SegVolError
-from segvol_rt.pipeline import validate as V
+from segvol_rt.types import Request, Roi, Segmentation
+
+# Bumped whenever a model, tensor, field or encoding changes meaning.
+WIRE_VERSION = 1
 
 OPEN_MODEL = "segvol_open"
 SEGMENT_MODEL = "segvol_segment"
@@ -60,7 +75,12 @@ VOLUME_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "float32
 _SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 
 ERROR_TAG = "segvol_rt.error"
-ERROR_CODES = ("session", "request")
+ERROR_CODES = ("session", "request", "version")
+
+# Request fields a served segment takes (the prompts, then the options); the
+# others (probabilities, logits, device arrays) would be volumes of floats on the wire.
+SERVED_FIELDS = ("text", "box", "points", "zoom_in", "seed", "window_prompts")
+SERVED_OPTIONS = SERVED_FIELDS[3:]
 _ERROR_LINE = re.compile(rf"{re.escape(ERROR_TAG)}\[(\w+)\]: ([^\n]*)")  # Triton appends lines of its own
 
 
@@ -82,6 +102,33 @@ def parse_error(text: str) -> tuple[str, str] | None:
     if found is None:
         return None
     return found.group(1), " ".join(found.group(2).split())
+
+
+# -- version handshake -------------------------------------------------------------
+class VersionMismatch(SegVolError):
+    """The two sides speak different wire versions (served with the code ``version``)."""
+
+
+def _versions(theirs: Any, who: str) -> str:
+    said = "none (a segvol-rt from before wire versions)" if theirs is None else str(theirs)[:20]
+    return f"the {who} speaks wire version {said}, this {'server' if who == 'client' else 'client'} {WIRE_VERSION}"
+
+
+def check_client_version(meta: Mapping[str, Any]) -> None:
+    """The server's check of a ``meta`` document: its ``wire`` is :data:`WIRE_VERSION`,
+    else a SegVolError (served with the code ``version``)."""
+    theirs = meta.get("wire")
+    if theirs != WIRE_VERSION:
+        raise VersionMismatch(f"{_versions(theirs, 'client')}: use the same segvol-rt version on both sides")
+
+
+def check_server_version(info: Mapping[str, Any], url: str) -> None:
+    """The client's check of an ``info`` answer of ``segvol_open``: the server speaks
+    :data:`WIRE_VERSION`, else a SegVolError naming both versions and the server."""
+    theirs = info.get("wire")
+    if theirs != WIRE_VERSION:
+        raise VersionMismatch(f"segvol-rt server at {url}: {_versions(theirs, 'server')}; "
+                          "use the same segvol-rt version on both sides")
 
 
 # -- JSON in BYTES tensors ----------------------------------------------------------
@@ -181,6 +228,80 @@ def decompress_volume(stream: bytes, header: VolumeHeader) -> np.ndarray:
     if len(raw) != header.raw_bytes or not complete:
         raise SegVolError(f"the uploaded volume does not hold {header.shape} {header.dtype} voxels")
     return np.frombuffer(raw, dtype=header.dtype).reshape(header.shape, order=header.order)  # type: ignore[call-overload]
+
+
+# -- requests -----------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    """Tuples, numpy integers and numpy bools as JSON lists, ints and bools (strings as they are)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def encode_request(text: str | None, box: Any, points: Any, options: Mapping[str, Any]) -> bytes:
+    """The ``request`` tensor of a segment: prompts in scan voxel indices ``(i, j, k)``
+    and the options of :data:`SERVED_OPTIONS`, checked here as the local API
+    checks them (:class:`segvol_rt.types.Request`)."""
+    unsupported = sorted(k for k in options if k not in SERVED_OPTIONS)
+    if unsupported:
+        raise SegVolError(f"{', '.join(unsupported)}: not served (the server returns masks); served options: "
+                          f"{', '.join(SERVED_OPTIONS)}")
+    Request.of({"text": text, "box": box, "points": points, **options})  # the same type checks as the local API
+    fields = {"text": text, "box": _plain(box), "points": _plain(points), **{k: _plain(v) for k, v in options.items()}}
+    return to_json_bytes({k: v for k, v in fields.items() if v is not None})
+
+
+def decode_request(raw: bytes) -> dict[str, Any]:
+    """The fields of a ``request`` tensor (keyword arguments of
+    :meth:`segvol_rt.runtime.SegVolRuntime.segment`); an unknown field is a SegVolError."""
+    fields = from_json_bytes(raw, "request")
+    unknown = sorted(k for k in fields if k not in SERVED_FIELDS)
+    if unknown:
+        raise SegVolError(f"request fields {', '.join(map(repr, unknown))} are not served; fields: {', '.join(SERVED_FIELDS)}")
+    return fields
+
+
+# -- results --------------------------------------------------------------------------
+def encode_result(seg: Segmentation, shape: tuple[int, ...], ran: tuple[float, float]) -> tuple[bytes, np.ndarray, bytes]:
+    """``(mask, box, info)`` of a segment's answer: the mask as :func:`encode_mask`
+    packs it, and the JSON info (``shape`` the scan's ``(I, J, K)``, ``ran`` the
+    server's monotonic seconds around the runtime call)."""
+    stream, box = encode_mask(seg.mask)
+    roi = seg.roi
+    info = {
+        "ran": list(ran),
+        "shape": list(shape),
+        "timings": seg.timings,
+        "roi": None if roi is None else {"official": list(roi.official), "lo": list(roi.lo), "hi": list(roi.hi)},
+        "n_windows": seg.n_windows,
+        "zoom_in_applied": seg.zoom_in_applied,
+        "no_foreground": seg.no_foreground,
+        "prompt": seg.prompt,
+    }
+    return stream, box, to_json_bytes(info)
+
+
+def decode_result(stream: bytes, box: np.ndarray, info: Mapping[str, Any]) -> Segmentation:
+    """The :class:`segvol_rt.types.Segmentation` of :func:`encode_result`'s output
+    (``info`` already parsed): the uint8 ``(I, J, K)`` mask in scan space and the
+    zoom-in record; no probabilities or logits travel."""
+    mask = decode_mask(stream, np.asarray(box).reshape(-1), tuple(info["shape"]))  # type: ignore[arg-type]
+    roi = info["roi"]
+    return Segmentation(
+        mask=mask,
+        roi=None if roi is None else Roi(tuple(roi["official"]), tuple(roi["lo"]), tuple(roi["hi"])),  # type: ignore[arg-type]
+        n_windows=int(info["n_windows"]),
+        zoom_in_applied=bool(info["zoom_in_applied"]),
+        no_foreground=bool(info["no_foreground"]),
+        timings={k: float(v) for k, v in info["timings"].items()},
+        prompt=str(info["prompt"]),
+    )
 
 
 # -- masks --------------------------------------------------------------------------

@@ -179,7 +179,7 @@ def prepare_bench_model(
         from segvol_rt.export.exporter import export_demo_model
 
         ckpt = demo_checkpoint_dir()
-        artifacts = cached_demo_artifacts() or export_demo_model(demo_cache_dir(), say)
+        artifacts = cached_demo_artifacts() or export_demo_model(ckpt, demo_cache_dir(), say)
         return BenchModel("demo", artifacts, ckpt, {"config": "demo", "weights": "the shipped demo model"})
     config = _named_config(config_name)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()

@@ -9,10 +9,10 @@ the shipped token ids, see :func:`reuse_tokenizer`)::
     python -m segvol_rt.export.demo_training --seed 0 --steps 4800 --out /tmp/demo_model
 
 The training loop, its loss and the shipped layout are here; the recipe's
-other parts are siblings: :mod:`segvol_rt.export.demo_setup` (tokenizer,
-architecture, init), :mod:`segvol_rt.export.demo_cases` (preprocessed
-phantoms), :mod:`segvol_rt.export.demo_batches` (views, prompt rows, the
-prompt mixture) and :mod:`segvol_rt.export.demo_evaluation` (Dice through
+other parts are siblings: :mod:`segvol_rt.export.demo_training.recipe` (tokenizer,
+architecture, init), :mod:`segvol_rt.export.demo_training.cases` (preprocessed
+phantoms), :mod:`segvol_rt.export.demo_training.batches` (views, prompt rows, the
+prompt mixture) and :mod:`segvol_rt.export.demo_training.evaluation` (Dice through
 the runtime's zoom-out-zoom-in); their public names are re-exported here.
 
 The recipe follows SegVol's supervised training, made small:
@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from segvol_rt.demo.phantom import PHANTOM_LABELS, random_phantom
 from segvol_rt.evaluation import dice
 from segvol_rt.export.checkpoint import save_hf
-from segvol_rt.export.demo_batches import (
+from segvol_rt.export.demo_training.batches import (
     MAX_POINTS,
     ZOOM_IN_KINDS,
     ZOOM_IN_WEIGHTS,
@@ -88,9 +88,9 @@ from segvol_rt.export.demo_batches import (
     zoom_in_view,
     zoom_out_view,
 )
-from segvol_rt.export.demo_cases import Case, build_cases, make_case, training_phantoms, validation_phantoms
-from segvol_rt.export.demo_evaluation import EVAL_KINDS, evaluate, segment_phantom
-from segvol_rt.export.demo_setup import (
+from segvol_rt.export.demo_training.cases import Case, build_cases, make_case, training_phantoms, validation_phantoms
+from segvol_rt.export.demo_training.evaluation import EVAL_KINDS, evaluate, segment_phantom
+from segvol_rt.export.demo_training.recipe import (
     SYNONYM_RATE,
     SYNONYMS,
     TOKENIZER_VOCAB_SIZE,

@@ -1,4 +1,4 @@
-"""One step's training batch of the demo SegVol (:mod:`segvol_rt.export.demo_training`).
+"""One step's training batch of the demo SegVol (:mod:`segvol_rt.export.demo_training.training`).
 
 :class:`View`: one image-encoder input (a *zoom-out* view of the whole crop, or
 a *zoom-in* window of the runtime's plan, at crop resolution) with its labels;
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from segvol_rt.demo.phantom import PHANTOM_LABELS
-from segvol_rt.export.demo_cases import Case
-from segvol_rt.export.demo_setup import SYNONYM_RATE, SYNONYMS
+from segvol_rt.export.demo_training.cases import Case
+from segvol_rt.export.demo_training.recipe import SYNONYM_RATE, SYNONYMS
 from segvol_rt.pipeline import prompts as P
 from segvol_rt.pipeline import zoom as Z
 

@@ -1,4 +1,4 @@
-"""The demo SegVol's setup (:mod:`segvol_rt.export.demo_training`): its
+"""The demo SegVol's setup (:mod:`segvol_rt.export.demo_training.training`): its
 CLIP-style BPE tokenizer (corpus of the prompt template filled with SegVol's
 category names, the phantom organs and their synonyms; or a reused saved one),
 its architecture (:func:`demo_config`: official layout, small sizes) and the
