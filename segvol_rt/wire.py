@@ -291,11 +291,11 @@ def decode_result(stream: bytes, box: np.ndarray, info: Mapping[str, Any]) -> Se
     """The :class:`segvol_rt.types.Segmentation` of :func:`encode_result`'s output
     (``info`` already parsed): the uint8 ``(I, J, K)`` mask in scan space and the
     zoom-in record; no probabilities or logits travel."""
-    mask = decode_mask(stream, np.asarray(box).reshape(-1), tuple(info["shape"]))  # type: ignore[arg-type]
+    mask = decode_mask(stream, np.asarray(box).reshape(-1), tuple(info["shape"]))
     roi = info["roi"]
     return Segmentation(
         mask=mask,
-        roi=None if roi is None else Roi(tuple(roi["official"]), tuple(roi["lo"]), tuple(roi["hi"])),  # type: ignore[arg-type]
+        roi=None if roi is None else Roi(tuple(roi["official"]), tuple(roi["lo"]), tuple(roi["hi"])),
         n_windows=int(info["n_windows"]),
         zoom_in_applied=bool(info["zoom_in_applied"]),
         no_foreground=bool(info["no_foreground"]),

@@ -314,7 +314,7 @@ def test_a_request_travels_as_the_local_api_checks_it() -> None:
         W.encode_request("liver", (1.5, 2, 3, 4, 5, 6), None, {})
     with pytest.raises(SegVolError, match="'keep_logits' are not served"):
         W.decode_request(b'{"text": "liver", "keep_logits": true}')
-    assert W.SERVED_OPTIONS == tuple(f for f in W.SERVED_FIELDS if f not in ("text", "box", "points"))
+    assert tuple(f for f in W.SERVED_FIELDS if f not in ("text", "box", "points")) == W.SERVED_OPTIONS
 
 
 def test_a_result_travels_back_whole() -> None:
