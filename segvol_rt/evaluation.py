@@ -36,7 +36,7 @@ from segvol_rt.ops.boxes import InclusiveBox
 from segvol_rt.pipeline import prompts as P
 
 if TYPE_CHECKING:
-    from segvol_rt.io.nifti import Scan
+    from segvol_rt.io.scan import Scan
     from segvol_rt.pipeline.geometry import Geometry
     from segvol_rt.runtime import Request, Segmentation, SegVolRuntime
 
@@ -71,7 +71,7 @@ def reference_from_mask(mask: Any, geometry: Geometry, name: str = "reference") 
 
 
 def load_reference(spec: str, scan: Scan, geometry: Geometry) -> Reference:
-    """The label ``"LABEL.nii.gz:ID"`` of ``scan`` (:class:`segvol_rt.io.nifti.Scan`, same grid)."""
+    """The label ``"LABEL.nii.gz:ID"`` of ``scan`` (:class:`segvol_rt.io.scan.Scan`, same grid)."""
     from segvol_rt.io.nifti import read_label
 
     labels, label_id = read_label(spec, scan)

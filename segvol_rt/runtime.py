@@ -54,6 +54,7 @@ from segvol_rt.pipeline import prompts as P
 from segvol_rt.pipeline import zoom as Z
 from segvol_rt.pipeline.caches import MIB, ByteLRU
 from segvol_rt.pipeline.requests import check_zoom_target
+from segvol_rt.timing import StageClock
 from segvol_rt.types import FLAGS, BoxPrompt, PointsPrompt, Request, Segmentation, request_at
 
 if TYPE_CHECKING:  # runtime types only: importing segvol_rt stays light
@@ -127,7 +128,7 @@ class SegVolRuntime:
         self._text_cache: ByteLRU[str] = ByteLRU(V.integer(text_cache_bytes, "text_cache_bytes", minimum=0))
         self._table: dict[str, np.ndarray] | None = None
         self._tokenizer: ClipTokenizer | None = None
-        self._stats = Z.StageClock(on_exit=self._stage_end)
+        self._stats = StageClock(on_exit=self._stage_end)
         self._memory: A.GpuMemory | None = None
 
     @classmethod
@@ -344,7 +345,7 @@ class SegVolRuntime:
         """The current volume's coordinate chain (scan -> model -> padded -> crop -> zoom)."""
         return self._require_volume().geometry
 
-    def _zoom_embedding(self, timings: Z.StageClock) -> Any:
+    def _zoom_embedding(self, timings: StageClock) -> Any:
         """The zoom-out image's embedding (C, d, h, w), encoded once per volume and
         shared by all targets; stays in the backend's array module."""
         vol = self._require_volume()
@@ -445,7 +446,7 @@ class SegVolRuntime:
         vol = self._require_volume()
         if not requests:
             return []
-        timings = Z.StageClock()
+        timings = StageClock()
         model_targets = self._model_targets(vol, requests, timings)
         return self._run(vol, requests, model_targets, timings)
 
@@ -467,10 +468,10 @@ class SegVolRuntime:
         base = Request.of(options)  # the options' types, even without targets
         requests = [replace(base, seed=t.seed) for t in targets]
         vol = self._require_volume()
-        return self._run(vol, requests, targets, Z.StageClock()) if requests else []
+        return self._run(vol, requests, targets, StageClock()) if requests else []
 
     def _run(
-        self, vol: _Volume, requests: Sequence[Request], model_targets: Sequence[Z.Target], timings: Z.StageClock
+        self, vol: _Volume, requests: Sequence[Request], model_targets: Sequence[Z.Target], timings: StageClock
     ) -> list[Segmentation]:
         """Coarse pass, zoom-in and paste for model-space targets (options from ``requests``)."""
         timings.on_exit = self._stage_end
@@ -519,7 +520,7 @@ class SegVolRuntime:
             res.timings = timings.as_dict()
         return results
 
-    def _model_targets(self, vol: _Volume, requests: Sequence[Request], timings: Z.StageClock) -> list[Z.Target]:
+    def _model_targets(self, vol: _Volume, requests: Sequence[Request], timings: StageClock) -> list[Z.Target]:
         """Validate scan-space prompts, map them to zoom-out space, embed the texts."""
         with timings.stage("prompts"):
             mapped = []
@@ -544,7 +545,7 @@ class SegVolRuntime:
         plan: Z.ZoomInPlan | None,
         roi_logits: Any,
         found: bool,
-        timings: Z.StageClock,
+        timings: StageClock,
     ) -> Segmentation:
         """The scan-space result of crop logits (D, H, W) and the zoom-in ROI logits
         (or None): the mask straight from both (no paste, one pass on the GPU);

@@ -47,7 +47,7 @@ from segvol_rt.pipeline import prompts as P
 
 if TYPE_CHECKING:
     from segvol_rt.demo.phantom import Phantom
-    from segvol_rt.io.nifti import Scan
+    from segvol_rt.io.scan import Scan
     from segvol_rt.runtime import SegVolRuntime
 
 PROMPT_KINDS = ("text", "text+box")

@@ -53,11 +53,11 @@ from segvol_rt.app.console import Reporter, provenance
 from segvol_rt.errors import SegVolError
 from segvol_rt.ops.boxes import InclusiveBox
 from segvol_rt.pipeline import prompts as P
-from segvol_rt.pipeline.zoom import StageClock
+from segvol_rt.timing import StageClock
 from segvol_rt.types import Request, Segmentation
 
 if TYPE_CHECKING:
-    from segvol_rt.io.nifti import Scan
+    from segvol_rt.io.scan import Scan
     from segvol_rt.pipeline.geometry import Geometry
     from segvol_rt.runtime import SegVolRuntime
 
@@ -549,10 +549,10 @@ def sidecar(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan, rt: S
 def probability_bytes(probs: Any, scan: Scan, gz: bool) -> bytes:
     """float32 sigmoid map ``(I, J, K)`` on the scan's grid (its affine and header), as file bytes."""
     from segvol_rt._optional import require
-    from segvol_rt.io.nifti import gzip_bytes
+    from segvol_rt.io.nifti import gzip_bytes, nifti_header_for
 
     nib = require("nibabel")
-    header = scan.header.copy()
+    header = nifti_header_for(scan)
     header.set_data_dtype(np.float32)
     header.set_slope_inter(1.0, 0.0)
     header["cal_min"], header["cal_max"] = 0.0, 1.0

@@ -21,10 +21,10 @@ import ctypes
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from segvol_rt._optional import require
-from segvol_rt.backends.tensorrt.engines import GpuIdentity
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 
@@ -32,6 +32,14 @@ from segvol_rt.io import spec as S
 _CC_MAJOR = 75
 _CC_MINOR = 76
 _NO_DEVICE = 100  # CUDA_ERROR_NO_DEVICE
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    """A GPU as the CUDA driver names it: what a TensorRT engine is specific to on the device side."""
+
+    name: str
+    compute_capability: str  # "major.minor", e.g. "9.0"
 
 
 def require_cupy(device_id: int = 0) -> Any:

@@ -1,4 +1,4 @@
-"""DICOM CT series in, as the same :class:`~segvol_rt.io.nifti.Scan` a NIfTI gives.
+"""DICOM CT series in, as the same :class:`~segvol_rt.io.scan.Scan` a NIfTI gives.
 
 The volume is, voxel for voxel, what **dcm2niix** (Debian 12's 1.0.20220720)
 writes for the series, as nibabel reads that NIfTI:
@@ -52,8 +52,8 @@ from segvol_rt.io.dicom_files import (
     is_dicom_input,
 )
 from segvol_rt.io.dicom_geometry import SeriesGeometry, check_frame_of_reference, series_frames, series_geometry
-from segvol_rt.io.nifti import Scan, _check_values, _scaled
-from segvol_rt.io.nifti_header import check_scaled_range
+from segvol_rt.io.scan import Scan, scaled
+from segvol_rt.io.volume_checks import available_memory, check_scaled_range, check_values
 
 __all__ = [
     "CT_CLASSES", "MULTIFRAME_CLASSES", "SUPPORTED_SYNTAXES", "DicomFile", "DicomScan", "Discovery", "SeriesInfo",
@@ -80,8 +80,6 @@ SUPPORTED_SYNTAXES = {
 
 def _check_memory(geo: SeriesGeometry, dtype: np.dtype, where: str) -> None:
     """The stored volume and its float32 copy must fit in the memory available, before either is allocated."""
-    from segvol_rt.io.nifti_header import available_memory
-
     need = geo.rows * geo.columns * len(geo.frames) * (dtype.itemsize + 4)
     room = available_memory()
     if room is not None and need > room:
@@ -194,20 +192,6 @@ class DicomScan(Scan):
         return np.moveaxis(arr, (0, 1, 2), (2, 1, 0))
 
 
-def _header(raw: np.ndarray, geo: SeriesGeometry, description: str) -> Any:
-    nib = require("nibabel")
-    header = nib.Nifti1Header()
-    header.set_data_dtype(raw.dtype)
-    header.set_data_shape(raw.shape)
-    header.set_qform(geo.affine, code=1)
-    header.set_sform(geo.affine, code=1)
-    header.set_zooms(geo.spacing)
-    header.set_xyzt_units("mm", "sec")
-    header.set_slope_inter(*geo.rescale)
-    header["descrip"] = description.encode("ascii", "replace")[:79]
-    return header
-
-
 def _check_rescale(raw: np.ndarray, rescale: tuple[float, float], named: str) -> None:
     """RescaleSlope/Intercept must scale the stored values to finite float32 HU
     (a zero, NaN or infinite slope scales nothing; nibabel would refuse it too)."""
@@ -226,16 +210,17 @@ def scan_from_series(info: SeriesInfo, where: str, notes: Sequence[str] = ()) ->
     _check_memory(geo, _stored_dtype(info), named)
     raw = stored_volume(info, geo)
     _check_rescale(raw, geo.rescale, named)
-    header = _header(raw, geo, f"segvol-rt from DICOM {info.uid}")
-    # nibabel's scaling: the float32 slope/intercept the NIfTI header holds, as the
-    # Python floats its array proxy applies (float64 arithmetic, then float32)
-    slope, inter = (float(header[key]) for key in ("scl_slope", "scl_inter"))
+    # dcm2niix's NIfTI of this series stores the slope/intercept as float32
+    # (scl_slope, scl_inter), and nibabel applies them as Python floats (float64
+    # arithmetic, then float32): the same here, so both give the same values
+    slope, inter = (float(np.float32(v)) for v in geo.rescale)
     scale = None if (slope == 1 and inter == 0) else (np.asanyarray(slope), np.asanyarray(inter))
-    data = _scaled(raw, scale, np.float32)
+    data = scaled(raw, scale, np.float32)
     path = Path(where) if where and not where.startswith(("http:", "https:")) else None
-    _check_values(data, raw, exact_ints=scale is None, p=path or where)
-    return DicomScan(data=data, affine=geo.affine.copy(), header=header, path=path, notes=tuple(notes),
-                     series=info, geometry=geo)
+    check_values(data, raw, exact_ints=scale is None, p=path or where)
+    spacing = tuple(float(np.float32(v)) for v in geo.spacing)  # as a NIfTI header holds it
+    return DicomScan(data=data, affine=geo.affine.copy(), spacing=spacing, source=f"DICOM series {info.uid} in {where}",  # type: ignore[arg-type]
+                     path=path, notes=tuple(notes), series=info, geometry=geo)
 
 
 def read_dicom_series(path: str | os.PathLike[str], series: str | None = None) -> DicomScan:

@@ -39,7 +39,7 @@ import numpy as np
 from segvol_rt._optional import require
 from segvol_rt.errors import SegVolError, one_line
 from segvol_rt.io.dicom import MULTIFRAME_CLASSES, DicomScan
-from segvol_rt.io.nifti import Scan
+from segvol_rt.io.scan import Scan
 from segvol_rt.io.vocabulary import normalize_name
 
 TABLE_FILE = Path(__file__).with_name("snomed_segments.csv")

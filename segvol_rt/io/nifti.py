@@ -22,7 +22,6 @@ import math
 import os
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,36 +32,11 @@ from segvol_rt.errors import SegVolError, one_line
 from segvol_rt.io import nifti_header as H
 from segvol_rt.io.atomic import atomic_write_bytes
 from segvol_rt.io.outputs import same_file
+from segvol_rt.io.scan import Scan, scaled
+from segvol_rt.io.volume_checks import check_scaled_range, check_values
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _GZIP_MAGIC = b"\x1f\x8b"
-_SLAB_VOXELS = 1 << 22  # scaled reads go through float64 in slabs of this many voxels
-
-
-@dataclass(frozen=True, eq=False)
-class Scan:
-    """A CT volume in scan space.
-
-    ``data``: float32 ``(I, J, K)``, Fortran-ordered; ``affine``: 4x4 voxel ->
-    world (mm, RAS+ as nibabel defines it); ``header``: a copy of the file's
-    NIfTI header, reused when writing masks.
-    """
-
-    data: np.ndarray
-    affine: np.ndarray
-    header: Any
-    path: Path | None = None
-    # Header problems nibabel fixed while reading (our wording), for the caller to show.
-    notes: tuple[str, ...] = ()
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm along ``(i, j, k)``."""
-        return tuple(float(z) for z in self.header.get_zooms()[:3])  # type: ignore[return-value]
 
 
 # -- reading ------------------------------------------------------------------
@@ -153,41 +127,6 @@ def _scale_params(img: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return slope, inter
 
 
-def _scaled(arr: np.ndarray, scale: tuple[np.ndarray, np.ndarray] | None, dtype: Any) -> np.ndarray:
-    """``arr`` with nibabel's read scaling applied, cast to ``dtype``; Fortran order kept.
-
-    Scaling runs per slab along the last axis so the float64 intermediate
-    nibabel may use stays small. Non-finite results (from non-finite stored
-    floats; a slope that overflows float32 is refused before) are reported by
-    the caller, not warned about.
-    """
-    if scale is None:
-        return arr.astype(dtype, order="F")
-    apply_read_scaling = require("nibabel.volumeutils").apply_read_scaling
-    out = np.empty(arr.shape, dtype=dtype, order="F")
-    step = max(1, _SLAB_VOXELS // max(1, arr.shape[0] * arr.shape[1]))
-    with np.errstate(over="ignore", invalid="ignore"):
-        for k in range(0, arr.shape[2], step):
-            out[..., k : k + step] = apply_read_scaling(arr[..., k : k + step], *scale)
-    return out
-
-
-def _check_values(data: np.ndarray, raw: np.ndarray, exact_ints: bool, p: Path | str) -> None:
-    """Reject NaN/Inf, constant volumes (statistics of either would be meaningless)
-    and values the float32 intensity statistics would overflow on."""
-    if not exact_ints:
-        finite = np.isfinite(data)
-        if not finite.all():
-            bad = int(finite.size - np.count_nonzero(finite))
-            raise SegVolError(f"scan {p} has {bad} NaN or infinite voxels")
-    # For unscaled integers the raw array has the same extremes and is smaller.
-    ref = raw if exact_ints else data
-    lo, hi = ref.min(), ref.max()
-    if lo == hi:
-        raise SegVolError(f"scan {p} is constant (every voxel is {float(lo):g}); nothing to segment")
-    H.check_statistics_range(float(lo), float(hi), int(data.size), p)
-
-
 def read_scan(path: str | os.PathLike[str]) -> Scan:
     """Read a 3D CT volume as float32 ``(I, J, K)`` in scan space, validated.
 
@@ -198,11 +137,28 @@ def read_scan(path: str | os.PathLike[str]) -> Scan:
     img, raw, p, notes = _load(path, "scan")
     scale = _scale_params(img)
     if scale is not None:
-        H.check_scaled_range(raw, float(scale[0]), float(scale[1]), p, "scan")
-    data = _scaled(raw, scale, np.float32)
-    _check_values(data, raw, exact_ints=scale is None and raw.dtype.kind in "biu", p=p)
+        check_scaled_range(raw, float(scale[0]), float(scale[1]), p, "scan")
+    data = scaled(raw, scale, np.float32)
+    check_values(data, raw, exact_ints=scale is None and raw.dtype.kind in "biu", p=p)
     affine = np.array(img.affine, dtype=np.float64)
-    return Scan(data=data, affine=affine, header=img.header.copy(), path=p, notes=notes)
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return Scan(data=data, affine=affine, spacing=spacing, source=f"NIfTI file {p}", path=p,  # type: ignore[arg-type]
+                notes=notes, nifti_header=img.header.copy())
+
+
+def nifti_header_for(scan: Scan) -> Any:
+    """A NIfTI header for an image on ``scan``'s grid: a copy of the scan's own
+    when it came from NIfTI, else a NIfTI-1 header made from its affine
+    (qform and sform, code 1: scanner) and spacing, in mm."""
+    if scan.nifti_header is not None:
+        return scan.nifti_header.copy()
+    header = require("nibabel").Nifti1Header()
+    header.set_data_shape(scan.shape)
+    header.set_qform(scan.affine, code=1)
+    header.set_sform(scan.affine, code=1)
+    header.set_zooms(scan.spacing)
+    header.set_xyzt_units("mm", "sec")
+    return header
 
 
 def parse_label_spec(spec: str) -> tuple[Path, int]:
@@ -242,7 +198,7 @@ def read_label(path_spec: str, scan: Scan | None = None) -> tuple[np.ndarray, in
 def _integer_labels(raw: np.ndarray, scale: tuple[np.ndarray, np.ndarray] | None, p: Path) -> np.ndarray:
     if scale is None and raw.dtype.kind in "biu":
         return raw.astype(raw.dtype.newbyteorder("="), order="F")
-    values = _scaled(raw, scale, np.float64)
+    values = scaled(raw, scale, np.float64)
     if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
         raise SegVolError(f"label map {p} holds non-integer values; expected integer labels")
     return values.astype(np.int32, order="F")
@@ -301,7 +257,7 @@ def _as_uint8_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
 def _mask_image(mask: np.ndarray, like: Scan, extra_header: Mapping[str, Any] | None) -> Any:
     """uint8 image on the scan's grid: its header, with exact (unscaled) values."""
     nib = require("nibabel")
-    header = like.header.copy()
+    header = nifti_header_for(like)
     header.set_data_dtype(np.uint8)
     header.set_slope_inter(1.0, 0.0)
     # The CT's display window would hide a 0/1 mask in viewers.

@@ -26,7 +26,6 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-import os
 import stat
 import threading
 from collections.abc import Iterator
@@ -38,12 +37,10 @@ import numpy as np
 
 from segvol_rt._optional import require
 from segvol_rt.errors import SegVolError
+from segvol_rt.io.volume_checks import affine_problem, available_memory
 
 _HEADER_BYTES = 540  # NIfTI-2's fixed header; NIfTI-1's 348 bytes are a prefix of it
 _F32_MAX = float(np.finfo(np.float32).max)
-# A singular value this much smaller than the largest makes the affine degenerate
-# (nibabel's io_orientation drops such axes and then fails to orient).
-_DEGENERATE = 1e-6
 
 
 # -- the path ---------------------------------------------------------------------------------
@@ -191,44 +188,6 @@ def _dims(shape: tuple[int, ...]) -> str:
 
 
 # -- memory -----------------------------------------------------------------------------------
-def _meminfo_available() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _cgroup_room() -> int | None:
-    """What a cgroup v2 memory limit leaves this process (containers), or None."""
-    base = Path("/sys/fs/cgroup")
-    try:
-        limit = (base / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return max(0, int(limit) - int((base / "memory.current").read_text().strip()))
-    except (OSError, ValueError):
-        return None
-
-
-def available_memory() -> int | None:
-    """Bytes this process can still allocate: /proc/meminfo's MemAvailable (else
-    the physical memory from sysconf), capped by a cgroup v2 limit; None when unknown."""
-    found = _meminfo_available()
-    if found is None:
-        try:
-            found = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, OSError, ValueError):
-            found = None
-    room = _cgroup_room()
-    if room is not None:
-        found = room if found is None else min(found, room)
-    return found
-
-
 def _size(n: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
@@ -264,21 +223,6 @@ def check_memory(header: Any, shape: tuple[int, ...], p: Path, what: str, file_s
 # -- geometry ---------------------------------------------------------------------------------
 def _finite(*values: Any) -> bool:
     return bool(np.all(np.isfinite(np.asarray(values, dtype=np.float64))))
-
-
-def affine_problem(affine: Any) -> str | None:
-    """What makes a voxel -> world ``affine`` unusable (not 4x4, not finite,
-    degenerate 3x3 part), or None."""
-    aff = np.asarray(affine, dtype=np.float64)
-    if aff.shape != (4, 4):
-        return f"the affine has shape {aff.shape}, not (4, 4)"
-    if not np.all(np.isfinite(aff)):
-        return "the voxel-to-world affine holds NaN or infinite values"
-    sv = np.linalg.svd(aff[:3, :3], compute_uv=False)
-    if sv[0] == 0 or sv[-1] <= sv[0] * _DEGENERATE:
-        rows = "; ".join(", ".join(f"{v:g}" for v in row) for row in aff[:3, :3])
-        return f"the voxel-to-world affine is degenerate (its 3x3 part [{rows}] is singular), so the voxel axes have no direction"
-    return None
 
 
 def _geometry_problem(header: Any) -> str | None:
@@ -320,32 +264,3 @@ def check_scaling(header: Any, p: Path, what: str) -> None:
         raise SegVolError(f"{what} {p}: scl_slope is {slope}; the stored values cannot be scaled")
     if slope != 0 and math.isfinite(slope) and not math.isfinite(inter):
         raise SegVolError(f"{what} {p}: scl_inter is {inter} (scl_slope {slope:g}); the stored values cannot be scaled")
-
-
-def check_scaled_range(raw: np.ndarray, slope: float, inter: float, p: Path | str, what: str) -> None:
-    """Refuse a slope/intercept that take the stored values beyond float32."""
-    lo, hi = float(raw.min()), float(raw.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return  # non-finite stored floats: reported voxel by voxel after the read
-    ends = sorted((lo * slope + inter, hi * slope + inter))
-    if max(abs(ends[0]), abs(ends[1])) > _F32_MAX:
-        raise SegVolError(
-            f"{what} {p}: scl_slope {slope:g} and scl_inter {inter:g} scale the stored range [{lo:g}, {hi:g}] to "
-            f"[{ends[0]:.3g}, {ends[1]:.3g}], beyond float32 (+-{_F32_MAX:.3g})"
-        )
-
-
-def statistics_limit(count: int) -> float:
-    """Largest magnitude whose float32 sums of squared deviations over ``count``
-    voxels stay finite (the official foreground statistics are float32)."""
-    return math.sqrt(_F32_MAX / max(1, count)) / 2
-
-
-def check_statistics_range(lo: float, hi: float, count: int, p: Path | str) -> None:
-    """Refuse values the official float32 intensity statistics would overflow on."""
-    peak, limit = max(abs(lo), abs(hi)), statistics_limit(count)
-    if peak > limit:
-        raise SegVolError(
-            f"scan {p} holds values up to {peak:.3g} in magnitude; the intensity normalisation (float32 "
-            f"statistics, as in the official pipeline) overflows beyond about {limit:.2g} for {count} voxels"
-        )

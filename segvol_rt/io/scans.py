@@ -3,7 +3,7 @@
 :func:`read_any` dispatches by path: a folder, or a file with the DICOM
 preamble, is a DICOM series (:func:`segvol_rt.io.dicom.read_dicom_series`);
 anything else is a NIfTI file (:func:`segvol_rt.io.nifti.read_scan`). Both
-give a :class:`~segvol_rt.io.nifti.Scan` in scan space ``(I, J, K)``.
+give a :class:`~segvol_rt.io.scan.Scan` in scan space ``(I, J, K)``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from segvol_rt.errors import SegVolError
-from segvol_rt.io.nifti import Scan
+from segvol_rt.io.scan import Scan
 
 
 def is_dicom(path: str | os.PathLike[str]) -> bool:

@@ -33,7 +33,7 @@ import numpy as np
 
 from segvol_rt import ops
 from segvol_rt.errors import SegVolError
-from segvol_rt.io.nifti_header import affine_problem, statistics_limit
+from segvol_rt.io.volume_checks import affine_problem, statistics_limit
 from segvol_rt.ops.boxes import int3
 from segvol_rt.pipeline.geometry import Geometry, Reorient
 

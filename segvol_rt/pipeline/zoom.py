@@ -47,8 +47,8 @@ Batching never reorders the blend: windows are summed in window order.
 
 Arrays: volumes, embeddings and logits live in the backend's array module
 (``backend.xp``: numpy on CPU backends, cupy on CUDA backends) and never
-leave it; every volume operation goes through :mod:`segvol_rt.ops` /
-:mod:`segvol_rt.ops`, which run the CUDA kernels on cupy arrays. Only
+leave it; every volume operation goes through :mod:`segvol_rt.ops`, whose
+functions run their CUDA twins (:mod:`segvol_rt.ops.cuda`) on cupy arrays. Only
 small things cross: bounding boxes come back (six ints each: the ROI and the
 window prompt boxes), prompt tokens and text rows go up per decoder call.
 The binary prompt maps of the window prompts depend on the prompts alone, so
@@ -59,11 +59,9 @@ stated otherwise.
 from __future__ import annotations
 
 import itertools
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -74,6 +72,7 @@ from segvol_rt.ops.arrays import to_host
 from segvol_rt.ops.boxes import InclusiveBox
 from segvol_rt.pipeline import prompts as P
 from segvol_rt.pipeline.caches import MIB, ByteLRU
+from segvol_rt.timing import StageClock
 from segvol_rt.types import WINDOW_PROMPTS, Roi, check_window_prompts  # noqa: F401  (Z.* names of the zoom's types)
 
 Vec3 = tuple[int, int, int]
@@ -124,34 +123,6 @@ class ZoomSettings:
             raise SegVolError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.encoder_batch < 1 or self.decoder_batch < 1:
             raise SegVolError(f"batch limits must be positive, got {self.encoder_batch}, {self.decoder_batch}")
-
-
-# -- timings -------------------------------------------------------------------
-
-
-@dataclass
-class StageClock:
-    """Seconds per stage, accumulated.
-
-    ``on_exit``, when set, runs at the end of each stage before the clock
-    stops: the runtime synchronises the GPU there (kernels are asynchronous)
-    and samples its memory."""
-
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    on_exit: Callable[[], None] | None = None
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.on_exit is not None:
-                self.on_exit()
-            self.seconds[name] += time.perf_counter() - t0
-
-    def as_dict(self) -> dict[str, float]:
-        return dict(self.seconds)
 
 
 # -- ROI -----------------------------------------------------------------------

@@ -165,7 +165,7 @@ def test_mask_round_trip(tmp_path, suffix):
     assert img.header.get_slope_inter() in ((None, None), (1.0, 0.0))
     np.testing.assert_array_equal(img.affine, scan.affine)
     for key in ("qform_code", "sform_code", "pixdim"):
-        np.testing.assert_array_equal(img.header[key], scan.header[key])
+        np.testing.assert_array_equal(img.header[key], scan.nifti_header[key])
     assert img.header["descrip"].tobytes().rstrip(b"\0") == b"liver"
     assert sorted(p.name for p in out.parent.iterdir()) == [f"mask{suffix}"]  # no temp files
 
@@ -182,7 +182,7 @@ def test_write_real_mask_keeps_header(tmp_path, real_ct):
     out = write_mask(tmp_path / "m.nii.gz", (scan.data > 0).T.T, scan)
     img = nib.load(str(out))
     np.testing.assert_array_equal(img.affine, scan.affine)
-    assert int(img.header["sform_code"]) == int(scan.header["sform_code"])
+    assert int(img.header["sform_code"]) == int(scan.nifti_header["sform_code"])
 
 
 def test_write_mask_errors(tmp_path):

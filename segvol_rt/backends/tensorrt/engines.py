@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from segvol_rt.backends.cuda_common import GpuIdentity
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.artifacts import PRECISIONS, REFERENCE_PRECISION
@@ -30,14 +31,6 @@ ENGINE_SUFFIX = ".plan"
 REBUILD_HINT = "rebuild the engines on this machine: segvol-rt build --artifacts DIR"
 
 Profiles = dict[str, dict[str, list[int]]]
-
-
-@dataclass(frozen=True)
-class GpuIdentity:
-    """What an engine is specific to on the device side."""
-
-    name: str
-    compute_capability: str  # "major.minor", e.g. "9.0"
 
 
 @dataclass(frozen=True)
