@@ -40,27 +40,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segvol_rt import ops
 from segvol_rt import validate as V
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.ops import arrays as A
-from segvol_rt.pipeline import prompts as P
 from segvol_rt.pipeline import zoom as Z
 from segvol_rt.pipeline.caches import MIB, ByteLRU
+from segvol_rt.pipeline.flow import RequestFlow
 from segvol_rt.pipeline.requests import check_zoom_target
+from segvol_rt.pipeline.text_embeddings import TextEmbeddings
+from segvol_rt.pipeline.volume import Volume, load_volume
 from segvol_rt.timing import StageClock
 from segvol_rt.types import FLAGS, BoxPrompt, PointsPrompt, Request, Segmentation, request_at
 
 if TYPE_CHECKING:  # runtime types only: importing segvol_rt stays light
     from segvol_rt.backends.base import Backend
     from segvol_rt.io.artifacts import Artifacts
-    from segvol_rt.io.tokenizer import ClipTokenizer
     from segvol_rt.pipeline.geometry import Geometry
 
 # Default bound of the phrase cache: a full-size text embedding is 768 float32
@@ -68,27 +68,6 @@ if TYPE_CHECKING:  # runtime types only: importing segvol_rt stays light
 # table are never cached (the table holds them). The window cache's default is
 # Z.DEFAULT_CACHE_BYTES (512 MiB).
 DEFAULT_TEXT_CACHE_BYTES = 16 * MIB
-
-
-@dataclass
-class _Volume:
-    """A preprocessed scan and its per-volume caches, in the backend's array
-    module (device arrays on CUDA backends)."""
-
-    scan_shape: tuple[int, int, int]
-    affine: np.ndarray
-    crop_image: Any  # (D, H, W) float32, numpy or cupy
-    zoom_image: Any  # spatial_size float32, numpy or cupy
-    geometry: Geometry
-    windows: Z.EmbeddingCache  # bounded by the runtime's cache_bytes
-    zoom_embedding: Any = None
-    host: dict[str, np.ndarray] = field(default_factory=dict)  # downloaded copies, on demand
-
-    def on_host(self, name: str) -> np.ndarray:
-        """``crop_image`` / ``zoom_image`` as numpy (downloaded once from the device)."""
-        if name not in self.host:
-            self.host[name] = A.to_host(getattr(self, name))
-        return self.host[name]
 
 
 class SegVolRuntime:
@@ -124,10 +103,9 @@ class SegVolRuntime:
         self.backend = backend
         self.backend_reason = backend_reason
         self._cache_bytes = V.integer(cache_bytes, "cache_bytes", minimum=0)
-        self._volume: _Volume | None = None
-        self._text_cache: ByteLRU[str] = ByteLRU(V.integer(text_cache_bytes, "text_cache_bytes", minimum=0))
-        self._table: dict[str, np.ndarray] | None = None
-        self._tokenizer: ClipTokenizer | None = None
+        self._volume: Volume | None = None
+        self._texts = TextEmbeddings(artifacts, backend, V.integer(text_cache_bytes, "text_cache_bytes", minimum=0))
+        self._text_cache = self._texts.cache
         self._stats = StageClock(on_exit=self._stage_end)
         self._memory: A.GpuMemory | None = None
 
@@ -270,40 +248,8 @@ class SegVolRuntime:
         is) and preprocessed on the GPU; the crop and zoom-out images stay there.
 
         ``reorient``: None (official: no reorientation) or axis codes such as "RAS"."""
-        from segvol_rt.pipeline.preprocess import preprocess
-
-        xp = self.xp
-        V.optional_text(reorient, "reorient")
-        with self._stats.stage("read"):
-            if isinstance(volume, (str, os.PathLike)):
-                from segvol_rt.io.scans import read_any
-
-                source = V.path(volume, "volume")
-                if affine is not None:
-                    raise SegVolError("affine: a NIfTI volume brings its own affine; pass affine only with an array volume")
-                scan = read_any(source, series=V.optional_text(series, "series"))
-                data, affine = scan.data, scan.affine
-            else:
-                if series is not None:
-                    raise SegVolError("series: selects a DICOM series; pass it only with a DICOM folder or file")
-                on_device = A.on_device(volume)
-                data = V.real_volume(volume, "volume", on_device=True) if on_device else V.float32_scan(volume, "volume")
-                affine = np.eye(4) if affine is None else V.affine(affine, "affine")
-        if not A.is_host(xp) or A.on_device(data):
-            with self._stats.stage("upload"):
-                data = A.to_device(xp, data)
-        with self._stats.stage("preprocess"):
-            pre = preprocess(data, self.config.spatial_size, reorient=reorient, affine=affine)
-            crop = xp.ascontiguousarray(pre.image, dtype=xp.float32)
-            zoom = xp.ascontiguousarray(pre.zoom_image, dtype=xp.float32)
-        self._volume = _Volume(
-            scan_shape=tuple(int(s) for s in data.shape),  # type: ignore[arg-type]
-            affine=np.asarray(affine),
-            crop_image=crop,
-            zoom_image=zoom,
-            geometry=pre.geometry,
-            windows=Z.EmbeddingCache(self._cache_bytes),
-        )
+        self._volume = load_volume(volume, affine, reorient, series, self.xp, self.config.spatial_size, self._cache_bytes,
+                                   self._stats)
 
     def clear_caches(self) -> None:
         """Forget the zoom-out embedding, the window embeddings and the encoded
@@ -324,7 +270,7 @@ class SegVolRuntime:
         or GPU memory); the backend stays open for the next :meth:`set_volume`."""
         self._volume = None
 
-    def _require_volume(self) -> _Volume:
+    def _require_volume(self) -> Volume:
         if self._volume is None:
             raise SegVolError("no volume: call set_volume(...) before segment(...)")
         return self._volume
@@ -345,66 +291,20 @@ class SegVolRuntime:
         """The current volume's coordinate chain (scan -> model -> padded -> crop -> zoom)."""
         return self._require_volume().geometry
 
+    def _flow(self) -> RequestFlow:
+        """The per-request flow on this runtime's backend, text embeddings and clock."""
+        return RequestFlow(self.backend, self.config, self._texts, self.max_points, self.zoom_settings(), self._stage_end,
+                           self._stats)
+
     def _zoom_embedding(self, timings: StageClock) -> Any:
-        """The zoom-out image's embedding (C, d, h, w), encoded once per volume and
-        shared by all targets; stays in the backend's array module."""
-        vol = self._require_volume()
-        if vol.zoom_embedding is None:
-            with timings.stage("encode_zoom_out"):
-                vol.zoom_embedding = self.backend.encode_image(vol.zoom_image[None, None])[0]
-        return vol.zoom_embedding
-
-    # -- text ----------------------------------------------------------------------
-    def _known_names(self) -> dict[str, np.ndarray]:
-        if self._table is None:
-            from segvol_rt.io.vocabulary import normalize_name
-
-            # artifacts without a table run every phrase through the text encoder;
-            # a table that is listed but unreadable is an error, never a silent fallback
-            if self.artifacts.has_text_table:
-                names, table = self.artifacts.text_table()
-            else:
-                names, table = [], np.zeros((0, self.config.embed_dim), np.float32)
-            self._table = {normalize_name(n): row for n, row in zip(names, table)}
-        return self._table
+        """The zoom-out image's embedding (C, d, h, w), encoded once per volume."""
+        return self._require_volume().zoom_embedding_of(self.backend, timings)
 
     def text_embeddings(self, texts: Sequence[str]) -> list[np.ndarray]:
         """(C,) float32 per text (a list of non-empty strings): the table row of
         a known name, else the phrase cache, else the text encoder on the prompt
         template (one batched call for the new phrases, then cached)."""
-        from segvol_rt.io.vocabulary import normalize_name
-
-        texts = list(V.sequence(texts, "texts", "str"))
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise SegVolError(f"texts[{i}] must be a non-empty str, not {t!r:.60}")
-        table = self._known_names()
-        keys = [normalize_name(t) for t in texts]
-        found: dict[str, np.ndarray] = {}  # this call's rows, whatever the cache evicts meanwhile
-        for k in dict.fromkeys(keys):
-            row = table[k] if k in table else self._text_cache.get(k)
-            if row is not None:
-                found[k] = row
-        new = [k for k in dict.fromkeys(keys) if k not in found]
-        if new:
-            raw = {normalize_name(t): t.strip() for t in texts}
-            found.update(self._encode_phrases(new, [raw[k] for k in new]))
-        return [found[k] for k in keys]
-
-    def _encode_phrases(self, keys: Sequence[str], phrases: Sequence[str]) -> dict[str, np.ndarray]:
-        """Text-encoder rows (C,) float32 of ``phrases``, cached under ``keys``."""
-        if self._tokenizer is None:
-            self._tokenizer = self.artifacts.tokenizer()
-        ids = self._tokenizer.encode_names(list(phrases), self.artifacts.prompt_template)
-        limit = self._max_batch(S.TEXT_ENCODER)
-        out: dict[str, np.ndarray] = {}
-        for i in range(0, len(keys), limit):
-            # (B, C) floats: downloaded once per phrase, uploaded per decoder call
-            emb = A.to_host(self.backend.encode_text(self.xp.asarray(ids[i : i + limit])))
-            for k, e in zip(keys[i : i + limit], emb):
-                out[k] = np.array(e, np.float32)  # a copy: not a view pinning the whole batch
-                self._text_cache.put(k, out[k])
-        return out
+        return self._texts.embeddings(texts)
 
     # -- segmentation ----------------------------------------------------------------
     def segment(
@@ -447,8 +347,8 @@ class SegVolRuntime:
         if not requests:
             return []
         timings = StageClock()
-        model_targets = self._model_targets(vol, requests, timings)
-        return self._run(vol, requests, model_targets, timings)
+        flow = self._flow()
+        return flow.run(vol, requests, flow.model_targets(vol, requests, timings), timings)
 
     def segment_zoom_space(self, targets: Sequence[Z.Target], **options: Any) -> list[Segmentation]:
         """Segment targets whose box/points are already in **zoom-out** voxel indices
@@ -468,111 +368,7 @@ class SegVolRuntime:
         base = Request.of(options)  # the options' types, even without targets
         requests = [replace(base, seed=t.seed) for t in targets]
         vol = self._require_volume()
-        return self._run(vol, requests, targets, StageClock()) if requests else []
-
-    def _run(
-        self, vol: _Volume, requests: Sequence[Request], model_targets: Sequence[Z.Target], timings: StageClock
-    ) -> list[Segmentation]:
-        """Coarse pass, zoom-in and paste for model-space targets (options from ``requests``)."""
-        timings.on_exit = self._stage_end
-        zoom_emb = self._zoom_embedding(timings)
-        with timings.stage("decode_zoom_out"):
-            low = Z.decode_batched(
-                self.backend,
-                [zoom_emb] * len(model_targets),
-                [t.coarse_tokens() for t in model_targets],
-                [t.text_embedding for t in model_targets],
-                self._max_batch(S.PROMPT_DECODER),
-                self.config.embed_dim,
-            )
-        with timings.stage("upsample_zoom_out"):
-            coarse = [Z.coarse_crop_logits(lg, self.config.spatial_size, vol.crop_image.shape) for lg in low]
-        zoom = self.zoom_settings()  # each request brings its own window prompts
-        with timings.stage("plan_windows"):
-            plans = [
-                Z.plan_zoom_in(t, c, zoom.window, self.config.spatial_size, r.window_prompts, zoom.overlap)
-                if r.zoom_in
-                else None
-                for r, t, c in zip(requests, model_targets, coarse)
-            ]
-            # "no foreground": the coarse pass has no voxel with sigmoid > 0.5
-            found = [p is not None if r.zoom_in else ops.positive_box(c) is not None
-                     for r, p, c in zip(requests, plans, coarse)]
-        active = [i for i, p in enumerate(plans) if p is not None]
-        fine: list[Any] = [None] * len(plans)
-        if active:
-            roi_logits = Z.zoom_in(
-                self.backend,
-                vol.crop_image,
-                [p for p in plans if p is not None],
-                [model_targets[i] for i in active],
-                vol.windows,
-                zoom,
-                self.config.embed_dim,
-                timings,
-            )
-            for i, lg in zip(active, roi_logits):
-                fine[i] = lg
-        results = [self._finish(vol, *args, timings) for args in zip(requests, coarse, plans, fine, found)]
-        for name, sec in timings.as_dict().items():
-            self._stats.seconds[name] += sec
-        for res in results:
-            res.timings = timings.as_dict()
-        return results
-
-    def _model_targets(self, vol: _Volume, requests: Sequence[Request], timings: StageClock) -> list[Z.Target]:
-        """Validate scan-space prompts, map them to zoom-out space, embed the texts."""
-        with timings.stage("prompts"):
-            mapped = []
-            for r in requests:
-                box = None if r.box is None else P.parse_box(r.box)
-                points = None if r.points is None else P.parse_points(r.points)
-                P.validate_prompts(vol.scan_shape, r.text, box, points, self.max_points)
-                mapped.append(P.to_model_space(vol.geometry, box, points))
-        texts = [r.text for r in requests if r.text is not None]
-        with timings.stage("text"):
-            embs = iter(self.text_embeddings(texts)) if texts else iter(())
-        return [
-            Z.Target(next(embs) if r.text is not None else None, mp.box_zoom, mp.points_zoom, r.seed)
-            for r, mp in zip(requests, mapped)
-        ]
-
-    def _finish(
-        self,
-        vol: _Volume,
-        req: Request,
-        logits: Any,
-        plan: Z.ZoomInPlan | None,
-        roi_logits: Any,
-        found: bool,
-        timings: StageClock,
-    ) -> Segmentation:
-        """The scan-space result of crop logits (D, H, W) and the zoom-in ROI logits
-        (or None): the mask straight from both (no paste, one pass on the GPU);
-        the paste only when logits or probabilities are asked for."""
-        roi_start = plan.roi.lo if plan is not None else (0, 0, 0)
-        if roi_logits is not None and (req.keep_logits or req.probabilities):
-            with timings.stage("paste"):
-                ops.paste(logits, roi_logits, roi_start)
-            roi_logits = None
-        with timings.stage("postprocess"):
-            perm, flips, origin = vol.geometry.scan_mapping()
-            mask = ops.scan_mask(logits, vol.scan_shape, perm, flips, origin, roi_logits, roi_start)
-            probs = vol.geometry.crop_to_scan(ops.sigmoid(logits)) if req.probabilities else None
-            kept = logits if req.keep_logits else None
-        if not req.on_device and not A.is_host(self.xp):
-            with timings.stage("download"):
-                mask, probs, kept = A.to_host(mask), A.to_host(probs), A.to_host(kept)
-        return Segmentation(
-            mask=mask,
-            probabilities=probs,
-            roi=None if plan is None else plan.roi,
-            n_windows=0 if plan is None else len(plan.windows),
-            zoom_in_applied=plan is not None,
-            no_foreground=not found,
-            crop_logits=kept,
-            prompt=req.describe(),
-        )
+        return self._flow().run(vol, requests, targets, StageClock()) if requests else []
 
     def close(self) -> None:
         self.backend.close()
