@@ -104,7 +104,7 @@ class SegVolRuntime:
         self.backend_reason = backend_reason
         self._cache_bytes = V.integer(cache_bytes, "cache_bytes", minimum=0)
         self._volume: Volume | None = None
-        self._texts = TextEmbeddings(artifacts, backend, V.integer(text_cache_bytes, "text_cache_bytes", minimum=0))
+        self._texts = TextEmbeddings(artifacts, V.integer(text_cache_bytes, "text_cache_bytes", minimum=0))
         self._text_cache = self._texts.cache
         self._stats = StageClock(on_exit=self._stage_end)
         self._memory: A.GpuMemory | None = None
@@ -304,7 +304,7 @@ class SegVolRuntime:
         """(C,) float32 per text (a list of non-empty strings): the table row of
         a known name, else the phrase cache, else the text encoder on the prompt
         template (one batched call for the new phrases, then cached)."""
-        return self._texts.embeddings(texts)
+        return self._texts.embeddings(self.backend, texts)
 
     # -- segmentation ----------------------------------------------------------------
     def segment(

@@ -100,7 +100,7 @@ class RequestFlow:
                 mapped.append(P.to_model_space(vol.geometry, box, points))
         texts = [r.text for r in requests if r.text is not None]
         with timings.stage("text"):
-            embs = iter(self.texts.embeddings(texts)) if texts else iter(())
+            embs = iter(self.texts.embeddings(self.backend, texts)) if texts else iter(())
         return [
             Z.Target(next(embs) if r.text is not None else None, mp.box_zoom, mp.points_zoom, r.seed)
             for r, mp in zip(requests, mapped)

@@ -22,14 +22,14 @@ if TYPE_CHECKING:
 
 
 class TextEmbeddings:
-    """The text embeddings of ``artifacts`` run on ``backend`` (its text encoder and
-    array module); encoded phrases kept up to ``cache_bytes`` (``cache``, least
-    recently used out). Names of the artifacts' table are never cached."""
+    """The text embeddings of ``artifacts``, encoded by the backend a call names
+    (its text encoder and array module); encoded phrases kept up to
+    ``cache_bytes`` (``cache``, least recently used out). Names of the
+    artifacts' table are never cached."""
 
-    def __init__(self, artifacts: Artifacts, backend: Any, cache_bytes: int):
+    def __init__(self, artifacts: Artifacts, cache_bytes: int):
         self.artifacts = artifacts
         self.config = artifacts.config
-        self.backend = backend
         self.cache: ByteLRU[str] = ByteLRU(cache_bytes)
         self._table: dict[str, np.ndarray] | None = None
         self._tokenizer: ClipTokenizer | None = None
@@ -47,7 +47,7 @@ class TextEmbeddings:
             self._table = {normalize_name(n): row for n, row in zip(names, table)}
         return self._table
 
-    def embeddings(self, texts: Sequence[str]) -> list[np.ndarray]:
+    def embeddings(self, backend: Any, texts: Sequence[str]) -> list[np.ndarray]:
         """(C,) float32 per text (a list of non-empty strings): the table row of
         a known name, else the phrase cache, else the text encoder on the prompt
         template (one batched call for the new phrases, then cached)."""
@@ -67,19 +67,19 @@ class TextEmbeddings:
         new = [k for k in dict.fromkeys(keys) if k not in found]
         if new:
             raw = {normalize_name(t): t.strip() for t in texts}
-            found.update(self._encode_phrases(new, [raw[k] for k in new]))
+            found.update(self._encode_phrases(backend, new, [raw[k] for k in new]))
         return [found[k] for k in keys]
 
-    def _encode_phrases(self, keys: Sequence[str], phrases: Sequence[str]) -> dict[str, np.ndarray]:
+    def _encode_phrases(self, backend: Any, keys: Sequence[str], phrases: Sequence[str]) -> dict[str, np.ndarray]:
         """Text-encoder rows (C,) float32 of ``phrases``, cached under ``keys``."""
         if self._tokenizer is None:
             self._tokenizer = self.artifacts.tokenizer()
         ids = self._tokenizer.encode_names(list(phrases), self.artifacts.prompt_template)
-        limit = self.backend.preferred_batch(S.TEXT_ENCODER)
+        limit = backend.preferred_batch(S.TEXT_ENCODER)
         out: dict[str, np.ndarray] = {}
         for i in range(0, len(keys), limit):
             # (B, C) floats: downloaded once per phrase, uploaded per decoder call
-            emb = A.to_host(self.backend.encode_text(self.backend.xp.asarray(ids[i : i + limit])))
+            emb = A.to_host(backend.encode_text(backend.xp.asarray(ids[i : i + limit])))
             for k, e in zip(keys[i : i + limit], emb):
                 out[k] = np.array(e, np.float32)  # a copy: not a view pinning the whole batch
                 self.cache.put(k, out[k])
