@@ -7,6 +7,9 @@ ships none in Python). Each check is shown to catch a deliberate breach."""
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,16 +28,23 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # -- import cycles --------------------------------------------------------------------
+_GRAPH = """
+import json, grimp
+graph = grimp.build_graph("segvol_rt", cache_dir=None)
+print(json.dumps({m: sorted(graph.find_modules_directly_imported_by(m)) for m in graph.modules}))
+"""
+
+
 def import_graph(tree: Path) -> dict[str, set[str]]:
     """Each module of ``segvol_rt`` (in ``tree``) -> the package's modules it imports
-    (module level, in functions and under ``TYPE_CHECKING`` alike), as grimp reads them."""
-    grimp = pytest.importorskip("grimp", reason="grimp comes with import-linter (dev extra)")
-    sys.path.insert(0, str(tree))
-    try:
-        graph = grimp.build_graph("segvol_rt", cache_dir=None)
-    finally:
-        sys.path.remove(str(tree))
-    return {m: set(graph.find_modules_directly_imported_by(m)) for m in graph.modules}
+    (module level, in functions and under ``TYPE_CHECKING`` alike), as grimp reads them.
+    In a fresh interpreter with ``tree`` first on the path: this one has the
+    checkout's package imported already."""
+    pytest.importorskip("grimp", reason="grimp comes with import-linter (dev extra)")
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, "-c", _GRAPH], cwd=tree, env=env, capture_output=True, text=True, timeout=300,
+                         check=True)
+    return {m: set(targets) for m, targets in json.loads(out.stdout).items()}
 
 
 def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
