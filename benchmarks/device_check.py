@@ -2,7 +2,7 @@
 
     python benchmarks/device_check.py --out $OUT [--artifacts DIR] [--small]
 
-1. **tests**: the GPU parametrisations of tests/runtime/test_kernels.py and
+1. **tests**: the GPU parametrisations of tests/kernels/test_kernels.py and
    the compile tests (pytest, in a subprocess);
 2. **twins**: every kernel (through segvol_rt.ops.cuda) against its NumPy twin
    at realistic sizes - a CT scan, its crop, zoom-out and window volumes -
@@ -360,7 +360,7 @@ def compile_time(env: Env) -> dict[str, Any]:
 
 def run_pytest(timeout: int) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-           "tests/runtime/test_kernels.py", "tests/runtime/test_kernels_compile.py"]
+           "tests/kernels/test_kernels.py", "tests/kernels/test_kernels_compile.py"]
     try:
         run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

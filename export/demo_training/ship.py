@@ -7,7 +7,7 @@ out of the box:
 Run it after retraining the demo model (``python -m segvol_rt.export.demo_training``)
 or after a change of the graphs or the manifest. The export is the ordinary
 ``segvol-rt export --precision fp16`` of the shipped checkpoint with the default parity checks;
-``tests/test_shipped_demo.py`` holds the shipped graphs to a fresh export of the
+``tests/demo/test_shipped_demo.py`` holds the shipped graphs to a fresh export of the
 same checkpoint (same IO specs, numerical parity: ONNX bytes differ across torch
 versions, so the files are not compared byte for byte).
 """

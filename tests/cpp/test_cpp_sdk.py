@@ -350,7 +350,7 @@ def _tokenizer_dirs() -> list:
 def test_tokenizer_ids_equal(hooks, directory):
     """The C++ CLIP BPE gives the Python tokenizer's ids on the tokenizer tests' phrases."""
     from segvol_rt.io.tokenizer import ClipTokenizer
-    from tests.runtime.test_tokenizer import PHRASES
+    from tests.io.test_tokenizer import PHRASES
 
     py = ClipTokenizer.from_dir(directory)
     for text in [*PHRASES, "中文 肝脏", "Müller 中文 zq 🫁", "İstanbul ΣΑΣ", "x<|endoftext|>y"]:

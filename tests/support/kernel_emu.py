@@ -17,7 +17,7 @@ GPU code path on numpy arrays with these emulated kernels.
 
 What this cannot show: races between threads, launch configurations, shared
 memory sizes, NVRTC-specific compile errors and float behaviour of the GPU's
-own ``expf``; tests/runtime/test_kernels_compile.py and the GPU tests cover
+own ``expf``; tests/kernels/test_kernels_compile.py and the GPU tests cover
 the compile, benchmarks/device_check.py the rest.
 """
 

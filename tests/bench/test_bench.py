@@ -19,7 +19,7 @@ from segvol_rt.bench.scans import DEMO_CROP, requests_for, scaled_crop
 from segvol_rt.bench.timing import LatencyStats, percentile, time_calls
 from segvol_rt.export.reference.bench_model import DEFAULT_BLOB, _cells, prepare_bench_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROW_KEYS = {"case", "backend", "stage", "p50_ms", "p90_ms", "min_ms", "n", "samples_ms"}
 
 

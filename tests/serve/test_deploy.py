@@ -13,7 +13,7 @@ import pytest
 
 from segvol_rt import wire as W
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
 
 

@@ -341,7 +341,7 @@ def test_default_options_keep_results_exact(tiny):
 
 def test_cli_bad_graph_is_one_line(tiny, tmp_path):
     from segvol_rt.demo.phantom import make_phantom
-    from tests.test_cli_infer import run_cli
+    from tests.app.test_cli_infer import run_cli
 
     root = _copy(tiny, tmp_path)
     _damage_graph(root, S.PROMPT_DECODER, b"\x08\x07" + bytes(500))

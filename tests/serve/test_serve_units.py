@@ -1,6 +1,6 @@
 """Serving without a server: the wire format, the session store's bounds (count,
 LRU, idle TTL, memory), the served error line, the rebuilt geometry, and a
-torch-free, backend-free client import. (tests/test_serve.py runs the real server.)"""
+torch-free, backend-free client import. (tests/serve/test_serve.py runs the real server.)"""
 
 from __future__ import annotations
 

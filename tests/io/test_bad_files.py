@@ -217,7 +217,7 @@ CLI_CASES = [
 
 @pytest.mark.parametrize("case", CLI_CASES)
 def test_cli_prints_one_line_and_writes_nothing(case, tmp_path, tiny):
-    from tests.test_cli_infer import run_cli
+    from tests.app.test_cli_infer import run_cli
 
     build, words = BAD[case]
     work = _fresh(tmp_path, "work")

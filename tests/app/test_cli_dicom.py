@@ -23,6 +23,7 @@ nib = pytest.importorskip("nibabel")
 from segvol_rt.demo.model import shipped_artifacts_dir  # noqa: E402
 from segvol_rt.demo.phantom import make_phantom  # noqa: E402
 from segvol_rt.errors import SegVolError  # noqa: E402
+from tests.app.test_cli_infer import run_cli  # noqa: E402
 from tests.support.dicom_series import SeriesSpec, dcm2niix, write_series  # noqa: E402
 from tests.support.dicom_tools import (  # noqa: E402
     Orthanc,
@@ -33,7 +34,6 @@ from tests.support.dicom_tools import (  # noqa: E402
     world_levels,
     world_set,
 )
-from tests.test_cli_infer import run_cli  # noqa: E402
 
 ART = str(shipped_artifacts_dir())
 SHAPE = (96, 96, 32)
@@ -295,7 +295,7 @@ def test_dicomweb_round_trip_with_orthanc(orthanc, data, tmp_path: Path) -> None
     env = {**os.environ, "SEGVOL_RT_DICOMWEB_AUTH": orthanc.auth}
     out = tmp_path / "out" / "seg.dcm"
     args = ["--text", "liver", "--artifacts", ART, "--threads", "2", "--store", orthanc.dicomweb, "--out", str(out)]
-    from tests.test_cli_infer import cli
+    from tests.app.test_cli_infer import cli
 
     proc = subprocess.run([*cli(), "infer", url, *args], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -323,7 +323,7 @@ def test_dicomweb_round_trip_with_orthanc(orthanc, data, tmp_path: Path) -> None
 def test_dicomweb_errors_are_one_line(orthanc, tmp_path: Path) -> None:
     url = f"{orthanc.dicomweb}/studies/1.2.3/series/4.5.6"
     bad = {**os.environ, "SEGVOL_RT_DICOMWEB_AUTH": "segvol:wrong"}
-    from tests.test_cli_infer import cli
+    from tests.app.test_cli_infer import cli
 
     def run(source: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([*cli(), "infer", source, "--text", "liver", "--artifacts", ART, *extra,

@@ -20,7 +20,7 @@ from segvol_rt.demo.model import WEIGHTS_FILE, cached_demo_artifacts, demo_check
 from segvol_rt.io import spec as S
 from segvol_rt.io.artifacts import Artifacts, sha256_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PARITY = 1e-5  # relative L2 of each graph output, as the exporter's own check
 
 
