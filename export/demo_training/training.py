@@ -385,7 +385,7 @@ def _file_sizes(directory: Path) -> dict[str, int]:
 
 def _argument_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m segvol_rt.export.demo_training``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segvol_rt.export.demo_training", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output directory (Hugging Face layout + TRAINING.md)")
     parser.add_argument("--work", default=None, help="resumable training state (default OUT/../<out>.work)")
