@@ -21,7 +21,6 @@
 // truncated file with zeros, both silently). Errors: one line on stderr (the
 // CLI's wording), exit status 2; nothing is left half-written; an --out that
 // exists and is not a regular file is refused, never replaced.
-#include <fcntl.h>
 #include <nifti/nifti1_io.h>
 #include <openssl/evp.h>
 #include <zlib.h>
