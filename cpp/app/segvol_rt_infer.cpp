@@ -16,10 +16,18 @@
 // i-th target, later targets win where they overlap) and, as segvol-rt infer,
 // a JSON sidecar <stem>.json naming the labels with per-target statistics and
 // the mask's sha256; the files are staged and renamed into place mask first,
-// sidecar last. NIfTI through Debian's libniftiio. Errors: one line on
-// stderr, exit status 2; nothing is left half-written.
+// sidecar last. NIfTI through Debian's libniftiio (headers and writing; the
+// voxels are read with zlib here, as libniftiio would zero NaNs and pad a
+// truncated file with zeros, both silently). Errors: one line on stderr (the
+// CLI's wording), exit status 2; nothing is left half-written; an --out that
+// exists and is not a regular file is refused, never replaced.
 #include <nifti/nifti1_io.h>
 #include <openssl/evp.h>
+#include <zlib.h>
+
+#include <charconv>
+#include <climits>
+#include <limits>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -51,15 +59,32 @@ struct Args {
     std::exit(2);
 }
 
+// The whole of `text` as an integer in [lo, hi], or nullopt (no sign games, no
+// trailing characters, no wrap-around).
+template <typename T>
+std::optional<T> integer(const std::string& text, T lo, T hi) {
+    T v{};
+    const char* end = text.data() + text.size();
+    auto r = std::from_chars(text.data(), end, v, 10);
+    if (text.empty() || r.ec != std::errc() || r.ptr != end || v < lo || v > hi) return std::nullopt;
+    return v;
+}
+
+template <typename T>
+T option_int(const std::string& option, const std::string& text, T lo, T hi) {
+    std::optional<T> v = integer<T>(text, lo, hi);
+    if (!v) die(option + " '" + text + "': expected an integer from " + std::to_string(lo) + " to " + std::to_string(hi));
+    return *v;
+}
+
 std::vector<int64_t> ints(const std::string& text, const std::string& what) {
     std::vector<int64_t> out;
     std::string cur;
     auto flush = [&] {
         if (cur.empty()) return;
-        char* end = nullptr;
-        long long v = std::strtoll(cur.c_str(), &end, 10);
-        if (*end) die(what + " '" + text + "': expected integers separated by commas");
-        out.push_back(v);
+        std::optional<int64_t> v = integer<int64_t>(cur, INT64_MIN, INT64_MAX);
+        if (!v) die(what + " '" + text + "': expected integers separated by commas");
+        out.push_back(*v);
         cur.clear();
     };
     for (char c : text) {
@@ -87,14 +112,14 @@ Args parse(int argc, char** argv) {
         else if (s == "--out") a.out = value(i);
         else if (s == "--no-zoom-in") a.zoom_in = false;
         else if (s == "--window-prompts") a.window_prompts = value(i);
-        else if (s == "--seed") a.seed = std::strtoull(value(i).c_str(), nullptr, 10);
-        else if (s == "--threads") a.threads = std::atoi(value(i).c_str());
+        else if (s == "--seed") a.seed = option_int<uint64_t>(s, value(i), 0, UINT64_MAX);
+        else if (s == "--threads") a.threads = option_int<int>(s, value(i), 1, INT32_MAX);
         else if (s == "--ort-library") a.ort_library = value(i);
         else if (s == "--device") a.device = value(i);
         else if (s == "--backend") a.backend = value(i);
         else if (s == "--quiet" || s == "-q") a.quiet = true;
         else if (s == "--timing") a.timing = true;
-        else if (s == "--repeat") a.repeat = std::atoi(value(i).c_str());
+        else if (s == "--repeat") a.repeat = option_int<int>(s, value(i), 0, 1000000);
         else if (s == "--version") {
             std::printf("segvol-rt-infer %s (ABI %u)\n", segvol_version(), segvol_abi_version());
             std::exit(0);
@@ -111,6 +136,7 @@ Args parse(int argc, char** argv) {
     if (a.artifacts.empty()) die("--artifacts DIR is required");
     if (a.out.empty()) a.out = strip_nifti(a.scan) + "_segvol.nii.gz";  // as segvol-rt infer
     if (a.texts.empty() && a.box.empty() && a.points.empty()) die("give at least one prompt: --text, --box or --point");
+    if (a.texts.size() > 255) die(std::to_string(a.texts.size()) + " --text targets: a uint8 label file holds at most 255");
     if (a.window_prompts != "official" && a.window_prompts != "aligned")
         die("--window-prompts '" + a.window_prompts + "': choose official or aligned");
     return a;
@@ -123,30 +149,138 @@ struct Nifti {
     }
 };
 
-// The scan as float32 (I, J, K), i fastest, with NIfTI's read scaling.
-std::vector<float> read_scan(nifti_image* nim, std::array<int64_t, 3>* dims, std::array<double, 16>* affine) {
-    if (nim->ndim < 3 || (nim->ndim > 3 && nim->nt * nim->nu * nim->nv * nim->nw > 1))
-        die(std::string(nim->fname) + ": expected a 3D volume, got " + std::to_string(nim->ndim) + " dimensions");
-    *dims = {nim->nx, nim->ny, nim->nz};
-    size_t n = (size_t)nim->nx * nim->ny * nim->nz;
+// Runs f with fd 2 sent to a temporary file and returns what was written there:
+// libniftiio prints its own "** ERROR" lines, which must not reach the user beside
+// our one line. f must not report anything of ours.
+template <typename F>
+std::string quiet_stderr(F f) {
+    std::fflush(stderr);
+    FILE* tmp = std::tmpfile();
+    int saved = tmp ? dup(2) : -1;
+    if (saved < 0 || dup2(fileno(tmp), 2) < 0) die(std::string("cannot create a temporary file: ") + std::strerror(errno));
+    f();
+    std::fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    std::string text;
+    std::rewind(tmp);
+    char buf[4096];
+    for (size_t k; (k = std::fread(buf, 1, sizeof buf, tmp)) > 0;) text.append(buf, k);
+    std::fclose(tmp);
+    return text;
+}
+
+// The first line libniftiio printed, without its "** " marker.
+std::string first_line(const std::string& text) {
+    size_t b = text.find_first_not_of("* \t\r\n");
+    if (b == std::string::npos) return "";
+    size_t e = text.find_first_of("\r\n", b);
+    return text.substr(b, e == std::string::npos ? std::string::npos : e - b);
+}
+
+std::string shape_str(const nifti_image* nim) {
+    std::string s = "(";
+    for (int d = 1; d <= nim->dim[0] && d <= 7; ++d) s += (d > 1 ? ", " : "") + std::to_string(nim->dim[d]);
+    return s + ")";
+}
+
+// The header of the scan (no voxels), or one line and exit 2.
+nifti_image* read_header(const std::string& path) {
+    nifti_image* nim = nullptr;
+    std::string said = quiet_stderr([&] { nim = nifti_image_read(path.c_str(), 0); });
+    if (!nim) die("cannot read scan " + path + ": " + (said.empty() ? std::string("not a NIfTI file") : first_line(said)));
+    return nim;
+}
+
+// I*J*K of a 3D scan's header, checked (the axes beyond 3 must be 1).
+size_t scan_voxels(const nifti_image* nim, const std::string& path, std::array<int64_t, 3>* dims) {
+    bool three_d = nim->dim[0] >= 3 && nim->dim[0] <= 7;
+    for (int d = 4; three_d && d <= nim->dim[0]; ++d) three_d = nim->dim[d] == 1;
+    if (!three_d) die("scan " + path + " has shape " + shape_str(nim) + "; a 3D volume is needed");
+    *dims = {nim->dim[1], nim->dim[2], nim->dim[3]};
+    size_t n = 1;
+    for (int64_t v : *dims) {
+        if (v < 1) die("scan " + path + ": the header declares an empty extent " + shape_str(nim) + "; there are no voxels to read");
+        if (__builtin_mul_overflow(n, (size_t)v, &n)) die("scan " + path + ": the voxel count of " + shape_str(nim) + " overflows");
+    }
+    return n;
+}
+
+// The stored voxels (nbyper bytes each from iname_offset), in this CPU's byte order.
+// zlib reads .nii and .nii.gz alike; a gzip stream is read to its end, where its
+// length and CRC are checked (a stream cut anywhere, even in its trailer, is refused).
+std::vector<unsigned char> read_voxels(const nifti_image* nim, const std::string& path, size_t voxels) {
+    size_t bytes = 0;
+    if (nim->nbyper < 1 || __builtin_mul_overflow(voxels, (size_t)nim->nbyper, &bytes))
+        die("scan " + path + ": the size of " + shape_str(nim) + " voxels overflows");
+    std::vector<unsigned char> raw;
+    try {
+        raw.resize(bytes + 1);  // one byte more: zlib checks a stream's end only when asked past the data
+    } catch (const std::exception&) {
+        die("scan " + path + ": the header declares " + shape_str(nim) + " voxels (" + std::to_string(bytes) +
+            " bytes), more than this process can allocate");
+    }
+    gzFile fp = gzopen(nim->iname, "rb");
+    if (!fp) die("cannot read scan " + path + ": " + std::strerror(errno));
+    size_t got = 0;
+    if (gzseek(fp, nim->iname_offset, SEEK_SET) == nim->iname_offset)
+        while (got < raw.size()) {
+            int k = gzread(fp, raw.data() + got, (unsigned)std::min<size_t>(raw.size() - got, 1u << 30));
+            if (k <= 0) break;
+            got += (size_t)k;
+        }
+    int err = Z_OK;
+    gzerror(fp, &err);
+    if (err == Z_OK && got > bytes && !gzdirect(fp))  // data after the voxels: read on to the stream's end
+        for (char sink[1 << 16]; gzread(fp, sink, sizeof sink) > 0;) {
+        }
+    std::string why = gzerror(fp, &err);
+    std::string named = std::string(nim->iname) + ": ";
+    if (why.compare(0, named.size(), named) == 0) why.erase(0, named.size());  // zlib repeats the path
+    bool compressed = !gzdirect(fp);
+    gzclose(fp);
+    if (err != Z_OK && compressed) die("cannot read scan " + path + ": corrupt or truncated gzip data (" + why + ")");
+    if (err != Z_OK) die("cannot read scan " + path + ": " + why);
+    if (got < bytes)
+        die("cannot read scan " + path + ": the file is shorter than its header says (truncated: " + std::to_string(voxels) +
+            " voxels of " + std::to_string(nim->nbyper) + " bytes from byte " + std::to_string(nim->iname_offset) + ")");
+    raw.resize(bytes);
+    if (nim->swapsize > 1 && nim->byteorder != nifti_short_order()) nifti_swap_Nbytes(voxels, nim->swapsize, raw.data());
+    return raw;
+}
+
+// The scan as float32 (I, J, K), i fastest, with NIfTI's read scaling (as nibabel);
+// NaN or infinite values are refused as segvol-rt infer does.
+std::vector<float> read_scan(nifti_image* nim, const std::string& path, std::array<int64_t, 3>* dims,
+                             std::array<double, 16>* affine) {
+    size_t n = scan_voxels(nim, path, dims);
+    switch (nim->datatype) {
+        case DT_UINT8: case DT_INT8: case DT_INT16: case DT_UINT16: case DT_INT32: case DT_UINT32: case DT_INT64:
+        case DT_FLOAT32: case DT_FLOAT64: break;
+        default: die("scan " + path + " has NIfTI datatype " + std::to_string(nim->datatype) + ", expected integers or floats");
+    }
+    std::vector<unsigned char> raw = read_voxels(nim, path, n);
     std::vector<float> out(n);
     double slope = nim->scl_slope, inter = nim->scl_inter;
     bool scale = slope != 0 && std::isfinite(slope) && !(slope == 1 && inter == 0);
     auto conv = [&](auto* p) {
         for (size_t i = 0; i < n; ++i) out[i] = scale ? (float)((double)p[i] * slope + inter) : (float)p[i];
     };
+    void* data = raw.data();
     switch (nim->datatype) {
-        case DT_UINT8: conv((uint8_t*)nim->data); break;
-        case DT_INT8: conv((int8_t*)nim->data); break;
-        case DT_INT16: conv((int16_t*)nim->data); break;
-        case DT_UINT16: conv((uint16_t*)nim->data); break;
-        case DT_INT32: conv((int32_t*)nim->data); break;
-        case DT_UINT32: conv((uint32_t*)nim->data); break;
-        case DT_INT64: conv((int64_t*)nim->data); break;
-        case DT_FLOAT32: conv((float*)nim->data); break;
-        case DT_FLOAT64: conv((double*)nim->data); break;
-        default: die(std::string(nim->fname) + ": unsupported NIfTI datatype " + std::to_string(nim->datatype));
+        case DT_UINT8: conv((uint8_t*)data); break;
+        case DT_INT8: conv((int8_t*)data); break;
+        case DT_INT16: conv((int16_t*)data); break;
+        case DT_UINT16: conv((uint16_t*)data); break;
+        case DT_INT32: conv((int32_t*)data); break;
+        case DT_UINT32: conv((uint32_t*)data); break;
+        case DT_INT64: conv((int64_t*)data); break;
+        case DT_FLOAT32: conv((float*)data); break;
+        case DT_FLOAT64: conv((double*)data); break;
     }
+    size_t bad = 0;
+    for (float v : out) bad += !std::isfinite(v);
+    if (bad) die("scan " + path + " has " + std::to_string(bad) + " NaN or infinite voxels");
     // nibabel's affine: sform if set, else qform, else pixdim scaling
     mat44 m = nim->sform_code > 0 ? nim->sto_xyz : nim->qto_xyz;
     for (int r = 0; r < 4; ++r)
@@ -157,6 +291,16 @@ std::vector<float> read_scan(nifti_image* nim, std::array<int64_t, 3>* dims, std
 bool same_file(const std::string& a, const std::string& b) {
     struct stat x, y;
     return stat(a.c_str(), &x) == 0 && stat(b.c_str(), &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
+}
+
+// An output may replace a regular file (or be new); never a directory, device, FIFO or
+// socket (rename(2) would replace /dev/null itself), never the input scan. The CLI's words.
+void check_output(const std::string& out, const std::string& scan) {
+    if (same_file(scan, out)) die("refusing to overwrite the input scan " + scan + " (output " + out + "); choose another --out");
+    struct stat st;
+    if (stat(out.c_str(), &st) != 0) return;  // absent, or a dangling link (replaced like any link)
+    if (S_ISDIR(st.st_mode)) die("output " + out + " is a directory; choose another --out");
+    if (!S_ISREG(st.st_mode)) die("output " + out + " exists and is not a regular file (a FIFO, socket or device); choose another --out");
 }
 
 // Stage the mask with the input's header (datatype uint8, no scaling) in a temporary
@@ -173,12 +317,19 @@ std::string stage_mask(nifti_image* like, const std::vector<uint8_t>& mask, cons
     o->data = const_cast<uint8_t*>(mask.data());
     bool gz = out.size() > 3 && out.compare(out.size() - 3, 3, ".gz") == 0;
     std::string tmp = out + ".tmp-" + std::to_string(getpid()) + (gz ? ".nii.gz" : ".nii");
-    if (nifti_set_filenames(o, tmp.c_str(), 0, 1) != 0) die("cannot name the output " + out);
-    nifti_image_write(o);
+    if (o->nvox != mask.size()) die("internal error: the mask does not have the scan's voxel count");
+    int named = 0;
+    std::string said = quiet_stderr([&] {
+        named = nifti_set_filenames(o, tmp.c_str(), 0, 1);
+        if (named == 0) nifti_image_write(o);
+    });
     o->data = nullptr;
     nifti_image_free(o);
     struct stat st;
-    if (stat(tmp.c_str(), &st) != 0) die("cannot write " + out);
+    if (named != 0 || stat(tmp.c_str(), &st) != 0 || said.find("ERROR") != std::string::npos) {
+        std::remove(tmp.c_str());
+        die("cannot write " + out + (said.empty() ? std::string() : ": " + first_line(said)));
+    }
     return tmp;
 }
 
@@ -214,8 +365,17 @@ std::string strip_nifti(const std::string& p) {
 }
 
 // Rename the staged files into place in order (the sidecar last, so a sidecar
-// always describes a complete set); on a failure remove what was staged.
-void commit(const std::vector<std::pair<std::string, std::string>>& staged) {
+// always describes a complete set); on a failure remove what was staged. The
+// outputs' kinds are checked again first: one may have appeared since the start.
+void commit(const std::vector<std::pair<std::string, std::string>>& staged, const std::string& scan) {
+    for (const auto& [tmp, target] : staged) {
+        struct stat st;
+        bool bad = same_file(scan, target) || (stat(target.c_str(), &st) == 0 && !S_ISREG(st.st_mode));
+        if (bad) {
+            for (const auto& f : staged) std::remove(f.first.c_str());
+            check_output(target, scan);  // says why and exits
+        }
+    }
     for (size_t i = 0; i < staged.size(); ++i)
         if (std::rename(staged[i].first.c_str(), staged[i].second.c_str()) != 0) {
             std::string why = std::strerror(errno);
@@ -233,16 +393,16 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 int main(int argc, char** argv) {
     auto t0 = std::chrono::steady_clock::now();
     Args a = parse(argc, argv);
-    if (same_file(a.scan, a.out)) die("--out " + a.out + " is the input scan; refusing to overwrite it");
+    check_output(a.out, a.scan);
+    if (a.texts.size() > 1) check_output(strip_nifti(a.out) + ".json", a.scan);
     struct stat st;
     if (stat(a.scan.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) die(a.scan + ": no such file");
     nifti_set_debug_level(0);
     Nifti scan;
-    scan.nim = nifti_image_read(a.scan.c_str(), 1);
-    if (!scan.nim || !scan.nim->data) die(a.scan + " is not a readable NIfTI file");
+    scan.nim = read_header(a.scan);
     std::array<int64_t, 3> dims;
     std::array<double, 16> affine;
-    std::vector<float> data = read_scan(scan.nim, &dims, &affine);
+    std::vector<float> data = read_scan(scan.nim, a.scan, &dims, &affine);
     try {
         segvol::LoadOptions lo;
         lo.threads = a.threads;
@@ -250,7 +410,7 @@ int main(int argc, char** argv) {
         lo.device = a.device;
         lo.backend = a.backend;
         segvol::Runtime rt(a.artifacts, lo);
-        rt.set_volume(data.data(), SEGVOL_DTYPE_FLOAT32, dims, &affine);
+        rt.set_volume(data, dims, &affine);
         segvol::Target base;
         if (!a.box.empty()) {
             std::vector<int64_t> b = ints(a.box, "box");
@@ -282,6 +442,7 @@ int main(int argc, char** argv) {
             rt.segment_many(targets);
             followups.push_back(seconds_since(t2));
         }
+        if (segs[0].dims != dims) die("internal error: the mask's dims are not the scan's");
         std::vector<uint8_t> out(segs[0].mask.size(), 0);
         for (size_t t = 0; t < segs.size(); ++t)
             for (size_t i = 0; i < out.size(); ++i)
@@ -318,7 +479,7 @@ int main(int argc, char** argv) {
             }
             staged.push_back({tmp, side});
         }
-        commit(staged);
+        commit(staged, a.scan);
         if (!a.quiet)
             for (size_t t = 0; t < segs.size(); ++t) {
                 size_t vox = 0;

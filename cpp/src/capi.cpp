@@ -1,5 +1,7 @@
 // The C ABI (include/segvol_rt/segvol_rt.h) over segvol::Runtime: status codes,
-// one-line messages per handle, a lock per handle, no exception escapes.
+// one-line messages per thread, a lock per handle, sizes of the caller's memory
+// checked before it is read or written, no exception escapes.
+#include <array>
 #include <cstring>
 #include <mutex>
 #include <new>
@@ -7,44 +9,65 @@
 
 #include "errors.hpp"
 #include "pipeline.hpp"
+#include "sizes.hpp"
 #include "segvol_rt/segvol_rt.h"
 
+// The handle's state, guarded by mu. Messages are not kept here: they are per thread
+// (a string another thread could replace while this one reads it is what per-thread
+// records rule out).
 struct segvol_runtime {
     mutable std::mutex mu;
     std::unique_ptr<segvol::Runtime> rt;
-    std::string error, backend;
+    std::string backend;
 };
-
-static thread_local std::string g_thread_error;
 
 namespace {
 
-segvol_status set_error(segvol_runtime* h, segvol_status code, const std::string& msg) {
+// This thread's records: the last error, and its copy of a handle's backend description.
+thread_local std::string t_error;
+thread_local std::string t_backend;
+
+segvol_status set_error(segvol_status code, const std::string& msg) {
     std::string line = msg;
     for (char& c : line)
         if (c == '\n' || c == '\r') c = ' ';
-    g_thread_error = line;
-    if (h) h->error = line;
+    t_error = std::move(line);
     return code;
 }
 
+// Run body under the handle's lock; its outcome becomes this thread's status and message.
 template <typename F>
-segvol_status guarded(segvol_runtime* h, F body) {
-    if (!h) return set_error(nullptr, SEGVOL_ERR_INVALID_ARGUMENT, "the runtime handle is NULL");
-    std::lock_guard<std::mutex> lock(h->mu);
+segvol_status guarded(const segvol_runtime* h, F body) {
+    if (!h) return set_error(SEGVOL_ERR_INVALID_ARGUMENT, "the runtime handle is NULL");
     try {
+        std::lock_guard<std::mutex> lock(h->mu);
         body();
-        h->error.clear();
+        t_error.clear();
         return SEGVOL_OK;
     } catch (const segvol::Error& e) {
-        return set_error(h, e.code(), e.what());
+        return set_error(e.code(), e.what());
     } catch (const std::bad_alloc&) {
-        return set_error(h, SEGVOL_ERR_OUT_OF_MEMORY, "out of memory");
+        return set_error(SEGVOL_ERR_OUT_OF_MEMORY, "out of memory");
     } catch (const std::exception& e) {
-        return set_error(h, SEGVOL_ERR_INTERNAL, std::string("internal error: ") + e.what());
+        return set_error(SEGVOL_ERR_INTERNAL, std::string("internal error: ") + e.what());
     } catch (...) {
-        return set_error(h, SEGVOL_ERR_INTERNAL, "internal error");
+        return set_error(SEGVOL_ERR_INTERNAL, "internal error");
     }
+}
+
+size_t dtype_size(int32_t d) {
+    switch (d) {
+        case SEGVOL_DTYPE_UINT8:
+        case SEGVOL_DTYPE_INT8: return 1;
+        case SEGVOL_DTYPE_UINT16:
+        case SEGVOL_DTYPE_INT16: return 2;
+        case SEGVOL_DTYPE_UINT32:
+        case SEGVOL_DTYPE_INT32:
+        case SEGVOL_DTYPE_FLOAT32: return 4;
+        case SEGVOL_DTYPE_INT64:
+        case SEGVOL_DTYPE_FLOAT64: return 8;
+    }
+    return 0;
 }
 
 segvol::DType dtype_of(int32_t d) {
@@ -87,13 +110,27 @@ void segvol_target_init(segvol_target* t) {
     t->window_prompts = SEGVOL_WINDOW_PROMPTS_OFFICIAL;
 }
 
-segvol_runtime* segvol_create(void) { return new (std::nothrow) segvol_runtime(); }
+segvol_runtime* segvol_create(void) {
+    segvol_runtime* h = new (std::nothrow) segvol_runtime();
+    if (h) t_error.clear();
+    else set_error(SEGVOL_ERR_OUT_OF_MEMORY, "out of memory");
+    return h;
+}
 
 void segvol_destroy(segvol_runtime* rt) { delete rt; }
 
-const char* segvol_last_error(const segvol_runtime* rt) { return rt ? rt->error.c_str() : g_thread_error.c_str(); }
+const char* segvol_last_error(void) { return t_error.c_str(); }
 
-const char* segvol_backend(const segvol_runtime* rt) { return rt ? rt->backend.c_str() : ""; }
+const char* segvol_backend(const segvol_runtime* rt) {
+    if (!rt) return "";
+    try {
+        std::lock_guard<std::mutex> lock(rt->mu);
+        t_backend = rt->backend;
+    } catch (...) {  // out of memory (or a broken lock): no description rather than a stale one
+        t_backend.clear();
+    }
+    return t_backend.c_str();
+}
 
 segvol_status segvol_load(segvol_runtime* h, const char* dir, const segvol_load_options* o) {
     return guarded(h, [&] {
@@ -110,21 +147,30 @@ segvol_status segvol_load(segvol_runtime* h, const char* dir, const segvol_load_
             lo.verify = o->verify != 0;
             lo.cache_bytes = o->cache_bytes;
         }
-        h->rt.reset();
-        h->backend.clear();
-        h->rt = std::make_unique<segvol::Runtime>(dir, lo);
-        h->backend = h->rt->describe();
+        // built first, swapped in only once it works: a failed load keeps the working runtime
+        auto fresh = std::make_unique<segvol::Runtime>(dir, lo);
+        std::string backend = fresh->describe();
+        h->rt = std::move(fresh);
+        h->backend = std::move(backend);
     });
 }
 
-segvol_status segvol_set_volume(segvol_runtime* h, const void* data, int32_t dtype, const int64_t dims[3],
-                                const double affine[16]) {
+segvol_status segvol_set_volume(segvol_runtime* h, const void* data, size_t data_size, int32_t dtype,
+                                const int64_t dims[3], const double affine[16]) {
     return guarded(h, [&] {
         if (!h->rt) segvol::fail(SEGVOL_ERR_NOT_LOADED, "no artifacts loaded: call segvol_load first");
+        h->rt->release_volume();  // a failed set_volume leaves no volume, never the previous one
         if (!data) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "volume data is NULL");
         if (!dims) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "dims is NULL");
         segvol::DType dt = dtype_of(dtype);
-        h->rt->set_volume(data, dt, {dims[0], dims[1], dims[2]}, affine);
+        std::array<segvol::i64, 3> d{dims[0], dims[1], dims[2]};
+        size_t bytes = segvol::checked_voxels(d);  // refuses dims whose product overflows
+        if (__builtin_mul_overflow(bytes, dtype_size(dtype), &bytes))
+            segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "dims " + segvol::dims_str(d) + ": the volume's size in bytes overflows");
+        if (data_size < bytes)
+            segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "volume data holds " + std::to_string(data_size) + " bytes; dims " +
+                                                          segvol::dims_str(d) + " of this dtype need " + std::to_string(bytes));
+        h->rt->set_volume(data, dt, d, affine);
     });
 }
 
@@ -135,11 +181,19 @@ segvol_status segvol_release_volume(segvol_runtime* h) {
 }
 
 segvol_status segvol_segment(segvol_runtime* h, const segvol_target* targets, size_t n, uint8_t* const* masks,
-                             float* const* probabilities, segvol_result_info* info) {
+                             float* const* probabilities, size_t capacity, int64_t dims[3], segvol_result_info* info) {
     return guarded(h, [&] {
+        std::array<segvol::i64, 3> d{0, 0, 0};
+        if (h->rt && h->rt->has_volume()) d = h->rt->volume_dims();
+        if (dims)
+            for (int a = 0; a < 3; ++a) dims[a] = d[a];
         if (!h->rt) segvol::fail(SEGVOL_ERR_NOT_LOADED, "no artifacts loaded: call segvol_load first");
         if (!h->rt->has_volume()) segvol::fail(SEGVOL_ERR_NO_VOLUME, "no volume: call segvol_set_volume before segvol_segment");
+        size_t voxels = segvol::checked_voxels(d);
         if (n == 0) return;
+        if (voxels > capacity)
+            segvol::fail(SEGVOL_ERR_BUFFER_TOO_SMALL, "the buffers hold " + std::to_string(capacity) + " voxels; the volume (dims " +
+                                                          segvol::dims_str(d) + ") has " + std::to_string(voxels) + "; nothing was written");
         if (!targets) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "targets is NULL");
         if (!masks) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "masks is NULL");
         std::vector<segvol::Request> reqs(n);
@@ -150,6 +204,9 @@ segvol_status segvol_segment(segvol_runtime* h, const segvol_target* targets, si
                 segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "struct_size is not set; call segvol_target_init first");
             if (!masks[t]) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "mask buffer is NULL");
             if (x.n_points && !x.points) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "points is NULL but n_points > 0");
+            if (x.n_points > (size_t)h->rt->max_points())  // refused before any point is read
+                segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, where + std::to_string(x.n_points) + " points given; the artifacts take at most " +
+                                                              std::to_string(h->rt->max_points()));
             if (x.points && !x.n_points) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "points: no point given (n_points = 0)");
             if (x.window_prompts != SEGVOL_WINDOW_PROMPTS_OFFICIAL && x.window_prompts != SEGVOL_WINDOW_PROMPTS_ALIGNED)
                 segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "window_prompts must be OFFICIAL (0) or ALIGNED (1)");
@@ -165,9 +222,13 @@ segvol_status segvol_segment(segvol_runtime* h, const segvol_target* targets, si
         }
         std::vector<segvol::Result> res = h->rt->segment(reqs);
         for (size_t t = 0; t < n; ++t) {
-            std::memcpy(masks[t], res[t].mask.data(), res[t].mask.size());
+            if (res[t].mask.size() != voxels || (probabilities && probabilities[t] && res[t].probabilities.size() != voxels))
+                segvol::fail(SEGVOL_ERR_INTERNAL, "internal error: a result does not have the volume's size");
+        }
+        for (size_t t = 0; t < n; ++t) {
+            std::memcpy(masks[t], res[t].mask.data(), voxels);
             if (probabilities && probabilities[t])
-                std::memcpy(probabilities[t], res[t].probabilities.data(), res[t].probabilities.size() * sizeof(float));
+                std::memcpy(probabilities[t], res[t].probabilities.data(), voxels * sizeof(float));
             if (info) {
                 segvol_result_info& i = info[t];
                 for (int k = 0; k < 6; ++k) i.roi[k] = res[t].roi ? res[t].roi->official[k] : -1;
@@ -180,7 +241,7 @@ segvol_status segvol_segment(segvol_runtime* h, const segvol_target* targets, si
 }
 
 segvol_status segvol_windows_encoded(const segvol_runtime* h, uint64_t* count) {
-    return guarded(const_cast<segvol_runtime*>(h), [&] {
+    return guarded(h, [&] {
         if (!count) segvol::fail(SEGVOL_ERR_INVALID_ARGUMENT, "count is NULL");
         *count = h->rt ? h->rt->windows_encoded() : 0;
     });

@@ -9,6 +9,7 @@
 #include "errors.hpp"
 #include "kernels_host.hpp"
 #include "numpy_random.hpp"
+#include "sizes.hpp"
 #include "tokenizer.hpp"
 
 #include <chrono>
@@ -342,6 +343,11 @@ std::string Runtime::describe() const { return describe_; }
 
 unsigned long long Runtime::windows_encoded() const { return vol_ ? vol_->windows_encoded : 0; }
 
+std::array<i64, 3> Runtime::volume_dims() const {
+    if (!vol_) fail(SEGVOL_ERR_NO_VOLUME, "no volume: call set_volume first");
+    return vol_->scan_shape;
+}
+
 void Runtime::release_volume() { vol_.reset(); }
 
 template <typename T>
@@ -351,12 +357,10 @@ static void to_float(const void* data, size_t n, float* out) {
 }
 
 void Runtime::set_volume(const void* data, DType dtype, const std::array<i64, 3>& dims, const double* affine) {
-    for (int a = 0; a < 3; ++a)
-        if (dims[a] < 1) fail(SEGVOL_ERR_INVALID_ARGUMENT, "the scan volume is empty (dims " + box_str(dims.data(), 3) + ")");
+    size_t n = checked_voxels(dims);  // before any product of dims is formed
     if (affine)
         for (int k = 0; k < 16; ++k)
             if (!std::isfinite(affine[k])) fail(SEGVOL_ERR_INVALID_ARGUMENT, "affine must be a finite real 4x4 array");
-    size_t n = (size_t)(dims[0] * dims[1] * dims[2]);
     std::vector<float> f(n);
     switch (dtype) {
         case DType::U8: to_float<uint8_t>(data, n, f.data()); break;

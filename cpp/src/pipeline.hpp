@@ -102,6 +102,8 @@ class Runtime {
     std::string describe() const;
     unsigned long long windows_encoded() const;
     bool has_volume() const { return vol_ != nullptr; }
+    std::array<i64, 3> volume_dims() const;  // (I, J, K) of the volume set; has_volume() first
+    int max_points() const { return max_points_; }
 
    private:
     struct Vol;

@@ -21,7 +21,22 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "cpp" / "build.sh"
+HEADER = ROOT / "cpp" / "include" / "segvol_rt" / "segvol_rt.h"
 DTYPES = {"uint8": 1, "int8": 2, "uint16": 3, "int16": 4, "uint32": 5, "int32": 6, "int64": 7, "float32": 8, "float64": 9}
+BUFFER_TOO_SMALL = 9
+
+
+def header_define(name: str) -> str:
+    """The value of ``#define name value`` in the C header (its one definition)."""
+    for line in HEADER.read_text().splitlines():
+        parts = line.split()
+        if parts[:2] == ["#define", name] and len(parts) >= 3:
+            return parts[2].strip('"')
+    raise AssertionError(f"{name} is not defined in {HEADER}")
+
+
+ABI_VERSION = int(header_define("SEGVOL_RT_ABI_VERSION"))
+SONAME = f"libsegvol_rt.so.{ABI_VERSION}"
 
 
 def missing_toolchain() -> str | None:
@@ -87,16 +102,19 @@ class CppRuntime:
     """libsegvol_rt through its C ABI."""
 
     def __init__(self, build: Path, artifacts: Path, threads: int = 0, **options: Any):
-        lib = ctypes.CDLL(str(next(build.glob("libsegvol_rt.so.*[0-9]"))))
+        lib = ctypes.CDLL(str(build / SONAME))
         lib.segvol_create.restype = ctypes.c_void_p
         lib.segvol_last_error.restype = ctypes.c_char_p
-        lib.segvol_last_error.argtypes = [ctypes.c_void_p]
+        lib.segvol_last_error.argtypes = []
+        lib.segvol_backend.restype = ctypes.c_char_p
+        lib.segvol_backend.argtypes = [ctypes.c_void_p]
         lib.segvol_destroy.argtypes = [ctypes.c_void_p]
         lib.segvol_load.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(LoadOptions)]
-        lib.segvol_set_volume.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int64),
-                                          ctypes.POINTER(ctypes.c_double)]
+        lib.segvol_set_volume.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                                          ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_double)]
         lib.segvol_segment.argtypes = [ctypes.c_void_p, ctypes.POINTER(Target), ctypes.c_size_t,
-                                       ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ResultInfo)]
+                                       ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
+                                       ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ResultInfo)]
         lib.segvol_release_volume.argtypes = [ctypes.c_void_p]
         lib.segvol_windows_encoded.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]
         self.lib = lib
@@ -111,7 +129,7 @@ class CppRuntime:
 
     def _check(self, status: int) -> None:
         if status != 0:
-            raise SdkError(status, self.lib.segvol_last_error(self.h).decode())
+            raise SdkError(status, self.lib.segvol_last_error().decode())
 
     def close(self) -> None:
         if self.h:
@@ -122,7 +140,7 @@ class CppRuntime:
         vol = np.asfortranarray(volume)
         dims = (ctypes.c_int64 * 3)(*vol.shape)
         aff = None if affine is None else (ctypes.c_double * 16)(*np.asarray(affine, np.float64).reshape(-1))
-        self._check(self.lib.segvol_set_volume(self.h, vol.ctypes.data, DTYPES[vol.dtype.name], dims, aff))
+        self._check(self.lib.segvol_set_volume(self.h, vol.ctypes.data, vol.nbytes, DTYPES[vol.dtype.name], dims, aff))
         self.shape = vol.shape
 
     def release_volume(self) -> None:
@@ -161,7 +179,10 @@ class CppRuntime:
         mptr = (ctypes.c_void_p * n)(*[m.ctypes.data for m in masks])
         pptr = (ctypes.c_void_p * n)(*[p.ctypes.data for p in probs]) if probabilities else None
         info = (ResultInfo * n)()
-        self._check(self.lib.segvol_segment(self.h, targets, n, mptr, pptr, info))
+        dims = (ctypes.c_int64 * 3)()
+        capacity = int(np.prod(self.shape))
+        self._check(self.lib.segvol_segment(self.h, targets, n, mptr, pptr, capacity, dims, info))
+        assert tuple(dims) == self.shape
         out = []
         for i in range(n):
             roi = tuple(info[i].roi) if info[i].zoom_in_applied else None

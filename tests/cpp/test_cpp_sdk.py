@@ -323,15 +323,20 @@ def test_zoom_box_equal(hooks):
 
 
 def test_build_dir_has_soname(cpp_build):
-    """The soname is libsegvol_rt.so.<ABI version>."""
-    assert (cpp_build / "libsegvol_rt.so.1").exists()
-    out = subprocess.run(["objdump", "-p", str(cpp_build / "libsegvol_rt.so.1")], capture_output=True, text=True).stdout
-    assert "SONAME               libsegvol_rt.so.1" in out
+    """The soname is libsegvol_rt.so.<ABI version> (the header's SEGVOL_RT_ABI_VERSION, 2 since the
+    sized buffers and per-thread errors), and the library reports the same ABI version."""
+    assert sdk.ABI_VERSION >= 2
+    assert (cpp_build / sdk.SONAME).exists()
+    out = subprocess.run(["objdump", "-p", str(cpp_build / sdk.SONAME)], capture_output=True, text=True).stdout
+    assert f"SONAME               {sdk.SONAME}" in out
+    lib = ctypes.CDLL(str(cpp_build / sdk.SONAME))
+    lib.segvol_abi_version.restype = ctypes.c_uint32
+    assert lib.segvol_abi_version() == sdk.ABI_VERSION
 
 
 def test_no_python_in_the_library(cpp_build):
     """The library links no ONNX Runtime and no Python: ORT is dlopened."""
-    out = subprocess.run(["ldd", str(cpp_build / "libsegvol_rt.so.1")], capture_output=True, text=True).stdout
+    out = subprocess.run(["ldd", str(cpp_build / sdk.SONAME)], capture_output=True, text=True).stdout
     assert "onnxruntime" not in out and "python" not in out
 
 

@@ -93,7 +93,7 @@ def test_install_and_find_package_consumer(cpp_build, demo_artifacts, tmp_path):
     for rel in ("include/segvol_rt/segvol_rt.h", "include/segvol_rt/segvol_rt.hpp", "bin/segvol-rt-infer"):
         assert (prefix / rel).exists(), rel
     libdir = next(p for p in (prefix / "lib", prefix / "lib64", prefix / "lib" / "x86_64-linux-gnu") if (p / "cmake").is_dir())
-    assert (libdir / "libsegvol_rt.so.1").exists() and (libdir / "cmake" / "segvol_rt" / "segvol_rtConfig.cmake").exists()
+    assert (libdir / sdk.SONAME).exists() and (libdir / "cmake" / "segvol_rt" / "segvol_rtConfig.cmake").exists()
     build = tmp_path / "consumer"
     cfg = subprocess.run(["cmake", "-S", str(CPP / "tests" / "consumer"), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}"],
                          capture_output=True, text=True)

@@ -14,17 +14,42 @@
  *     0 negative;
  *   - a mask is I*J*K uint8 (1 = target) in the volume's layout.
  *
- * Errors: every function returns a segvol_status; on failure
- * segvol_last_error(handle) gives one line saying what was wrong (for a NULL
- * handle, or before a handle exists, segvol_last_error(NULL) gives this
- * thread's last message). No C++ exception crosses this boundary.
+ * Memory: every function that writes into the caller's memory is told that
+ * memory's size and refuses (SEGVOL_ERR_BUFFER_TOO_SMALL, nothing written)
+ * what does not fit; segvol_segment also gives back the dims of the volume
+ * it segmented. segvol_set_volume is told the size of the data it reads.
+ * Sizes computed from dims are checked: a product that overflows, or a volume
+ * the library cannot address, is refused (SEGVOL_ERR_INVALID_ARGUMENT).
  *
- * Thread safety: different handles may be used from different threads at
- * once. Calls on one handle are serialised by a lock inside the handle (a
- * second thread waits); the string from segvol_last_error(h) stays valid
- * until the next call on h. segvol_version() and segvol_abi_version() may be
- * called from any thread at any time. The pipeline's own CPU threads are a
- * process-wide setting: the threads option of the latest segvol_load.
+ * Errors: every function that returns a segvol_status records this thread's
+ * last error: segvol_last_error() gives the one line of the latest such call
+ * made by the calling thread ("" after a success). No C++ exception crosses
+ * this boundary.
+ *
+ * Threads (what a caller may do from which thread):
+ *   - Every function may be called from any thread.
+ *   - Different handles are independent: use them from different threads at
+ *     once.
+ *   - One handle may be shared by several threads: its calls are serialised
+ *     by a lock inside the handle (a second thread waits), each seeing the
+ *     handle as the previous call left it. So another thread's
+ *     segvol_set_volume between your segvol_set_volume and segvol_segment
+ *     changes the volume you segment: segvol_segment refuses buffers too
+ *     small for that volume and reports its dims. To pin a volume, give each
+ *     thread its own handle (or hold your own lock around the pair).
+ *   - segvol_destroy(h) is the one call the lock cannot protect: call it
+ *     once, when no other thread is in, or will enter, a call on h.
+ *   - segvol_last_error() reads only the calling thread's own record: no
+ *     other thread's call changes or frees it. The string stays valid until
+ *     the calling thread's next call that returns a segvol_status (or its
+ *     next segvol_create); copy it to keep it longer.
+ *   - segvol_backend(h) copies the description under h's lock into storage
+ *     of the calling thread: valid until that thread's next segvol_backend
+ *     call, whatever other threads do with h.
+ *   - segvol_version(), segvol_abi_version() and the *_init functions (they
+ *     touch only the caller's struct) may be called at any time.
+ *   - The pipeline's own CPU threads are a process-wide setting: the threads
+ *     option of the latest segvol_load.
  *
  * Versioning and soname policy: SEGVOL_RT_ABI_VERSION is the ABI's major
  * version and the shared library's soname is libsegvol_rt.so.<ABI_VERSION>.
@@ -46,10 +71,12 @@ extern "C" {
 #endif
 
 #define SEGVOL_RT_VERSION_MAJOR 0
-#define SEGVOL_RT_VERSION_MINOR 1
+#define SEGVOL_RT_VERSION_MINOR 2
 #define SEGVOL_RT_VERSION_PATCH 0
-#define SEGVOL_RT_VERSION "0.1.0"
-#define SEGVOL_RT_ABI_VERSION 1
+#define SEGVOL_RT_VERSION "0.2.0"
+/* 2: segvol_set_volume takes the data's size, segvol_segment the buffers' size and gives the
+ * dims back, segvol_last_error() is per thread and takes no handle. */
+#define SEGVOL_RT_ABI_VERSION 2
 
 #if defined(__GNUC__)
 #define SEGVOL_API __attribute__((visibility("default")))
@@ -66,7 +93,8 @@ typedef enum segvol_status {
     SEGVOL_ERR_NOT_LOADED = 5,       /* set_volume or segment before a successful load */
     SEGVOL_ERR_SCAN = 6,             /* the scan cannot be normalised (constant, non-finite, no foreground) */
     SEGVOL_ERR_OUT_OF_MEMORY = 7,
-    SEGVOL_ERR_INTERNAL = 8
+    SEGVOL_ERR_INTERNAL = 8,
+    SEGVOL_ERR_BUFFER_TOO_SMALL = 9  /* a caller's buffer cannot hold the result: nothing was written */
 } segvol_status;
 
 typedef enum segvol_dtype {
@@ -123,30 +151,45 @@ SEGVOL_API uint32_t segvol_abi_version(void);
 SEGVOL_API void segvol_load_options_init(segvol_load_options* options);
 SEGVOL_API void segvol_target_init(segvol_target* target);
 
-/* A new, empty handle (NULL only when out of memory). */
+/* A new, empty handle (NULL only when out of memory; segvol_last_error() says so). */
 SEGVOL_API segvol_runtime* segvol_create(void);
-/* Free the handle and everything it holds; NULL is ignored. */
+/* Free the handle and everything it holds; NULL is ignored. No other thread may be
+ * in a call on rt, or enter one later. */
 SEGVOL_API void segvol_destroy(segvol_runtime* rt);
-/* The last error of the handle (or of this thread for NULL); "" after success. */
-SEGVOL_API const char* segvol_last_error(const segvol_runtime* rt);
+/* The calling thread's last error: one line from its latest call that returned a
+ * segvol_status, "" if that call succeeded. Never NULL; valid until the thread's next
+ * such call. */
+SEGVOL_API const char* segvol_last_error(void);
 
-/* Read the manifest, check the hashes, open the graphs. options may be NULL (defaults). */
+/* Read the manifest, check the hashes, open the graphs. options may be NULL (defaults).
+ * The new runtime is built first: on failure the handle keeps what it had (a loaded
+ * runtime and its volume stay usable); on success the previous volume is dropped. */
 SEGVOL_API segvol_status segvol_load(segvol_runtime* rt, const char* artifacts_dir, const segvol_load_options* options);
-/* Description of the backend in use, e.g. "onnxruntime 1.32.0 (cpu, 2 threads, fp32)". */
+/* Description of the backend in use, e.g. "onnxruntime 1.32.0 (cpu, 2 threads, fp32)", or
+ * "" before a load: a copy owned by the calling thread, valid until its next segvol_backend. */
 SEGVOL_API const char* segvol_backend(const segvol_runtime* rt);
 
-/* Preprocess a scan (see the layout above); dtype is a segvol_dtype value (an int32_t,
- * so that a wrong value is an error, not undefined behaviour); affine may be NULL (identity). */
-SEGVOL_API segvol_status segvol_set_volume(segvol_runtime* rt, const void* data, int32_t dtype,
+/* Preprocess a scan (see the layout above). data holds data_size bytes, at least
+ * I*J*K times the dtype's size (else SEGVOL_ERR_INVALID_ARGUMENT, nothing read);
+ * dtype is a segvol_dtype value (an int32_t, so that a wrong value is an error, not
+ * undefined behaviour); affine may be NULL (identity). The previous volume is released
+ * first: after a failure the handle has none (segment says SEGVOL_ERR_NO_VOLUME). */
+SEGVOL_API segvol_status segvol_set_volume(segvol_runtime* rt, const void* data, size_t data_size, int32_t dtype,
                                            const int64_t dims[3], const double affine[16]);
 SEGVOL_API segvol_status segvol_release_volume(segvol_runtime* rt);
 
-/* Segment n targets of the current volume, sharing the encodings. masks[t] receives
- * I*J*K bytes; probabilities may be NULL, or hold n pointers (each NULL or I*J*K
- * floats: the sigmoid in scan space, 0 outside the crop); info may be NULL or n entries. */
+/* Segment n targets of the current volume, sharing the encodings.
+ *   masks: n pointers, each to `capacity` bytes (uint8: the mask, I*J*K used);
+ *   probabilities: NULL, or n pointers, each NULL or to `capacity` floats (the sigmoid
+ *     in scan space, 0 outside the crop; I*J*K used);
+ *   capacity: voxels every buffer above holds;
+ *   dims: NULL, or receives the dims (I, J, K) of the volume segmented, whatever the
+ *     status ({0, 0, 0} without a volume); when I*J*K > capacity the call returns
+ *     SEGVOL_ERR_BUFFER_TOO_SMALL and writes no buffer;
+ *   info: NULL or n entries. */
 SEGVOL_API segvol_status segvol_segment(segvol_runtime* rt, const segvol_target* targets, size_t n,
-                                        uint8_t* const* masks, float* const* probabilities,
-                                        segvol_result_info* info);
+                                        uint8_t* const* masks, float* const* probabilities, size_t capacity,
+                                        int64_t dims[3], segvol_result_info* info);
 
 /* Window encodings run so far on the current volume (cache statistics). */
 SEGVOL_API segvol_status segvol_windows_encoded(const segvol_runtime* rt, uint64_t* count);

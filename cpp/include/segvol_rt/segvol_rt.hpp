@@ -1,17 +1,21 @@
 // segvol-rt C++17 API: RAII wrappers over the C ABI (segvol_rt.h).
 //
 //   segvol::Runtime rt("artifacts/");                       // throws segvol::Error
-//   rt.set_volume(data, SEGVOL_DTYPE_INT16, {I, J, K}, affine);
+//   rt.set_volume(volume, {I, J, K}, &affine);              // std::vector<int16_t> (or any segvol dtype)
 //   segvol::Target liver; liver.text = "liver";
-//   std::vector<uint8_t> mask = rt.segment(liver).mask;     // I*J*K, i fastest
+//   segvol::Segmentation s = rt.segment(liver);             // s.mask: I*J*K, i fastest; s.dims
 //
 // Header-only: every call goes through the C ABI, so the C++ standard
 // library of the application never has to match the SDK's. Errors become
-// segvol::Error (the status and the handle's one-line message). Same thread
-// safety as the C ABI: one Runtime may be shared, its calls are serialised.
+// segvol::Error (the status and the calling thread's one-line message). Same
+// thread safety as the C ABI: one Runtime may be shared, its calls are
+// serialised, and segment() sizes its buffers from the volume the call
+// actually segmented (Segmentation::dims), so another thread's set_volume in
+// between can change the result's volume but never overrun a buffer.
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -50,15 +54,28 @@ struct Target {
 };
 
 struct Segmentation {
+    std::array<int64_t, 3> dims{};    // (I, J, K) of the volume segmented
     std::vector<uint8_t> mask;        // I*J*K, the volume's layout
     std::vector<float> probabilities; // empty unless asked for
     segvol_result_info info{};
 };
 
+// The C ABI's dtype of an element type (a compile error for any other type).
+template <typename T> struct dtype_of;
+template <> struct dtype_of<uint8_t> { static constexpr segvol_dtype value = SEGVOL_DTYPE_UINT8; };
+template <> struct dtype_of<int8_t> { static constexpr segvol_dtype value = SEGVOL_DTYPE_INT8; };
+template <> struct dtype_of<uint16_t> { static constexpr segvol_dtype value = SEGVOL_DTYPE_UINT16; };
+template <> struct dtype_of<int16_t> { static constexpr segvol_dtype value = SEGVOL_DTYPE_INT16; };
+template <> struct dtype_of<uint32_t> { static constexpr segvol_dtype value = SEGVOL_DTYPE_UINT32; };
+template <> struct dtype_of<int32_t> { static constexpr segvol_dtype value = SEGVOL_DTYPE_INT32; };
+template <> struct dtype_of<int64_t> { static constexpr segvol_dtype value = SEGVOL_DTYPE_INT64; };
+template <> struct dtype_of<float> { static constexpr segvol_dtype value = SEGVOL_DTYPE_FLOAT32; };
+template <> struct dtype_of<double> { static constexpr segvol_dtype value = SEGVOL_DTYPE_FLOAT64; };
+
 class Runtime {
    public:
     explicit Runtime(const std::string& artifacts_dir, const LoadOptions& options = {}) : h_(segvol_create()) {
-        if (!h_) throw Error(SEGVOL_ERR_OUT_OF_MEMORY, "out of memory");
+        if (!h_) throw Error(SEGVOL_ERR_OUT_OF_MEMORY, segvol_last_error());
         segvol_load_options o;
         segvol_load_options_init(&o);
         o.backend = options.backend.c_str();
@@ -85,10 +102,17 @@ class Runtime {
 
     std::string backend() const { return segvol_backend(h_); }
 
-    void set_volume(const void* data, segvol_dtype dtype, const std::array<int64_t, 3>& dims,
+    // data holds data_size bytes (at least I*J*K elements of dtype).
+    void set_volume(const void* data, size_t data_size, segvol_dtype dtype, const std::array<int64_t, 3>& dims,
                     const std::array<double, 16>* affine = nullptr) {
-        check(segvol_set_volume(h_, data, dtype, dims.data(), affine ? affine->data() : nullptr));
-        voxels_ = (size_t)(dims[0] * dims[1] * dims[2]);
+        voxels_ = 0;
+        check(segvol_set_volume(h_, data, data_size, dtype, dims.data(), affine ? affine->data() : nullptr));
+        voxels_ = voxels(dims);  // the library checked the product
+    }
+    template <typename T>
+    void set_volume(const std::vector<T>& data, const std::array<int64_t, 3>& dims,
+                    const std::array<double, 16>* affine = nullptr) {
+        set_volume(data.data(), data.size() * sizeof(T), dtype_of<T>::value, dims, affine);
     }
     void release_volume() {
         check(segvol_release_volume(h_));
@@ -115,15 +139,35 @@ class Runtime {
             c[i].zoom_in = t.zoom_in ? 1 : 0;
             c[i].window_prompts = t.window_prompts;
             c[i].seed = t.seed;
-            out[i].mask.resize(voxels_);
-            masks[i] = out[i].mask.data();
-            if (t.probabilities) {
-                out[i].probabilities.resize(voxels_);
-                probs[i] = out[i].probabilities.data();
-            }
         }
-        check(segvol_segment(h_, c.data(), c.size(), masks.data(), probs.data(), info.data()));
-        for (size_t i = 0; i < targets.size(); ++i) out[i].info = info[i];
+        // Sized for the volume this object set; if another thread sharing the handle set a
+        // larger one meanwhile, the library refuses and says its dims: resize and ask again.
+        std::array<int64_t, 3> dims{};
+        size_t capacity = voxels_;
+        for (;;) {
+            for (size_t i = 0; i < targets.size(); ++i) {
+                out[i].mask.resize(capacity);
+                masks[i] = out[i].mask.data();
+                if (targets[i].probabilities) {
+                    out[i].probabilities.resize(capacity);
+                    probs[i] = out[i].probabilities.data();
+                }
+            }
+            segvol_status s = segvol_segment(h_, c.data(), c.size(), masks.data(), probs.data(), capacity, dims.data(),
+                                             info.data());
+            if (s != SEGVOL_ERR_BUFFER_TOO_SMALL) {
+                check(s);
+                break;
+            }
+            capacity = voxels(dims);
+        }
+        size_t used = voxels(dims);
+        for (size_t i = 0; i < targets.size(); ++i) {
+            out[i].dims = dims;
+            out[i].info = info[i];
+            out[i].mask.resize(used);
+            if (targets[i].probabilities) out[i].probabilities.resize(used);
+        }
         return out;
     }
 
@@ -140,7 +184,17 @@ class Runtime {
     size_t voxels_ = 0;
 
     void check(segvol_status s) const {
-        if (s != SEGVOL_OK) throw Error(s, segvol_last_error(h_));
+        if (s != SEGVOL_OK) throw Error(s, segvol_last_error());
+    }
+    // I*J*K of dims the library reported or accepted (so the product fits), 0 for none.
+    static size_t voxels(const std::array<int64_t, 3>& d) {
+        size_t n = 1;
+        for (int64_t v : d) {
+            if (v <= 0) return 0;
+            if ((uint64_t)v > SIZE_MAX / n) throw Error(SEGVOL_ERR_INVALID_ARGUMENT, "dims overflow the address space");
+            n *= (size_t)v;
+        }
+        return n;
     }
 };
 

@@ -2,25 +2,35 @@
 // volume (i fastest) and print the mask's voxel count.
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <segvol_rt/segvol_rt.hpp>
+#include <string>
 #include <vector>
 
 int main(int argc, char** argv) {
     if (argc != 6) return 2;
-    int64_t I = std::atoll(argv[3]), J = std::atoll(argv[4]), K = std::atoll(argv[5]);
+    if (segvol_abi_version() != SEGVOL_RT_ABI_VERSION) {
+        std::fprintf(stderr, "error: built against ABI %d, running with %u\n", SEGVOL_RT_ABI_VERSION, segvol_abi_version());
+        return 2;
+    }
+    std::array<int64_t, 3> dims{};
+    size_t n = 1;
+    for (int a = 0; a < 3; ++a) {
+        dims[a] = std::stoll(argv[3 + a]);
+        if (dims[a] < 1 || __builtin_mul_overflow(n, (size_t)dims[a], &n)) return 2;
+    }
     std::ifstream in(argv[2], std::ios::binary);
-    std::vector<int16_t> vol((size_t)(I * J * K));
+    std::vector<int16_t> vol(n);
     in.read(reinterpret_cast<char*>(vol.data()), (std::streamsize)(vol.size() * 2));
+    if (!in) return 2;
     try {
         segvol::Runtime rt(argv[1]);
-        rt.set_volume(vol.data(), SEGVOL_DTYPE_INT16, {I, J, K});
+        rt.set_volume(vol, dims);
         segvol::Target t;
         t.text = "liver";
         segvol::Segmentation s = rt.segment(t);
-        size_t n = 0;
-        for (uint8_t m : s.mask) n += m;
-        std::printf("%zu\n", n);
+        size_t count = 0;
+        for (uint8_t m : s.mask) count += m;
+        std::printf("%zu\n", count);
     } catch (const segvol::Error& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 2;
