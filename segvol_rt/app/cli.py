@@ -5,11 +5,14 @@ sees when something goes wrong is one line on stderr, never a traceback:
 
 * a :class:`~segvol_rt.errors.SegVolError` or a bad option (click's usage
   errors, without typer's box): ``error: ...``, exit code 2;
-* SIGINT (Ctrl-C) and SIGTERM: the handlers raise :class:`Interrupted`, so
-  the staged outputs are removed on the way out (:mod:`segvol_rt.io.outputs`),
-  then ``interrupted; nothing was written`` (exit 130) or ``terminated; ...``
-  (exit 143); a signal that arrives while an output set is being committed is
-  handled once the set is complete, and the line says so;
+* SIGINT (Ctrl-C) and SIGTERM (:mod:`segvol_rt.app.signals`, installed by
+  the console script before the imports, :mod:`segvol_rt.app.entry`): the
+  handlers raise :class:`Interrupted`, so the staged outputs are removed on the
+  way out (:mod:`segvol_rt.io.outputs`), then ``interrupted; nothing was
+  written`` (exit 130) or ``terminated; ...`` (exit 143); a signal that
+  arrives while an output set is being committed is handled once the set is
+  complete, and one after the commit - up to the process's exit - says the
+  outputs had been written;
 * a closed stdout (``segvol-rt infer ... | head -1``) stops the printing only
   (:func:`segvol_rt.app.console.say`); the run completes and exits normally.
 """

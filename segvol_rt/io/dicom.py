@@ -13,8 +13,11 @@ writes for the series, as nibabel reads that NIfTI:
   (float32), scaled by nibabel's rule into float32 Hounsfield units.
 
 The series is found and chosen by :mod:`segvol_rt.io.dicom_files` (headers
-only; non-DICOM files skipped, non-CT objects such as SEGs ignored, anonymised
-UIDs filled; CT Image, Enhanced CT and Legacy Converted Enhanced CT), and its
+only; non-DICOM files skipped, unreadable paths refused, non-CT objects such
+as SEGs ignored, anonymised UIDs filled; CT Image, Enhanced CT and Legacy
+Converted Enhanced CT); its images must agree on their pixel encoding (the
+stored type comes from them, never from a non-image object of the series) and
+each have its own SOPInstanceUID; its
 geometry sorted and checked by :mod:`segvol_rt.io.dicom_geometry` (one
 orientation, frame of reference, size, spacing and rescale; no duplicate or
 missing slices; gantry tilt refused, not resampled); this module decodes the

@@ -2,7 +2,10 @@
 (used by :mod:`segvol_rt.io.dicom`).
 
 Every file's header is read (pixel data skipped): non-DICOM files are skipped
-and named in a note; objects of any SOP class are grouped by series, and only
+and named in a note; hidden names are not read, linked folders are followed
+(each folder and file once), and a path inside the folder that cannot be
+listed or opened is refused (it may hold a slice); :meth:`Discovery.inputs`
+lists every file read, which no output may replace; objects of any SOP class are grouped by series, and only
 CT series (CT Image, Enhanced CT Image, Legacy Converted Enhanced CT Image)
 can be chosen. Anonymised files whose dataset lacks a UID fall back to the
 file meta (SOP Class and Instance UIDs) or get a generated UID (study, series,
