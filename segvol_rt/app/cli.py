@@ -5,27 +5,28 @@ sees when something goes wrong is one line on stderr, never a traceback:
 
 * a :class:`~segvol_rt.errors.SegVolError` or a bad option (click's usage
   errors, without typer's box): ``error: ...``, exit code 2;
-* SIGINT (Ctrl-C) and SIGTERM: the handlers raise :class:`Interrupted`, so
-  the staged outputs are removed on the way out (:mod:`segvol_rt.io.outputs`),
-  then ``interrupted; nothing was written`` (exit 130) or ``terminated; ...``
-  (exit 143); a signal that arrives while an output set is being committed is
-  handled once the set is complete, and the line says so;
+* SIGINT (Ctrl-C) and SIGTERM (:mod:`segvol_rt.app.signals`, installed by
+  the console script before the imports, :mod:`segvol_rt.app.entry`): the
+  handlers raise :class:`Interrupted`, so the staged outputs are removed on the
+  way out (:mod:`segvol_rt.io.outputs`), then ``interrupted; nothing was
+  written`` (exit 130) or ``terminated; ...`` (exit 143); a signal that
+  arrives while an output set is being committed is handled once the set is
+  complete, and one after the commit - up to the process's exit - says the
+  outputs had been written;
 * a closed stdout (``segvol-rt infer ... | head -1``) stops the printing only
   (:func:`segvol_rt.app.console.say`); the run completes and exits normally.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import sys
-import threading
-from types import FrameType
 from typing import Any
 
 import typer
 
+from segvol_rt.app import signals
 from segvol_rt.app.console import say, silence_stdout
 from segvol_rt.errors import SegVolError
 
@@ -37,67 +38,47 @@ app = typer.Typer(
 )
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM, raised by the CLI's handlers (not a KeyboardInterrupt,
-    which click and typer would turn into an exit of their own)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
-    # Recorded too: a library may turn the exception into its own (pybind11
-    # reports one raised during an import as "ImportError: initialization failed").
-    _state["signal"] = signum
-    raise Interrupted(signum)
-
-
-_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report it
-# what a command leaves when interrupted (build: its engines), and the signal received, if any
-_state: dict[str, Any] = {"interrupted": "nothing was written", "signal": None}
+Interrupted = signals.Interrupted
+_state = signals.state  # the commands set "interrupted": what an interruption leaves (build: its engines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: every failure ends in one stderr line and an exit code.
+    """Entry point: every failure ends in one stderr line and an exit code.
 
     The signal handlers are the CLI's for the call only (a caller in the same
     process gets its own back); a signal its parent ignores (a background job's
-    SIGINT) stays ignored."""
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in _EXIT_CODES:
-            handler = signal.getsignal(signum)
-            if handler is not signal.SIG_IGN and handler is not None:
-                previous[signum] = signal.signal(signum, _raise_interrupted)
-    _state.update(signal=None, interrupted="nothing was written")
+    SIGINT) stays ignored. The console script starts in
+    :func:`segvol_rt.app.entry.main`, which installs them before this module is imported."""
+    previous = signals.install()
+    signals.start_run()
     try:
         code = _run(argv)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signals.restore(previous)
     sys.exit(code)
 
 
 def _run(argv: list[str] | None) -> int:
+    from segvol_rt.io.outputs import held_signals
+
     try:
         code = app(args=argv, standalone_mode=False)
     except BaseException as exc:  # noqa: BLE001 - each kind becomes one line and an exit code; bugs re-raise
-        return _exit_code(exc)
-    if _state["signal"] is not None:  # swallowed on the way (a failed optional import), yet the run completed
-        return _interrupted(_state["signal"], True)
-    return code if isinstance(code, int) else 0
+        with held_signals():  # the line and the decision together: a signal now is handled once it is printed
+            return signals.decided(_exit_code(exc))
+    with held_signals():
+        if _state["signal"] is not None:  # swallowed on the way (a failed optional import), yet the run completed
+            return signals.decided(signals.report(_state["signal"], True))
+        return signals.decided(code if isinstance(code, int) else 0)
 
 
 def _exit_code(exc: BaseException) -> int:
-    from segvol_rt.io.outputs import written
-
     if isinstance(exc, SystemExit):
         raise exc
     if _state["signal"] is not None:
-        return _interrupted(_state["signal"], written(exc))
+        return signals.report(_state["signal"], signals.outputs_written(exc))
     if isinstance(exc, (Interrupted, KeyboardInterrupt, typer.Abort)):
-        return _interrupted(getattr(exc, "signum", signal.SIGINT), written(exc))
+        return signals.report(getattr(exc, "signum", signal.SIGINT), signals.outputs_written(exc))
     if isinstance(exc, SegVolError):
         return _fail(str(exc), 2)
     if isinstance(exc, _NO_ARGS_IS_HELP):
@@ -124,19 +105,8 @@ _NO_ARGS_IS_HELP: Any = getattr(_CLICK, "NoArgsIsHelpError", _NoSuchError)  # cl
 
 
 def _fail(message: str, code: int) -> int:
-    _stderr_line(f"error: {' '.join(message.split())}")
+    signals.stderr_line(f"error: {' '.join(message.split())}")
     return code
-
-
-def _interrupted(signum: int, outputs_written: bool) -> int:
-    what = "interrupted" if signum == signal.SIGINT else "terminated"
-    _stderr_line(f"{what}; {'the outputs had been written' if outputs_written else _state['interrupted']}")
-    return _EXIT_CODES.get(signal.Signals(signum), 130)
-
-
-def _stderr_line(line: str) -> None:
-    with contextlib.suppress(OSError, ValueError):  # stderr closed too: the exit code still tells
-        print(line, file=sys.stderr, flush=True)
 
 
 @app.callback()

@@ -243,7 +243,7 @@ class DicomInput:
     may be), the default SEG path and how to read its pixels."""
 
     label: str  # the folder, file or URL as given
-    inputs: list[tuple[str, Path]]  # empty for a DICOMweb series
+    inputs: list[tuple[str, Path]]  # every file of the folder; empty for a DICOMweb series
     default_out: Path
     read: Callable[[], Any]  # -> DicomScan (notes: skipped files, UID fallbacks)
 
@@ -273,7 +273,7 @@ def dicom_input(source: str, opts: InferOptions) -> DicomInput | None:
 
     disc = D.discover(source)
     info = D.choose_series(disc, opts.series, source)
-    files = [("DICOM file", f.path) for f in info.files if f.path is not None]
+    files = disc.inputs(info)  # every file read, of any series: none may be an output
     p = Path(source).resolve()  # "." or "/" has no name to build the default SEG's name from
     default = p.with_name(p.name + DEFAULT_SUFFIX + ".dcm") if p.is_dir() else p.with_name(p.stem + DEFAULT_SUFFIX + ".dcm")
     return DicomInput(source, files, default, lambda: D.scan_from_series(info, source, disc.notes))

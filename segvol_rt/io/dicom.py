@@ -13,8 +13,11 @@ writes for the series, as nibabel reads that NIfTI:
   (float32), scaled by nibabel's rule into float32 Hounsfield units.
 
 The series is found and chosen by :mod:`segvol_rt.io.dicom_files` (headers
-only; non-DICOM files skipped, non-CT objects such as SEGs ignored, anonymised
-UIDs filled; CT Image, Enhanced CT and Legacy Converted Enhanced CT), and its
+only; non-DICOM files skipped, unreadable paths refused, non-CT objects such
+as SEGs ignored, anonymised UIDs filled; CT Image, Enhanced CT and Legacy
+Converted Enhanced CT); its images must agree on their pixel encoding (the
+stored type comes from them, never from a non-image object of the series) and
+each have its own SOPInstanceUID; its
 geometry sorted and checked by :mod:`segvol_rt.io.dicom_geometry` (one
 orientation, frame of reference, size, spacing and rescale; no duplicate or
 missing slices; gantry tilt refused, not resampled); this module decodes the
@@ -98,7 +101,7 @@ def check_syntaxes(info: SeriesInfo) -> None:
     """Refuse a transfer syntax no installed handler decodes, before any pixel is read."""
     pixels = require("pydicom.pixels")
     seen: set[str] = set()
-    for item in info.files:
+    for item in _images(info):
         uid = _syntax(item.dataset)
         if uid in seen:
             continue
@@ -136,18 +139,58 @@ def _pixels(item: DicomFile) -> np.ndarray:
     return np.asarray(arr)
 
 
-def _stored_dtype(info: SeriesInfo) -> np.dtype:
-    ds = info.files[0].dataset
-    bits = int(getattr(ds, "BitsAllocated", 16))
-    signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
-    if bits not in (8, 16, 32):
-        raise SegVolError(f"{info.files[0].name}: BitsAllocated {bits} is not supported")
-    return np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
+def _images(info: SeriesInfo) -> list[DicomFile]:
+    """The image objects of the series (CT classes); an RTSTRUCT or SEG sharing its UID is not one."""
+    return [f for f in info.files if str(f.dataset.SOPClassUID) in CT_CLASSES]
 
 
-def stored_volume(info: SeriesInfo, geo: SeriesGeometry) -> np.ndarray:
-    """The stored integers as dcm2niix writes them: ``(I, J, K)`` = (column, reversed row, slice), Fortran order."""
-    out = np.empty((geo.columns, geo.rows, len(geo.frames)), dtype=_stored_dtype(info), order="F")
+_ENCODING = ("BitsAllocated", "BitsStored", "PixelRepresentation", "PhotometricInterpretation")
+
+
+def _encoding(ds: Any) -> tuple[str, ...]:
+    return tuple(str(getattr(ds, key, "")).strip() for key in _ENCODING)
+
+
+def _stored_dtype(info: SeriesInfo, where: str) -> np.dtype:
+    """The stored integer type, from the image objects only, which must all agree on it
+    (a cast of one slice's values into another slice's type would change them)."""
+    images = _images(info)
+    kinds: dict[tuple[str, ...], list[DicomFile]] = {}
+    for item in images:
+        kinds.setdefault(_encoding(item.dataset), []).append(item)
+    if len(kinds) > 1:
+        shown = ", ".join(f"{len(items)} x {'/'.join(k)} (e.g. {items[0].name})" for k, items in kinds.items())
+        raise SegVolError(f"{where}: the images disagree on {'/'.join(_ENCODING)}: {shown}; refused, "
+                          "one type for every slice would change some slices' values")
+    bits, _stored, representation, photometric = next(iter(kinds))
+    first = images[0].name
+    if bits not in ("8", "16", "32"):
+        raise SegVolError(f"{first}: BitsAllocated {bits or 'missing'} is not supported (8, 16 or 32)")
+    if representation not in ("0", "1"):
+        raise SegVolError(f"{first}: PixelRepresentation {representation or 'missing'} is neither 0 nor 1")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise SegVolError(f"{first}: PhotometricInterpretation {photometric or 'missing'}; a CT image is MONOCHROME1 or 2")
+    return np.dtype(f"{'i' if representation == '1' else 'u'}{int(bits) // 8}")
+
+
+def check_instance_uids(info: SeriesInfo, where: str) -> None:
+    """Every image of the series has its own SOPInstanceUID (a SEG references images by it)."""
+    by_uid: dict[str, list[DicomFile]] = {}
+    for item in _images(info):
+        by_uid.setdefault(str(item.dataset.SOPInstanceUID), []).append(item)
+    shared = {uid: items for uid, items in by_uid.items() if len(items) > 1}
+    if shared:
+        uid, items = next(iter(shared.items()))
+        files = ", ".join(i.name for i in items[:3]) + (" ..." if len(items) > 3 else "")
+        more = f" (and {len(shared) - 1} more shared UID(s))" if len(shared) > 1 else ""
+        raise SegVolError(f"{where}: SOPInstanceUID {uid} is shared by {len(items)} images ({files}){more}; "
+                          "every image needs its own - a copy of one image, or a broken export?")
+
+
+def stored_volume(info: SeriesInfo, geo: SeriesGeometry, dtype: np.dtype) -> np.ndarray:
+    """The stored integers as dcm2niix writes them: ``(I, J, K)`` = (column, reversed row, slice), Fortran order;
+    ``dtype``: the series' stored type (:func:`_stored_dtype`), which every decoded image must fit."""
+    out = np.empty((geo.columns, geo.rows, len(geo.frames)), dtype=dtype, order="F")
     by_source: dict[int, list[tuple[int, int]]] = {}
     for k, f in enumerate(geo.frames):
         by_source.setdefault(f.source, []).append((k, f.frame))
@@ -159,6 +202,8 @@ def stored_volume(info: SeriesInfo, geo: SeriesGeometry) -> np.ndarray:
             image = arr[frame] if multi else arr
             if image.shape != (geo.rows, geo.columns):
                 raise SegVolError(f"{item.name}: pixel data is {image.shape}, the header says {(geo.rows, geo.columns)}")
+            if not np.can_cast(image.dtype, dtype, "safe"):
+                raise SegVolError(f"{item.name}: its pixel data decodes to {image.dtype}, not the series' {dtype}")
             out[:, :, k] = image[::-1, :].T
     return out
 
@@ -206,9 +251,11 @@ def scan_from_series(info: SeriesInfo, where: str, notes: Sequence[str] = ()) ->
     check_syntaxes(info)
     named = f"series {info.uid} in {where}"
     check_frame_of_reference(info, named)
+    dtype = _stored_dtype(info, named)
+    check_instance_uids(info, named)
     geo = series_geometry(series_frames(info), named)
-    _check_memory(geo, _stored_dtype(info), named)
-    raw = stored_volume(info, geo)
+    _check_memory(geo, dtype, named)
+    raw = stored_volume(info, geo, dtype)
     _check_rescale(raw, geo.rescale, named)
     # dcm2niix's NIfTI of this series stores the slope/intercept as float32
     # (scl_slope, scl_inter), and nibabel applies them as Python floats (float64

@@ -2,7 +2,10 @@
 (used by :mod:`segvol_rt.io.dicom`).
 
 Every file's header is read (pixel data skipped): non-DICOM files are skipped
-and named in a note; objects of any SOP class are grouped by series, and only
+and named in a note; hidden names are not read, linked folders are followed
+(each folder and file once), and a path inside the folder that cannot be
+listed or opened is refused (it may hold a slice); :meth:`Discovery.inputs`
+lists every file read, which no output may replace; objects of any SOP class are grouped by series, and only
 CT series (CT Image, Enhanced CT Image, Legacy Converted Enhanced CT Image)
 can be chosen. Anonymised files whose dataset lacks a UID fall back to the
 file meta (SOP Class and Instance UIDs) or get a generated UID (study, series,
@@ -15,6 +18,7 @@ Runtime dependencies: pydicom (lazily).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,13 +80,22 @@ class SeriesInfo:
 
 @dataclass
 class Discovery:
-    """Every series found, and notes (skipped files, UID fallbacks) for the user."""
+    """Every series found, and notes (skipped files, UID fallbacks) for the user;
+    ``read``: every file whose header was read (DICOM or not)."""
 
     series: list[SeriesInfo]
     notes: list[str]
+    read: list[Path] = field(default_factory=list)
 
     def ct(self) -> list[SeriesInfo]:
         return [s for s in self.series if s.is_ct]
+
+    def inputs(self, chosen: SeriesInfo) -> list[tuple[str, Path]]:
+        """``(what, path)`` of every file read: no output may be one of them, whichever
+        series it belongs to (:func:`segvol_rt.io.outputs.check_outputs`)."""
+        of_path = {f.path: "DICOM file" if s is chosen else f"DICOM file of series {s.uid}"
+                   for s in self.series for f in s.files if f.path is not None}
+        return [(of_path.get(p, "file of the DICOM folder"), p) for p in self.read]
 
 
 def is_dicom_input(path: str | os.PathLike[str]) -> bool:
@@ -104,14 +117,67 @@ def is_dicom_input(path: str | os.PathLike[str]) -> bool:
 
 
 def _files_under(p: Path) -> list[Path]:
+    """Every regular file under ``p`` (``p`` itself when a file), hidden names
+    (``.*``, e.g. our own staged outputs) left out; symbolic links followed,
+    each file and folder taken once. A path that cannot be listed or opened is
+    refused: it may hold slices, and a slice missing at either end of the
+    stack leaves no gap in the positions for the geometry checks to find."""
     if p.is_file():
         return [p]
     if not p.is_dir():
         raise SegVolError(f"DICOM input {p} does not exist")
-    out = [f for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith(".")]
-    if not out:
+    walk = _Walk()
+    walk.folder(p)
+    if walk.unreadable:
+        shown = "; ".join(walk.unreadable[:3]) + (f" and {len(walk.unreadable) - 3} more" if len(walk.unreadable) > 3 else "")
+        raise SegVolError(f"cannot read {shown} inside the DICOM input {p}; the series may be incomplete "
+                          "(a slice missing at an end of the stack cannot be detected): fix the permissions "
+                          "or move it out of the folder")
+    if not walk.files:
         raise SegVolError(f"DICOM folder {p} holds no files")
-    return out
+    return walk.files
+
+
+class _Walk:
+    """A recursive listing that records what it cannot read instead of skipping it."""
+
+    def __init__(self) -> None:
+        self.files: list[Path] = []
+        self.unreadable: list[str] = []
+        self._seen: set[tuple[int, int]] = set()
+
+    def _once(self, st: os.stat_result) -> bool:
+        key = (st.st_dev, st.st_ino)
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+    def folder(self, d: Path) -> None:
+        try:
+            if not self._once(d.stat()):
+                return  # a link back to a folder already listed
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self.unreadable.append(f"{d} ({exc.strerror or exc})")
+            return
+        for entry in entries:
+            if not entry.name.startswith("."):
+                self.entry(Path(entry.path))
+
+    def entry(self, path: Path) -> None:
+        try:
+            st = path.stat()  # follows a link
+        except OSError as exc:
+            broken = "a broken symbolic link" if path.is_symlink() else (exc.strerror or str(exc))
+            self.unreadable.append(f"{path} ({broken})")
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self.folder(path)
+        elif stat.S_ISREG(st.st_mode) and self._once(st):
+            self.files.append(path)
+        # FIFOs, sockets, devices: not files a series is stored in (reading a FIFO would block)
 
 
 def _read_header(path: Path) -> Any | None:
@@ -143,6 +209,7 @@ def discover(path: str | os.PathLike[str]) -> Discovery:
         shown = ", ".join(str(s) for s in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         notes.append(f"skipped {len(skipped)} non-DICOM file(s): {shown}")
     disc = group_series(items, notes)
+    disc.read = [*(i.path for i in items if i.path is not None), *skipped]
     return disc
 
 

@@ -6,8 +6,10 @@ Checks, each a one-line :class:`SegVolError` saying what was found: one frame
 of reference, orientation (within :data:`ORIENTATION_TOLERANCE`), image size,
 pixel spacing and rescale across the series; no duplicate positions; uniform
 slice spacing within :data:`SPACING_TOLERANCE` (a gap of about n spacings is
-n - 1 missing slices); no gantry tilt (positions off the normal by more than
-:data:`TILT_TOLERANCE_MM`): refused, not resampled.
+n - 1 missing slices); a positive pixel spacing and an affine that is not
+degenerate (the NIfTI reader's check,
+:func:`~segvol_rt.io.nifti_header.affine_problem`); no gantry tilt (positions
+off the normal by more than :data:`TILT_TOLERANCE_MM`): refused, not resampled.
 
 Runtime dependencies: numpy.
 """
@@ -22,6 +24,7 @@ import numpy as np
 
 from segvol_rt.errors import SegVolError
 from segvol_rt.io.dicom_files import CT_CLASSES, MULTIFRAME_CLASSES, SeriesInfo
+from segvol_rt.io.nifti_header import affine_problem
 
 ORIENTATION_TOLERANCE = 1e-4  # per direction-cosine component
 SPACING_TOLERANCE = 0.01  # relative, of the slice spacing (and at least MIN_SPACING_TOLERANCE_MM)
@@ -186,6 +189,8 @@ def series_geometry(frames: Sequence[Frame], where: str) -> SeriesGeometry:
     if len(frames) < 2:
         raise SegVolError(f"{where}: {len(frames)} slice(s); a volume needs at least 2")
     _check_uniform(frames, where)
+    if min(frames[0].spacing) <= 0:
+        raise SegVolError(f"{where}: PixelSpacing {list(frames[0].spacing)} is not positive; the header's geometry is broken")
     row = _unit(frames[0].orientation[:3], "row", where)
     col = _unit(frames[0].orientation[3:], "column", where)
     if abs(float(row @ col)) > 1e-3:
@@ -206,6 +211,10 @@ def series_geometry(frames: Sequence[Frame], where: str) -> SeriesGeometry:
     lps[:3, 1] = -col * row_spacing
     lps[:3, 2] = normal * step
     lps[:3, 3] = positions[0] + (rows - 1) * row_spacing * col
+    problem = affine_problem(lps)  # the NIfTI reader's check: 1e-30 mm pixels are as degenerate as 0 mm ones
+    if problem is not None:
+        raise SegVolError(f"{where}: {problem} (PixelSpacing {list(frames[0].spacing)}, slice spacing {step:g} mm); "
+                          "the header's geometry is broken")
     return SeriesGeometry(tuple(ordered), _LPS_TO_RAS @ lps, rows, columns, (col_spacing, row_spacing, float(step)),
                           frames[0].rescale)
 

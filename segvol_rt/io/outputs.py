@@ -88,9 +88,18 @@ _FALLBACK_NAME_MAX = 255
 Inputs = Sequence[tuple[str, str | os.PathLike[str]]]  # (what, path), e.g. ("scan", "ct.nii.gz")
 
 
+_COMMITTED = [0]  # output sets committed by this process
+
+
 def written(exc: BaseException) -> bool:
     """Whether ``exc`` was raised after an output set had been committed."""
     return WRITTEN_NOTE in getattr(exc, "__notes__", ())
+
+
+def committed_sets() -> int:
+    """How many output sets this process has committed so far (a signal handler
+    compares it with its value at the start of a run: were the outputs written?)."""
+    return _COMMITTED[0]
 
 
 # -- checks before any work ----------------------------------------------------------------
@@ -104,17 +113,43 @@ def check_outputs(targets: Sequence[str | os.PathLike[str]], inputs: Inputs = ()
     Raises :class:`SegVolError`, one line ending in ``hint`` (``name_hint``
     for a name over ``NAME_MAX``, default ``hint``)."""
     seen: dict[str, Path] = {}
+    index = _InputIndex(inputs)
     for target in map(Path, targets):
         real = os.path.realpath(target)
         if real in seen:
             raise SegVolError(f"outputs {seen[real]} and {target} would be the same file; {hint}")
         seen[real] = target
-        for what, source in inputs:
-            if same_file(target, Path(source)):
-                shown = "" if str(target) == str(source) else f" (output {target})"
-                raise SegVolError(f"refusing to overwrite the input {what} {source}{shown}; {hint}")
+        found = index.find(target, real)
+        if found is not None:
+            what, source = found
+            shown = "" if str(target) == str(source) else f" (output {target})"
+            raise SegVolError(f"refusing to overwrite the input {what} {source}{shown}; {hint}")
         _check_kind(target, hint)
         check_name_length(target, name_hint or hint)
+
+
+class _InputIndex:
+    """The inputs by resolved path and by inode, so that a folder of thousands of
+    DICOM files costs one ``realpath`` and one ``stat`` per file, not per output."""
+
+    def __init__(self, inputs: Inputs):
+        self.by_path: dict[str, tuple[str, str | os.PathLike[str]]] = {}
+        self.by_inode: dict[tuple[int, int], tuple[str, str | os.PathLike[str]]] = {}
+        for what, source in inputs:
+            self.by_path.setdefault(os.path.realpath(source), (what, source))
+            with contextlib.suppress(OSError):  # not there (yet): no inode to share
+                st = os.stat(source)
+                self.by_inode.setdefault((st.st_dev, st.st_ino), (what, source))
+
+    def find(self, target: Path, real: str) -> tuple[str, str | os.PathLike[str]] | None:
+        """The input ``target`` is (as :func:`same_file` decides), or None."""
+        if real in self.by_path:
+            return self.by_path[real]
+        try:
+            st = os.stat(target)
+        except OSError:
+            return None
+        return self.by_inode.get((st.st_dev, st.st_ino))
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -429,6 +464,7 @@ class OutputSet:
             with directory_lock(self.directory, self.lock_timeout), held_signals():
                 self._rename_all()
                 self.committed = True
+                _COMMITTED[0] += 1
         except BaseException as exc:
             if self.committed:  # a held signal, delivered after the renames
                 exc.add_note(WRITTEN_NOTE)

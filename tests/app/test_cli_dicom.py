@@ -236,6 +236,21 @@ def test_runtime_set_volume_reads_a_series(data) -> None:
         rt.set_volume(data.dir, series="1.2.3.4")
 
 
+def test_runtime_set_volume_refuses_degenerate_spacing(data, tmp_path: Path) -> None:
+    """PixelSpacing 0 was nibabel's HeaderDataError out of set_volume(DIR), 1e-30 was accepted: one line each."""
+    from segvol_rt.runtime import SegVolRuntime
+
+    rt = SegVolRuntime.load(ART, threads=2)
+    for n, spacing in enumerate((["0", "0"], ["1e-30", "1e-30"])):
+        for f in write_series(tmp_path / str(n), data.phantom.image[:, :, :6], SeriesSpec()):
+            ds = pydicom.dcmread(f)
+            ds.PixelSpacing = spacing
+            ds.save_as(f)
+        with pytest.raises(SegVolError, match="geometry is broken") as err:
+            rt.set_volume(tmp_path / str(n))
+        assert "\n" not in str(err.value)
+
+
 # -- bad input ---------------------------------------------------------------------------------
 
 
@@ -271,6 +286,37 @@ def test_bad_series_end_in_one_line(data, tmp_path: Path) -> None:
     refused(infer(two, "--text", "liver", "--out", tmp_path / "o4.dcm"), "--series", "1.2.826.0.1.3680043.8.498.7 (")
     ok(infer(two, "--text", "liver", "--series", "1.2.826.0.1.3680043.8.498.8", "--out", tmp_path / "o4.dcm"))
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".dcm") == ["o4.dcm"]
+
+
+def test_no_output_is_a_file_of_any_series_in_the_input(data, tmp_path: Path) -> None:
+    """``--series A --out <a file of series B>.dcm`` (or a name --split/--probabilities derive, or a
+    skipped non-DICOM file of the folder) is refused before any work; every byte stays."""
+    import hashlib
+
+    a, b = "1.2.826.0.1.3680043.8.498.2221", "1.2.826.0.1.3680043.8.498.2222"
+    two = tmp_path / "two"
+    write_series(two / "a", data.phantom.image[:, :, :8], SeriesSpec(series_uid=a))
+    files_b = write_series(two / "b", data.phantom.image[:, :, :6], SeriesSpec(series_uid=b))
+    for f, name in zip(files_b, ("IM1.dcm", "x_liver.dcm", "p_prob.dcm")):
+        f.rename(two / "b" / name)
+    (two / "old.nii.gz").write_bytes(b"not DICOM: skipped, but read")
+
+    def snapshot() -> dict[str, str]:
+        return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(two.rglob("*")) if f.is_file()}
+
+    before = snapshot()
+    series_b = f"refusing to overwrite the input DICOM file of series {b}"
+    for extra, out, needle in (([], two / "b" / "IM1.dcm", series_b),
+                               (["--split"], two / "b" / "x.dcm", series_b),
+                               (["--probabilities"], two / "b" / "p.dcm", series_b),
+                               ([], two / "old.nii.gz", "refusing to overwrite the input file of the DICOM folder")):
+        refused(infer(two, "--series", a, "--text", "liver", *extra, "--out", out), needle)
+        assert snapshot() == before
+    # the chosen series' own files, as before
+    own = sorted((two / "a").iterdir())[0]
+    own.rename(own.with_suffix(".dcm"))
+    refused(infer(two, "--series", a, "--text", "liver", "--out", own.with_suffix(".dcm")),
+            "refusing to overwrite the input DICOM file /")
 
 
 # -- a real PACS: Orthanc with DICOMweb on 127.0.0.1 ----------------------------------------------

@@ -1,8 +1,9 @@
 """``segvol-rt`` failure classes through the real entry point, on tiny artifacts:
 an input label map as an output (also through a symlink, a hard link, ``..``),
 output names over NAME_MAX, click's usage errors, ``build`` on a missing
-directory, a rename failing on the n-th file, SIGINT/SIGTERM while staging
-and between two renames, two concurrent writers, a closed stdout, and the
+directory, a rename failing on the n-th file, SIGINT/SIGTERM during the
+start-up imports, while staging, between two renames, after the commit and at
+the interpreter's exit, two concurrent writers, a closed stdout, and the
 provenance every sidecar and summary line records.
 
 Each failure: the exit code, exactly one stderr line, no traceback, no new or
@@ -44,7 +45,33 @@ mode, n, mark = os.environ["HOOK_MODE"], int(os.environ.get("HOOK_N", "1")), os.
 sleep = float(os.environ.get("HOOK_SLEEP", "60"))
 count = [0]
 
-if mode == "stage-sleep":  # pause after staging the n-th file
+if mode == "import-sleep":  # pause in the start-up imports: typer is the first slow one
+    import importlib.abc
+
+    class SlowImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "typer":
+                Path(mark).touch()
+                time.sleep(sleep)
+            return None
+
+    sys.meta_path.insert(0, SlowImport())
+elif mode == "commit-sleep":  # pause after the commit, the run not over yet
+    import segvol_rt.io.outputs as O
+    commit = O.OutputSet.commit
+
+    def slow_commit(self):
+        files = commit(self)
+        Path(mark).touch()
+        time.sleep(sleep)
+        return files
+
+    O.OutputSet.commit = slow_commit
+elif mode == "exit-sleep":  # pause at the interpreter's exit, the run over
+    import atexit
+
+    atexit.register(lambda: (Path(mark).touch(), time.sleep(sleep)))
+elif mode == "stage-sleep":  # pause after staging the n-th file
     import segvol_rt.io.outputs as O
     stage = O.OutputSet.stage
 
@@ -74,7 +101,7 @@ else:  # the renames of staged files into place
 
     os.replace = hooked
 
-from segvol_rt.app.cli import main
+from segvol_rt.app.entry import main  # the console script's entry point
 
 main()
 '''
@@ -120,8 +147,15 @@ def run(*args: str, hook: Path | None = None, env: dict | None = None, **kwargs)
 
 
 def start(*args: str, hook: Path, env: dict) -> subprocess.Popen:
+    """The CLI under ``hook``, with SIGINT's default action whatever pytest inherited: a
+    child of a background job (``pytest &``) would inherit an ignored SIGINT, and the CLI
+    keeps an ignored signal ignored."""
     return subprocess.Popen([sys.executable, str(hook), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, **env})
+                            text=True, env={**os.environ, **env}, preexec_fn=default_sigint)
+
+
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def snapshot(directory: Path) -> dict[str, str]:
@@ -255,6 +289,46 @@ def test_sigterm_between_two_renames_completes_the_set(work, data, tmp_path):
     new = consistent(work)  # the whole new set, none of the old one
     assert new["files"] != old["files"]
     assert sorted(p.name for p in work.iterdir()) == sorted(["res.json", *new["files"]])
+
+
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_during_the_start_up_imports_is_one_line(tmp_path, data, signum, code, word):
+    mark = tmp_path / "importing"
+    proc = start("version", hook=data.hook, env={"HOOK_MODE": "import-sleep", "HOOK_MARK": str(mark)})
+    _wait_for(mark, proc)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), code) == f"{word}; nothing was written"
+
+
+@pytest.mark.parametrize("mode, signum, code, word", [("commit-sleep", signal.SIGINT, 130, "interrupted"),
+                                                      ("commit-sleep", signal.SIGTERM, 143, "terminated"),
+                                                      ("exit-sleep", signal.SIGINT, 130, "interrupted"),
+                                                      ("exit-sleep", signal.SIGTERM, 143, "terminated")])
+def test_a_signal_after_the_commit_says_the_outputs_were_written(work, data, tmp_path, mode, signum, code, word):
+    """After the commit, while the run goes on (commit-sleep) or while the interpreter exits
+    (exit-sleep): one line saying the outputs were written, never silence or a traceback."""
+    old = consistent(work)
+    mark = tmp_path / "committed"
+    proc = start(*set_args(data.scan, work, data.tiny, BOX_NEW), hook=data.hook,
+                 env={"HOOK_MODE": mode, "HOOK_SLEEP": "30", "HOOK_MARK": str(mark)})
+    _wait_for(mark, proc)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    line = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), code)
+    assert line == f"{word}; the outputs had been written"
+    assert consistent(work)["files"] != old["files"]
+
+
+def test_the_console_script_starts_in_the_entry_module():
+    """The handlers must be installed before typer is imported: the script's target imports nothing heavy."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["segvol-rt"] == "segvol_rt.app.entry:main"
+    code = "import sys; import segvol_rt.app.entry; print(sorted(m for m in ('typer', 'click', 'numpy') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip() == "[]"
 
 
 def test_two_writers_to_one_out_never_interleave(work, data, tmp_path):

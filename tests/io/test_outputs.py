@@ -290,7 +290,12 @@ def test_a_signal_during_the_renames_completes_the_set_and_says_so(tmp_path, mon
         return result
 
     monkeypatch.setattr(O.os, "replace", replace)
-    with pytest.raises(KeyboardInterrupt) as info:
-        write_set(tmp_path, b"new")
+    # Python's own SIGINT handler, even where pytest inherited an ignored SIGINT (a background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            write_set(tmp_path, b"new")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert O.written(info.value)
     assert _consistent(files, b"new") and len(list(tmp_path.iterdir())) == 3
