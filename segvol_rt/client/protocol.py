@@ -246,7 +246,7 @@ def compress_volume(volume: np.ndarray, level: int = 1) -> bytes:
 def decompress_volume(stream: bytes | Iterable[bytes], header: VolumeHeader) -> np.ndarray:
     """The ``(I, J, K)`` array of an uploaded stream (bytes, or its chunks in
     order); never more than the header's raw size is inflated (:func:`inflate_bounded`)."""
-    chunks = [stream] if isinstance(stream, (bytes, bytearray, memoryview)) else stream
+    chunks: Iterable[bytes] = [stream] if isinstance(stream, bytes) else stream
     what = f"the uploaded volume ({'x'.join(map(str, header.shape))} {header.dtype})"
     raw = inflate_bounded(chunks, header.raw_bytes, what)
     return np.frombuffer(raw, dtype=header.dtype).reshape(header.shape, order=header.order)  # type: ignore[call-overload]
