@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             doc["sections"][section.name] = {"ok": None, "status": "not planned", "why": why}
             continue
         left = deadline - time.monotonic()
-        share = section.small_s if args.small else section.share_s
-        timeout = max(5.0, min(share * args.scale, left))
+        share = args.share.get(section.name, (section.small_s if args.small else section.share_s) * args.scale)
+        timeout = max(1.0, min(share, left))
         print(f"== {section.name} (up to {timeout:.0f} s)", flush=True)
         doc["sections"][section.name] = {"ok": False, "status": "running"}
         report.write(out, doc, RESULT, MARKDOWN)
@@ -195,8 +195,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sections", nargs="+", choices=list(BY_NAME), default=None, help="run only these (a rerun)")
     p.add_argument("--budget", type=float, default=345.0, help="seconds for all sections together")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every section's time share")
+    p.add_argument("--share", nargs="+", default=[], metavar="NAME=S", help="one section's time share in seconds")
     p.add_argument("--child", choices=list(BY_NAME), default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.share = {k: float(v) for k, v in (item.split("=", 1) for item in args.share)}
+    except ValueError:
+        p.error("--share takes NAME=SECONDS")
+    return args
 
 
 if __name__ == "__main__":
