@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from segvol_rt.backends.base import Backend
-
 from device_sections.common import Context, bitwise, dice, error, load_support, memory_peaks, memory_reset
+from segvol_rt.backends.base import Backend
 
 
 def _prompts(shape: tuple[int, ...], box: tuple[int, ...]) -> dict[str, dict[str, Any]]:
