@@ -124,6 +124,8 @@ def missing_needs(section: Section, preflight: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.child_model:
+        args.child = "model"
     if args.child:
         return child(args)
     out = Path(args.out)
@@ -135,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     planned = plan(args)
     doc: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args), "sections": {},
                            "ok": False}
+    # the timings' model is built and exported on the CPU while the GPU sections run
+    export = start_model_export(args, work) if planned["timings"] is None else None
     for section in SECTIONS:
+        if section.name == "timings" and export is not None:
+            doc["model_export"] = join_model_export(export, deadline - time.monotonic() - 30)
         why = planned[section.name]
         preflight = doc["sections"].get("preflight", {})
         if why is None and section.name != "preflight":
@@ -164,6 +170,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if doc["ok"] else 1
 
 
+def start_model_export(args: argparse.Namespace, work: Path) -> subprocess.Popen:
+    """A background process that makes the timings' benchmark model (cached under ``work``)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-model", "--work", str(work)]
+    cmd += ["--small"] if args.small else []
+    log = open(work / "model_export.log", "w")  # noqa: SIM115 - closed by join_model_export
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def join_model_export(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
+    """Wait for the export (at most ``timeout`` s); its outcome for the report."""
+    t0 = time.perf_counter()
+    try:
+        rc = proc.wait(timeout=max(1.0, timeout))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = None
+    proc.log.close()  # type: ignore[attr-defined]
+    tail = Path(proc.log.name).read_text(errors="replace")[-2000:]  # type: ignore[attr-defined]
+    return {"returncode": rc, "waited_s": round(time.perf_counter() - t0, 1), "log_tail": tail,
+            "status": "timeout" if rc is None else "done"}
+
+
 def overall_ok(sections: dict[str, Any]) -> bool:
     """Every planned section ran and passed (skipped, crashed, timed out: False)."""
     planned = [r for r in sections.values() if r.get("status") != "not planned"]
@@ -173,6 +203,12 @@ def overall_ok(sections: dict[str, Any]) -> bool:
 def child(args: argparse.Namespace) -> int:
     """Run one section in this process and write its JSON for the driver."""
     import importlib
+
+    if args.child == "model":
+        from device_sections import timings
+
+        timings.prepare_model(Context(small=args.small, emulate=args.emulate, work=Path(args.work)))
+        return 0
 
     section = BY_NAME[args.child]
     work = Path(args.work)
@@ -197,6 +233,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=1.0, help="multiply every section's time share")
     p.add_argument("--share", nargs="+", default=[], metavar="NAME=S", help="one section's time share in seconds")
     p.add_argument("--child", choices=list(BY_NAME), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-model", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
         args.share = {k: float(v) for k, v in (item.split("=", 1) for item in args.share)}
