@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -98,17 +99,22 @@ def run_section(section: Section, args: argparse.Namespace, work: Path, results:
     cmd += ["--emulate"] if args.emulate else []
     env = {**os.environ, **section.env, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
+    # its own process group, so a timeout also ends what it started (compute-sanitizer, pytest)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        tail = _text(exc.stdout) + _text(exc.stderr)
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        tail = _text(stdout) + _text(stderr)
         print(tail[-3000:], flush=True)
         return {"ok": False, "status": "timeout", "error": f"ran over its {timeout:.0f} s", "log_tail": tail[-3000:]}
     seconds = round(time.perf_counter() - t0, 1)
-    print((proc.stdout + proc.stderr)[-6000:], flush=True)
+    print((stdout + stderr)[-6000:], flush=True)
     if not out_file.is_file():
         return {"ok": False, "status": "crashed", "returncode": proc.returncode, "seconds": seconds,
-                "log_tail": (proc.stdout + proc.stderr)[-3000:]}
+                "log_tail": (stdout + stderr)[-3000:]}
     result = json.loads(out_file.read_text())
     result.update(status="ran", seconds=seconds)
     return result
