@@ -23,6 +23,7 @@ _EXTRAS = {
     "onnxruntime": ("base install", "the ONNX Runtime backend"),
     "nibabel": ("base install", "reading and writing NIfTI files"),
     "tokenizers": ("base install", "the CLIP tokenizer"),
+    "jsonschema": ("base install", "checking the artifacts' manifest.json against its schema"),
     "transformers": ("dev", "reference checks against transformers"),
     "PIL": ("demo", "PNG previews"),
     "pydicom": ("dicom", "reading DICOM series"),

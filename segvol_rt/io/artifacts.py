@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from segvol_rt._optional import require
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
@@ -151,9 +152,11 @@ def manifest_schema() -> dict[str, Any]:
 def validate_manifest(data: Any, path: str | Path = MANIFEST) -> None:
     """Check ``data`` against :func:`manifest_schema`; the first problem (in a
     fixed order) becomes one :class:`SegVolError` line with its JSON pointer."""
-    from jsonschema import Draft202012Validator
-
-    validator = Draft202012Validator(manifest_schema())
+    # A missing jsonschema is an error naming it, never a skipped check: the
+    # manifest is trusted only once validated (benchmarks/device/ carries the
+    # wheels to machines that lack it).
+    jsonschema = require("jsonschema")
+    validator = jsonschema.Draft202012Validator(manifest_schema())
     errors = sorted(validator.iter_errors(data), key=_error_order)
     if not errors:
         return
