@@ -204,6 +204,9 @@ class OnnxRuntimeBackend(Backend):
             if problem:
                 raise SegVolError(f"onnxruntime on CUDA is not available: {problem}")
         self.device = device
+        # InferenceSession.run is thread-safe and this backend keeps no state between
+        # runs (the lazy text encoder opens under a lock); through the host on CUDA it is not shared
+        self.concurrent = device == "cpu"
         self.threads = threads or cpu_cores()
         self._providers: list[Any] = [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
         # one options object for every graph's session (opened now, or on first use)
