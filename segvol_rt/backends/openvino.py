@@ -54,8 +54,9 @@ HINTS = {"fp32": "f32", "bf16": "bf16"}
 # segvol-rt precision -> the OPTIMIZATION_CAPABILITIES entry that must be present
 CAPABILITIES = {"fp32": "FP32", "bf16": "BF16"}
 CACHE_SUBDIR = "openvino"
-# Rows per call on the CPU, measured (benchmarks/cpu_batch.py; full size, 2 cores):
-# the prompt decoder at batch 1, as on ONNX Runtime (see its CPU_BATCHES).
+# Rows per call on the CPU, measured (benchmarks/cpu_batch.py; full size, shared 2-core
+# EPYC, ../shared/data's CT at 1.5 mm): the prompt decoder at batch 1, as on ONNX Runtime
+# (decode 2.54 s at batch 8, 1.97 s at batch 1; peak RSS 1387 -> 1374 MiB; the same mask).
 CPU_BATCHES = {S.PROMPT_DECODER: 1}
 
 
