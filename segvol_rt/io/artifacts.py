@@ -276,7 +276,7 @@ class Artifacts:
         if precision not in GRAPH_VARIANTS:
             hint = " (bf16 is OpenVINO's inference precision on the fp32 graphs: --backend openvino)" \
                 if precision in PRECISIONS else ""
-            raise SegVolError(f"graph variants are {', '.join(GRAPH_VARIANTS)}, not {precision!r}{hint}")
+            raise SegVolError(f"precision must be one of {', '.join(GRAPH_VARIANTS)} (the graph variants), not {precision!r}{hint}")
         if precision not in self.precisions:
             raise SegVolError(
                 f"{self.root} has no {precision} graphs (exported at {', '.join(self.precisions)}); "

@@ -256,3 +256,52 @@ def test_cpu_backends_declare_the_decoder_batch(tiny):
         assert backend.preferred_batch(S.IMAGE_ENCODER) == 1
         hi = int(backend.specs[S.TEXT_ENCODER].ranges["B"][2])
         assert backend.preferred_batch(S.TEXT_ENCODER) == hi
+
+
+def test_serve_accepts_openvino_bf16(tiny):
+    """`segvol-rt serve --backend openvino --precision bf16`: the shared backend is
+    OpenVINO's own (its calls may overlap), not a serialising wrapper."""
+    from segvol_rt.serve.server import ServeOptions, open_shared_backend
+
+    precision = "bf16" if _bf16_problem() is None else "fp32"
+    runtime = open_shared_backend(ServeOptions(artifacts=tiny, backend="openvino", device="cpu", precision=precision))
+    assert isinstance(runtime.backend, OpenVinoBackend) and runtime.provenance["precision"] == precision
+
+
+# -- memory on a real-shaped case (full size) ----------------------------------------------
+# Peak RSS of a whole `segvol-rt infer` at full size (random weights) on ../shared/data's CT
+# resampled to 1.5 mm (244x202x60), --text aorta. Measured on a shared 2-core AMD EPYC:
+# ONNX Runtime fp32 1358 MiB, OpenVINO fp32 1396 MiB, OpenVINO bf16 1275 MiB (decoder at
+# batch 1; ONNX Runtime at batch 8: 1344 MiB on this case, 2.6 GB on a Xeon's 120x126x164 CT).
+PEAK_RSS_BOUND_MIB = 1700
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend, precision", [("onnxruntime", "fp32"), ("openvino", "fp32")])
+def test_full_size_infer_peak_rss_on_a_real_ct(tmp_path, real_ct, backend, precision):
+    import os
+    import shutil
+    import subprocess
+
+    nib = pytest.importorskip("nibabel")
+    ndimage = pytest.importorskip("scipy.ndimage")
+    from segvol_rt.export.bench_model import prepare_bench_model
+
+    img = nib.load(real_ct)
+    factor = np.asarray(img.header.get_zooms()[:3], float) / 1.5
+    affine = img.affine.copy()
+    affine[:3, :3] /= factor
+    scan = tmp_path / "ct_1.5mm.nii.gz"
+    data = ndimage.zoom(np.asarray(img.dataobj, np.float32), factor, order=1)
+    nib.save(nib.Nifti1Image(np.rint(data).astype(np.int16), affine), scan)
+    artifacts = prepare_bench_model("official").artifacts
+    exe = shutil.which("segvol-rt") or "segvol-rt"
+    proc = subprocess.Popen([exe, "infer", str(scan), "--artifacts", str(artifacts), "--text", "aorta", "--backend",
+                             backend, "--device", "cpu", "--precision", precision, "--out", str(tmp_path / "m.nii.gz"),
+                             "--quiet"], stderr=subprocess.PIPE)
+    err = proc.stderr.read() if proc.stderr else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, err.decode(errors="replace")[-2000:]
+    peak = usage.ru_maxrss / 1024
+    print(f"{backend} {precision}: peak RSS {peak:.0f} MiB")
+    assert peak <= PEAK_RSS_BOUND_MIB
