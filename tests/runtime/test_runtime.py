@@ -297,6 +297,6 @@ def test_cpu_backends_encode_one_window_per_call(tiny, scan):
     rt, counting = counting_runtime(tiny, scan)
     ort = counting.inner
     assert ort.preferred_batch(S.IMAGE_ENCODER) == 1
-    assert ort.preferred_batch(S.PROMPT_DECODER) == ort.specs[S.PROMPT_DECODER].ranges["B"][2]
+    assert ort.preferred_batch(S.PROMPT_DECODER) == 1  # measured: onnxruntime.CPU_BATCHES
     rt.segment(text="liver")
     assert counting.calls[S.IMAGE_ENCODER] == counting.images == 1 + 6
