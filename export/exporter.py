@@ -72,8 +72,8 @@ class ExportOptions:
     precision: str = "fp32"  # "fp16": also write fp16 variants of the graphs
 
     def check(self) -> None:
-        if self.precision not in A.PRECISIONS:
-            raise SegVolError(f"--precision must be one of {', '.join(A.PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in A.GRAPH_VARIANTS:
+            raise SegVolError(f"--precision must be one of {', '.join(A.GRAPH_VARIANTS)}, got {self.precision!r}")
         if self.opset < O.MIN_OPSET:
             raise SegVolError(f"--opset {self.opset} is too old: the graphs need opset >= {O.MIN_OPSET}")
         if not 1 <= self.max_batch <= 64:

@@ -20,6 +20,7 @@ _EXTRAS = {
     "onnxconverter_common": ("export", "fp16 graphs (export --precision fp16)"),
     "cupy": ("gpu", "the GPU pipeline (CuPy kernels)"),
     "tensorrt": ("trt", "TensorRT engines"),
+    "openvino": ("openvino", "the OpenVINO backend"),
     "onnxruntime": ("base install", "the ONNX Runtime backend"),
     "nibabel": ("base install", "reading and writing NIfTI files"),
     "tokenizers": ("base install", "the CLIP tokenizer"),

@@ -127,10 +127,11 @@ class SegVolRuntime:
         ``backend``: auto, tensorrt, onnxruntime or torch; ``device``: auto, cpu
         or cuda; ``checkpoint``: the torch backend's checkpoint file;
         ``cache_bytes`` / ``text_cache_bytes``: the cache bounds (see the class doc);
-        ``threads``: CPU threads of ONNX Runtime on the CPU and of torch (None: all cores);
-        ``precision``: ``"fp32"`` or ``"fp16"``, the graph variant to run (None: fp32 on
-        ONNX Runtime and torch, the built engines' on TensorRT; fp16 needs artifacts
-        from ``segvol-rt export --precision fp16``)."""
+        ``threads``: CPU threads of the CPU backends (None: all cores);
+        ``precision``: what the backend computes in: ``"fp32"`` or ``"fp16"`` (the graph
+        variant; fp16 needs artifacts from ``segvol-rt export --precision fp16``), or
+        ``"bf16"`` (OpenVINO's inference precision, where the CPU offers it); None: fp32
+        on ONNX Runtime, OpenVINO and torch, the built engines' on TensorRT."""
         from segvol_rt.backends.select import BACKENDS, DEVICES, open_backend
         from segvol_rt.io.artifacts import PRECISIONS, Artifacts
 
@@ -167,20 +168,21 @@ class SegVolRuntime:
     @property
     def provenance(self) -> dict[str, Any]:
         """What produces this runtime's masks: segvol-rt version, the checkpoint's
-        sha256 (from the artifacts manifest), backend, device, precision (the
-        backend's, else fp32: ONNX Runtime and torch run float32) and CPU threads."""
+        sha256 (from the artifacts manifest), backend, device, precision (what the
+        backend computes in, as it declares it: the graph variant on ONNX Runtime
+        and TensorRT, the compiled model's inference precision on OpenVINO) and
+        CPU threads."""
         from segvol_rt._version import __version__
 
         manifest = getattr(self.artifacts, "manifest", None)  # None for artifacts that carry no manifest
         checkpoint = manifest.get("checkpoint") if isinstance(manifest, dict) else None
-        precision = getattr(self.backend, "precision", None)
         return {
             "segvol_rt_version": __version__,
             "checkpoint_sha256": checkpoint.get("sha256") if isinstance(checkpoint, dict) else None,
             "backend": self.backend.name,
             "device": self.backend.device,
-            "precision": precision if isinstance(precision, str) else "fp32",
-            "threads": getattr(self.backend, "threads", None),
+            "precision": self.backend.precision,
+            "threads": self.backend.threads,
         }
 
     def zoom_settings(self, window_prompts: str = "official") -> Z.ZoomSettings:

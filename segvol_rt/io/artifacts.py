@@ -80,7 +80,10 @@ TEXT_TABLE = "text_table.npz"
 TOKENIZER_DIR = "tokenizer"
 ENGINES_DIR = "engines"
 # Graph variants: "fp32" is each graph's own file, the others its ``variants``.
-PRECISIONS = ("fp32", "fp16")
+GRAPH_VARIANTS = ("fp32", "fp16")
+# What a backend computes in (``--precision``): a graph variant on ONNX Runtime
+# and TensorRT; on OpenVINO the inference precision of the fp32 graphs (bf16).
+PRECISIONS = (*GRAPH_VARIANTS, "bf16")
 REFERENCE_PRECISION = "fp32"
 
 _CHUNK = 1 << 20
@@ -268,13 +271,15 @@ class Artifacts:
     def precisions(self) -> tuple[str, ...]:
         """The precisions every graph is exported at, ``fp32`` first."""
         graphs = self.manifest["graphs"]
-        found = [p for p in PRECISIONS[1:] if all(p in (graphs[g].get("variants") or {}) for g in S.GRAPH_NAMES)]
+        found = [p for p in GRAPH_VARIANTS[1:] if all(p in (graphs[g].get("variants") or {}) for g in S.GRAPH_NAMES)]
         return (REFERENCE_PRECISION, *found)
 
     def require_precision(self, precision: str) -> None:
         """Raise one :class:`SegVolError` line unless every graph exists at ``precision``."""
-        if precision not in PRECISIONS:
-            raise SegVolError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if precision not in GRAPH_VARIANTS:
+            hint = " (bf16 is OpenVINO's inference precision on the fp32 graphs: --backend openvino)" \
+                if precision in PRECISIONS else ""
+            raise SegVolError(f"precision must be one of {', '.join(GRAPH_VARIANTS)} (the graph variants), not {precision!r}{hint}")
         if precision not in self.precisions:
             raise SegVolError(
                 f"{self.root} has no {precision} graphs (exported at {', '.join(self.precisions)}); "

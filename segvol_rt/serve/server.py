@@ -24,7 +24,6 @@ import ipaddress
 import logging
 import os
 import sysconfig
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,6 @@ from segvol_rt.serve.sessions import SessionLimits, SessionStore, Sweeper
 
 API_KEY_ENV = "SEGVOL_API_KEY"
 LOG = logging.getLogger("segvol_rt.serve")
-
-# Backends whose graph runs may overlap across threads (see README "Serving"):
-# ONNX Runtime's InferenceSession.run is thread-safe, and ours keeps no state
-# between runs (the lazily opened text encoder is opened under a lock).
-CONCURRENT_BACKENDS = frozenset({"onnxruntime"})
-
 
 @dataclass(frozen=True)
 class ServeOptions:
@@ -113,21 +106,16 @@ def runtime_options(opts: ServeOptions) -> dict[str, Any]:
 
 def open_first_runtime(opts: ServeOptions) -> Any:
     """The first :class:`~segvol_rt.runtime.SegVolRuntime`, loaded and verified
-    now; every session's runtime shares its backend. Backends outside
-    :data:`CONCURRENT_BACKENDS` (ONNX Runtime CUDA with IO binding, TensorRT's
-    execution contexts and CUDA graphs, torch) run one graph call at a time."""
+    now; every session's runtime shares its backend. A backend that does not
+    declare its calls may overlap (``Backend.concurrent``: ONNX Runtime and
+    OpenVINO on the CPU do; ONNX Runtime CUDA with IO binding, TensorRT's
+    execution contexts and CUDA graphs, torch do not) runs one graph call at a
+    time (:func:`segvol_rt.backends.wrap.shareable`)."""
+    from segvol_rt.backends.wrap import shareable
     from segvol_rt.runtime import SegVolRuntime
 
     first = SegVolRuntime.load(opts.artifacts, **runtime_options(opts))
-    backend = first.backend
-    if backend.name not in CONCURRENT_BACKENDS or getattr(backend, "device", "cpu") != "cpu":
-        run, lock = backend.run, threading.Lock()
-
-        def serialized(graph: str, feeds: Any) -> Any:
-            with lock:
-                return run(graph, feeds)
-
-        backend.run = serialized  # type: ignore[method-assign]  # the typed shortcuts (encode_image, decode, ...) call self.run
+    first.backend = shareable(first.backend)
     return first
 
 
