@@ -190,7 +190,7 @@ def infer(
     cache_mb: float | None = typer.Option(None, "--cache-mb", min=0, metavar="MIB", rich_help_panel=_E, help="Bound of the window-embedding cache."),
     no_zoom_in: bool = typer.Option(False, "--no-zoom-in", metavar="", rich_help_panel=_E, help="Coarse (zoom-out) pass only."),
     window_prompts: str = typer.Option("official", "--window-prompts", metavar="MODE", rich_help_panel=_E, help="official (SegVol's, misplaced on scans smaller than a window) | aligned."),
-    reorient: str | None = typer.Option(None, "--reorient", metavar="CODES", rich_help_panel=_E, help="Reorient (e.g. RAS) before the model; off, as in SegVol."),
+    reorient: str | None = typer.Option(None, "--reorient", metavar="CODES", rich_help_panel=_E, help="Reorient (e.g. RAS) before the model; off: SegVol does not reorient."),
     server: str | None = typer.Option(None, "--server", metavar="URL", rich_help_panel=_E, help="Segment on a `segvol-rt serve` server ($SEGVOL_API_KEY)."),
     series: str | None = typer.Option(None, "--series", metavar="UID", rich_help_panel=_D, help="The SeriesInstanceUID, when a folder holds several CT series."),
     store: str | None = typer.Option(None, "--store", metavar="URL", rich_help_panel=_D, help="DICOMweb root: STOW-RS the SEGs, once written."),
@@ -220,24 +220,39 @@ def infer(
 
 
 @app.command()
+def targets(
+    artifacts: str | None = typer.Option(None, "--artifacts", metavar="DIR", help="Read this artifacts directory's text table (default: the names every export writes)."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="JSON for programs: codes (value, meaning) and RGB."),
+) -> None:
+    """List the target names the text table knows (no text encoder needed), with the SNOMED CT codes and colours of their DICOM SEG segments. Free phrases work too, through the text encoder."""
+    import json
+
+    from segvol_rt.app.targets import table_lines, target_rows
+
+    rows = target_rows(artifacts)
+    for line in [json.dumps(rows, indent=1)] if as_json else table_lines(rows):
+        say(line)
+
+
+@app.command()
 def serve(
-    artifacts: str = typer.Option(..., "--artifacts", help="Artifacts directory from `segvol-rt export` (its graphs are opened once and shared by all sessions)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on. Anything but loopback needs an API key."),
-    http_port: int = typer.Option(8000, "--http-port", help="Triton's HTTP port."),
-    grpc_port: int = typer.Option(8001, "--grpc-port", help="Triton's gRPC port."),
-    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Triton's metrics on this port (bound to --host); off by default."),
-    max_sessions: int = typer.Option(16, "--max-sessions", min=1, help="Sessions held at once; the least recently used idle one makes room."),
-    session_ttl: float = typer.Option(900.0, "--session-ttl", min=1, help="Seconds a session (or an unfinished upload) may stay idle before it is dropped."),
-    instances: int = typer.Option(2, "--instances", min=1, help="Requests run at once (on different sessions); one session's requests always run one at a time."),
-    memory_mb: float = typer.Option(8192.0, "--memory-mb", min=1, help="Memory bound across all sessions in MiB (volumes, images and each session's cache bounds)."),
-    max_upload_mb: float = typer.Option(1024.0, "--max-upload-mb", min=0.001, help="Largest compressed volume one session may upload, in MiB."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="SEGVOL_API_KEY", help="Key clients must send (Triton checks it on every endpoint but health); required off loopback. Default: $SEGVOL_API_KEY."),
-    allow_path_root: str | None = typer.Option(None, "--allow-path-root", help="Let clients open scans the server reads from under this folder (off by default)."),
-    backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | torch | tensorrt."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16: the graph variant every session runs (fp16 needs `export --precision fp16`; default: fp32 on ONNX Runtime)."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime per graph call (default: all cores)."),
-    cache_mb: float = typer.Option(512.0, "--cache-mb", min=0, help="Each session's window-embedding cache bound in MiB."),
+    artifacts: str = typer.Option(..., "--artifacts", metavar="DIR", rich_help_panel="Engine", help="Artifacts directory from `segvol-rt export` (its graphs are opened once and shared by all sessions)."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDR", rich_help_panel="Network", help="Address to serve on. Anything but loopback needs an API key."),
+    http_port: int = typer.Option(8000, "--http-port", metavar="PORT", rich_help_panel="Network", help="Triton's HTTP port."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", metavar="PORT", rich_help_panel="Network", help="Triton's gRPC port."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", metavar="PORT", rich_help_panel="Network", help="Serve Triton's metrics on this port (bound to --host); off by default."),
+    max_sessions: int = typer.Option(16, "--max-sessions", metavar="N", rich_help_panel="Sessions", min=1, help="Sessions held at once; the least recently used idle one makes room."),
+    session_ttl: float = typer.Option(900.0, "--session-ttl", metavar="S", rich_help_panel="Sessions", min=1, help="Seconds a session (or an unfinished upload) may stay idle before it is dropped."),
+    instances: int = typer.Option(2, "--instances", metavar="N", rich_help_panel="Sessions", min=1, help="Requests run at once (on different sessions); one session's requests always run one at a time."),
+    memory_mb: float = typer.Option(8192.0, "--memory-mb", metavar="MIB", rich_help_panel="Sessions", min=1, help="Memory bound across all sessions in MiB (volumes, images and each session's cache bounds)."),
+    max_upload_mb: float = typer.Option(1024.0, "--max-upload-mb", metavar="MIB", rich_help_panel="Sessions", min=0.001, help="Largest compressed volume one session may upload, in MiB."),
+    api_key: str | None = typer.Option(None, "--api-key", metavar="KEY", rich_help_panel="Network", envvar="SEGVOL_API_KEY", help="Key clients must send (Triton checks it on every endpoint but health); required off loopback. Default: $SEGVOL_API_KEY."),
+    allow_path_root: str | None = typer.Option(None, "--allow-path-root", metavar="DIR", rich_help_panel="Network", help="Let clients open scans the server reads from under this folder (off by default)."),
+    backend: str = typer.Option("auto", "--backend", metavar="NAME", rich_help_panel="Engine", help="auto | onnxruntime | torch | tensorrt."),
+    device: str = typer.Option("auto", "--device", metavar="NAME", rich_help_panel="Engine", help="auto | cpu | cuda."),
+    precision: str | None = typer.Option(None, "--precision", metavar="NAME", rich_help_panel="Engine", help="fp32 | fp16: the graph variant every session runs (fp16 needs `export --precision fp16`; default: fp32 on ONNX Runtime)."),
+    threads: int | None = typer.Option(None, "--threads", metavar="N", rich_help_panel="Engine", min=1, help="CPU threads of ONNX Runtime per graph call (default: all cores)."),
+    cache_mb: float = typer.Option(512.0, "--cache-mb", metavar="MIB", rich_help_panel="Sessions", min=0, help="Each session's window-embedding cache bound in MiB."),
 ) -> None:
     """Serve sessions on Triton Inference Server: upload a scan once, then segment prompt after prompt (needs the serve extra)."""
     import logging
@@ -272,16 +287,16 @@ def _cache_bytes(cache_mb: float | None) -> int | None:
 
 @app.command()
 def demo(
-    out: str = typer.Option("segvol-demo", "--out", help="Folder for the phantom, masks, results.json and preview.png."),
-    make_phantom: str | None = typer.Option(None, "--make-phantom", help="Only write a phantom to this .nii.gz (and <stem>_labels.nii.gz), then exit."),
-    seed: int = typer.Option(0, "--seed", help="Phantom seed."),
-    backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | torch | tensorrt."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    artifacts: str | None = typer.Option(None, "--artifacts", help="Artifacts directory; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
-    window_prompts: str = typer.Option("aligned", "--window-prompts", help="aligned | official: zoom-in window prompts (see `infer --help`). Phantoms are often narrower than the demo model's window, where 'official' misplaces the window boxes."),
+    out: str = typer.Option("segvol-demo", "--out", metavar="PATH", help="Folder for the phantom, masks, results.json and preview.png."),
+    make_phantom: str | None = typer.Option(None, "--make-phantom", metavar="FILE", help="Only write a phantom to this .nii.gz (and <stem>_labels.nii.gz), then exit."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Phantom seed."),
+    backend: str = typer.Option("auto", "--backend", metavar="NAME", help="auto | onnxruntime | torch | tensorrt."),
+    device: str = typer.Option("auto", "--device", metavar="NAME", help="auto | cpu | cuda."),
+    artifacts: str | None = typer.Option(None, "--artifacts", metavar="DIR", help="Artifacts directory; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
+    window_prompts: str = typer.Option("aligned", "--window-prompts", metavar="MODE", help="aligned | official: zoom-in window prompts (see `infer --help`). Phantoms are often narrower than the demo model's window, where 'official' misplaces the window boxes."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Only the Dice table and errors."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime (CPU) and torch (default: all cores)."),
-    cache_mb: float | None = typer.Option(None, "--cache-mb", min=0, help="Bound of the runtime's window-embedding cache in MiB (default: the runtime's)."),
+    threads: int | None = typer.Option(None, "--threads", metavar="N", min=1, help="CPU threads of ONNX Runtime (CPU) and torch (default: all cores)."),
+    cache_mb: float | None = typer.Option(None, "--cache-mb", metavar="MIB", min=0, help="Bound of the runtime's window-embedding cache in MiB (default: the runtime's)."),
 ) -> None:
     """Run the pipeline on a synthetic phantom: Dice per organ (text, text+box; zoom-out vs zoom-in), masks and a PNG preview."""
     from segvol_rt.app.console import ConsoleReporter, check_choices, load_runtime, provenance_line
@@ -313,16 +328,16 @@ def demo(
 @app.command()
 def export(
     checkpoint: str | None = typer.Option(
-        None, "--checkpoint", help="SegVol checkpoint: a .pth file or a Hugging Face directory; default: the shipped demo model."
+        None, "--checkpoint", metavar="PATH", help="SegVol checkpoint: a .pth file or a Hugging Face directory; default: the shipped demo model."
     ),
-    out: str = typer.Option(..., "--out", help="Artifacts directory to write (created; see --force)."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset, at least 17."),
-    tokenizer: str | None = typer.Option(None, "--tokenizer", help="CLIP tokenizer directory (needed for a .pth: the official repo's config/clip)."),
-    max_batch: int = typer.Option(8, "--max-batch", help="Largest batch of windows the graphs accept."),
-    max_points: int = typer.Option(16, "--max-points", help="Largest number of point prompts per target."),
+    out: str = typer.Option(..., "--out", metavar="PATH", help="Artifacts directory to write (created; see --force)."),
+    opset: int = typer.Option(17, "--opset", metavar="N", help="ONNX opset, at least 17."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", metavar="DIR", help="CLIP tokenizer directory (needed for a .pth: the official repo's config/clip)."),
+    max_batch: int = typer.Option(8, "--max-batch", metavar="N", help="Largest batch of windows the graphs accept."),
+    max_points: int = typer.Option(16, "--max-points", metavar="N", help="Largest number of point prompts per target."),
     skip_verify: bool = typer.Option(False, "--skip-verify", metavar="", help="Skip the ONNX Runtime vs torch parity checks."),
     force: bool = typer.Option(False, "--force", metavar="", help="Replace an existing artifacts directory at --out."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16. fp16 also writes fp16 variants of the graphs (fp32 IO; norms, softmax and reductions kept fp32), verified against the fp32 ones; the fp32 graphs are always written."),
+    precision: str = typer.Option("fp32", "--precision", metavar="NAME", help="fp32 | fp16. fp16 also writes fp16 variants of the graphs (fp32 IO; norms, softmax and reductions kept fp32), verified against the fp32 ones; the fp32 graphs are always written."),
 ) -> None:
     """Export a checkpoint to verified ONNX graphs, tokenizer files, text table and manifest."""
     import time
@@ -351,12 +366,12 @@ def export(
 
 @app.command()
 def build(
-    artifacts: str = typer.Option(..., "--artifacts", help="Artifacts directory written by `segvol-rt export`."),
-    precision: str = typer.Option("fp16", "--precision", help="fp16 (from the fp16 graphs of `export --precision fp16`) or fp32: the graph variant the strongly typed engines are built from."),
-    max_batch: int | None = typer.Option(None, "--max-batch", help="Lower the windows-per-batch maximum (default: the exported one, 8)."),
-    max_points: int | None = typer.Option(None, "--max-points", help="Lower the points-per-prompt maximum (default: the exported one, 16)."),
-    timing_cache: str | None = typer.Option(None, "--timing-cache", help="TensorRT timing cache file to read and update."),
-    workspace_gib: float = typer.Option(4.0, "--workspace-gib", help="TensorRT builder workspace limit in GiB."),
+    artifacts: str = typer.Option(..., "--artifacts", metavar="DIR", help="Artifacts directory written by `segvol-rt export`."),
+    precision: str = typer.Option("fp16", "--precision", metavar="NAME", help="fp16 (from the fp16 graphs of `export --precision fp16`) or fp32: the graph variant the strongly typed engines are built from."),
+    max_batch: int | None = typer.Option(None, "--max-batch", metavar="N", help="Lower the windows-per-batch maximum (default: the exported one, 8)."),
+    max_points: int | None = typer.Option(None, "--max-points", metavar="N", help="Lower the points-per-prompt maximum (default: the exported one, 16)."),
+    timing_cache: str | None = typer.Option(None, "--timing-cache", metavar="FILE", help="TensorRT timing cache file to read and update."),
+    workspace_gib: float = typer.Option(4.0, "--workspace-gib", metavar="GIB", help="TensorRT builder workspace limit in GiB."),
 ) -> None:
     """Build TensorRT engines for the three graphs and record them in the manifest."""
     from pathlib import Path
@@ -381,15 +396,15 @@ def build(
 
 @app.command()
 def bench(
-    artifacts: str | None = typer.Option(None, "--artifacts", help="Artifacts directory to time; default: the tiny benchmark model, exported once into the cache (needs the export extra)."),
-    checkpoint: str | None = typer.Option(None, "--checkpoint", help="The checkpoint of --artifacts, for the torch rows (torch pipeline and official-style reference)."),
-    model: str = typer.Option("tiny", "--model", help="Without --artifacts: tiny (random weights, built once) or demo (the shipped demo model)."),
-    backend: list[str] | None = typer.Option(None, "--backend", help="ort-cpu | ort-cuda | tensorrt | torch-pipeline; repeatable (default: every one that can run)."),
-    repeat: int = typer.Option(5, "--repeat", help="Timed calls per stage (the median, p90 and min are reported)."),
-    warmup: int = typer.Option(1, "--warmup", help="Untimed calls before them."),
-    json_out: str | None = typer.Option(None, "--json", help="Also write the report (machine, versions, every sample) as JSON."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime and torch (default: all cores)."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16: the graph variant of the ONNX Runtime and TensorRT rows (default: fp32 on ONNX Runtime, the built engines' on TensorRT)."),
+    artifacts: str | None = typer.Option(None, "--artifacts", metavar="DIR", help="Artifacts directory to time; default: the tiny benchmark model, exported once into the cache (needs the export extra)."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", metavar="PATH", help="The checkpoint of --artifacts, for the torch rows (torch pipeline and official-style reference)."),
+    model: str = typer.Option("tiny", "--model", metavar="NAME", help="Without --artifacts: tiny (random weights, built once) or demo (the shipped demo model)."),
+    backend: list[str] | None = typer.Option(None, "--backend", metavar="NAME", help="ort-cpu | ort-cuda | tensorrt | torch-pipeline; repeatable (default: every one that can run)."),
+    repeat: int = typer.Option(5, "--repeat", metavar="N", help="Timed calls per stage (the median, p90 and min are reported)."),
+    warmup: int = typer.Option(1, "--warmup", metavar="N", help="Untimed calls before them."),
+    json_out: str | None = typer.Option(None, "--json", metavar="FILE", help="Also write the report (machine, versions, every sample) as JSON."),
+    threads: int | None = typer.Option(None, "--threads", metavar="N", min=1, help="CPU threads of ONNX Runtime and torch (default: all cores)."),
+    precision: str | None = typer.Option(None, "--precision", metavar="NAME", help="fp32 | fp16: the graph variant of the ONNX Runtime and TensorRT rows (default: fp32 on ONNX Runtime, the built engines' on TensorRT)."),
 ) -> None:
     """Time each stage on this machine in seconds: a small phantom scan, one target, every backend that can run.
 

@@ -157,7 +157,7 @@ def _walk(root: Path, out_dir: Path) -> list[Path]:
     """Every visible file under ``root``, sorted, outside output folders."""
     if _is_output_folder(root, out_dir):
         return []
-    found = []
+    found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _is_output_folder(here / d, out_dir))
@@ -194,9 +194,11 @@ def _dicom_cases(paths: Sequence[Path], where: str, notes: list[str]) -> list[Ca
             items.append(DicomFile(ds, f))
     if skipped:
         notes.append(f"{where}: skipped {len(skipped)} file(s) that are neither NIfTI nor DICOM, e.g. {skipped[0]}")
-    disc = group_series(items, notes) if items else None
+    if not items:
+        return failed
+    disc = group_series(items, notes)
     cases = []
-    for info in disc.series if disc is not None else []:
+    for info in disc.series:
         error = None if info.is_ct else (f"series {info.uid} in {where} is not CT "
                                           f"({info.modality or 'no modality'}, SOP class {info.sop_class})")
         files = [f.path for f in info.files if f.path is not None]

@@ -113,6 +113,8 @@ class TargetPlan:
 def plan_targets(opts: InferOptions) -> list[TargetPlan]:
     """Validate the options and make one request per ``--text`` (box and points
     shared by all), or a single box/points target; raises SegVolError."""
+    from segvol_rt.io.vocabulary import expand_all
+
     texts = expand_all([t.strip() for t in opts.texts])
     if any(not t for t in texts):
         raise SegVolError("--text is empty; give a target name or phrase")
@@ -134,22 +136,6 @@ def plan_targets(opts: InferOptions) -> list[TargetPlan]:
         name = "+".join(k for k, v in (("box", box), ("points", points)) if v is not None)
         return _with_slugs([(name, Request(**common))])
     return _with_slugs([(t, Request(text=t, **common)) for t in texts])
-
-
-ALL_TARGETS = "all"
-
-
-def expand_all(texts: list[str]) -> list[str]:
-    """``--text all``: every name of the vocabulary (the names every export puts in
-    its text table, :data:`segvol_rt.io.vocabulary.CATEGORIES`) in its place."""
-    if not any(t.lower() == ALL_TARGETS for t in texts):
-        return texts
-    from segvol_rt.io.vocabulary import CATEGORIES
-
-    out: list[str] = []
-    for t in texts:
-        out.extend(CATEGORIES if t.lower() == ALL_TARGETS else [t])
-    return list(dict.fromkeys(out))
 
 
 def _evaluation_target(opts: InferOptions, spec: str, texts: list[str]) -> TargetPlan:
@@ -470,9 +456,8 @@ def _segment(rt: SegVolRuntime, scan: Scan, opts: InferOptions, targets: Sequenc
     return results
 
 
-# targets segmented per runtime call without evaluation: they share the decoder's batches (and,
-# as every call of one volume does, the zoom-out and window embeddings); each holds a crop-sized
-# float32 coarse volume during the call, hence a bound
+# targets per runtime call without evaluation: they share the decoder's batches (and the embeddings, as
+# every call on one volume does); each holds a crop-sized float32 coarse volume during the call, hence a bound
 TARGET_BATCH = 8
 
 
@@ -608,9 +593,3 @@ def probability_bytes(probs: Any, scan: Scan, gz: bool) -> bytes:
     data = klass(np.asarray(probs, dtype=np.float32), scan.affine, header=header).to_bytes()
     return gzip_bytes(data) if gz else data
 
-
-def write_probabilities(path: Path, probs: Any, scan: Scan) -> Path:
-    """:func:`probability_bytes`, written atomically to ``path``."""
-    from segvol_rt.io.atomic import atomic_write_bytes
-
-    return atomic_write_bytes(path, probability_bytes(probs, scan, _gz(Path(path))))
