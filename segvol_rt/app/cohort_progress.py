@@ -1,7 +1,7 @@
 """What a cohort run shows while it runs (:class:`CohortProgress`).
 
 On a terminal (stderr is a tty): a live two-line display, the cases done out
-of all with the time left (rich's estimate from the cases so far) and the
+of all with the time left (from the mean time of the cases so far) and the
 current case's stage. Otherwise one plain line per case on stdout
 (``[3/20] ct03: ok, 2 target(s), 4.1s``). ``quiet`` silences both; a failed
 case's line still goes to stderr, as errors do in single runs.
@@ -10,6 +10,7 @@ case's line still goes to stderr, as errors do in single runs.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from segvol_rt.app.console import Reporter, say
@@ -25,19 +26,27 @@ class CohortProgress(Reporter):
         self.done = 0
         self.case = ""
         self._live: Any = None
+        self._start = time.monotonic()
         if not quiet and sys.stderr.isatty():
             self._start_live()
 
     def _start_live(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress, TextColumn
 
-        self._live = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("left"), TimeRemainingColumn(), console=Console(stderr=True),
-                              transient=True, redirect_stdout=False, redirect_stderr=False)
-        self._cases = self._live.add_task("cases", total=self.total)
+        self._live = Progress(TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
+                              redirect_stdout=False, redirect_stderr=False)
+        self._cases = self._live.add_task(self._count_line(), total=None)
         self._stage = self._live.add_task("", total=None)
         self._live.start()
+
+    def _count_line(self) -> str:
+        """``cases 3/20, about 0:41 left``: the time left from the mean of the cases run so far."""
+        line = f"cases {self.done}/{self.total}"
+        if self.done and self.done < self.total:
+            left = int((time.monotonic() - self._start) / self.done * (self.total - self.done))
+            line += f", about {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d} left"
+        return line
 
     # -- run_infer's reporter -------------------------------------------------------
     def warn(self, line: str) -> None:
@@ -63,7 +72,7 @@ class CohortProgress(Reporter):
         self.done += 1
         text = f"[{self.done}/{self.total}] {self.case}: {line}"
         if self._live is not None:
-            self._live.update(self._cases, advance=1)
+            self._live.update(self._cases, description=self._count_line())
         if failed:
             self._print_err(text)
         elif not self.quiet:
