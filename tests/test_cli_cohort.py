@@ -236,3 +236,31 @@ def test_runtime_segment_cases_iterates_and_survives_a_bad_scan(tmp_path, tiny):
     assert "\n" not in results[1].error
     with pytest.raises(Exception, match="no volume"):
         rt.segment(text="liver")  # released after the last case
+
+
+def test_store_sends_each_dicom_case_seg(tmp_path, tiny):
+    from tests.support.dicom_tools import Orthanc, ensure_tools
+
+    ensure_tools("Orthanc")
+    server = Orthanc(tmp_path / "orthanc")
+    server.start()
+    try:
+        root = tmp_path / "cohort"
+        study = "1.2.826.0.1.3680043.8.498.2400"
+        for n in (1, 2):
+            write_series(root / f"s{n}", make_phantom(n, SHAPE).image,
+                         SeriesSpec(series_uid=f"{SERIES_UID}{n}", study_uid=study))
+        make_phantom(3, SHAPE).save(root / "ct3.nii.gz", tmp_path / "l3.nii.gz")
+        proc = run_cli("infer", root, "--out-dir", tmp_path / "out", "--text", "liver", "--artifacts", tiny,
+                       "--store", server.dicomweb, env={"SEGVOL_RT_DICOMWEB_AUTH": server.auth})
+        assert proc.returncode == 0, proc.stderr
+        from dicomweb_client.api import DICOMwebClient
+        from requests import Session
+
+        session = Session()
+        session.auth = (server.USER, server.PASSWORD)
+        found = DICOMwebClient(url=server.dicomweb, session=session).search_for_series(
+            study, search_filters={"Modality": "SEG"})
+        assert len(found) == 2
+    finally:
+        server.stop()

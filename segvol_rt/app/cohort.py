@@ -5,7 +5,8 @@
 opened once; the text embeddings stay cached across cases; each case's
 volume, embeddings and window cache are released before the next, so memory
 stays flat), writing each case's outputs under ``DIR`` as a single run would
-(masks or DICOM SEGs, sidecars, ``--store``), and the run report
+(masks or DICOM SEGs, sidecars; ``--store`` stores each DICOM case's SEG, NIfTI cases are
+only written), and the run report
 (:mod:`segvol_rt.app.run_report`) after every case.
 
 One case failing (a :class:`~segvol_rt.errors.SegVolError`: a truncated file,
@@ -98,7 +99,8 @@ def run_case(case: Case, opts: InferOptions, out_dir: Path, rt: Any, progress: C
     try:
         if case.error is not None:
             raise SegVolError(case.error)
-        case_opts = replace(opts, out=str(output_path(case, out_dir)))
+        # --store sends DICOM SEGs: a NIfTI case's mask is written, not stored
+        case_opts = replace(opts, out=str(output_path(case, out_dir)), store=opts.store if case.is_dicom else None)
         result = run_infer(case.source, case_opts, lambda: rt, progress, dicom=_dicom(case))
         entry.update(status="ok", outputs=_digests(result.files, out_dir), seconds=result.timings,
                      targets=_targets(result))
