@@ -211,9 +211,9 @@ def test_targets_lists_the_table_with_codes():
     assert len(text) == len(CATEGORIES) + 1 and max(map(len, text)) <= 80
 
 
-@pytest.mark.parametrize("command", ["infer", "targets", "serve", "demo", "export", "build", "bench", "version"])
+@pytest.mark.parametrize("command", ["", "infer", "targets", "serve", "demo", "export", "build", "bench", "version"])
 def test_help_reads_at_80_columns(command):
-    proc = run_cli(command, "--help", env={"COLUMNS": "80", "TERM": "dumb"})
+    proc = run_cli(*([command] if command else []), "--help", env={"COLUMNS": "80", "TERM": "dumb"})
     assert proc.returncode == 0
     lines = proc.stdout.splitlines()
     assert max(map(len, lines)) <= 80

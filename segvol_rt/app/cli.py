@@ -33,7 +33,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="SegVol deployment SDK: export, build, infer, bench, demo.",
+    help="SegVol deployment SDK: export, build, infer, targets, bench, demo, serve.",
 )
 
 
@@ -141,7 +141,7 @@ def _stderr_line(line: str) -> None:
 
 @app.callback()
 def _root() -> None:
-    """SegVol deployment SDK: export, build, infer, bench, demo."""
+    """SegVol deployment SDK: export, build, infer, targets, bench, demo, serve."""
 
 
 @app.command()
