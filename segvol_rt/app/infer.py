@@ -16,7 +16,9 @@ Outputs (scan space, the input's affine and header, see :func:`output_plan`):
   target (where targets overlap, the later target wins), plus a JSON sidecar
   ``<stem>.json`` naming the labels with per-target statistics; or with
   ``split``, one 0/1 file per target, ``<stem>_<name>.nii.gz`` (sidecar too);
-* ``probabilities``: float32 sigmoid maps ``<stem>_prob[_<name>].nii.gz``.
+* ``probabilities``: float32 sigmoid maps ``<stem>_prob[_<name>].nii.gz``;
+* ``statistics``: per-target measurements (:mod:`segvol_rt.pipeline.measure`) in the sidecar,
+  written for one target too.
 
 The sidecar records the sha256 of every file it describes and the run's
 provenance (:func:`segvol_rt.app.console.provenance`). The files of a run are
