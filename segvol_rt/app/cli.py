@@ -172,7 +172,7 @@ def infer(
     no_zoom_in: bool = typer.Option(False, "--no-zoom-in", help="Coarse (zoom-out) pass only."),
     window_prompts: str = typer.Option("official", "--window-prompts", help="official | aligned. Zoom-in window boxes/points: 'official' reproduces SegVol, which misplaces them by the padding on scans smaller than a window (32x256x256 at full size) along an axis; 'aligned' places them where they belong. Same result on larger scans."),
     artifacts: str | None = typer.Option(None, "--artifacts", help="Artifacts directory from `segvol-rt export`; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
-    reorient: str | None = typer.Option(None, "--reorient", help="Reorient to axis codes (e.g. RAS) before the model. Off by default: SegVol itself does not reorient. Prompts and masks stay in SCAN's voxel grid either way."),
+    reorient: str | None = typer.Option(None, "--reorient", help="Reorient to axis codes (e.g. RAS) before the model, or 'stored' to keep the stored voxel order. Default: the voxel orientation the model's manifest declares (the demo model: RAS); SegVol's weights declare none and keep the stored order, as SegVol itself. Prompts and masks stay in SCAN's voxel grid either way."),
     seed: int = typer.Option(0, "--seed", help="Seed of point sampling (zoom-in windows, --prompt-points)."),
     prompt_from: str | None = typer.Option(None, "--prompt-from", help="Evaluation: LABEL.nii.gz:ID - derive the prompts from this reference label as the official demo does (zoom-out-space box of the resized label); also the --reference by default."),
     prompt_box: bool = typer.Option(True, "--prompt-box/--no-prompt-box", help="With --prompt-from: use the label's box."),
@@ -185,6 +185,7 @@ def infer(
     precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16: the graph variant (fp16 needs `export --precision fp16`; TensorRT: the engines' precision). Default: fp32 on ONNX Runtime and torch, the built engines' on TensorRT."),
     series: str | None = typer.Option(None, "--series", help="DICOM input: the SeriesInstanceUID to segment, when the folder holds several CT series (the error lists them)."),
     store: str | None = typer.Option(None, "--store", help="DICOMweb service root (https://HOST/dicom-web): STOW-RS the SEG there, after it is written and validated locally."),
+    series_description: str | None = typer.Option(None, "--series-description", help="DICOM SEG output: its SeriesDescription (default: 'segvol-rt: ' and the targets; at most 64 characters)."),
     dicomweb_auth: str | None = typer.Option(None, "--dicomweb-auth", envvar="SEGVOL_RT_DICOMWEB_AUTH", show_envvar=True, help="USER:PASSWORD for DICOMweb (never put credentials in a URL)."),
     server: str | None = typer.Option(None, "--server", help="URL of a `segvol-rt serve` server (http://HOST:PORT): the scan is uploaded there and segmented by its model; outputs are written here as usual (needs the client extra; API key from $SEGVOL_API_KEY)."),
 ) -> None:
@@ -198,7 +199,7 @@ def infer(
         texts=tuple(text or ()), box=box, points=tuple(point or ()), out=out, split=split,
         probabilities=probabilities, zoom_in=not no_zoom_in, window_prompts=window_prompts, reorient=reorient, seed=seed,
         prompt_from=prompt_from, prompt_box=prompt_box, prompt_points=prompt_points, reference=reference,
-        series=series, store=store, dicomweb_auth=dicomweb_auth,
+        series=series, store=store, dicomweb_auth=dicomweb_auth, series_description=series_description,
     )
     report = ConsoleReporter(quiet=quiet)
     remote: list[Any] = []  # the served session, closed at the end
@@ -344,6 +345,7 @@ def export(
     skip_verify: bool = typer.Option(False, "--skip-verify", help="Skip the ONNX Runtime vs torch parity checks."),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifacts directory at --out."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16. fp16 also writes fp16 variants of the graphs (fp32 IO; norms, softmax and reductions kept fp32), verified against the fp32 ones; the fp32 graphs are always written."),
+    voxel_orientation: str | None = typer.Option(None, "--voxel-orientation", help="Axis codes (e.g. RAS) of the voxel order the model was trained on: the runtime then reorients each scan to it. Default: the checkpoint config.json's segvol_rt_voxel_orientation (the demo model: RAS), else none (SegVol's weights: each scan's stored order)."),
 ) -> None:
     """Export a checkpoint to verified ONNX graphs, tokenizer files, text table and manifest."""
     import time
@@ -360,7 +362,8 @@ def export(
 
         checkpoint = str(demo_checkpoint_dir())
         say("no --checkpoint: exporting the demo model (synthetic phantoms, not for clinical use)")
-    options = ExportOptions(opset=opset, max_batch=max_batch, max_points=max_points, verify=not skip_verify, precision=precision)
+    options = ExportOptions(opset=opset, max_batch=max_batch, max_points=max_points, verify=not skip_verify, precision=precision,
+                            voxel_orientation=voxel_orientation)
     options.check()  # a bad --precision says so before the checkpoint is read
     result = export_artifacts(checkpoint, out, tokenizer=tokenizer, options=options, force=force, progress=progress)
     rows = [("file", "size", "operators", "parity (ORT vs torch)"), *result.table()]
