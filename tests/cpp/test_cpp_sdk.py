@@ -181,7 +181,8 @@ def test_sample_app_equals_cli(tmp_path, cpp_build, demo_artifacts, args):
     run = subprocess.run([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(demo_artifacts), *args,
                           "--out", str(ours), "-q"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime", "--reorient", "stored",
+    ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime",
+                          "--reorient", "stored",
                           "--device", "cpu", *args, "--out", str(theirs), "-q"], capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     a, b = nib.load(ours), nib.load(theirs)
@@ -436,7 +437,8 @@ def test_sample_app_scaled_nifti_equals_cli(tmp_path, cpp_build, demo_artifacts)
     run = subprocess.run([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(demo_artifacts), "--text", "liver",
                           "--out", str(ours), "-q"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime", "--reorient", "stored",
+    ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime",
+                          "--reorient", "stored",
                           "--device", "cpu", "--text", "liver", "--out", str(theirs), "-q"], capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     np.testing.assert_array_equal(np.asanyarray(nib.load(ours).dataobj), np.asanyarray(nib.load(theirs).dataobj))

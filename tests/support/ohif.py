@@ -181,10 +181,9 @@ class OhifServer:
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.url + "/index.html", timeout=5) as resp:  # noqa: S310 - loopback
-                    if resp.status == 200:
-                        return
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/index.html", timeout=5) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return
             time.sleep(0.2)
         self.stop()
         raise AssertionError(f"nginx did not serve OHIF within 30 s: {(work / 'error.log').read_text()[-2000:]}")
