@@ -167,6 +167,11 @@ class SegVolRuntime:
         return self.backend.xp
 
     @property
+    def voxel_orientation(self) -> str | None:
+        """The axis codes of the voxel order the model declares (artifacts manifest), or None."""
+        return getattr(self.artifacts, "voxel_orientation", None)
+
+    @property
     def provenance(self) -> dict[str, Any]:
         """What produces this runtime's masks: segvol-rt version, the checkpoint's
         sha256 (from the artifacts manifest), backend, device, precision (what the
@@ -250,7 +255,14 @@ class SegVolRuntime:
         On a CUDA backend the scan is uploaded once (a cupy array is used as it
         is) and preprocessed on the GPU; the crop and zoom-out images stay there.
 
-        ``reorient``: None (official: no reorientation) or axis codes such as "RAS"."""
+        ``reorient``: None - the model's :attr:`voxel_orientation` when its
+        manifest declares one, else the stored voxel order (SegVol's weights,
+        as the official pipeline); axis codes such as "RAS"; or "stored" (the
+        stored order whatever the model declares). Masks and prompts stay in
+        the scan's voxel grid either way."""
+        from segvol_rt.pipeline.geometry import model_orientation
+
+        reorient = model_orientation(V.optional_text(reorient, "reorient"), self.voxel_orientation)
         self._volume = load_volume(volume, affine, reorient, series, self.xp, self.config.spatial_size, self._cache_bytes,
                                    self._stats)
 

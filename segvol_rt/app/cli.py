@@ -160,10 +160,11 @@ def infer(
     cache_mb: float | None = typer.Option(None, "--cache-mb", min=0, metavar="MIB", rich_help_panel=_E, help="Bound of the window-embedding cache."),
     no_zoom_in: bool = typer.Option(False, "--no-zoom-in", metavar="", rich_help_panel=_E, help="Coarse (zoom-out) pass only."),
     window_prompts: str = typer.Option("official", "--window-prompts", metavar="MODE", rich_help_panel=_E, help="official (SegVol's, misplaced on scans smaller than a window) | aligned."),
-    reorient: str | None = typer.Option(None, "--reorient", metavar="CODES", rich_help_panel=_E, help="Reorient (e.g. RAS) before the model; off: SegVol does not reorient."),
+    reorient: str | None = typer.Option(None, "--reorient", metavar="CODES", rich_help_panel=_E, help="Axis codes (e.g. RAS) to reorient to before the model, or 'stored'; default: the model's declared orientation (the demo model: RAS), else none, as SegVol."),
     server: str | None = typer.Option(None, "--server", metavar="URL", rich_help_panel=_E, help="Segment on a `segvol-rt serve` server ($SEGVOL_API_KEY)."),
     series: str | None = typer.Option(None, "--series", metavar="UID", rich_help_panel=_D, help="The SeriesInstanceUID, when a folder holds several CT series."),
     store: str | None = typer.Option(None, "--store", metavar="URL", rich_help_panel=_D, help="DICOMweb root: STOW-RS the SEGs, once written."),
+    series_description: str | None = typer.Option(None, "--series-description", metavar="TEXT", rich_help_panel=_D, help="The SEG's SeriesDescription (default: the targets; at most 64 characters)."),
     dicomweb_auth: str | None = typer.Option(None, "--dicomweb-auth", metavar="USER:PASS", envvar="SEGVOL_RT_DICOMWEB_AUTH", show_envvar=False, rich_help_panel=_D, help="DICOMweb credentials (or $SEGVOL_RT_DICOMWEB_AUTH)."),
     prompt_from: str | None = typer.Option(None, "--prompt-from", metavar="LABEL:ID", rich_help_panel=_V, help="Prompts from a reference label, as the official demo."),
     prompt_box: bool = typer.Option(True, "--prompt-box/--no-prompt-box", metavar="", rich_help_panel=_V, help="With --prompt-from: the label's box."),
@@ -182,7 +183,7 @@ def infer(
         texts=tuple(text or ()), box=box, points=tuple(point or ()), out=out, split=split, probabilities=probabilities,
         zoom_in=not no_zoom_in, window_prompts=window_prompts, reorient=reorient, seed=seed, prompt_from=prompt_from,
         prompt_box=prompt_box, prompt_points=prompt_points, reference=reference, series=series, store=store,
-        dicomweb_auth=dicomweb_auth, statistics=statistics,
+        dicomweb_auth=dicomweb_auth, statistics=statistics, series_description=series_description,
     )
     engine = Engine(artifacts, backend, device, threads, _cache_bytes(cache_mb), precision, server)
     inputs = Inputs(tuple(scans or ()), list_file, out_dir, force, quiet, verbose)
@@ -308,6 +309,7 @@ def export(
     skip_verify: bool = typer.Option(False, "--skip-verify", metavar="", help="Skip the ONNX Runtime vs torch parity checks."),
     force: bool = typer.Option(False, "--force", metavar="", help="Replace an existing artifacts directory at --out."),
     precision: str = typer.Option("fp32", "--precision", metavar="NAME", help="fp32 | fp16. fp16 also writes fp16 variants of the graphs (fp32 IO; norms, softmax and reductions kept fp32), verified against the fp32 ones; the fp32 graphs are always written."),
+    voxel_orientation: str | None = typer.Option(None, "--voxel-orientation", metavar="CODES", help="Axis codes (e.g. RAS) of the voxel order the model was trained on: the runtime then reorients each scan to it. Default: the checkpoint config.json's segvol_rt_voxel_orientation (the demo model: RAS), else none (SegVol's weights: each scan's stored order)."),
 ) -> None:
     """Export a checkpoint to verified ONNX graphs, tokenizer files, text table and manifest."""
     import time
@@ -324,7 +326,8 @@ def export(
 
         checkpoint = str(demo_checkpoint_dir())
         say("no --checkpoint: exporting the demo model (synthetic phantoms, not for clinical use)")
-    options = ExportOptions(opset=opset, max_batch=max_batch, max_points=max_points, verify=not skip_verify, precision=precision)
+    options = ExportOptions(opset=opset, max_batch=max_batch, max_points=max_points, verify=not skip_verify, precision=precision,
+                            voxel_orientation=voxel_orientation)
     options.check()  # a bad --precision says so before the checkpoint is read
     result = export_artifacts(checkpoint, out, tokenizer=tokenizer, options=options, force=force, progress=progress)
     rows = [("file", "size", "operators", "parity (ORT vs torch)"), *result.table()]

@@ -94,6 +94,7 @@ class InferOptions:
     store: str | None = None  # DICOMweb service root to STOW-RS the SEG files to, after they are written
     dicomweb_auth: str | None = None  # USER:PASSWORD for DICOMweb (never in a URL)
     statistics: bool = False  # per-target volume, intensity and bounding box (segvol_rt.pipeline.measure)
+    series_description: str | None = None  # DICOM SEG SeriesDescription (default: the targets)
 
     @property
     def evaluating(self) -> bool:
@@ -386,6 +387,7 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
     # a DICOMweb series has no local path; its default output is named after the series, in the current folder
     scan_path = Path(dicom.default_out) if dicom is not None and not dicom.inputs else Path(scan_path)
     outputs = output_plan(scan_path, opts, targets, dicom)  # path mistakes fail before any work
+    _check_series_description(opts, outputs)
     report.stage("reading the scan")
     with clock.stage("read"):
         scan = read_scan(scan_path) if dicom is None else dicom.read()
@@ -540,9 +542,20 @@ def _seg_file(scan: Scan, results: Sequence[TargetResult], rt: SegVolRuntime, op
     algo = Algorithm(prov["segvol_rt_version"], prov["checkpoint_sha256"])
     names = [r.plan.name for r in results]
     if probabilities is not None:
-        return seg_bytes(scan, [np.asarray(probabilities, dtype=np.float32)], names, algo, fractional=True)
+        return seg_bytes(scan, [np.asarray(probabilities, dtype=np.float32)], names, algo, fractional=True,
+                         description=opts.series_description)
     masks = [np.asarray(r.segmentation.mask) > 0 for r in results]
-    return seg_bytes(scan, masks, names, algo)
+    return seg_bytes(scan, masks, names, algo, description=opts.series_description)
+
+
+def _check_series_description(opts: InferOptions, plan: OutputPlan) -> None:
+    """``--series-description`` names a DICOM SEG output's series: refused without one, or empty."""
+    if opts.series_description is None:
+        return
+    if not any(_is_seg(p) for p in plan.masks):
+        raise SegVolError("--series-description names a DICOM SEG's series: give a .dcm --out (DICOM input)")
+    if not opts.series_description.strip():
+        raise SegVolError("--series-description is empty")
 
 
 def _is_seg(path: Path) -> bool:
