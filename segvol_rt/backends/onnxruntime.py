@@ -19,6 +19,9 @@ Memory. The text encoder's session is opened on the first
 phrase outside the artifacts' text table needs it (the runtime looks table
 names up first); at full size its weights are about 250 MB. The session
 options are :data:`SESSION_MEMORY` (measured choices; see its comment).
+Opening a graph leaves free memory in the C heap (the parsed protobuf, the
+staged initializers), handed back after each open
+(:func:`segvol_rt.backends.resident.trim_heap`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from segvol_rt._optional import require
 from segvol_rt.backends.base import Backend
+from segvol_rt.backends.resident import trim_heap
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 
@@ -92,11 +96,15 @@ class SessionMemory:
     ``arena``: the CPU memory arena (``enable_cpu_mem_arena``); ``mem_pattern``:
     preplanned activation buffers (``enable_mem_pattern``); ``prepacking``:
     weight prepacking (session config ``session.disable_prepacking`` is its
-    inverse), which keeps a second, repacked copy of the MatMul/Conv weights."""
+    inverse), which keeps a second, repacked copy of the MatMul/Conv weights;
+    ``shrink_arena``: the arena gives its unused regions back at the end of
+    every run (run option ``memory.enable_memory_arena_shrinkage`` on
+    ``cpu:0``; no effect without the arena)."""
 
     arena: bool = True
     mem_pattern: bool = True
     prepacking: bool = True
+    shrink_arena: bool = False
 
 
 # Default options (see SessionMemory), measured at full size on 2 CPU cores (ONNX
@@ -107,7 +115,15 @@ class SessionMemory:
 # differ in the last bit), so it stays on; the arena off saves nothing beside the
 # pattern off and runs slower. The prompt decoder: 432 -> 361 MiB without the
 # pattern, same latency. Outputs are bit-identical with and without the pattern.
-SESSION_MEMORY = SessionMemory(arena=True, mem_pattern=False, prepacking=True)
+# Arena shrinkage: each session has an arena of its own that keeps the high-water
+# mark of its runs, so without it the whole process peaked at the image encoder's
+# activations (444 MiB) plus the prompt decoder's (132 MiB) plus the weights; with it
+# each run gives its activations back at its end. Measured on the whole `segvol-rt
+# infer` (../shared/data's CT at 1.5 mm, full size, random weights, --text aorta,
+# shared 2-core EPYC, benchmarks/rss_stages.py): peak RSS 1309 -> 1156 MiB, the same
+# mask, segment time within noise (16.0 vs 16.6 s; reallocating per run is page
+# faults, small beside a 3-8 s window).
+SESSION_MEMORY = SessionMemory(arena=True, mem_pattern=False, prepacking=True, shrink_arena=True)
 
 
 def session_options(ort: Any, threads: int | None = None, memory: SessionMemory = SESSION_MEMORY) -> Any:
@@ -122,6 +138,16 @@ def session_options(ort: Any, threads: int | None = None, memory: SessionMemory 
     options.enable_mem_pattern = memory.mem_pattern
     if not memory.prepacking:
         options.add_session_config_entry("session.disable_prepacking", "1")
+    return options
+
+
+def run_options(ort: Any, memory: SessionMemory = SESSION_MEMORY) -> Any:
+    """``onnxruntime.RunOptions`` of every run: the CPU arena shrunk at its end
+    when ``memory`` asks (and has an arena); None: ONNX Runtime's defaults."""
+    if not (memory.arena and memory.shrink_arena):
+        return None
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     return options
 
 
@@ -219,8 +245,10 @@ class OnnxRuntimeBackend(Backend):
         self.concurrent = device == "cpu"
         self.threads = threads or cpu_cores()
         self._providers: list[Any] = [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
-        # one options object for every graph's session (opened now, or on first use)
-        self._options = dict.fromkeys(S.GRAPH_NAMES, session_options(ort, self.threads, memory or SESSION_MEMORY))
+        # one options object for every graph's session (opened now, or on first use), one for every run
+        memory = memory or SESSION_MEMORY
+        self._options = dict.fromkeys(S.GRAPH_NAMES, session_options(ort, self.threads, memory))
+        self._run_options = run_options(ort, memory)
         self._paths = {graph: artifacts.graph_path(graph, precision) for graph in S.GRAPH_NAMES}
         for path in self._paths.values():
             if not path.is_file():  # a lazy graph's file is missing: say so now, not mid-run
@@ -243,6 +271,7 @@ class OnnxRuntimeBackend(Backend):
         check_session_io(session, self.specs[graph], path, self.specs)
         self._outputs[graph] = [o.name for o in session.get_outputs()]
         self.sessions[graph] = session
+        trim_heap()  # what loading left free in the heap (full size: about 114 MiB)
         return session
 
     def session(self, graph: str) -> Any:
@@ -261,7 +290,7 @@ class OnnxRuntimeBackend(Backend):
         # (session.io_binding() bound to device pointers); numpy for now.
         session = self.session(graph)
         names = self._outputs[graph]
-        values = session.run(names, dict(feeds))
+        values = session.run(names, dict(feeds), self._run_options)
         return dict(zip(names, values))
 
     def close(self) -> None:

@@ -1,0 +1,175 @@
+"""What the CPU backends do to keep the process's resident set low, on tiny
+graphs: the mapped weight pages given back (:mod:`segvol_rt.backends.resident`),
+ONNX Runtime's arena shrunk after each run, OpenVINO's decoder memory released
+after each run - each without changing a bit of what the graphs compute. The
+full-size peak RSS is held by tests/backends/test_openvino.py (slow)."""
+
+from __future__ import annotations
+
+import mmap
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segvol_rt.backends import resident as M
+from segvol_rt.io import spec as S
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps and madvise are Linux's")
+
+SMAPS = """\
+7f0000000000-7f0000004000 r--p 00000000 08:01 42                         /models/a.onnx
+Size:                 16 kB
+Rss:                  16 kB
+Anonymous:             0 kB
+VmFlags: rd mr mw me
+7f0000004000-7f0000008000 rw-p 00000000 08:01 42                         /models/a.onnx
+Anonymous:             0 kB
+7f0000008000-7f000000c000 r--p 00000000 08:01 43                         /models/b.onnx
+Anonymous:             4 kB
+7f000000c000-7f0000010000 rw-p 00000000 00:00 0
+Anonymous:            16 kB
+7f0000010000-7f0000014000 r--p 00000000 08:01 44                         /models/other.bin
+Anonymous:             0 kB
+"""
+
+
+def test_only_read_only_mappings_without_private_pages_of_the_named_files_are_dropped(monkeypatch):
+    maps = M.file_mappings(SMAPS)
+    assert [(m.path, m.perms, m.anonymous_kib) for m in maps] == [
+        ("/models/a.onnx", "r--p", 0), ("/models/a.onnx", "rw-p", 0), ("/models/b.onnx", "r--p", 4),
+        ("/models/other.bin", "r--p", 0)]
+    monkeypatch.setattr(M.Path, "resolve", lambda self: self)  # the paths above exist nowhere
+    chosen = M.droppable(maps, [Path("/models/a.onnx"), Path("/models/b.onnx")])
+    assert [(m.start, m.end) for m in chosen] == [(0x7F0000000000, 0x7F0000004000)]  # writable, copy-on-write: kept
+
+
+def _resident_kib(path: Path) -> int:
+    text = Path("/proc/self/smaps").read_text()
+    total, inside = 0, False
+    for line in text.splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            inside = len(head) == 6 and head[5] == str(path.resolve())
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@linux_only
+def test_dropped_pages_leave_the_resident_set_and_read_back_the_same(tmp_path):
+    data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
+    path = tmp_path / "weights.bin"
+    data.tofile(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as view:
+        mapped = np.frombuffer(view, np.uint8)
+        assert int(mapped.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # every page touched
+        before = _resident_kib(path)
+        assert M.drop_mapped_pages([path]) >= data.nbytes
+        assert _resident_kib(path) < before // 4
+        np.testing.assert_array_equal(mapped, data)  # read back from the file
+        del mapped
+
+
+def test_nothing_named_nothing_dropped():
+    assert M.drop_mapped_pages([]) == 0
+
+
+# -- ONNX Runtime: the arena shrunk at the end of each run ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    pytest.importorskip("torch")  # the tiny artifacts are exported from a torch model
+    from tests.support.tiny_artifacts import tiny_artifacts
+
+    return tiny_artifacts(tmp_path_factory.getbasetemp() / "tiny_artifacts")[0]
+
+
+def test_onnxruntime_shrinks_its_cpu_arena_after_every_run_by_default():
+    ort = pytest.importorskip("onnxruntime")
+    from segvol_rt.backends import onnxruntime as B
+
+    options = B.run_options(ort)
+    assert options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    assert B.run_options(ort, B.SessionMemory()) is None  # ONNX Runtime's own defaults (the CUDA sessions')
+    assert B.run_options(ort, B.SessionMemory(arena=False, shrink_arena=True)) is None  # no arena to shrink
+
+
+def test_onnxruntime_shrinking_changes_no_bit(tiny):
+    pytest.importorskip("onnxruntime")
+    from segvol_rt.backends.onnxruntime import SESSION_MEMORY, OnnxRuntimeBackend
+    from segvol_rt.io.artifacts import Artifacts
+
+    artifacts = Artifacts.load(tiny)
+    shrinking = OnnxRuntimeBackend(artifacts, threads=1)
+    keeping = OnnxRuntimeBackend(artifacts, threads=1, memory=SESSION_MEMORY.__class__(mem_pattern=False))
+    assert shrinking._run_options is not None and keeping._run_options is None
+    D, H, W = artifacts.config.spatial_size
+    image = np.random.default_rng(0).random((1, 1, D, H, W), dtype=np.float32)
+    for _ in range(2):  # the second run allocates again what the first gave back
+        np.testing.assert_array_equal(shrinking.encode_image(image), keeping.encode_image(image))
+
+
+# -- OpenVINO: the mapped weights given back, the decoder's memory released --------------------------
+
+
+def _decoder_feeds(backend, n=1):
+    spec = backend.specs[S.PROMPT_DECODER]
+    emb_shape = [n if a == "B" else s for a, s in zip(spec.inputs[0].axes, spec.inputs[0].shape)]
+    rng = np.random.default_rng(1)
+    return (rng.random(emb_shape, dtype=np.float32), rng.random((n, 3, 3), dtype=np.float32),
+            np.zeros((n, 3), np.int32), rng.random((n, emb_shape[1]), dtype=np.float32))
+
+
+def test_openvino_gives_back_the_mapped_weights_and_computes_the_same(tiny, monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    from segvol_rt.backends import openvino as OV
+    from segvol_rt.io.artifacts import Artifacts
+
+    dropped: list[list[Path]] = []
+    real = OV.drop_mapped_pages
+    monkeypatch.setattr(OV, "drop_mapped_pages", lambda files: dropped.append(list(files)) or real(files))
+    artifacts = Artifacts.load(tiny)
+    backend = OV.OpenVinoBackend(artifacts, cache_dir=tmp_path / "ov")
+    assert [d[0] for d in dropped] == [artifacts.graph_path(g) for g in S.GRAPH_NAMES if g not in OV.LAZY_GRAPHS]
+    monkeypatch.setattr(OV, "drop_mapped_pages", lambda files: 0)  # the same backend, nothing given back
+    kept = OV.OpenVinoBackend(artifacts, cache_dir=tmp_path / "ov")
+    feeds = _decoder_feeds(backend)
+    np.testing.assert_array_equal(backend.decode(*feeds), kept.decode(*feeds))
+
+
+def test_openvino_releases_the_decoder_memory_after_each_run_and_a_busy_model_is_left_alone(tiny, tmp_path):
+    pytest.importorskip("openvino")
+    from segvol_rt.backends import openvino as OV
+    from segvol_rt.io.artifacts import Artifacts
+
+    assert S.PROMPT_DECODER in OV.RELEASE_AFTER_RUN and S.IMAGE_ENCODER not in OV.RELEASE_AFTER_RUN
+    backend = OV.OpenVinoBackend(Artifacts.load(tiny), cache_dir=tmp_path / "ov")
+    calls: list[str] = []
+
+    class Busy:
+        def release_memory(self):
+            calls.append("busy")
+            raise RuntimeError("Attempt to call release_memory() on a compiled model in a busy state")
+
+    feeds = _decoder_feeds(backend, 2)
+    first = backend.decode(*feeds)
+    np.testing.assert_array_equal(backend.decode(*feeds), first)  # after a release, the same
+    real = backend.compiled[S.PROMPT_DECODER]
+    backend._release = lambda graph, real=backend._release: (  # type: ignore[method-assign]
+        calls.append(graph), real(graph))
+    backend.decode(*feeds)
+    assert calls == [S.PROMPT_DECODER]
+    backend.compiled[S.PROMPT_DECODER] = Busy()
+    OV.OpenVinoBackend._release(backend, S.PROMPT_DECODER)  # another thread's run holds it: no error
+    backend.compiled[S.PROMPT_DECODER] = real
+    outs = []
+    threads = [threading.Thread(target=lambda: outs.append(backend.decode(*feeds))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outs) == 3 and all(np.array_equal(o, first) for o in outs)
