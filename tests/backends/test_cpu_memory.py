@@ -184,3 +184,17 @@ def test_openvino_releases_memory_after_each_run_and_a_busy_model_is_left_alone(
     for t in threads:
         t.join()
     assert len(outs) == 3 and all(np.array_equal(o, first) for o in outs)
+
+
+def test_openvino_first_compile_is_replaced_by_its_mapped_blob(tiny, tmp_path):
+    """A cold cache: the compile writes its blob, and the backend keeps the model loaded
+    from that blob (mapped weights it can give back), computing the same."""
+    pytest.importorskip("openvino")
+    from segvol_rt.backends import openvino as OV
+    from segvol_rt.io.artifacts import Artifacts
+
+    cold = OV.OpenVinoBackend(Artifacts.load(tiny), cache_dir=tmp_path / "ov")
+    assert all(c.get_property("LOADED_FROM_CACHE") for c in cold.compiled.values())
+    warm = OV.OpenVinoBackend(Artifacts.load(tiny), cache_dir=tmp_path / "ov")
+    feeds = _decoder_feeds(cold)
+    np.testing.assert_array_equal(cold.decode(*feeds), warm.decode(*feeds))

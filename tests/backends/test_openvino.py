@@ -270,14 +270,19 @@ def test_serve_accepts_openvino_bf16(tiny):
 
 # -- memory on a real-shaped case (full size) ----------------------------------------------
 # Peak RSS of a whole `segvol-rt infer` at full size (random weights) on ../shared/data's CT
-# resampled to 1.5 mm (244x202x60), --text aorta. Measured on a shared 2-core AMD EPYC:
-# ONNX Runtime fp32 1358 MiB, OpenVINO fp32 1396 MiB, OpenVINO bf16 1275 MiB (decoder at
-# batch 1; ONNX Runtime at batch 8: 1344 MiB on this case, 2.6 GB on a Xeon's 120x126x164 CT).
-PEAK_RSS_BOUND_MIB = 1700
+# resampled to 1.5 mm (244x202x60), --text aorta. Measured on a shared 2-core AMD EPYC
+# (benchmarks/results/2026-12-05-cpu-tier-infer-ct-rss-epyc-shared.md): ONNX Runtime fp32
+# 1071 MiB, OpenVINO fp32 996 MiB, OpenVINO bf16 792 MiB, the official-style torch flow
+# 1525 MiB (before the memory work: 1358, 1396, 1275 against 1575). Each bound is the
+# measured peak and about 7% for run-to-run spread: a regression of one of the measured
+# savings (the shared ORT arena 48 MiB, OpenVINO's mapped weights about 290 MiB, the
+# released decoder memory about 100 MiB) crosses it.
+PEAK_RSS_BOUND_MIB = {("onnxruntime", "fp32"): 1150, ("openvino", "fp32"): 1070, ("openvino", "bf16"): 850}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend, precision", [("onnxruntime", "fp32"), ("openvino", "fp32")])
+@pytest.mark.parametrize("backend, precision", [("onnxruntime", "fp32"), ("openvino", "fp32"),
+                                                pytest.param("openvino", "bf16", marks=needs_bf16)])
 def test_full_size_infer_peak_rss_on_a_real_ct(tmp_path, real_ct, backend, precision):
     import os
     import shutil
@@ -304,4 +309,4 @@ def test_full_size_infer_peak_rss_on_a_real_ct(tmp_path, real_ct, backend, preci
     assert os.waitstatus_to_exitcode(status) == 0, err.decode(errors="replace")[-2000:]
     peak = usage.ru_maxrss / 1024
     print(f"{backend} {precision}: peak RSS {peak:.0f} MiB")
-    assert peak <= PEAK_RSS_BOUND_MIB
+    assert peak <= PEAK_RSS_BOUND_MIB[backend, precision]
