@@ -45,3 +45,11 @@ def test_a_result_travels_back_whole() -> None:
     assert (back.roi, back.n_windows, back.zoom_in_applied, back.no_foreground, back.timings, back.prompt) == (
         seg.roi, 2, True, False, {"encode": 0.5}, "text='liver'")
     assert W.from_json_bytes(info, "info")["ran"] == [1.0, 2.0]
+
+
+def test_typed_points_travel_as_rows() -> None:
+    """A :class:`segvol_rt.types.Points` (as the local API takes it) is sent as (i, j, k, label) rows."""
+    from segvol_rt.types import Points
+
+    raw = W.encode_request("liver", None, Points(np.array([[1, 2, 3], [4, 5, 6]]), np.array([1, 0])), {})
+    assert W.decode_request(raw)["points"] == [[1, 2, 3, 1], [4, 5, 6, 0]]

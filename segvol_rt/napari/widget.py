@@ -258,7 +258,8 @@ class SegVolWidget(QWidget):
                                                    face_color=POSITIVE_COLOUR, size=4, **kw)
         self._point_sign_changed(self.negative_box.isChecked())
         self.viewer.dims.order = AXIAL_ORDER
-        self.viewer.camera.orientation2d = RADIOLOGICAL
+        scene = getattr(self.viewer, "scene", None)  # napari 0.9 moved the camera into the scene
+        (scene.camera if scene is not None else self.viewer.camera).orientation2d = RADIOLOGICAL
         self.viewer.reset_view()
         completer = QCompleter(names, self)
         completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
