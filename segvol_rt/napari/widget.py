@@ -257,6 +257,7 @@ class SegVolWidget(QWidget):
         self.points_layer = self.viewer.add_points(ndim=3, name=POINTS_LAYER, features={"positive": np.zeros(0, bool)},
                                                    face_color=POSITIVE_COLOUR, size=4, **kw)
         self._point_sign_changed(self.negative_box.isChecked())
+        self.points_layer.mode = "add"  # clicks on the canvas add points
         self.viewer.dims.order = AXIAL_ORDER
         scene = getattr(self.viewer, "scene", None)  # napari 0.9 moved the camera into the scene
         (scene.camera if scene is not None else self.viewer.camera).orientation2d = RADIOLOGICAL
@@ -317,8 +318,11 @@ class SegVolWidget(QWidget):
 
         colours = DirectLabelColormap(color_dict=NP.label_rgba(segment_code(name).rgb))
         kw = self.transform.kwargs() if self.transform is not None else {}
+        active = self.viewer.layers.selection.active
         self.layers[name] = self.viewer.add_labels(np.asarray(mask), name=name, colormap=colours,
                                                    opacity=RESULT_OPACITY, **kw)
+        if active is not None and active in (self.points_layer, self.box_layer):
+            self.viewer.layers.selection.active = active  # the user goes on prompting where they were
 
     def undo(self) -> None:
         """The Undo button: the selected result layer's target (else the last one) goes back one result."""

@@ -100,12 +100,17 @@ def test_a_dicom_series_saves_a_seg(phantom, tmp_path):
     session = Session()
     scan = session.open(tmp_path / "series", CHOICE)
     assert scan.shape == ph.image.shape
-    session.segment("liver", Request(text="liver"))
+    seg = session.segment("liver", Request(text="liver"))
     files = session.save(tmp_path / "liver.dcm")
     assert [f.name for f in files] == ["liver.dcm"]
     pydicom = pytest.importorskip("pydicom")
     ds = pydicom.dcmread(files[0])
     assert ds.Modality == "SEG" and ds.SegmentSequence[0].SegmentLabel == "liver"
+    # what 3D Slicer's QuantitativeReporting runs on a SEG: dcmqi reads our mask back at its world points
+    from tests.support.dicom_tools import dcmqi_segments, world_set
+
+    decoded = dcmqi_segments(files[0], tmp_path / "dcmqi")
+    assert decoded == {"liver": world_set(np.argwhere(seg.mask), scan.affine)}
     session.close()
 
 

@@ -71,9 +71,17 @@ def test_liver_from_a_text_and_a_point_equals_the_runtime(make_napari_viewer, qt
     ph, path = phantom
     viewer = make_napari_viewer(show=True)
     widget = _widget(viewer)
-    assert _job(qtbot, widget, lambda: widget.open_scan(path)) == "open", widget.last_error
+    with qtbot.waitSignal(widget.finished, timeout=JOB_TIMEOUT_MS) as blocker:
+        widget.open_scan(path)
+        # off the UI thread: the call returned at once, the busy bar runs, the buttons wait
+        assert widget.busy and widget.progress.maximum() == 0 and not widget.segment_button.isEnabled()
+    assert blocker.args == ["open"], widget.last_error
+    assert widget.segment_button.isEnabled() and widget.progress.maximum() == 1
     image = widget.image_layer
-    np.testing.assert_allclose(image.data_to_world(np.array([5.0, 7.0, 3.0])), (ph.affine @ [5, 7, 3, 1])[:3], atol=1e-9)
+    x = np.array([5.0, 7.0, 3.0])
+    np.testing.assert_allclose(image.data_to_world(x), (ph.affine @ [*x, 1])[:3], atol=1e-9)  # world mm = the file's
+    for layer in (widget.points_layer, widget.box_layer):  # prompt layers share the image's voxel grid
+        np.testing.assert_allclose(layer.data_to_world(x), image.data_to_world(x), atol=1e-9)
     assert widget.target_edit.completer().model().rowCount() > 10  # names of the text table
     qtbot.keyClicks(widget.target_edit, "liver")
     c = _centre(ph, "liver")
@@ -126,6 +134,23 @@ def _screenshot(viewer: Any, name: str, rgb: np.ndarray) -> None:
     # the label is blended at RESULT_OPACITY over grey CT: its hue shows as red > green > blue
     tinted = (pixels[:, 0] - pixels[:, 2] > 0.15) & (pixels[:, 0] > pixels[:, 1])
     assert tinted.sum() > 500, f"no {rgb} overlay on the canvas ({ARTIFACTS / name})"
+
+
+def test_a_box_from_a_rectangle_and_a_slice_range(make_napari_viewer, qtbot, phantom, reference):
+    ph, path = phantom
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    assert _job(qtbot, widget, lambda: widget.open_scan(path)) == "open", widget.last_error
+    idx = np.argwhere(ph.mask("spleen"))
+    (i0, j0, k0), (i1, j1, k1) = idx.min(0), idx.max(0)
+    k = (k0 + k1) // 2  # drawn on an axial slice, across it the slice range
+    corners = np.array([[i0, j0, k], [i0, j1, k], [i1, j1, k], [i1, j0, k]], dtype=float)
+    widget.box_layer.add_rectangles(corners)
+    widget.first_slice.setValue(int(k0))
+    widget.last_slice.setValue(int(k1))
+    _segment(qtbot, widget)
+    box = tuple(int(v) for v in (i0, j0, k0, i1, j1, k1))
+    np.testing.assert_array_equal(viewer.layers["box"].data, reference.segment(box=box).mask)
 
 
 def test_errors_are_one_line_notifications(make_napari_viewer, qtbot, phantom, tmp_path):
