@@ -14,10 +14,11 @@ mask, **Undo** brings the previous one back, a new target adds a layer.
 **Save** writes the masks with the CLI's writers (NIfTI and sidecar, or a
 DICOM SEG for a DICOM scan).
 
-A job never raises into napari: its outcome is a value or our one-line
-message (:func:`guarded`), shown in napari's notifications - never a
-traceback dialog. An unexpected exception (a bug) is logged with its
-traceback and shown on one line too.
+Nothing the widget runs raises into napari - a job in the worker, its
+hand-back on the UI thread, reading the prompts, undo: each outcome is a
+value or our one-line message (:func:`guarded`), shown in napari's
+notifications, never a traceback dialog. An unexpected exception (a bug)
+is logged with its traceback and shown on one line too.
 """
 
 from __future__ import annotations
@@ -193,17 +194,13 @@ class SegVolWidget(QWidget):
 
     def _done(self, kind: str, outcome: Outcome, apply: Callable[[Outcome], None]) -> None:
         self._set_busy(False, "")
+        self._emit(kind, outcome if outcome.error is not None else guarded(apply, outcome))
+
+    def _emit(self, kind: str, outcome: Outcome) -> None:
+        """Show a failed ``outcome`` (one line), then emit ``finished`` (``kind``, or ``error``)."""
         if outcome.error is not None:
             self._fail(outcome.error)
-            self.finished.emit("error")
-            return
-        try:
-            apply(outcome)
-        except SegVolError as exc:
-            self._fail(str(exc))
-            self.finished.emit("error")
-            return
-        self.finished.emit(kind)
+        self.finished.emit(kind if outcome.error is None else "error")
 
     def _set_busy(self, busy: bool, description: str) -> None:
         self.busy = busy
@@ -291,12 +288,11 @@ class SegVolWidget(QWidget):
     def segment(self) -> None:
         """The Segment button: segment the current prompts (a job)."""
         click = time.perf_counter()
-        try:
-            name, request = self.current_request()
-        except SegVolError as exc:
-            self._fail(str(exc))
-            self.finished.emit("error")
+        asked = guarded(self.current_request)
+        if asked.error is not None:
+            self._emit("segment", asked)
             return
+        name, request = asked.value
 
         def shown(outcome: Outcome) -> None:
             self.show_result(name, outcome.value.mask)
@@ -326,23 +322,20 @@ class SegVolWidget(QWidget):
 
     def undo(self) -> None:
         """The Undo button: the selected result layer's target (else the last one) goes back one result."""
+        self._emit("undo", guarded(self._undo_once))
+
+    def _undo_once(self) -> None:
         active = self.viewer.layers.selection.active
         name = next((n for n, layer in self.layers.items() if layer is active), self.last_target)
         if name is None:
-            self._fail("nothing to undo")
-            return
-        try:
-            previous = self.session.undo(name)
-        except SegVolError as exc:
-            self._fail(str(exc))
-            return
+            raise SegVolError("nothing to undo")
+        previous = self.session.undo(name)
         if previous is not None:
             self.show_result(name, previous.mask)
-        else:
-            layer = self.layers.pop(name, None)
-            if layer is not None and layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self.finished.emit("undo")
+            return
+        layer = self.layers.pop(name, None)
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
 
     # -- save ---------------------------------------------------------------------------------
     def _ask_save(self) -> None:

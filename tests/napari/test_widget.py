@@ -203,3 +203,19 @@ def test_the_same_through_a_local_server(make_napari_viewer, qtbot, phantom, ref
         widget.session.close()
     finally:
         server.stop()
+
+
+def test_a_bug_in_the_hand_back_is_one_line_too(make_napari_viewer, qtbot, monkeypatch):
+    """An unexpected exception (not a SegVolError) on the UI thread is one line, its traceback only logged."""
+    from segvol_rt.napari import widget as W
+
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+
+    def broken() -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(widget, "current_request", broken)
+    assert _job(qtbot, widget, widget.segment) == "error"
+    assert widget.last_error == "internal error: KeyError: 'a bug'"
+    assert W.guarded(int, "x").error == "internal error: ValueError: invalid literal for int() with base 10: 'x'"
