@@ -86,6 +86,11 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Outcome:
     return Outcome(value, seconds=time.perf_counter() - start)
 
 
+def _scan_name(path: Path | None) -> str:
+    """The image layer's name: the file's or folder's name (a DICOMweb URL's last part)."""
+    return (path.name if path is not None else "") or "scan"
+
+
 def _row(*widgets: QWidget) -> QHBoxLayout:
     line = QHBoxLayout()
     for widget in widgets:
@@ -247,7 +252,7 @@ class SegVolWidget(QWidget):
         self.layers = {}
         self.transform = NP.layer_transform(scan.affine)
         kw = self.transform.kwargs()
-        self.image_layer = self.viewer.add_image(scan.data, name=scan.source.split("/")[-1] or "scan", colormap="gray",
+        self.image_layer = self.viewer.add_image(scan.data, name=_scan_name(self.session.path), colormap="gray",
                                                  contrast_limits=CT_WINDOW, **kw)
         self.box_layer = self.viewer.add_shapes(ndim=3, name=BOX_LAYER, edge_color="yellow", face_color="transparent",
                                                 edge_width=1, **kw)
