@@ -39,7 +39,7 @@ the same code on numpy arrays.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,7 @@ from segvol_rt.types import FLAGS, BoxPrompt, PointsPrompt, Request, Segmentatio
 if TYPE_CHECKING:  # runtime types only: importing segvol_rt stays light
     from segvol_rt.backends.base import Backend
     from segvol_rt.io.artifacts import Artifacts
+    from segvol_rt.pipeline.cases import CaseResult
     from segvol_rt.pipeline.geometry import Geometry
 
 # Default bound of the phrase cache: a full-size text embedding is 768 float32
@@ -127,10 +128,11 @@ class SegVolRuntime:
         ``backend``: auto, tensorrt, onnxruntime or torch; ``device``: auto, cpu
         or cuda; ``checkpoint``: the torch backend's checkpoint file;
         ``cache_bytes`` / ``text_cache_bytes``: the cache bounds (see the class doc);
-        ``threads``: CPU threads of ONNX Runtime on the CPU and of torch (None: all cores);
-        ``precision``: ``"fp32"`` or ``"fp16"``, the graph variant to run (None: fp32 on
-        ONNX Runtime and torch, the built engines' on TensorRT; fp16 needs artifacts
-        from ``segvol-rt export --precision fp16``)."""
+        ``threads``: CPU threads of the CPU backends (None: all cores);
+        ``precision``: what the backend computes in: ``"fp32"`` or ``"fp16"`` (the graph
+        variant; fp16 needs artifacts from ``segvol-rt export --precision fp16``), or
+        ``"bf16"`` (OpenVINO's inference precision, where the CPU offers it); None: fp32
+        on ONNX Runtime, OpenVINO and torch, the built engines' on TensorRT."""
         from segvol_rt.backends.select import BACKENDS, DEVICES, open_backend
         from segvol_rt.io.artifacts import PRECISIONS, Artifacts
 
@@ -165,22 +167,28 @@ class SegVolRuntime:
         return self.backend.xp
 
     @property
+    def voxel_orientation(self) -> str | None:
+        """The axis codes of the voxel order the model declares (artifacts manifest), or None."""
+        return getattr(self.artifacts, "voxel_orientation", None)
+
+    @property
     def provenance(self) -> dict[str, Any]:
         """What produces this runtime's masks: segvol-rt version, the checkpoint's
-        sha256 (from the artifacts manifest), backend, device, precision (the
-        backend's, else fp32: ONNX Runtime and torch run float32) and CPU threads."""
+        sha256 (from the artifacts manifest), backend, device, precision (what the
+        backend computes in, as it declares it: the graph variant on ONNX Runtime
+        and TensorRT, the compiled model's inference precision on OpenVINO) and
+        CPU threads."""
         from segvol_rt._version import __version__
 
         manifest = getattr(self.artifacts, "manifest", None)  # None for artifacts that carry no manifest
         checkpoint = manifest.get("checkpoint") if isinstance(manifest, dict) else None
-        precision = getattr(self.backend, "precision", None)
         return {
             "segvol_rt_version": __version__,
             "checkpoint_sha256": checkpoint.get("sha256") if isinstance(checkpoint, dict) else None,
             "backend": self.backend.name,
             "device": self.backend.device,
-            "precision": precision if isinstance(precision, str) else "fp32",
-            "threads": getattr(self.backend, "threads", None),
+            "precision": self.backend.precision,
+            "threads": self.backend.threads,
         }
 
     def zoom_settings(self, window_prompts: str = "official") -> Z.ZoomSettings:
@@ -247,7 +255,14 @@ class SegVolRuntime:
         On a CUDA backend the scan is uploaded once (a cupy array is used as it
         is) and preprocessed on the GPU; the crop and zoom-out images stay there.
 
-        ``reorient``: None (official: no reorientation) or axis codes such as "RAS"."""
+        ``reorient``: None - the model's :attr:`voxel_orientation` when its
+        manifest declares one, else the stored voxel order (SegVol's weights,
+        as the official pipeline); axis codes such as "RAS"; or "stored" (the
+        stored order whatever the model declares). Masks and prompts stay in
+        the scan's voxel grid either way."""
+        from segvol_rt.pipeline.geometry import model_orientation
+
+        reorient = model_orientation(V.optional_text(reorient, "reorient"), self.voxel_orientation)
         self._volume = load_volume(volume, affine, reorient, series, self.xp, self.config.spatial_size, self._cache_bytes,
                                    self._stats)
 
@@ -369,6 +384,21 @@ class SegVolRuntime:
         requests = [replace(base, seed=t.seed) for t in targets]
         vol = self._require_volume()
         return self._flow().run(vol, requests, targets, StageClock()) if requests else []
+
+    def segment_cases(
+        self,
+        scans: Iterable[str | os.PathLike[str]],
+        targets: Sequence[Request | Mapping[str, Any] | str],
+        reorient: str | None = None,
+    ) -> Iterator[CaseResult]:
+        """Segment the same ``targets`` (as :meth:`segment_many` takes them; prompts in
+        each scan's voxel indices) in every scan of a cohort (NIfTI paths, DICOM
+        folders or files), one scan at a time: yields a :class:`segvol_rt.pipeline.cases.CaseResult`
+        per scan - its segmentations, or the one-line error of a scan that failed
+        (the next one still runs). Each volume is released before the next."""
+        from segvol_rt.pipeline.cases import iterate_cases
+
+        return iterate_cases(self, scans, targets, reorient)
 
     def close(self) -> None:
         self.backend.close()

@@ -33,16 +33,26 @@ Models (Triton, ``batching=False``; every tensor has shape ``[1]`` unless noted)
 Errors: a user error is a Triton error whose text ends in
 ``segvol_rt.error[CODE]: MESSAGE`` (CODE ``session`` for an unknown or
 expired session, ``version`` for a client of another wire version,
-``request`` otherwise); :func:`parse_error` reads it back. The tag's format
-is the one thing every wire version keeps, so even a mismatched client reads it.
+``request`` otherwise); an error of the server itself is
+``segvol_rt.error[internal]: ...`` naming an id that its log carries with the
+details (no traceback crosses the wire); :func:`parse_error` reads them back.
+The tag's format is the one thing every wire version keeps, so even a
+mismatched client reads it.
+
+Bounds: every size computed from a peer's numbers is checked before use
+(:func:`checked_shape`: exact integers, at most :data:`MAX_WIRE_VOXELS`), and
+every zlib stream inflates through :func:`inflate_bounded` into exactly the
+bytes its header announces, never more.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -75,7 +85,7 @@ VOLUME_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "float32
 _SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 
 ERROR_TAG = "segvol_rt.error"
-ERROR_CODES = ("session", "request", "version")
+ERROR_CODES = ("session", "request", "version", "internal")
 
 # Request fields a served segment takes (the prompts, then the options); the
 # others (probabilities, logits, device arrays) would be volumes of floats on the wire.
@@ -83,12 +93,72 @@ SERVED_FIELDS = ("text", "box", "points", "zoom_in", "seed", "window_prompts")
 SERVED_OPTIONS = SERVED_FIELDS[3:]
 _ERROR_LINE = re.compile(rf"{re.escape(ERROR_TAG)}\[(\w+)\]: ([^\n]*)")  # Triton appends lines of its own
 
+# The largest volume the wire describes (1 Ti voxels, far beyond any scan):
+# every byte count derived from a shape then fits int64 and a Py_ssize_t.
+MAX_WIRE_VOXELS = 2**40
+# An API key travels in an HTTP header: printable ASCII (no CR/LF), bounded.
+API_KEY_CHARS = (16, 1024)
+# Output bytes one inflate step may produce (memory beyond the result: one step).
+INFLATE_STEP = 4 * 2**20
+
 
 def check_session_id(value: str) -> str:
     """A session id is 32 lowercase hex digits (a uuid4 hex the client draws)."""
     if not isinstance(value, str) or not _SESSION_ID.match(value):
         raise SegVolError(f"session id must be 32 lowercase hex digits, not {str(value)[:40]!r}")
     return value
+
+
+def check_api_key(key: str, what: str = "the API key") -> str:
+    """An API key: :data:`API_KEY_CHARS` printable ASCII characters (it is sent
+    as an HTTP header; a CR or LF would end the header, a huge one is refused
+    by the HTTP stack in its own words)."""
+    lo, hi = API_KEY_CHARS
+    if not isinstance(key, str) or not lo <= len(key) <= hi or not key.isascii() or not key.isprintable():
+        raise SegVolError(f"{what} must be {lo} to {hi} printable ASCII characters")
+    return key
+
+
+def checked_shape(value: Any, what: str) -> tuple[int, int, int]:
+    """A volume shape ``(I, J, K)`` from a peer: three positive integers whose
+    exact product (Python integers: nothing wraps) is at most
+    :data:`MAX_WIRE_VOXELS`. Anything else is a SegVolError naming ``what``."""
+    if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(type(s) is int and s > 0 for s in value)):
+        raise SegVolError(f"{what} must be 3 positive integers (I, J, K)")
+    if math.prod(value) > MAX_WIRE_VOXELS:
+        raise SegVolError(f"{what} has more than {MAX_WIRE_VOXELS} voxels")
+    return (value[0], value[1], value[2])
+
+
+def inflate_bounded(chunks: Iterable[bytes], size: int, what: str) -> bytearray:
+    """The exactly ``size`` bytes that the zlib stream in ``chunks`` (its pieces,
+    in order) inflates to. Streamed into one buffer of ``size`` bytes, at most
+    :data:`INFLATE_STEP` bytes a step, so memory never exceeds the announced
+    size however the stream is made (a zip bomb stops one byte past it). A
+    stream that is not zlib, inflates to more or fewer bytes, or carries data
+    after its end is a SegVolError naming ``what``."""
+    if type(size) is not int or not 0 <= size <= sys.maxsize:
+        raise SegVolError(f"{what}: {size!r} bytes is not a size this server can hold")
+    out = bytearray(size)
+    filled, inflater = 0, zlib.decompressobj()
+    try:
+        for chunk in chunks:
+            pending = bytes(chunk)
+            while pending:
+                if inflater.eof:
+                    raise SegVolError(f"{what} carries data after the end of its zlib stream")
+                # max_length 0 would mean "unbounded": one byte past the end at least, to see an overlong stream
+                piece = inflater.decompress(pending, max(1, min(size - filled, INFLATE_STEP)))
+                if filled + len(piece) > size:
+                    raise SegVolError(f"{what} inflates to more than the {size} bytes its header announces")
+                out[filled : filled + len(piece)] = piece
+                filled += len(piece)
+                pending = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise SegVolError(f"{what} is not a valid zlib stream ({exc})") from None
+    if filled != size or not inflater.eof or inflater.unused_data:
+        raise SegVolError(f"{what} inflates to {filled} bytes, not the {size} its header announces")
+    return out
 
 
 def error_text(code: str, message: str) -> str:
@@ -142,6 +212,8 @@ def from_json_bytes(raw: bytes, what: str) -> dict[str, Any]:
         doc = json.loads(bytes(raw).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise SegVolError(f"{what} is not valid JSON ({exc.__class__.__name__})") from None
+    except RecursionError:  # the C decoder stops at the interpreter's recursion limit
+        raise SegVolError(f"{what} is nested too deeply to be a request") from None
     if not isinstance(doc, dict):
         raise SegVolError(f"{what} must be a JSON object, not {type(doc).__name__}")
     return doc
@@ -164,8 +236,13 @@ class VolumeHeader:
     order: str = "C"
 
     @property
+    def voxels(self) -> int:
+        """I*J*K, exact (a Python integer: never wraps)."""
+        return math.prod(self.shape)
+
+    @property
     def raw_bytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return self.voxels * np.dtype(self.dtype).itemsize
 
     def as_dict(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "shape": list(self.shape), "affine": [list(r) for r in self.affine],
@@ -177,9 +254,7 @@ class VolumeHeader:
         dtype = doc.get("dtype")
         if dtype not in VOLUME_DTYPES:
             raise SegVolError(f"meta.dtype must be one of {', '.join(VOLUME_DTYPES)}, not {str(dtype)[:20]!r}")
-        shape = doc.get("shape")
-        if not (isinstance(shape, list) and len(shape) == 3 and all(type(s) is int and s > 0 for s in shape)):
-            raise SegVolError("meta.shape must be 3 positive integers (I, J, K)")
+        shape = checked_shape(doc.get("shape"), "meta.shape")
         arr = V.affine(doc.get("affine"), "meta.affine")  # the runtime's own check of an affine
         size = doc.get("compressed_bytes")
         if type(size) is not int or size <= 0:
@@ -187,7 +262,7 @@ class VolumeHeader:
         order = doc.get("order", "C")
         if order not in ("C", "F"):
             raise SegVolError("meta.order must be 'C' or 'F'")
-        return cls(dtype, tuple(shape), tuple(tuple(float(v) for v in row) for row in arr), size, order)
+        return cls(dtype, shape, tuple(tuple(float(v) for v in row) for row in arr), size, order)
 
 
 def wire_volume(volume: np.ndarray) -> np.ndarray:
@@ -216,17 +291,12 @@ def compress_volume(volume: np.ndarray, level: int = 1) -> bytes:
     return isal_zlib.compress(volume.tobytes(order=memory_order(volume)), level)
 
 
-def decompress_volume(stream: bytes, header: VolumeHeader) -> np.ndarray:
-    """The ``(I, J, K)`` array of an uploaded stream; never more than the header's
-    raw size is inflated (a zip bomb stops there)."""
-    inflater = zlib.decompressobj()
-    try:
-        raw = inflater.decompress(stream, header.raw_bytes)
-        complete = inflater.eof and not inflater.unconsumed_tail and not inflater.unused_data
-    except zlib.error as exc:
-        raise SegVolError(f"the uploaded volume is not a valid zlib stream ({exc})") from None
-    if len(raw) != header.raw_bytes or not complete:
-        raise SegVolError(f"the uploaded volume does not hold {header.shape} {header.dtype} voxels")
+def decompress_volume(stream: bytes | Iterable[bytes], header: VolumeHeader) -> np.ndarray:
+    """The ``(I, J, K)`` array of an uploaded stream (bytes, or its chunks in
+    order); never more than the header's raw size is inflated (:func:`inflate_bounded`)."""
+    chunks: Iterable[bytes] = [stream] if isinstance(stream, bytes) else stream
+    what = f"the uploaded volume ({'x'.join(map(str, header.shape))} {header.dtype})"
+    raw = inflate_bounded(chunks, header.raw_bytes, what)
     return np.frombuffer(raw, dtype=header.dtype).reshape(header.shape, order=header.order)  # type: ignore[call-overload]
 
 
@@ -322,12 +392,16 @@ def encode_mask(mask: np.ndarray) -> tuple[bytes, np.ndarray]:
 
 
 def decode_mask(stream: bytes, box: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """The uint8 ``(I, J, K)`` mask of :func:`encode_mask`'s output."""
+    """The uint8 ``(I, J, K)`` mask of :func:`encode_mask`'s output (the box is
+    checked against ``shape``, the stream inflated to the box's bits at most)."""
+    shape = checked_shape(list(shape), "the mask's shape")
     lo, hi = [int(v) for v in box[:3]], [int(v) for v in box[3:]]
+    if len(lo) != 3 or len(hi) != 3 or not all(0 <= l <= h <= n for l, h, n in zip(lo, hi, shape)):
+        raise SegVolError(f"the mask's box {lo + hi} does not lie in the scan's {shape}")
     mask = np.zeros(shape, np.uint8)
-    size = int(np.prod([h - l for l, h in zip(lo, hi)]))
+    size = math.prod(h - l for l, h in zip(lo, hi))
     if size > 0:
-        bits = np.frombuffer(zlib.decompress(stream), np.uint8)
+        bits = np.frombuffer(inflate_bounded([stream], -(-size // 8), "the mask"), np.uint8)
         crop = np.unpackbits(bits, count=size).reshape([h - l for l, h in zip(lo, hi)])
         mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = crop
     return mask

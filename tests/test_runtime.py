@@ -3,6 +3,7 @@ selection (reasons and errors)."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 pytest.importorskip("torch")  # the artifacts are exported from a torch model
 
-from segvol_rt.backends import select  # noqa: E402
+from segvol_rt.backends import cuda_common, registry, select  # noqa: E402
 from segvol_rt.backends.base import Backend  # noqa: E402
 from segvol_rt.errors import MissingDependencyError, SegVolError  # noqa: E402
 from segvol_rt.io import spec as S  # noqa: E402
@@ -180,7 +181,7 @@ def test_runtime_does_not_import_torch(tiny):
 
 
 def test_auto_prefers_onnxruntime_cpu_without_gpu(tiny, monkeypatch):
-    monkeypatch.setattr(select, "gpu_problem", lambda: "no CUDA device")
+    monkeypatch.setattr(cuda_common, "gpu_problem", lambda: "no CUDA device")
     backend, reason = select.open_backend(Artifacts.load(tiny[0]))
     assert (backend.name, backend.device) == ("onnxruntime", "cpu")
     assert reason == "onnxruntime on CPU (fp32): no CUDA device"
@@ -188,8 +189,9 @@ def test_auto_prefers_onnxruntime_cpu_without_gpu(tiny, monkeypatch):
 
 def test_auto_says_why_not_tensorrt(tiny, monkeypatch):
     """With a GPU but no engines, TensorRT is skipped with its reason."""
-    monkeypatch.setattr(select, "gpu_problem", lambda: None)
-    monkeypatch.setattr(select, "_open_onnxruntime", _fail_on_cuda(select._open_onnxruntime))
+    monkeypatch.setattr(cuda_common, "gpu_problem", lambda: None)
+    ort = registry.entry("onnxruntime")
+    monkeypatch.setitem(registry.REGISTRY, "onnxruntime", dataclasses.replace(ort, open=_fail_on_cuda(ort.open)))
     backend, reason = select.open_backend(Artifacts.load(tiny[0]))
     assert backend.name == "onnxruntime" and backend.device == "cpu"
     assert "no TensorRT engines" in reason and "onnxruntime (cuda)" in reason
@@ -208,8 +210,9 @@ def test_auto_falls_back_to_torch(tiny, monkeypatch):
     def broken(*_a, **_k):
         raise SegVolError("onnxruntime is broken (test)")
 
-    monkeypatch.setattr(select, "gpu_problem", lambda: "no CUDA device")
-    monkeypatch.setitem(select._OPENERS, "onnxruntime", broken)
+    monkeypatch.setattr(cuda_common, "gpu_problem", lambda: "no CUDA device")
+    ort = registry.entry("onnxruntime")
+    monkeypatch.setitem(registry.REGISTRY, "onnxruntime", dataclasses.replace(ort, open=broken))
     backend, reason = select.open_backend(Artifacts.load(tiny[0]), checkpoint=tiny[1])
     assert backend.name == "torch" and "onnxruntime is broken" in reason
 
@@ -294,6 +297,6 @@ def test_cpu_backends_encode_one_window_per_call(tiny, scan):
     rt, counting = counting_runtime(tiny, scan)
     ort = counting.inner
     assert ort.preferred_batch(S.IMAGE_ENCODER) == 1
-    assert ort.preferred_batch(S.PROMPT_DECODER) == ort.specs[S.PROMPT_DECODER].ranges["B"][2]
+    assert ort.preferred_batch(S.PROMPT_DECODER) == 1  # measured: onnxruntime.CPU_BATCHES
     rt.segment(text="liver")
     assert counting.calls[S.IMAGE_ENCODER] == counting.images == 1 + 6

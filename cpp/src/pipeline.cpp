@@ -296,7 +296,7 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
     decoder_ = open("prompt_decoder");
     // preferred batches as the Python backend's (segvol_rt.backends.base.preferred_batch)
     enc_batch_ = cuda ? art_.graphs["image_encoder"].batch[2] : std::max(1, art_.graphs["image_encoder"].batch[0]);
-    dec_batch_ = art_.graphs["prompt_decoder"].batch[2];
+    dec_batch_ = cuda ? art_.graphs["prompt_decoder"].batch[2] : std::max(1, art_.graphs["prompt_decoder"].batch[0]);
     text_batch_ = art_.graphs["text_encoder"].batch[2];
     max_points_ = art_.graphs["prompt_decoder"].tokens[2] - 4;
     std::vector<std::string> names;

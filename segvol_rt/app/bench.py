@@ -98,32 +98,21 @@ def capped_backend(backend: Any, max_windows: int) -> Any:
     """A view of ``backend`` whose image encoder takes at most ``max_windows``
     windows per call: the runtime reads its batch limit from the specs, so
     this times the pipeline with smaller encoder batches on the same sessions."""
-    from segvol_rt.backends.base import Backend
+    from segvol_rt.backends.wrap import DelegatingBackend
 
-    class Capped(Backend):
-        name = backend.name
-        device = backend.device
+    specs = dict(backend.specs)
+    enc = specs[S.IMAGE_ENCODER]
+    lo, _, hi = enc.ranges["B"]
+    cap = max(lo, min(hi, int(max_windows)))
+    specs[S.IMAGE_ENCODER] = dataclasses.replace(enc, ranges={**enc.ranges, "B": (lo, cap, cap)})
 
-        def __init__(self) -> None:
-            specs = dict(backend.specs)
-            enc = specs[S.IMAGE_ENCODER]
-            lo, _, hi = enc.ranges["B"]
-            cap = max(lo, min(hi, int(max_windows)))
-            specs[S.IMAGE_ENCODER] = dataclasses.replace(enc, ranges={**enc.ranges, "B": (lo, cap, cap)})
-            super().__init__(specs)
-            self.window_batch = cap
-
-        @property
-        def xp(self) -> Any:
-            return backend.xp
-
-        def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
-            return backend._run(graph, feeds)
-
+    class Capped(DelegatingBackend):
         def describe(self) -> str:
             return f"{backend.describe()}, at most {max_windows} window(s) per encoder call"
 
-    return Capped()
+    capped = Capped(backend, specs)
+    capped.window_batch = cap
+    return capped
 
 
 def quick_bench(

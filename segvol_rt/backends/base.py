@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from segvol_rt.io import spec as S
@@ -24,15 +25,25 @@ class Backend(ABC):
         device: ``"cpu"`` or ``"cuda"``.
         xp: the array module of inputs and outputs (numpy or cupy).
         specs: graph name -> :class:`segvol_rt.io.spec.GraphSpec`.
-        precision: ``"fp32"`` or ``"fp16"``, the graph variant (or engines) it runs.
+        precision: what it computes in: ``"fp32"``, ``"fp16"`` (a graph variant or
+            engines) or ``"bf16"`` (OpenVINO's inference precision on the fp32 graphs).
+        threads: CPU threads it runs on (None: not a CPU backend, or not settable).
+        concurrent: whether :meth:`run` may be called from several threads at once;
+            the server wraps a backend that may not in
+            :class:`segvol_rt.backends.wrap.SerialBackend`.
     """
 
     name: str = "?"
     device: str = "cpu"
     precision: str = "fp32"
+    threads: int | None = None
+    concurrent: bool = False
     # Windows per image-encoder call; None: one on the CPU, the spec's max on a
     # GPU (see :meth:`preferred_batch`).
     window_batch: int | None = None
+    # Rows per call of the other graphs on the CPU, measured per backend (see
+    # :meth:`preferred_batch`); a graph not named here runs at the spec's max.
+    cpu_batches: Mapping[str, int] = MappingProxyType({})
 
     def __init__(self, specs: Mapping[str, S.GraphSpec]):
         self.specs = dict(specs)
@@ -55,10 +66,14 @@ class Backend(ABC):
         large, so batching gains no arithmetic efficiency, while the attention
         scores of a batch (12 x 2048 x 2048 floats per window at full size)
         overflow the caches (full size, 2 CPU cores, ONNX Runtime: 3.16 s per
-        window at batch 8, 2.93 s at batch 1)."""
+        window at batch 8, 2.93 s at batch 1). The other graphs run at the
+        spec's max, but on the CPU at :attr:`cpu_batches`' batch where the
+        backend declares one (the prompt decoder: see
+        :data:`segvol_rt.backends.onnxruntime.CPU_BATCHES`)."""
         lo, _, hi = (int(v) for v in self.specs[graph].ranges["B"])
         if graph != S.IMAGE_ENCODER:
-            return hi
+            want = self.cpu_batches.get(graph) if self.device == "cpu" else None
+            return hi if want is None else max(lo, min(hi, int(want)))
         if self.window_batch is not None:
             return max(lo, min(hi, int(self.window_batch)))
         return max(lo, 1) if self.device == "cpu" else hi

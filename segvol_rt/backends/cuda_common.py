@@ -139,3 +139,12 @@ def ordered_on(cp: Any, stream: Any) -> Iterator[Any]:
             yield stream
     finally:
         caller.wait_event(stream.record())
+
+
+def gpu_problem() -> str | None:
+    """Why there is no usable CUDA GPU here, or None when there is one."""
+    try:
+        query_gpu(0)
+    except SegVolError:
+        return "no CUDA device"
+    return None

@@ -68,6 +68,15 @@ def cuda_problem(ort: Any | None = None) -> str | None:
 # Graphs whose session opens on first use rather than with the backend.
 LAZY_GRAPHS = frozenset({S.TEXT_ENCODER})
 
+# Rows per call on the CPU (Backend.cpu_batches), measured (benchmarks/cpu_batch.py):
+# the prompt decoder at batch 1. Full size, random weights, --text aorta: on a Xeon
+# with a real 120x126x164 CT, peak RSS 2.6 GB at batch 8 against 1.48 GB at batch 1
+# (ONNX Runtime's arena keeps what batch 8 needed), decode 7.6 s -> 3.9 s, the same
+# mask; on a shared 2-core EPYC with ../shared/data's CT at 1.5 mm, 1344 -> 1318 MiB,
+# the same mask, decode time within noise. The C++ SDK's policy is the same
+# (cpp/src/pipeline.cpp, dec_batch_).
+CPU_BATCHES = {S.PROMPT_DECODER: 1}
+
 # ONNX Runtime element types (NodeArg.type) -> numpy dtype names of the specs.
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -188,6 +197,7 @@ class OnnxRuntimeBackend(Backend):
     """
 
     name = "onnxruntime"
+    cpu_batches = CPU_BATCHES
 
     def __init__(
         self, artifacts: Artifacts, device: str = "cpu", threads: int | None = None, memory: SessionMemory | None = None,
@@ -204,6 +214,9 @@ class OnnxRuntimeBackend(Backend):
             if problem:
                 raise SegVolError(f"onnxruntime on CUDA is not available: {problem}")
         self.device = device
+        # InferenceSession.run is thread-safe and this backend keeps no state between
+        # runs (the lazy text encoder opens under a lock); through the host on CUDA it is not shared
+        self.concurrent = device == "cpu"
         self.threads = threads or cpu_cores()
         self._providers: list[Any] = [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
         # one options object for every graph's session (opened now, or on first use)

@@ -87,9 +87,19 @@ def run_bound(
     session.run_with_iobinding(binding)
 
 
-def cuda_session(path: Path, device_id: int, options: Any = None) -> Any:
-    """An ``InferenceSession`` on the CUDA provider; a clear error when the
-    installed onnxruntime has no working CUDA provider."""
+def cuda_provider_options(device_id: int, tf32: bool = False) -> dict[str, str]:
+    """Options of the CUDA provider. ``tf32``: let cuBLAS/cuDNN round fp32
+    matrix inputs to TF32 (ONNX Runtime's default is on; ours is off, so fp32
+    graphs keep fp32 parity with the CPU, rtol ~1e-5; TF32 is asked for, then
+    measured, never chosen silently). For cuDNN paths the provider option may
+    not cover, ``NVIDIA_TF32_OVERRIDE=0`` in the environment turns TF32 off
+    process-wide."""
+    return {"device_id": str(device_id), "use_tf32": "1" if tf32 else "0"}
+
+
+def cuda_session(path: Path, device_id: int, options: Any = None, *, tf32: bool = False) -> Any:
+    """An ``InferenceSession`` on the CUDA provider (:func:`cuda_provider_options`);
+    a clear error when the installed onnxruntime has no working CUDA provider."""
     ort = require("onnxruntime")
     if hasattr(ort, "preload_dlls"):
         # onnxruntime-gpu >= 1.21 finds CUDA/cuDNN from the nvidia-* wheels this way.
@@ -101,7 +111,7 @@ def cuda_session(path: Path, device_id: int, options: Any = None) -> Any:
         # ONNX Runtime's own memory defaults: the CPU measurements behind
         # SESSION_MEMORY say nothing about the CUDA provider's allocator
         options = session_options(ort, memory=SessionMemory())
-    providers: list[Any] = [(CUDA_PROVIDER, {"device_id": device_id}), CPU_PROVIDER]
+    providers: list[Any] = [(CUDA_PROVIDER, cuda_provider_options(device_id, tf32)), CPU_PROVIDER]
     session = open_session(ort, path, path.stem, options, providers)
     if session.get_providers()[0] != CUDA_PROVIDER:
         raise SegVolError(
@@ -120,21 +130,25 @@ class OrtCudaBackend(Backend):
         session_options: an ``onnxruntime.SessionOptions`` (default: all graph
             optimisations, errors-only logging).
         precision: ``"fp32"`` or ``"fp16"``: the graph variant to run (same IO).
+        tf32: allow TF32 for fp32 matrix work (faster, ~1e-3 relative error;
+            off by default for fp32 parity: :func:`cuda_provider_options`).
     """
 
     name = "onnxruntime"
     device = "cuda"
     _bind_device = "cuda"  # ORT device type of the bound buffers (tests bind host memory as "cpu")
 
-    def __init__(self, artifacts: Artifacts, device_id: int = 0, session_options: Any = None, precision: str = "fp32"):
+    def __init__(self, artifacts: Artifacts, device_id: int = 0, session_options: Any = None, precision: str = "fp32",
+                 tf32: bool = False):
         super().__init__(artifacts.specs)
         self._cp = require_cupy(device_id)
         artifacts.require_precision(precision)
         self.precision = precision
+        self.tf32 = tf32
         self.device_id = device_id
         self._device = self._cp.cuda.Device(device_id)
         paths = {g: artifacts.graph_path(g, precision) for g in S.GRAPH_NAMES}
-        self._sessions = {g: cuda_session(paths[g], device_id, session_options) for g in S.GRAPH_NAMES}
+        self._sessions = {g: cuda_session(paths[g], device_id, session_options, tf32=tf32) for g in S.GRAPH_NAMES}
         for graph, session in self._sessions.items():
             check_session_io(session, self.specs[graph], paths[graph], self.specs)
 
@@ -147,7 +161,8 @@ class OrtCudaBackend(Backend):
         return self._cp
 
     def describe(self) -> str:
-        return f"onnxruntime (cuda:{self.device_id}, IO binding, {self.precision})"
+        tf32 = ", TF32 on" if self.tf32 and self.precision == "fp32" else ""
+        return f"onnxruntime (cuda:{self.device_id}, IO binding, {self.precision}{tf32})"
 
     def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
         cp, spec = self._cp, self.specs[graph]

@@ -15,8 +15,24 @@ from typing import Any
 
 _VERSION_PACKAGES = (
     "segvol-rt", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "onnx", "nibabel", "tokenizers",
-    "isal", "cupy-cuda12x", "cupy-cuda13x", "tensorrt", "scipy",
+    "isal", "cupy-cuda12x", "cupy-cuda13x", "tensorrt", "scipy", "openvino",
 )
+# The CPU flags that decide which matrix paths the CPU backends take
+# (AVX2/AVX-512 fp32, AVX512-BF16 and AMX bf16, VNNI int8, AVX512-FP16).
+MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512_fp16",
+                "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """The :data:`MATRIX_FLAGS` this CPU reports (``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in MATRIX_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
 
 
 def cpu_model() -> str:
@@ -79,6 +95,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "machine": {
             "cpu": cpu_model(),
+            "cpu_flags": cpu_flags(),
             "cores": os.cpu_count(),
             "usable_cores": usable,
             "memory_gib": _memory_gib(),
@@ -95,9 +112,11 @@ def machine_line(meta: Mapping[str, Any]) -> str:
     gpus = meta.get("gpu") or []
     gpu = ", ".join(g.get("name", "?") for g in gpus) or "no GPU"
     v = meta.get("versions", {})
-    libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "numpy") if k in v)
+    libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "openvino", "torch", "tensorrt", "numpy")
+                     if k in v)
+    flags = " ".join(m.get("cpu_flags") or []) or "?"
     return (
-        f"Machine: {m.get('cpu', '?')}, {m.get('usable_cores', '?')} cores, {m.get('memory_gib', '?')} GiB; {gpu}; "
+        f"Machine: {m.get('cpu', '?')} ({flags}), {m.get('usable_cores', '?')} cores, {m.get('memory_gib', '?')} GiB; {gpu}; "
         f"load average at start {m.get('load_average_at_start')}; {libs}."
     )
 

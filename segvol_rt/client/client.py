@@ -13,10 +13,13 @@ bits of its bounding box. Every request carries the session id in the
 ``X-SegVol-Session`` header, so a router with consistent hashing on it keeps
 the session on its server.
 
-Errors are :class:`~segvol_rt.errors.SegVolError`: the server's one-line
-message for a user error, :class:`SessionGoneError` for a session the
-server no longer holds (expired, evicted, closed, or its server stopped:
-open a new one), and a line naming the URL when the server cannot be reached.
+Errors are :class:`~segvol_rt.errors.SegVolError`, never the HTTP library's
+own: the server's one-line message for a user error (or, for a bug of the
+server's, a line with the error id its log carries), :class:`SessionGoneError`
+for a session the server no longer holds (expired, evicted, closed, or its
+server stopped: open a new one), "the server is starting" for a server whose
+models are not loaded yet, and a line naming the URL when the server cannot
+be reached.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import numpy as np
 from segvol_rt import wire as W
 from segvol_rt._optional import require
 from segvol_rt.client.volumes import read_volume
-from segvol_rt.errors import SegVolError
+from segvol_rt.errors import SegVolError, one_line
 from segvol_rt.types import Segmentation
 
 ACCESS_TOKEN_HEADER = "triton-access-token"  # Triton's restricted-API header (PyTriton's security config)
@@ -76,6 +79,8 @@ class SegVolClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SegVolError(f"server URL {url!r} must look like http://HOST:PORT")
         self.url = f"{parts.scheme}://{parts.netloc}"
+        if api_key is not None:
+            W.check_api_key(api_key)
         self._http = http
         self._api_key = api_key
         self._connect = lambda: http.InferenceServerClient(parts.netloc, ssl=parts.scheme == "https",
@@ -131,15 +136,18 @@ class SegVolClient:
         try:
             result = self._client.infer(model, tensors, outputs=wanted, headers=self._headers(sid))
         except self._exception_type() as exc:
-            raise self._error(exc, sid) from None
+            raise self._error(exc, sid, model) from None
         except (OSError, ConnectionError) as exc:
-            raise SegVolError(f"cannot reach the segvol-rt server at {self.url} ({exc.__class__.__name__}: {exc})") from None
+            raise SegVolError(f"cannot reach the segvol-rt server at {self.url} (not running, or still loading its models: "
+                              f"it listens once they are loaded) ({one_line(exc)})") from None
+        except Exception as exc:  # noqa: BLE001 - the HTTP stack's own errors (a header it refuses, a reply it cannot parse)
+            raise SegVolError(f"the request to the segvol-rt server at {self.url} failed ({one_line(exc)})") from None
         return {name: result.as_numpy(name) for name in outputs}
 
     def _exception_type(self) -> type[Exception]:
         return require("tritonclient.utils").InferenceServerException
 
-    def _error(self, exc: Any, sid: str) -> SegVolError:
+    def _error(self, exc: Any, sid: str, model: str) -> SegVolError:
         text = exc.message() if hasattr(exc, "message") else str(exc)
         parsed = W.parse_error(text or "")
         if parsed is not None:
@@ -149,6 +157,9 @@ class SegVolClient:
             return SessionGoneError(message) if code == "session" else SegVolError(message)
         status = exc.status() if hasattr(exc, "status") else None
         detail = " ".join(str(text).split())[:200]
+        if str(status) == "404" and "unknown model" in detail.lower():
+            return SegVolError(f"the server at {self.url} is starting (its model {model} is not loaded yet): try again "
+                               "once its /v2/health/ready answers 200 (SegVolClient.ready())")
         if status in ("502", "503", "504", 502, 503, 504):
             return SessionGoneError(f"the server holding session {sid} is unreachable behind {self.url} (HTTP {status}); "
                                     "open a new session")

@@ -31,8 +31,9 @@ from importlib import resources
 from pathlib import Path
 
 from segvol_rt.errors import SegVolError
+from segvol_rt.io import user_cache
 
-CACHE_ENV = "SEGVOL_RT_CACHE"
+CACHE_ENV = user_cache.CACHE_ENV
 DEMO_ARTIFACTS_ENV = "SEGVOL_RT_DEMO_ARTIFACTS"
 DEMO_BANNER = "using the demo model (synthetic phantoms, not for clinical use)"
 WEIGHTS_FILE = "model.safetensors"
@@ -65,9 +66,8 @@ def demo_checkpoint_dir() -> Path:
 
 
 def cache_root() -> Path:
-    """``$SEGVOL_RT_CACHE``, else ``~/.cache/segvol-rt``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "segvol-rt"
+    """``$SEGVOL_RT_CACHE``, else ``~/.cache/segvol-rt`` (:func:`segvol_rt.io.user_cache.cache_root`)."""
+    return user_cache.cache_root()
 
 
 def demo_cache_dir() -> Path:

@@ -15,7 +15,8 @@ Layout::
 ``checkpoint`` {name, sha256, format}, ``config`` (SegVolConfig.to_dict()),
 ``prompt_template``, ``opset``, ``graphs`` {name: {file, sha256, spec,
 operators, parity, variants}}, ``tokenizer`` {dir, files: {name: sha256}},
-``text_table`` {file, sha256, count}, ``versions`` and ``engines``
+``text_table`` {file, sha256, count}, ``voxel_orientation`` (optional),
+``versions`` and ``engines``
 (filled by the TensorRT build; each entry with a ``file`` and ``sha256`` is
 checked like the graphs). A graph's optional ``variants`` {precision: {file,
 sha256, operators, tensorrt_check, parity, conversion}} lists the reduced
@@ -46,7 +47,11 @@ bumps ``format_version``, and this reader keeps accepting every older version
 it lists in :data:`SUPPORTED_FORMATS`.
 
 * 1: the first format (this module's layout above); graph ``variants`` were
-  added later, as an optional field (artifacts without them have fp32 graphs only).
+  added later, as an optional field (artifacts without them have fp32 graphs only);
+  so was ``voxel_orientation``: the axis codes (e.g. ``"RAS"``) of the voxel
+  order the model was trained on. The runtime reorients each scan to it and
+  maps the masks back; absent (SegVol's own weights, trained on each data
+  set's stored order): the scan's stored voxel order, unchanged.
 
 Runtime code: numpy; jsonschema is imported when a manifest is read.
 """
@@ -66,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from segvol_rt._optional import require
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
@@ -79,10 +85,25 @@ TEXT_TABLE = "text_table.npz"
 TOKENIZER_DIR = "tokenizer"
 ENGINES_DIR = "engines"
 # Graph variants: "fp32" is each graph's own file, the others its ``variants``.
-PRECISIONS = ("fp32", "fp16")
+GRAPH_VARIANTS = ("fp32", "fp16")
+# What a backend computes in (``--precision``): a graph variant on ONNX Runtime
+# and TensorRT; on OpenVINO the inference precision of the fp32 graphs (bf16).
+PRECISIONS = (*GRAPH_VARIANTS, "bf16")
 REFERENCE_PRECISION = "fp32"
 
 _CHUNK = 1 << 20
+# Axis codes of a voxel orientation: one letter of each pair L/R, A/P, S/I (nibabel's codes).
+ORIENTATION_PATTERN = r"^(?=.*[LR])(?=.*[AP])(?=.*[SI])[LRAPSI]{3}$"
+
+
+def check_orientation(codes: str) -> str:
+    """``codes`` upper-cased if they are three axis codes such as ``RAS`` or ``LPS``, else a :class:`SegVolError`."""
+    import re
+
+    upper = codes.strip().upper() if isinstance(codes, str) else ""
+    if not re.match(ORIENTATION_PATTERN, upper):
+        raise SegVolError(f"orientation must be three axis codes, one of L/R, A/P and S/I each (e.g. RAS), got {codes!r}")
+    return upper
 
 
 def sha256_file(path: str | Path) -> str:
@@ -151,9 +172,11 @@ def manifest_schema() -> dict[str, Any]:
 def validate_manifest(data: Any, path: str | Path = MANIFEST) -> None:
     """Check ``data`` against :func:`manifest_schema`; the first problem (in a
     fixed order) becomes one :class:`SegVolError` line with its JSON pointer."""
-    from jsonschema import Draft202012Validator
-
-    validator = Draft202012Validator(manifest_schema())
+    # A missing jsonschema is an error naming it, never a skipped check: the
+    # manifest is trusted only once validated (benchmarks/device/ carries the
+    # wheels to machines that lack it).
+    jsonschema = require("jsonschema")
+    validator = jsonschema.Draft202012Validator(manifest_schema())
     errors = sorted(validator.iter_errors(data), key=_error_order)
     if not errors:
         return
@@ -242,6 +265,12 @@ class Artifacts:
         root = Path(root)
         return cls(root, read_manifest(root))
 
+    @property
+    def voxel_orientation(self) -> str | None:
+        """The axis codes of the voxel order the model expects (None: the scan's stored order)."""
+        codes = self.manifest.get("voxel_orientation")
+        return None if codes is None else str(codes)
+
     # -- paths -------------------------------------------------------------
     @property
     def prompt_template(self) -> str:
@@ -265,13 +294,15 @@ class Artifacts:
     def precisions(self) -> tuple[str, ...]:
         """The precisions every graph is exported at, ``fp32`` first."""
         graphs = self.manifest["graphs"]
-        found = [p for p in PRECISIONS[1:] if all(p in (graphs[g].get("variants") or {}) for g in S.GRAPH_NAMES)]
+        found = [p for p in GRAPH_VARIANTS[1:] if all(p in (graphs[g].get("variants") or {}) for g in S.GRAPH_NAMES)]
         return (REFERENCE_PRECISION, *found)
 
     def require_precision(self, precision: str) -> None:
         """Raise one :class:`SegVolError` line unless every graph exists at ``precision``."""
-        if precision not in PRECISIONS:
-            raise SegVolError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if precision not in GRAPH_VARIANTS:
+            hint = " (bf16 is OpenVINO's inference precision on the fp32 graphs: --backend openvino)" \
+                if precision in PRECISIONS else ""
+            raise SegVolError(f"precision must be one of {', '.join(GRAPH_VARIANTS)} (the graph variants), not {precision!r}{hint}")
         if precision not in self.precisions:
             raise SegVolError(
                 f"{self.root} has no {precision} graphs (exported at {', '.join(self.precisions)}); "

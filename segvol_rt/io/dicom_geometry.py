@@ -8,7 +8,7 @@ pixel spacing and rescale across the series; no duplicate positions; uniform
 slice spacing within :data:`SPACING_TOLERANCE` (a gap of about n spacings is
 n - 1 missing slices); a positive pixel spacing and an affine that is not
 degenerate (the NIfTI reader's check,
-:func:`~segvol_rt.io.nifti_header.affine_problem`); no gantry tilt (positions
+:func:`~segvol_rt.io.volume_checks.affine_problem`); no gantry tilt (positions
 off the normal by more than :data:`TILT_TOLERANCE_MM`): refused, not resampled.
 
 Runtime dependencies: numpy.
@@ -24,7 +24,7 @@ import numpy as np
 
 from segvol_rt.errors import SegVolError
 from segvol_rt.io.dicom_files import CT_CLASSES, MULTIFRAME_CLASSES, SeriesInfo
-from segvol_rt.io.nifti_header import affine_problem
+from segvol_rt.io.volume_checks import affine_problem
 
 ORIENTATION_TOLERANCE = 1e-4  # per direction-cosine component
 SPACING_TOLERANCE = 0.01  # relative, of the slice spacing (and at least MIN_SPACING_TOLERANCE_MM)

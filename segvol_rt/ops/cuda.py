@@ -9,6 +9,14 @@ is exact float32 arithmetic the result is bit-identical; the exception is
 positive-logit rules never use it, they compare against the twin's exact
 threshold (:func:`positive_threshold`).
 
+Subnormals: CuPy compiles every kernel (and its own elementwise ops) with
+``-ftz=true``, appended after our options, so float32 subnormal inputs and
+results are flushed to zero here, while the twins keep them (torch's CPU
+semantics). Bit-identity therefore holds for data free of subnormals; with
+them a float result equals the twin's on flushed inputs, flushed. Masks and
+boxes never differ: every threshold they compare with is a normal number.
+tests/runtime/test_kernels.py checks both; the CPU emulator flushes the same way.
+
 Arrays stay on the device; only small results (boxes, histograms, block sums)
 come back to the host. Volumes are (D, H, W), boxes ``(d0, h0, w0, d1, h1, w1)``.
 

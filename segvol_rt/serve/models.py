@@ -8,9 +8,11 @@ error becomes :class:`ServedError`, which PyTriton turns into the Triton
 error the client sees, ending in one line ``segvol_rt.error[CODE]: MESSAGE``
 (Triton's Python stub puts its own prefix and trailer around it, and logs
 it: the message quotes prompt coordinates or limits at most, never voxels
-or the server's paths); our log says only that a request was refused. Any other exception is a bug: logged with its traceback, reported as
-an error of that request, and the server keeps serving. Nothing from a
-volume or a prompt is logged.
+or the server's paths); our log says only that a request was refused. Any
+other exception is a bug: logged with its traceback under a fresh error id,
+reported to the client as one line ``segvol_rt.error[internal]: ...`` that
+names the id and nothing else (no traceback, no path), and the server keeps
+serving. Nothing from a volume or a prompt is logged.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import functools
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,11 +85,20 @@ def served(fn: Callable[..., dict[str, np.ndarray]]) -> Callable[[Sequence[Mappi
                 LOG.info("%s: refused (request error)", fn.__name__)  # the message may quote prompts or a path
                 raise _ERRORS["request"]("request", str(exc)) from None
             except Exception:
-                LOG.exception("%s: failed (a bug in segvol-rt)", fn.__name__)
-                raise
+                raise internal_error(fn.__name__) from None
         return out
 
     return infer
+
+
+def internal_error(handler: str) -> ServedError:
+    """The one line a client gets for a bug of ours: a fresh error id, which the
+    log line written here (with the traceback, from inside the ``except``) also
+    carries, so the operator finds the details the client may not see."""
+    incident = uuid.uuid4().hex[:12]
+    LOG.exception("%s: failed (a bug in segvol-rt), error id %s", handler, incident)
+    return _ERRORS["internal"]("internal", f"the server failed on this request (a bug in segvol-rt); "
+                                           f"its log has the details under error id {incident}")
 
 
 def _one_bytes(request: Mapping[str, np.ndarray], name: str) -> bytes:
@@ -138,20 +150,32 @@ class Handlers:
         if type(index) is not int or index < 0:
             raise SegVolError("meta.chunk must be an integer >= 0")
         chunk = _one_bytes(request, "chunk")
-        if index == 0:
+        if index == 0:  # this request makes the session: it may also drop it
             self.store.begin_upload(sid, W.VolumeHeader.of(meta))
         with self.store.use(sid) as session:
+            if not self._add_chunk(session, index, chunk, created=index == 0):
+                return self._info({"state": "receiving", "wire": W.WIRE_VERSION, "received": session.received})
             try:
-                complete = self.store.add_chunk(session, index, chunk)
-                if complete:
-                    self.store.finish_upload(session)
-            except BaseException:
+                self.store.finish_upload(session)
+            except BaseException:  # the session's own upload, complete, cannot become a volume: it never will
                 self.store.close(sid, "failed to open (bad upload)")
                 raise
-            if complete:
-                LOG.info("session %s opened (%d voxels)", sid, int(np.prod(session.shape or ())))
-                return self._info(self._ready(session))
-            return self._info({"state": "receiving", "wire": W.WIRE_VERSION, "received": session.received})
+            LOG.info("session %s opened (%d voxels)", sid, int(np.prod(session.shape or ())))
+            return self._info(self._ready(session))
+
+    def _add_chunk(self, session: Session, index: int, chunk: bytes, created: bool) -> bool:
+        """:meth:`SessionStore.add_chunk`; True when the upload is complete. A chunk
+        that does not continue the upload (out of order, past the announced
+        size, a session that already holds its volume) is refused and leaves the
+        session as it was: a request that merely names a session, as anyone's
+        malformed or stray request may, never closes it. Only the request that
+        created the session drops it when its own first chunk is refused."""
+        try:
+            return self.store.add_chunk(session, index, chunk)
+        except BaseException:
+            if created:
+                self.store.close(session.id, "failed to open (bad upload)")
+            raise
 
     def _open_path(self, sid: str, path: Any) -> dict[str, Any]:
         if self.allowed_root is None:

@@ -24,7 +24,6 @@ import ipaddress
 import logging
 import os
 import sysconfig
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,6 @@ from segvol_rt.serve.sessions import SessionLimits, SessionStore, Sweeper
 
 API_KEY_ENV = "SEGVOL_API_KEY"
 LOG = logging.getLogger("segvol_rt.serve")
-
-# Backends whose graph runs may overlap across threads (see README "Serving"):
-# ONNX Runtime's InferenceSession.run is thread-safe, and ours keeps no state
-# between runs (the lazily opened text encoder is opened under a lock).
-CONCURRENT_BACKENDS = frozenset({"onnxruntime"})
-
 
 @dataclass(frozen=True)
 class ServeOptions:
@@ -80,8 +73,8 @@ def check_options(opts: ServeOptions) -> None:
     if not is_loopback(opts.host) and not opts.api_key:
         raise SegVolError(f"--host {opts.host} is not loopback: serving beyond this machine needs an API key "
                           f"(--api-key or ${API_KEY_ENV})")
-    if opts.api_key is not None and (len(opts.api_key) < 16 or not opts.api_key.isascii() or not opts.api_key.isprintable()):
-        raise SegVolError("the API key must be at least 16 printable ASCII characters")
+    if opts.api_key is not None:
+        W.check_api_key(opts.api_key)  # the client's own check: a key one accepts, the other does
     ports = [p for p in (opts.http_port, opts.grpc_port, opts.metrics_port) if p is not None]
     if len(set(ports)) != len(ports) or not all(0 < p < 65536 for p in ports):
         raise SegVolError(f"ports {ports} must be distinct, between 1 and 65535")
@@ -113,21 +106,16 @@ def runtime_options(opts: ServeOptions) -> dict[str, Any]:
 
 def open_first_runtime(opts: ServeOptions) -> Any:
     """The first :class:`~segvol_rt.runtime.SegVolRuntime`, loaded and verified
-    now; every session's runtime shares its backend. Backends outside
-    :data:`CONCURRENT_BACKENDS` (ONNX Runtime CUDA with IO binding, TensorRT's
-    execution contexts and CUDA graphs, torch) run one graph call at a time."""
+    now; every session's runtime shares its backend. A backend that does not
+    declare its calls may overlap (``Backend.concurrent``: ONNX Runtime and
+    OpenVINO on the CPU do; ONNX Runtime CUDA with IO binding, TensorRT's
+    execution contexts and CUDA graphs, torch do not) runs one graph call at a
+    time (:func:`segvol_rt.backends.wrap.shareable`)."""
+    from segvol_rt.backends.wrap import shareable
     from segvol_rt.runtime import SegVolRuntime
 
     first = SegVolRuntime.load(opts.artifacts, **runtime_options(opts))
-    backend = first.backend
-    if backend.name not in CONCURRENT_BACKENDS or getattr(backend, "device", "cpu") != "cpu":
-        run, lock = backend.run, threading.Lock()
-
-        def serialized(graph: str, feeds: Any) -> Any:
-            with lock:
-                return run(graph, feeds)
-
-        backend.run = serialized  # type: ignore[method-assign]  # the typed shortcuts (encode_image, decode, ...) call self.run
+    first.backend = shareable(first.backend)
     return first
 
 
@@ -149,6 +137,24 @@ def security_config(opts: ServeOptions) -> Any:
         return None  # PyTriton's default: a random token guards its management endpoints
     endpoints = sorted(pytriton_triton.VALID_TRITON_ENDPOINTS - {"health"})
     return pytriton_triton.TritonSecurityConfig(access_token=opts.api_key, restricted_endpoints=endpoints)
+
+
+def models_before_endpoints() -> Any:
+    """PyTriton's lifecycle in which "ready" means the models can serve.
+
+    By default PyTriton starts tritonserver on an empty model store and then
+    loads each model through the repository API: in between, Triton's
+    ``/v2/health/ready`` is already true (no model is loaded, so strict
+    readiness has nothing to wait for) and every request is a 404 "unknown
+    model". With a local model store and a deferred launch, :meth:`bind`
+    writes the models' configurations into the store and tritonserver
+    (``--model-control-mode=explicit --load-model=*``) loads them all before
+    it opens its HTTP and gRPC endpoints: the endpoints, readiness included,
+    exist only once the three models do. A request that arrives before
+    PyTriton has connected a model's Python callable waits for it (the stub's
+    request socket queues) rather than failing."""
+    pytriton_triton = require("pytriton.triton")
+    return pytriton_triton.TritonLifecyclePolicy(launch_triton_on_startup=False, local_model_store=True)
 
 
 def bind_models(triton: Any, handlers: Handlers, instances: int) -> None:
@@ -204,9 +210,10 @@ def serve(opts: ServeOptions, ready: Any = None) -> None:
     sweeper.start()
     workspace = str(opts.workspace) if opts.workspace is not None else None
     try:
-        with pytriton_triton.Triton(config=triton_config(opts), workspace=workspace,
-                                    security_config=security_config(opts)) as triton:
-            bind_models(triton, handlers, opts.instances)
+        with pytriton_triton.Triton(config=triton_config(opts), workspace=workspace, security_config=security_config(opts),
+                                    triton_lifecycle_policy=models_before_endpoints()) as triton:
+            bind_models(triton, handlers, opts.instances)  # written into the model store, not loaded yet
+            triton.run()  # tritonserver loads the store, then opens its endpoints; PyTriton connects the callables
             LOG.info("serving on %s:%d (HTTP), %d (gRPC)", opts.host, opts.http_port, opts.grpc_port)
             if ready is not None:
                 ready(f"http://{opts.host}:{opts.http_port}")

@@ -85,7 +85,7 @@ def reservation(header: W.VolumeHeader, limits: SessionLimits, zoom_voxels: int)
     and the raw array (while it is turned into the runtime's), the float32
     scan and crop image (at most the scan's size each), the zoom-out image and
     the two cache bounds. An upper bound: the crop is usually smaller."""
-    voxels = int(np.prod(header.shape, dtype=np.int64))
+    voxels = header.voxels  # exact: a shape whose int64 product wraps must not shrink the reservation
     return header.compressed_bytes + header.raw_bytes + 8 * voxels + 4 * zoom_voxels + limits.cache_bytes + limits.text_cache_bytes
 
 
@@ -153,7 +153,7 @@ class SessionStore:
     def begin_upload(self, sid: str, header: W.VolumeHeader) -> Session:
         """A new session receiving ``header``'s volume (checked against the limits)."""
         lim = self.limits
-        voxels = int(np.prod(header.shape, dtype=np.int64))
+        voxels = header.voxels  # exact (VolumeHeader.of bounds it); checked before anything is reserved or inflated
         if header.compressed_bytes > lim.max_upload_bytes:
             raise SegVolError(f"upload of {header.compressed_bytes / MIB:.1f} MiB exceeds this server's limit of "
                               f"{lim.max_upload_bytes / MIB:.1f} MiB (--max-upload-mb)")
@@ -204,14 +204,15 @@ class SessionStore:
         return session.received == header.compressed_bytes
 
     def finish_upload(self, session: Session) -> None:
-        """Decompress the complete upload (in memory) and preprocess it in a new runtime."""
+        """Decompress the complete upload (in memory, chunk by chunk: no joined
+        copy, at most the header's raw size) and preprocess it in a new runtime."""
         header = session.header
         if header is None:
             raise SegVolError(f"session {session.id} has no upload in progress")
-        stream = b"".join(session.chunks)
-        session.chunks.clear()
-        volume = W.decompress_volume(stream, header)
-        del stream
+        try:
+            volume = W.decompress_volume(session.chunks, header)
+        finally:
+            session.chunks.clear()
         self.set_volume(session, volume, np.asarray(header.affine))
 
     def set_volume(self, session: Session, volume: np.ndarray, affine: np.ndarray) -> None:

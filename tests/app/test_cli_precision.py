@@ -58,8 +58,11 @@ def test_cli_infer_fp16_needs_fp16_graphs(tiny, scan, tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and HINT in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "m.nii.gz").exists()
-    bad = _cli("infer", scan, "--text", "liver", "--artifacts", tiny, "--precision", "bf16")
-    assert bad.returncode == 2 and "unknown precision 'bf16'" in bad.stderr
+    bad = _cli("infer", scan, "--text", "liver", "--artifacts", tiny, "--precision", "int8")
+    assert bad.returncode == 2 and "unknown precision 'int8'" in bad.stderr
+    # bf16 is OpenVINO's, asked for by name: auto never chooses it
+    bf16 = _cli("infer", scan, "--text", "liver", "--artifacts", tiny, "--precision", "bf16")
+    assert bf16.returncode == 2 and bf16.stderr.count("\n") == 1 and "--backend openvino" in bf16.stderr
 
 
 def test_cli_build_fp16_and_bench_fp16_need_fp16_graphs(tiny):

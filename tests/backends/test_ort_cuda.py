@@ -170,6 +170,31 @@ def test_cuda_session_without_cuda_provider_names_the_gpu_extra(tmp_path):
         cuda_session(toy_model(tmp_path / "toy.onnx"), 0)
 
 
+def test_cuda_sessions_keep_tf32_off_unless_asked(tmp_path, monkeypatch):
+    """fp32 parity: the CUDA provider gets use_tf32=0 by default (ORT's own default is on)."""
+    import types
+
+    from segvol_rt.backends import ort_cuda
+
+    seen = []
+
+    class Session:
+        def get_providers(self):
+            return [ort_cuda.CUDA_PROVIDER, ort_cuda.CPU_PROVIDER]
+
+    def fake_open(ort, path, name, options, providers):
+        seen.append(providers[0])
+        return Session()
+
+    monkeypatch.setattr(ort_cuda, "require", lambda name: types.SimpleNamespace())
+    monkeypatch.setattr(ort_cuda, "cuda_problem", lambda ort: None)
+    monkeypatch.setattr(ort_cuda, "open_session", fake_open)
+    ort_cuda.cuda_session(tmp_path / "g.onnx", 1, options=object())
+    ort_cuda.cuda_session(tmp_path / "g.onnx", 0, options=object(), tf32=True)
+    assert seen == [(ort_cuda.CUDA_PROVIDER, {"device_id": "1", "use_tf32": "0"}),
+                    (ort_cuda.CUDA_PROVIDER, {"device_id": "0", "use_tf32": "1"})]
+
+
 # -- OrtCudaBackend on a fake cupy and ORT CPU (real tiny artifacts) -------------
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_backend_plumbing_with_fake_cupy_on_ort_cpu(tiny_artifacts_dir_cpu, monkeypatch, precision):
@@ -185,7 +210,7 @@ def test_backend_plumbing_with_fake_cupy_on_ort_cpu(tiny_artifacts_dir_cpu, monk
     cp = fake_cupy.make()
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setattr(
-        ort_cuda, "cuda_session", lambda path, device_id, options=None: ort.InferenceSession(str(path))
+        ort_cuda, "cuda_session", lambda path, device_id, options=None, **kw: ort.InferenceSession(str(path))
     )
     monkeypatch.setattr(ort_cuda.OrtCudaBackend, "_bind_device", "cpu")
     art = Artifacts.load(tiny_artifacts_dir_cpu)

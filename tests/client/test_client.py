@@ -22,7 +22,7 @@ def test_the_client_reads_a_version_error_as_one_line() -> None:
         def status(self) -> str:
             return "400"
 
-    err = SegVolClient("http://127.0.0.1:1")._error(_Refused(), "0" * 32)
+    err = SegVolClient("http://127.0.0.1:1")._error(_Refused(), "0" * 32, W.OPEN_MODEL)
     assert isinstance(err, W.VersionMismatch)
     assert str(err) == "segvol-rt server at http://127.0.0.1:1: the client speaks wire version 0, this server 1"
 

@@ -570,3 +570,36 @@ def test_engine_records_written_before_graph_variants_load_as_built_from_fp32():
     assert E.EngineRecord.from_dict({**record, "graph_variant": "fp16"}).graph_variant == "fp16"
     with pytest.raises(SegVolError, match="graph_variant 'int8'"):
         E.EngineRecord.from_dict({**record, "graph_variant": "int8"})
+
+
+def test_fake_backend_keeps_cast_inputs_alive_until_enqueue(tmp_path, fake_stack, monkeypatch):
+    """A cast copy (int64 token ids -> int32) is bound by address: the fake
+    context checks at enqueue and at execution that every bound address is
+    still held by a live array (else CuPy's pool could reuse it first)."""
+    from segvol_rt.backends.tensorrt.runner import TensorRTBackend
+    from segvol_rt.io.artifacts import Artifacts
+
+    _, cp = fake_stack
+    monkeypatch.setattr(fake_tensorrt.FakeEngine, "narrowed", {"token_ids"})
+    backend = TensorRTBackend(Artifacts.load(_built(tmp_path)))
+    ids = cp.asarray(_feeds(SegVolConfig.tiny(), batch=2)[S.TEXT_ENCODER]["token_ids"])
+    backend.encode_text(ids)  # raises "released before enqueue" if a bound copy died in bind
+    engine = backend._engines[S.TEXT_ENCODER]
+    context = engine.context
+    held = backend._in_flight[S.TEXT_ENCODER]
+    assert held.inputs["token_ids"].dtype == np.int32
+    assert all(fake_cupy.allocated(ptr) for ptr in context.addresses.values())
+
+
+def test_fake_context_refuses_a_buffer_released_before_enqueue(tmp_path, fake_stack, monkeypatch):
+    """The check itself: binding a temporary and dropping it is caught."""
+    from segvol_rt.backends.tensorrt.runner import TensorRTBackend
+    from segvol_rt.io.artifacts import Artifacts
+
+    _, cp = fake_stack
+    backend = TensorRTBackend(Artifacts.load(_built(tmp_path)))
+    engine = backend._engines[S.TEXT_ENCODER]
+    ids = _feeds(SegVolConfig.tiny(), batch=2)[S.TEXT_ENCODER]["token_ids"]
+    engine.bind(engine.context, {"token_ids": cp.asarray(ids)}, cp)  # the result (and the input) dropped
+    with pytest.raises(RuntimeError, match=r"released before enqueue"):
+        engine.enqueue(engine.context, backend.stream)

@@ -56,6 +56,17 @@ def test_load_and_verify(tmp_path):
     assert not list(root.glob(".manifest-*"))  # the temporary file was renamed
 
 
+def test_missing_jsonschema_is_a_clear_error_not_a_skipped_check(tmp_path, monkeypatch):
+    """The manifest is validated or not loaded: without jsonschema (as on the
+    lent GPU machine, unless benchmarks/device/ carries its wheels) one line names it."""
+    import sys
+
+    root = _make(tmp_path / "art")
+    monkeypatch.setitem(sys.modules, "jsonschema", None)
+    with pytest.raises(SegVolError, match=r"jsonschema is needed for checking the artifacts' manifest"):
+        A.Artifacts.load(root)
+
+
 def test_hash_mismatch_names_the_file(tmp_path):
     root = _make(tmp_path / "art")
     (root / "prompt_decoder.onnx").write_bytes(b"changed")

@@ -393,3 +393,77 @@ def test_gpu_path_errors_name_the_cause():
     gpu_ops._cupy_device.cache_clear()
     with pytest.raises(SegVolError, match=pattern):
         gpu_ops.device()
+
+
+# -- subnormals: the GPU flushes them (CuPy's -ftz=true), the twins keep them -------------
+
+TINY = np.finfo(np.float32).tiny  # smallest normal float32
+
+
+def flush(a):
+    """``a`` with float32 subnormals replaced by zeros of their sign (what -ftz does)."""
+    a = np.array(a, dtype=np.float32, copy=True)
+    sub = (a != 0) & (np.abs(a) < TINY)
+    a[sub] = np.copysign(np.float32(0), a[sub])
+    return a
+
+
+def _with_subnormals(shape, seed=21):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 100).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[::5] = np.float32(3.5e-42) * rng.choice([-1, 1], flat[::5].size).astype(np.float32)
+    flat[1::17] = np.float32(-1e-39)
+    return x
+
+
+def _subnormal_cases():
+    """(name, gpu call, twin call, input, differs): float outputs of kernels whose
+    arithmetic sees the subnormals; ``differs``: the flush shows in the output
+    (normalize: ``(s - mean) / std`` rounds to the same float as ``-mean / std``)."""
+    x = _with_subnormals((9, 14, 11))
+    windows = np.stack([_with_subnormals((4, 6, 5), seed=s) for s in range(3)])
+    starts = [(0, 0, 0), (2, 3, 1), (5, 8, 6)]
+    stats = ops.foreground_stats((np.random.default_rng(3).standard_normal((8, 8, 8)) * 300).astype(np.float32))
+    return [
+        ("trilinear", lambda a: gpu_ops.resize(a, (13, 9, 17), "trilinear"),
+         lambda a: ops.resize(a, (13, 9, 17), "trilinear"), x, True),
+        ("normalize", lambda a: gpu_ops.normalize(a, stats), lambda a: ops.normalize(a, stats), x, False),
+        ("blend", lambda a: gpu_ops.blend_windows(a, starts, (9, 14, 11)),
+         lambda a: ops.blend_windows(a, starts, (9, 14, 11)), windows, True),
+    ]
+
+
+def test_subnormals_are_flushed_as_on_the_gpu(dev):
+    """The documented exception to bit-identity: on the device (and the default
+    emulator) subnormal float32 inputs and results of the kernels are zero, so
+    the result is the twin's on flushed inputs, flushed; the twins keep
+    subnormals (torch's CPU semantics, SegVol's)."""
+    for name, gpu, twin, x, differs in _subnormal_cases():
+        got = get(dev, gpu(put(dev, x)))
+        assert same(got, flush(twin(flush(x)))), name
+        assert same(got, twin(x)) is not differs, f"{name}: the flush should {'' if differs else 'not '}show"
+
+
+def test_masks_do_not_depend_on_subnormals(dev):
+    """Every mask threshold is a normal number, so flushing subnormal logits
+    changes no mask voxel and no box: masks stay bit-identical to the twins."""
+    logits = _with_subnormals((12, 10, 14), seed=4)
+    logits[3:6, 2:7, 4:9] = np.float32(2e-39)  # positive subnormals: sigmoid > 0.5 on neither side
+    mapping = ((2, 1, 0), (False, True, False), (1, -2, 0))
+    scan = (16, 12, 14)
+    assert same(get(dev, gpu_ops.scan_mask(put(dev, logits), scan, *mapping)), ops.scan_mask(logits, scan, *mapping))
+    assert gpu_ops.positive_box(put(dev, logits)) == ops.positive_box(logits)
+    assert same(get(dev, gpu_ops.positive_mask(put(dev, logits))), ops.positive_mask(logits))
+
+
+def test_emulator_without_ftz_matches_the_twins_on_subnormals():
+    """With ftz off the emulator keeps subnormals and the kernels match the twins
+    bit for bit: the flush is the only difference."""
+    if not emu.available():
+        pytest.skip("no g++ on PATH")
+    if not emu.ftz_supported():
+        pytest.skip("the emulator cannot switch subnormal flushing on this CPU")
+    with gpu_ops.use(emu.backend(poison=True, ftz=False)) as ieee:
+        for name, gpu, twin, x, _ in _subnormal_cases():
+            assert same(get(ieee, gpu(put(ieee, x))), twin(x)), name

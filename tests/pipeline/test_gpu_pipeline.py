@@ -272,8 +272,8 @@ def test_cpu_runtime_reports_no_gpu_memory(tiny):
 
 def test_cuda_selects_the_io_binding_backend(tiny, monkeypatch):
     """device="cuda" opens OrtCudaBackend (not the host-numpy ORT session)."""
+    from segvol_rt.backends import cuda_common, ort_cuda, select
     from segvol_rt.backends import onnxruntime as ort_backend
-    from segvol_rt.backends import ort_cuda, select
 
     opened = []
 
@@ -284,7 +284,7 @@ def test_cuda_selects_the_io_binding_backend(tiny, monkeypatch):
             self.precision = precision
             opened.append(artifacts)
 
-    monkeypatch.setattr(select, "gpu_problem", lambda: None)
+    monkeypatch.setattr(cuda_common, "gpu_problem", lambda: None)
     monkeypatch.setattr(ort_backend, "cuda_problem", lambda ort=None: None)
     monkeypatch.setattr(ort_cuda, "OrtCudaBackend", FakeOrtCuda)
     art = Artifacts.load(tiny[0])
@@ -295,10 +295,10 @@ def test_cuda_selects_the_io_binding_backend(tiny, monkeypatch):
 
 
 def test_cuda_without_cupy_names_the_gpu_extra(tiny, monkeypatch):
+    from segvol_rt.backends import cuda_common, select
     from segvol_rt.backends import onnxruntime as ort_backend
-    from segvol_rt.backends import select
 
-    monkeypatch.setattr(select, "gpu_problem", lambda: None)
+    monkeypatch.setattr(cuda_common, "gpu_problem", lambda: None)
     monkeypatch.setattr(ort_backend, "cuda_problem", lambda ort=None: None)
     monkeypatch.setitem(sys.modules, "cupy", None)
     art = Artifacts.load(tiny[0])
@@ -311,9 +311,9 @@ def test_cuda_without_cupy_names_the_gpu_extra(tiny, monkeypatch):
 
 
 def test_cuda_without_a_gpu_says_so(tiny, monkeypatch):
-    from segvol_rt.backends import select
+    from segvol_rt.backends import cuda_common, select
 
-    monkeypatch.setattr(select, "gpu_problem", lambda: "no CUDA device")
+    monkeypatch.setattr(cuda_common, "gpu_problem", lambda: "no CUDA device")
     with pytest.raises(SegVolError, match=r"device='cuda': no CUDA device.*--device cpu"):
         select.open_backend(Artifacts.load(tiny[0]), "auto", "cuda")
 

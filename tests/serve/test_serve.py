@@ -511,3 +511,85 @@ def test_a_port_in_use_is_one_line(venv: Path) -> None:
                               "--http-port", str(port), "--grpc-port", str(serving.free_port())],
                              capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.startswith(f"error: --http-port {port}: cannot listen"), out.stderr
+
+
+# -- hostile use (issue 22) ---------------------------------------------------------------------------
+def test_ready_only_when_it_can_serve(venv: Path, tmp_path: Path) -> None:
+    """Polled from the moment the process starts: no request issued after
+    /v2/health/ready first answers 200 gets a 404 "unknown model" (before, the
+    endpoint is closed: nothing listens). SegVolClient agrees and serves at once."""
+    for attempt in range(2):  # a port taken between free_port() and the bind: once more with fresh ports
+        proc = serving.ServerProcess(venv, tmp_path, ["--instances", "1", "--threads", "1"])
+        try:
+            rows = serving.poll_from_start(proc)
+        except RuntimeError:
+            proc.stop()
+            if attempt:
+                raise
+            continue
+        try:
+            first = next(t for t, ready, _ in rows if ready == 200)
+            after = [status for t, ready, status in rows if t >= first and status != -1]
+            assert after and 404 not in after, rows
+            assert {ready for t, ready, _ in rows if t < first} <= {0}, "the endpoint answered 'not ready' instead of not listening"
+            with SegVolClient(proc.url) as client:
+                assert client.ready()
+                small = make_phantom(1, shape=(48, 48, 24))
+                with client.open_session(small.image, small.affine) as session:
+                    assert session.segment(text="liver", zoom_in=False).mask.any()
+            assert "segvol_rt/" not in proc.log()
+            return
+        finally:
+            proc.stop()
+
+
+def test_hostile_uploads_and_requests_get_one_line(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime) -> None:
+    """A shape whose int64 product wraps (with a zlib bomb behind it), one that
+    overflows int64, a request nested 100,000 deep: each one line, no
+    traceback or path, no memory taken; the fixture checks the log holds no
+    traceback through our code."""
+    bomb = __import__("zlib").compress(b"\0" * (256 * 2**20), 9)
+    eye = np.eye(4).tolist()
+    rss = server.rss_bytes()
+    with SegVolClient(server.url) as client:
+        cases = [
+            (W.OPEN_MODEL, {"meta": W.to_json_bytes({"dtype": "int16", "shape": [2**62, 2, 2], "affine": eye,
+                                                     "compressed_bytes": len(bomb), "chunk": 0, "wire": W.WIRE_VERSION}),
+                                 "chunk": bomb}, "meta.shape"),
+            (W.OPEN_MODEL, {"meta": W.to_json_bytes({"dtype": "int16", "shape": [2**70, 1, 1], "affine": eye,
+                                                     "compressed_bytes": 10, "chunk": 0, "wire": W.WIRE_VERSION}),
+                                 "chunk": b"x"}, "meta.shape"),
+            (W.OPEN_MODEL, {"meta": W.to_json_bytes({"dtype": "uint8", "shape": [16, 16, 16], "affine": eye,
+                                                     "compressed_bytes": len(bomb), "chunk": 0, "wire": W.WIRE_VERSION}),
+                                 "chunk": bomb}, "more than the 4096"),
+            (W.SEGMENT_MODEL, {"request": b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"}, "nested too deeply"),
+        ]
+        for model, inputs, match in cases:
+            with pytest.raises(SegVolError, match=match) as err:
+                client.infer(model, "e" * 32, inputs, ("info",))
+            text = str(err.value)
+            assert "\n" not in text and "Traceback" not in text and "segvol_rt/" not in text, text
+    assert server.rss_bytes() - rss < 128 * 2**20  # the bomb was never inflated past its header
+    _still_serves(server, phantom, local)
+
+
+def test_a_stray_open_never_closes_another_session(server: serving.ServerProcess, phantom: Any, local: SegVolRuntime) -> None:
+    with SegVolClient(server.url) as client, client.open_session(phantom.image, phantom.affine) as session:
+        header = {"dtype": "int16", "shape": [8, 8, 8], "affine": np.eye(4).tolist(), "compressed_bytes": 100}
+        for meta, chunk, match in (({"chunk": 1}, b"junk", "already holds"), ({**header, "chunk": 0}, b"x", "already exists"),
+                                   ({"chunk": "1"}, b"", "meta.chunk"), ({"chunk": 0}, b"", "meta.dtype")):
+            with pytest.raises(SegVolError, match=match):
+                client.infer(W.OPEN_MODEL, session.id, {"meta": W.to_json_bytes({**meta, "wire": W.WIRE_VERSION}),
+                                                        "chunk": chunk}, ("info",))
+        with pytest.raises(SegVolError, match="not valid JSON"):
+            client.infer(W.OPEN_MODEL, session.id, {"meta": b"{not json", "chunk": b""}, ("info",))
+        _same(session.segment(text="liver", zoom_in=False), local.segment(text="liver", zoom_in=False))
+
+
+def test_a_huge_api_key_is_segvolerror(server: serving.ServerProcess) -> None:
+    with pytest.raises(SegVolError, match="printable ASCII"):
+        SegVolClient(server.url, api_key="k" * 10_000)
+    client = SegVolClient(server.url)
+    client._api_key = "k" * 10_000  # past the constructor's check: what the HTTP stack does with it is still ours to say
+    with pytest.raises(SegVolError, match="failed"):
+        client.infer(W.CLOSE_MODEL, "0" * 32, {}, ("info",))

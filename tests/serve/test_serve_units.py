@@ -66,7 +66,7 @@ def test_float_volume_of_integers_travels_as_int16() -> None:
 def test_decompression_is_bounded_by_the_header() -> None:
     bomb = zlib.compress(b"\0" * (64 * MIB))
     header = W.VolumeHeader("uint8", (16, 16, 16), tuple(map(tuple, np.eye(4))), len(bomb))
-    with pytest.raises(SegVolError, match="does not hold"):
+    with pytest.raises(SegVolError, match="more than the 4096 bytes"):
         W.decompress_volume(bomb, header)
     with pytest.raises(SegVolError, match="not a valid zlib stream"):
         W.decompress_volume(b"not zlib", header)
@@ -310,7 +310,7 @@ def test_serve_options_are_checked_before_anything_starts() -> None:
     art = Path("artifacts")
     with pytest.raises(SegVolError, match="not loopback.*API key"):
         check_options(ServeOptions(art, host="0.0.0.0"))
-    with pytest.raises(SegVolError, match="at least 16"):
+    with pytest.raises(SegVolError, match="16 to 1024 printable ASCII"):
         check_options(ServeOptions(art, host="10.1.2.3", api_key="short"))
     check_options(ServeOptions(art, host="0.0.0.0", api_key="k" * 16))
     check_options(ServeOptions(art, host="::1"))

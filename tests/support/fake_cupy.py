@@ -35,6 +35,7 @@ import contextlib
 import itertools
 import threading
 import types
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,8 @@ import numpy as np
 
 from segvol_rt.backends.base import Backend
 from tests.support.fake_tensorrt import FakeContext
+
+FakeContext.alive = staticmethod(lambda ptr: allocated(ptr))  # bound buffers must outlive the enqueue
 
 _state = threading.local()
 _strict = [0]  # > 0 inside activated(): numpy functions on device arrays raise
@@ -74,6 +77,24 @@ class Transfers:
 TRANSFERS = Transfers()
 
 
+#: address handed out by ``.data.ptr`` -> weak reference to the array owning that memory
+_HANDED_OUT: dict[int, weakref.ref] = {}
+
+
+def allocated(ptr: int) -> bool:
+    """Whether the memory at ``ptr`` (an address from ``.data.ptr``) is still
+    held by a live array: False once its owner was released (on a GPU, CuPy's
+    pool could then hand it to another array before a queued kernel reads it)."""
+    ref = _HANDED_OUT.get(ptr)
+    return ref is not None and ref() is not None
+
+
+def _owner(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
 class DeviceArray(np.ndarray):
     """numpy memory standing in for a cupy array."""
 
@@ -81,7 +102,9 @@ class DeviceArray(np.ndarray):
 
     @property
     def data(self) -> Any:  # cupy: a MemoryPointer with .ptr
-        return types.SimpleNamespace(ptr=self.ctypes.data)
+        ptr = self.ctypes.data
+        _HANDED_OUT[ptr] = weakref.ref(_owner(self))
+        return types.SimpleNamespace(ptr=ptr)
 
     def get(self) -> np.ndarray:
         """Download (cupy's ``ndarray.get``), counted."""

@@ -385,6 +385,8 @@ class FakeContext:
     the bound addresses."""
 
     capturing: dict = {}  # stream ptr -> list of captured thunks (shared with fake_cupy)
+    #: address -> still allocated? (fake_cupy installs its check; plain numpy memory: always)
+    alive = staticmethod(lambda ptr: True)
 
     def __init__(self, calls, spec, dtypes):
         self.calls, self.spec, self.dtypes = calls, spec, dtypes
@@ -405,6 +407,7 @@ class FakeContext:
 
     def execute_async_v3(self, stream_ptr):
         self.calls.append(("context.execute_async_v3", self.spec.name, stream_ptr))
+        self._check_alive("enqueue", self.addresses)
         snapshot = (dict(self.shapes), dict(self.addresses))
         thunk = lambda: self._execute(*snapshot)  # noqa: E731
         if stream_ptr in FakeContext.capturing:
@@ -413,7 +416,14 @@ class FakeContext:
             thunk()
         return True
 
+    def _check_alive(self, when: str, addresses: dict) -> None:
+        """Every bound address must still be allocated: the engine reads them later, on its stream."""
+        freed = sorted(name for name, ptr in addresses.items() if not FakeContext.alive(ptr))
+        if freed:
+            raise RuntimeError(f"{self.spec.name}: bound buffers {freed} were released before {when}")
+
     def _execute(self, shapes, addresses):
+        self._check_alive("execution", addresses)
         inputs = {t.name: _view(addresses[t.name], shapes[t.name], self.dtypes[t.name]).copy() for t in self.spec.inputs}
         for name, value in fake_outputs(self.spec, inputs).items():
             _view(addresses[name], value.shape, value.dtype)[...] = value

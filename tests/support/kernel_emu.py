@@ -15,6 +15,11 @@ wrong argument dtype - the classic RawKernel bug - fails here too.
 :func:`backend` returns a ``segvol_rt.ops.cuda`` device backend that runs the
 GPU code path on numpy arrays with these emulated kernels.
 
+Subnormals: CuPy appends ``-ftz=true`` to every NVRTC compile, so on the GPU
+float32 subnormal inputs and results of the kernels are flushed to zero. The
+emulator does the same by default (x86 MXCSR DAZ+FTZ around each call;
+``ftz=False`` keeps them, as the NumPy twins do).
+
 What this cannot show: races between threads, launch configurations, shared
 memory sizes, NVRTC-specific compile errors and float behaviour of the GPU's
 own ``expf``; tests/kernels/test_kernels_compile.py and the GPU tests cover
@@ -86,7 +91,25 @@ template <typename... A, std::size_t... I>
 void emu_call_impl(void (*f)(A...), void** args, std::index_sequence<I...>) {
     f(*static_cast<typename std::remove_cv<A>::type*>(args[I])...);
 }
-template <typename... A> void emu_call(void (*f)(A...), void** args) {
+// CuPy compiles every kernel with -ftz=true (appended after our options):
+// float32 subnormal inputs and results are flushed to (sign-preserving) zero
+// on the GPU. MXCSR's DAZ (bit 6) and FTZ (bit 15) do the same on the host,
+// for the duration of one kernel call (numpy keeps its own mode).
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+struct emu_fp_mode {
+    unsigned int saved;
+    explicit emu_fp_mode(int ftz) : saved(_mm_getcsr()) { _mm_setcsr(ftz ? (saved | 0x8040u) : (saved & ~0x8040u)); }
+    ~emu_fp_mode() { _mm_setcsr(saved); }
+};
+extern "C" int emu_ftz_supported() { return 1; }
+#else
+struct emu_fp_mode { explicit emu_fp_mode(int) {} };
+extern "C" int emu_ftz_supported() { return 0; }
+#endif
+
+template <typename... A> void emu_call(void (*f)(A...), void** args, int ftz) {
+    emu_fp_mode mode(ftz);
     emu_call_impl(f, args, std::index_sequence_for<A...>{});
 }
 template <typename... A> int emu_sig(void (*)(A...), int* codes) {
@@ -111,7 +134,7 @@ def _source() -> str:
         parts.append(f'#line 1 "{file}"\n' + K.source_text(file))
         for name in names:
             wrappers.append(
-                f'extern "C" void emu_k{index}(void** a) {{ emu_call(&{name}, a); }}\n'
+                f'extern "C" void emu_k{index}(void** a, int ftz) {{ emu_call(&{name}, a, ftz); }}\n'
                 f'extern "C" int emu_k{index}_sig(int* c) {{ return emu_sig(&{name}, c); }}\n'
             )
             index += 1
@@ -151,12 +174,13 @@ def _index() -> dict[str, int]:
 class Kernel:
     """One emulated kernel, called like a ``cupy.RawKernel``."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, ftz: bool = True):
         lib = library()
         i = _index()[name]
         self.name = name
+        self.ftz = ftz
         self._fn = getattr(lib, f"emu_k{i}")
-        self._fn.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+        self._fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
         codes = (ctypes.c_int * 64)()
         count = getattr(lib, f"emu_k{i}_sig")(codes)
         self.signature = list(codes[:count])
@@ -178,17 +202,25 @@ class Kernel:
                 raise TypeError(f"{self.name} argument {pos}: passed code {got}, kernel expects {want}")
             keep.append(holder)
         ptrs = (ctypes.c_void_p * max(1, len(keep)))(*[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in keep])
-        self._fn(ptrs)
+        self._fn(ptrs, int(self.ftz))
+
+
+def ftz_supported() -> bool:
+    """Whether the emulator can flush subnormals as the GPU does (x86: MXCSR)."""
+    return bool(library().emu_ftz_supported())
 
 
 @functools.cache
-def kernel(name: str) -> Kernel:
-    return Kernel(name)
+def kernel(name: str, ftz: bool = True) -> Kernel:
+    """The emulated kernel ``name``; ``ftz``: flush float32 subnormals as CuPy's
+    ``-ftz=true`` compile does on the GPU (default), or keep them (IEEE, as numpy)."""
+    return Kernel(name, ftz)
 
 
-def backend(poison: bool = True):
-    """A gpu_ops device backend: numpy arrays, emulated kernels; fresh outputs
-    are poisoned (NaN / 0xAB bytes) so unwritten elements show."""
+def backend(poison: bool = True, ftz: bool = True):
+    """A gpu_ops device backend: numpy arrays, emulated kernels (``ftz``: see
+    :func:`kernel`); fresh outputs are poisoned (NaN / 0xAB bytes) so
+    unwritten elements show."""
     from segvol_rt.ops import cuda as gpu_ops
 
-    return gpu_ops.Device(xp=np, kernel=kernel, to_host=np.asarray, poison=poison)
+    return gpu_ops.Device(xp=np, kernel=functools.partial(kernel, ftz=ftz), to_host=np.asarray, poison=poison)

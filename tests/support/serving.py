@@ -11,6 +11,7 @@ child, goes with it).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import socket
 import string
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,6 +135,43 @@ class ServerProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         self._log.close()
+
+
+def _post(url: str, body: bytes, timeout: float = 30.0) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return int(response.status), response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode(errors="replace")
+    except Exception as exc:  # noqa: BLE001 - not listening yet
+        return 0, str(exc)
+
+
+def poll_from_start(proc: ServerProcess, after_ready_s: float = 3.0, timeout_s: float = START_TIMEOUT_S) -> list[tuple[float, int, int]]:
+    """From the moment ``proc`` started: ``/v2/health/ready`` polled, and each
+    time it answers, a request to every served model issued right after
+    (only ``session``: ``close`` answers with a session error, the others with
+    Triton's missing-input error, none with 404 once loaded).
+    ``(seconds, ready status, request status)`` rows (0: nothing listens; -1:
+    no request), until ``after_ready_s`` past the first "ready"."""
+    body = json.dumps({"inputs": [{"name": "session", "shape": [1], "datatype": "BYTES", "data": ["0" * 32]}]}).encode()
+    t0, first, rows = time.monotonic(), None, []
+    while time.monotonic() - t0 < timeout_s and (first is None or time.monotonic() - first < after_ready_s):
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"segvol-rt serve exited ({proc.proc.returncode}):\n{proc.log()[-3000:]}")
+        ready = _get(f"{proc.url}/v2/health/ready", timeout=5.0)
+        if ready != 200:
+            rows.append((time.monotonic() - t0, ready, -1))
+            time.sleep(0.02)
+            continue
+        first = first or time.monotonic()
+        for model in ("segvol_close", "segvol_segment", "segvol_open"):
+            status, text = _post(f"{proc.url}/v2/models/{model}/infer", body)
+            rows.append((time.monotonic() - t0, ready, status))
+            if model == "segvol_close" and status != 404:
+                assert "segvol_rt.error[session]" in text, text[:500]  # our handler answered (the others lack inputs)
+    return rows
 
 
 def nginx_binary() -> str:

@@ -45,7 +45,7 @@ from segvol_rt._optional import require
 from segvol_rt.backends.tensorrt import engines as E
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
-from segvol_rt.io.artifacts import PRECISIONS, Artifacts, sha256_file
+from segvol_rt.io.artifacts import GRAPH_VARIANTS, Artifacts, sha256_file
 from segvol_rt.io.atomic import atomic_write_bytes
 
 GIB = 1 << 30
@@ -66,8 +66,8 @@ class BuildOptions:
     workspace_gib: float = 4.0
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise SegVolError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in GRAPH_VARIANTS:
+            raise SegVolError(f"--precision must be one of {', '.join(GRAPH_VARIANTS)}, got {self.precision!r}")
         if self.workspace_gib <= 0:
             raise SegVolError("workspace must be positive")
 

@@ -25,7 +25,7 @@ from typing import Any
 from segvol_rt.backends.cuda_common import GpuIdentity
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
-from segvol_rt.io.artifacts import PRECISIONS, REFERENCE_PRECISION
+from segvol_rt.io.artifacts import GRAPH_VARIANTS, REFERENCE_PRECISION
 
 ENGINE_SUFFIX = ".plan"
 REBUILD_HINT = "rebuild the engines on this machine: segvol-rt build --artifacts DIR"
@@ -69,8 +69,8 @@ class EngineRecord:
         record = cls(**{n: data[n] for n in names}, options=dict(data.get("options", {})),
                      graph_variant=str(data.get("graph_variant", REFERENCE_PRECISION)))
         for what, value in (("precision", record.precision), ("graph_variant", record.graph_variant)):
-            if value not in PRECISIONS:
-                raise SegVolError(f"engine {record.file}: {what} {value!r} is not one of {PRECISIONS}")
+            if value not in GRAPH_VARIANTS:
+                raise SegVolError(f"engine {record.file}: {what} {value!r} is not one of {GRAPH_VARIANTS}")
         return record
 
     @property

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,15 @@ from segvol_rt.backends.tensorrt import engines as E
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.artifacts import Artifacts, sha256_file
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """The buffers bound to an execution context for one run: ``inputs`` as
+    bound (cast copies included) and the ``outputs`` TensorRT writes."""
+
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
 
 
 class _Engine:
@@ -84,15 +94,20 @@ class _Engine:
                 f"{label}: tensor {t.name} is {got} in the engine, {t.dtype} in the spec; {E.REBUILD_HINT}"
             )
 
-    def bind(self, context: Any, inputs: Mapping[str, Any], cp: Any) -> dict[str, Any]:
+    def bind(self, context: Any, inputs: Mapping[str, Any], cp: Any) -> _Bound:
         """Set shapes and addresses of ``inputs`` on ``context``; allocate and
-        bind outputs of the shapes TensorRT infers. Returns the outputs."""
-        inputs = {name: arr.astype(self.casts[name]) if name in self.casts else arr for name, arr in inputs.items()}
-        for name, arr in inputs.items():
+        bind outputs of the shapes TensorRT infers.
+
+        Returns every bound buffer (the cast copies of inputs too): the caller
+        keeps it until the enqueued run has read them, since a buffer released
+        earlier goes back to CuPy's pool and may be handed out before the
+        engine reads it."""
+        bound = {name: self._cast(name, arr) for name, arr in inputs.items()}
+        for name, arr in bound.items():
             if not context.set_input_shape(name, tuple(arr.shape)):
                 raise SegVolError(f"{self.spec.name}: TensorRT rejects {name} of shape {tuple(arr.shape)}")
             context.set_tensor_address(name, arr.data.ptr)
-        expected = output_shapes(self.spec, inputs)
+        expected = output_shapes(self.spec, bound)
         shapes = {}
         for name in self.spec.output_names:
             shapes[name] = tuple(context.get_tensor_shape(name))
@@ -103,7 +118,12 @@ class _Engine:
         outputs = empty_outputs(cp, self.spec, shapes)
         for name, arr in outputs.items():
             context.set_tensor_address(name, arr.data.ptr)
-        return outputs
+        return _Bound(bound, outputs)
+
+    def _cast(self, name: str, arr: Any) -> Any:
+        """``arr`` as the engine's dtype for ``name``: itself when it already is."""
+        want = self.casts.get(name)
+        return arr if want is None or arr.dtype == want else arr.astype(want)
 
     def enqueue(self, context: Any, stream: Any) -> None:
         if not context.execute_async_v3(stream.ptr):
@@ -143,8 +163,10 @@ class _GraphReplay:
     def _capture(self, cp: Any, stream: Any, feeds: Mapping[str, Any]) -> None:
         self.context = self.engine._new_context()
         casts = self.engine.casts
-        self.inputs = {name: cp.empty(arr.shape, casts.get(name, arr.dtype)) for name, arr in feeds.items()}
-        self.outputs = self.engine.bind(self.context, self.inputs, cp)
+        static = {name: cp.empty(arr.shape, casts.get(name, arr.dtype)) for name, arr in feeds.items()}
+        bound = self.engine.bind(self.context, static, cp)
+        # the captured kernels read these addresses on every replay: keep them
+        self.inputs, self.outputs = bound.inputs, bound.outputs
         # One plain run first: TensorRT finishes shape-dependent setup outside the capture.
         self.engine.enqueue(self.context, stream)
         stream.begin_capture()
@@ -185,6 +207,7 @@ class TensorRTBackend(Backend):
             self._runtime = self._trt.Runtime(self._logger)
             self._engines = {g: self._load(artifacts, g) for g in S.GRAPH_NAMES}
         self._replay = _GraphReplay(self._engines[S.IMAGE_ENCODER], cuda_graph_batch) if cuda_graph_batch else None
+        self._in_flight: dict[str, _Bound] = {}
 
     @classmethod
     def load(cls, root: str | Path, **kwargs: Any) -> TensorRTBackend:
@@ -235,13 +258,18 @@ class TensorRTBackend(Backend):
                 except Exception as exc:  # noqa: BLE001 - capture is an optimisation; fall back to plain runs
                     warnings.warn(f"CUDA graph capture of the image encoder failed ({exc}); running without it", stacklevel=2)
                     self._replay = None
-            outputs = engine.bind(engine.context, inputs, cp)
+            bound = engine.bind(engine.context, inputs, cp)
             engine.enqueue(engine.context, stream)
-            return outputs
+            # Every bound buffer (cast copies too) stays referenced until the next
+            # run of this graph is enqueued on the same stream, which orders it
+            # after this one: their memory cannot be reused while this run reads it.
+            self._in_flight[graph] = bound
+            return bound.outputs
 
     def close(self) -> None:
         self._replay = None
         self._engines = {}
+        self._in_flight = {}
 
 
 def _records_for(artifacts: Artifacts, precision: str | None = None) -> dict[str, E.EngineRecord]:

@@ -1,0 +1,1 @@
+"""The sections of benchmarks/device_check.py, one module each (see its docstring)."""

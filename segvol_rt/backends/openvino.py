@@ -1,0 +1,193 @@
+"""OpenVINO backend: the three fp32 ONNX graphs compiled for the CPU by OpenVINO.
+
+Precision is what the compiled model computes in, OpenVINO's
+``INFERENCE_PRECISION_HINT`` on the fp32 graphs:
+
+- ``fp32``: the hint is set to ``f32`` explicitly, because OpenVINO computes
+  in bf16 by default on CPUs with AVX512-BF16 or AMX;
+- ``bf16``: offered only where OpenVINO lists ``BF16`` in the CPU's
+  ``OPTIMIZATION_CAPABILITIES`` (AMX, AVX512-BF16, AVX2-VNNI-2); elsewhere
+  OpenVINO would ignore or emulate it, so asking is one :class:`SegVolError`
+  line naming what the CPU offers, never a silent fp32 run;
+- ``fp16`` is refused: on ONNX Runtime and TensorRT it names the fp16 graph
+  variant, which OpenVINO would upcast to its inference precision rather than
+  run in fp16, and OpenVINO's own f16 hint (CPUs with AVX512-FP16) has no
+  measured Dice against fp32 yet.
+
+Every compile reads the hint back from the compiled model; a compiled model
+that does not run the asked precision is refused. :attr:`OpenVinoBackend.ran`
+records, per graph, what ran.
+
+Compiled models are cached with OpenVINO's ``CACHE_DIR`` (blobs keyed by the
+model, the options and the OpenVINO version) under ``openvino/`` in
+segvol-rt's user cache (:func:`segvol_rt.io.user_cache.cache_root`), never in
+the artifacts directory, which may be read-only. Graphs are read from their
+files by OpenVINO, so a cached blob also skips the ONNX import.
+
+The text encoder is compiled on first use, as on ONNX Runtime
+(:data:`segvol_rt.backends.onnxruntime.LAZY_GRAPHS`). Runs may overlap:
+each thread has its own infer request of each compiled model.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from segvol_rt._optional import require
+from segvol_rt.backends.base import Backend
+from segvol_rt.backends.onnxruntime import LAZY_GRAPHS, cpu_cores
+from segvol_rt.errors import SegVolError
+from segvol_rt.io import spec as S
+from segvol_rt.io.user_cache import cache_root
+
+if TYPE_CHECKING:
+    from segvol_rt.io.artifacts import Artifacts
+
+DEVICE = "CPU"
+# segvol-rt precision -> OpenVINO inference precision (the names compiled models report)
+HINTS = {"fp32": "f32", "bf16": "bf16"}
+# segvol-rt precision -> the OPTIMIZATION_CAPABILITIES entry that must be present
+CAPABILITIES = {"fp32": "FP32", "bf16": "BF16"}
+CACHE_SUBDIR = "openvino"
+# Rows per call on the CPU, measured (benchmarks/cpu_batch.py; full size, shared 2-core
+# EPYC, ../shared/data's CT at 1.5 mm): the prompt decoder at batch 1, as on ONNX Runtime
+# (decode 2.54 s at batch 8, 1.97 s at batch 1; peak RSS 1387 -> 1374 MiB; the same mask).
+CPU_BATCHES = {S.PROMPT_DECODER: 1}
+
+
+def default_cache_dir() -> Path:
+    """Where compiled models are cached: ``<user cache>/openvino``."""
+    return cache_root() / CACHE_SUBDIR
+
+
+def check_precision(core: Any, precision: str) -> None:
+    """Refuse a precision this CPU's OpenVINO does not offer (one line naming what it does)."""
+    if precision == "fp16":
+        raise SegVolError("the openvino backend computes in fp32 or bf16, not fp16 (fp16 is a graph variant for "
+                          "--backend onnxruntime or tensorrt); use --precision fp32 or bf16")
+    if precision not in HINTS:
+        raise SegVolError(f"the openvino backend computes in {' or '.join(HINTS)}, not {precision!r}")
+    offered = [str(c) for c in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")]
+    if CAPABILITIES[precision] not in offered:
+        name = core.get_property(DEVICE, "FULL_DEVICE_NAME")
+        raise SegVolError(f"{precision} needs a CPU on which OpenVINO offers {CAPABILITIES[precision]} (AMX, "
+                          f"AVX512-BF16 or AVX2-VNNI-2); this CPU ({name}) offers {', '.join(offered)}; "
+                          "use --precision fp32")
+
+
+def _hint_name(value: Any) -> str:
+    """OpenVINO's element type (``<Type: 'bfloat16'>``, ``f32``) as its short name."""
+    text = str(getattr(value, "get_type_name", lambda: value)())
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(text, text)
+
+
+class OpenVinoBackend(Backend):
+    """Runs the three fp32 ONNX graphs with OpenVINO on the CPU.
+
+    Args:
+        artifacts: a loaded :class:`segvol_rt.io.artifacts.Artifacts`.
+        threads: inference threads (default: all cores of this process).
+        precision: ``"fp32"`` or ``"bf16"`` (see the module docstring).
+        cache_dir: compiled-model cache (default :func:`default_cache_dir`; None there
+            too: the default). Never the artifacts directory.
+
+    ``ran``: graph -> the inference precision its compiled model reports.
+    """
+
+    name = "openvino"
+    device = "cpu"
+    concurrent = True
+    cpu_batches = CPU_BATCHES
+
+    def __init__(self, artifacts: Artifacts, threads: int | None = None, precision: str = "fp32",
+                 cache_dir: str | Path | None = None):
+        super().__init__(artifacts.specs)
+        ov = require("openvino")
+        self._core = ov.Core()
+        check_precision(self._core, precision)
+        self.precision = precision
+        self.threads = threads or cpu_cores()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._config = self._compile_config()
+        self._paths = {graph: artifacts.graph_path(graph) for graph in S.GRAPH_NAMES}  # the fp32 graphs
+        for path in self._paths.values():
+            if not path.is_file():
+                raise SegVolError(f"{path} is missing; export the artifacts again")
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.compiled: dict[str, Any] = {}
+        self.ran: dict[str, str] = {}
+        for graph in S.GRAPH_NAMES:
+            if graph not in LAZY_GRAPHS:
+                self._compile(graph)
+
+    def _compile_config(self) -> dict[str, str]:
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SegVolError(f"cannot create the OpenVINO model cache {self.cache_dir} ({exc.strerror or exc}); "
+                              "set SEGVOL_RT_CACHE to a writable directory") from None
+        return {
+            "INFERENCE_PRECISION_HINT": HINTS[self.precision],
+            "INFERENCE_NUM_THREADS": str(self.threads),
+            "PERFORMANCE_HINT": "LATENCY",
+            "CACHE_DIR": str(self.cache_dir),
+        }
+
+    def _compile(self, graph: str) -> Any:
+        path = self._paths[graph]
+        try:
+            compiled = self._core.compile_model(str(path), DEVICE, self._config)
+        except RuntimeError as exc:
+            reason = " ".join(str(exc).split())[:300]
+            raise SegVolError(f"OpenVINO cannot compile the {graph} graph {path} ({reason}); "
+                              "export the artifacts again") from exc
+        ran = _hint_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if ran != HINTS[self.precision]:
+            raise SegVolError(f"OpenVINO compiled the {graph} graph to run in {ran}, not the asked "
+                              f"{HINTS[self.precision]} ({self.precision})")
+        self._check_io(compiled, graph, path)
+        self.ran[graph] = ran
+        self.compiled[graph] = compiled
+        return compiled
+
+    def _check_io(self, compiled: Any, graph: str, path: Path) -> None:
+        spec = self.specs[graph]
+        for kind, ports, tensors in (("inputs", compiled.inputs, spec.inputs), ("outputs", compiled.outputs, spec.outputs)):
+            # a port may carry several names (OpenVINO merges a Cast's output name into its input's)
+            names = [set(p.get_names()) for p in ports]
+            missing = [t.name for t in tensors if not any(t.name in n for n in names)]
+            if missing or len(ports) != len(tensors):
+                raise SegVolError(f"{path} is not the {graph} graph its spec describes ({len(ports)} {kind}, none "
+                                  f"named {missing}; the spec has {[t.name for t in tensors]}); "
+                                  "export the artifacts again")
+
+    def _request(self, graph: str) -> Any:
+        """This thread's infer request of ``graph`` (compiled now if it was not yet)."""
+        requests = self._local.__dict__.setdefault("requests", {})
+        found = requests.get(graph)
+        if found is None:
+            compiled = self.compiled.get(graph)
+            if compiled is None:
+                with self._lock:  # two threads asking at once compile it once
+                    compiled = self.compiled.get(graph) or self._compile(graph)
+            found = requests[graph] = compiled.create_infer_request()
+        return found
+
+    def describe(self) -> str:
+        return f"openvino ({self.device}, {self.threads} threads, {self.precision})"
+
+    def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        request = self._request(graph)
+        request.infer({name: np.ascontiguousarray(value) for name, value in feeds.items()})
+        # the request's output tensors are reused by its next run: copy them out
+        return {name: np.array(request.get_tensor(name).data, copy=True) for name in self.specs[graph].output_names}
+
+    def close(self) -> None:
+        self.compiled.clear()
+        self._local = threading.local()
