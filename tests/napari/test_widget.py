@@ -3,7 +3,8 @@ under Xvfb; run as tests/napari/conftest.py says): open the demo phantom,
 type "liver", add a point, Segment, and the Labels layer equals
 ``SegVolRuntime.segment`` voxel for voxel; follow-up, undo, a second target,
 save; the same through a local ``segvol-rt serve``; errors as one line in
-napari's notifications; a screenshot of the canvas kept under test-artifacts/."""
+napari's notifications; a screenshot of the canvas kept under
+``$SEGVOL_TEST_ARTIFACTS/napari`` (default ``test-artifacts/napari``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from segvol_rt.io.dicom_seg import segment_code
 from segvol_rt.runtime import SegVolRuntime
 
 REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts" / "napari"
+ARTIFACTS = Path(os.environ.get("SEGVOL_TEST_ARTIFACTS", REPO / "test-artifacts")) / "napari"  # as tests/app/test_ohif.py
 JOB_TIMEOUT_MS = 180_000
 
 
