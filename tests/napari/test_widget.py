@@ -154,6 +154,24 @@ def test_a_box_from_a_rectangle_and_a_slice_range(make_napari_viewer, qtbot, pha
     np.testing.assert_array_equal(viewer.layers["box"].data, reference.segment(box=box).mask)
 
 
+def test_a_dicom_series_opens_in_mm_and_saves_a_seg(make_napari_viewer, qtbot, phantom, tmp_path):
+    pytest.importorskip("highdicom")
+    from segvol_rt.io.dicom import read_dicom_series
+    from tests.support.dicom_series import SeriesSpec, write_series
+
+    write_series(tmp_path / "series", phantom[0].image, SeriesSpec(slice_step=-2.5))  # descending positions
+    scan = read_dicom_series(tmp_path / "series")
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    assert _job(qtbot, widget, lambda: widget.open_scan(tmp_path / "series")) == "open", widget.last_error
+    x = np.array([3.0, 4.0, 5.0])
+    np.testing.assert_allclose(widget.image_layer.data_to_world(x), (scan.affine @ [*x, 1])[:3], atol=1e-6)
+    widget.target_edit.setText("liver")
+    _segment(qtbot, widget)
+    assert _job(qtbot, widget, lambda: widget.save(tmp_path / "liver.dcm")) == "save", widget.last_error
+    assert [p.name for p in widget.saved] == ["liver.dcm"]
+
+
 def test_errors_are_one_line_notifications(make_napari_viewer, qtbot, phantom, tmp_path):
     from napari.utils.notifications import notification_manager
 
