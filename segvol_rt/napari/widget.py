@@ -167,6 +167,8 @@ class SegVolWidget(QWidget):
         box.setRange(-1, 1 << 20)
         box.setValue(-1)
         box.setSpecialValueText("its slice")  # -1: the rectangle's own slice
+        box.setToolTip("first / last voxel index of the box across the rectangle (along the axis it was drawn on); "
+                       "'its slice': the rectangle's own slice")
         return box
 
     def model_choice(self) -> ModelChoice:
@@ -187,7 +189,7 @@ class SegVolWidget(QWidget):
              apply: Callable[[Outcome], None]) -> None:
         """Run ``fn(*args)`` in napari's worker thread; ``apply`` its outcome on the UI thread."""
         if self.busy:
-            self._fail("segvol-rt is busy; wait for the running job")
+            self._emit(kind, Outcome(error="segvol-rt is busy; wait for the running job"))
             return
         from napari.qt.threading import create_worker
 

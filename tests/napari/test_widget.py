@@ -182,8 +182,11 @@ def test_errors_are_one_line_notifications(make_napari_viewer, qtbot, phantom, t
     assert _job(qtbot, widget, widget.segment) == "error"  # nothing open, no prompt
     assert _job(qtbot, widget, lambda: widget.open_scan(tmp_path / "missing.nii.gz")) == "error"
     assert "missing.nii.gz" in widget.last_error and "\n" not in widget.last_error
-    assert _job(qtbot, widget, lambda: widget.open_scan(phantom[1])) == "open"
     widget.target_edit.setText("liver")
+    widget.open_scan(phantom[1])
+    assert _job(qtbot, widget, widget.segment) == "error" and "busy" in widget.last_error  # one job at a time
+    qtbot.waitUntil(lambda: not widget.busy, timeout=JOB_TIMEOUT_MS)
+    assert widget.image_layer is not None, widget.last_error
     widget.points_layer.add(np.array([500.0, 5.0, 5.0]))  # outside the scan
     assert _job(qtbot, widget, widget.segment) == "error"
     assert "\n" not in widget.last_error and "liver" not in viewer.layers
