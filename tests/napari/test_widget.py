@@ -221,6 +221,13 @@ def test_the_same_through_a_local_server(make_napari_viewer, qtbot, phantom, ref
         widget.points_layer.add(np.array(c, dtype=float))
         _segment(qtbot, widget)
         np.testing.assert_array_equal(viewer.layers["liver"].data, reference.segment(text="liver", points=[c]).mask)
+        assert "encode_zoom_out" in widget.session.current("liver").timings
+        widget.negative_box.setChecked(True)
+        widget.points_layer.add(np.array([c[0] + 6, c[1], c[2]], dtype=float))
+        _segment(qtbot, widget)
+        follow = reference.segment(text="liver", points=[c, (c[0] + 6, c[1], c[2], 0)]).mask
+        np.testing.assert_array_equal(viewer.layers["liver"].data, follow)
+        assert "encode_zoom_out" not in widget.session.current("liver").timings  # the server session's cache
         assert _job(qtbot, widget, lambda: widget.save(tmp_path / "served.nii.gz")) == "save", widget.last_error
         widget.session.close()
     finally:
