@@ -137,6 +137,29 @@ def _screenshot(viewer: Any, name: str, rgb: np.ndarray) -> None:
     assert tinted.sum() > 500, f"no {rgb} overlay on the canvas ({ARTIFACTS / name})"
 
 
+def test_a_click_on_the_canvas_is_the_voxel_under_it(make_napari_viewer, qtbot, phantom):
+    """A real mouse click in the axial, radiological view adds the point at the voxel under the
+    cursor: screen -> world mm -> the points layer's data = the scan's (i, j, k)."""
+    from qtpy.QtCore import QPoint, Qt
+
+    ph, path = phantom
+    viewer = make_napari_viewer(show=True)
+    widget = _widget(viewer)
+    assert _job(qtbot, widget, lambda: widget.open_scan(path)) == "open", widget.last_error
+    c = _centre(ph, "liver")
+    world = widget.image_layer.data_to_world(np.array(c, dtype=float))
+    viewer.dims.set_point(2, float(world[2]))  # the axial slice through it
+    canvas = viewer.window._qt_viewer.canvas  # napari's vispy canvas: world (displayed axes) -> canvas pixels
+    to_canvas = canvas.view.transform * canvas.view.scene.transform
+    x, y = to_canvas.map([world[d] for d in viewer.dims.displayed][::-1])[:2]
+    viewer.layers.selection.active = widget.points_layer
+    qtbot.mouseClick(canvas.native, Qt.MouseButton.LeftButton, pos=QPoint(round(float(x)), round(float(y))))
+    qtbot.waitUntil(lambda: len(widget.points_layer.data) == 1, timeout=10_000)
+    points = widget.current_request()[1].points
+    assert np.abs(points.coords[0] - np.array(c)).max() <= 1, (points.coords, c)  # within a voxel of the target
+    assert points.coords[0][2] == c[2] and points.labels.tolist() == [1]  # on the slice shown, positive
+
+
 def test_a_box_from_a_rectangle_and_a_slice_range(make_napari_viewer, qtbot, phantom, reference):
     ph, path = phantom
     viewer = make_napari_viewer()
