@@ -60,7 +60,7 @@ import numpy as np
 
 from segvol_rt import validate as V
 from segvol_rt.errors import SegVolError
-from segvol_rt.types import Request, Roi, Segmentation
+from segvol_rt.types import Points, Request, Roi, Segmentation
 
 if TYPE_CHECKING:
     from segvol_rt.pipeline.geometry import Geometry
@@ -344,13 +344,16 @@ def _pairs(ornt: list[Any]) -> list[tuple[int, int]]:
 
 
 def _plain(value: Any) -> Any:
-    """Tuples, numpy integers and numpy bools as JSON lists, ints and bools (strings as they are)."""
+    """Tuples, numpy integers and numpy bools as JSON lists, ints and bools, :class:`Points` as
+    ``[[i, j, k, label], ...]`` (strings as they are)."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.bool_):
         return bool(value)
+    if isinstance(value, Points):  # the local API's typed points travel as (i, j, k, label) rows
+        return [[*_plain(c), _plain(label)] for c, label in zip(value.coords, value.labels)]
     if isinstance(value, (list, tuple, np.ndarray)):
         return [_plain(v) for v in value]
     return value

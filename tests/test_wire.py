@@ -68,3 +68,11 @@ _GOOD = {"crop_box": [0] * 6, "spatial_size": [2, 2, 2]}
 def test_a_malformed_geometry_from_a_server_is_one_line(doc: object) -> None:
     with pytest.raises(SegVolError, match="the server's geometry"):
         W.decode_geometry(doc, (4, 4, 4))
+
+
+def test_typed_points_travel_as_rows() -> None:
+    """A :class:`segvol_rt.types.Points` (as the local API takes it) is sent as (i, j, k, label) rows."""
+    from segvol_rt.types import Points
+
+    raw = W.encode_request("liver", None, Points(np.array([[1, 2, 3], [4, 5, 6]]), np.array([1, 0])), {})
+    assert W.decode_request(raw)["points"] == [[1, 2, 3, 1], [4, 5, 6, 0]]
