@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "errors.hpp"
+#include "generated/shared_constants.hpp"
 #include "kernels_host.hpp"
 #include "numpy_random.hpp"
 #include "sizes.hpp"
@@ -31,12 +32,9 @@ struct StageTimer {
     }
 };
 
-static constexpr double OVERLAP = 0.5;
-static constexpr int POINT_EXTRA_POSITIVE = 4;
-static constexpr int POINT_EXTRA_NEGATIVE = 0;
+// OVERLAP, POINT_EXTRA_*, the token kinds, EXTRA_TOKENS, the CPU decoder batch: generated from Python
+using namespace shared;
 static const Box EMPTY_BOX{-1, -1, -1, -1, -1, -1};
-// token kinds (segvol_rt.io.spec)
-enum { LABEL_PAD = -1, LABEL_BOX_MIN = 2, LABEL_BOX_MAX = 3, LABEL_TEXT = 4 };
 
 static std::string box_str(const i64* b, int n) {
     std::ostringstream s;
@@ -296,9 +294,10 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
     decoder_ = open("prompt_decoder");
     // preferred batches as the Python backend's (segvol_rt.backends.base.preferred_batch)
     enc_batch_ = cuda ? art_.graphs["image_encoder"].batch[2] : std::max(1, art_.graphs["image_encoder"].batch[0]);
-    dec_batch_ = cuda ? art_.graphs["prompt_decoder"].batch[2] : std::max(1, art_.graphs["prompt_decoder"].batch[0]);
+    const std::array<int, 3>& dec = art_.graphs[PROMPT_DECODER].batch;  // (min, opt, max)
+    dec_batch_ = cuda ? dec[2] : std::max(dec[0], std::min(dec[2], CPU_DECODER_BATCH_ONNXRUNTIME));
     text_batch_ = art_.graphs["text_encoder"].batch[2];
-    max_points_ = art_.graphs["prompt_decoder"].tokens[2] - 4;
+    max_points_ = art_.graphs[PROMPT_DECODER].tokens[2] - EXTRA_TOKENS;
     std::vector<std::string> names;
     std::vector<float> rows;
     art_.text_table(&names, &rows);
