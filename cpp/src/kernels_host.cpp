@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-namespace segvol::kernels {
+namespace segvol::detail::kernels {
 
 // 0: the cores of this process. Process-wide (the last segvol_load's threads option).
 static std::atomic<int> g_max_threads{0};
@@ -100,4 +100,4 @@ void scan_mask(const float* crop, const i64 c[3], const float* roi, const i64 r0
     SEGVOL_DISPATCH(scan_mask(crop, c, roi, r0, rs, out, n, p, f, g, thr));
 }
 
-}  // namespace segvol::kernels
+}  // namespace segvol::detail::kernels

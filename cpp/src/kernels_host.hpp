@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-namespace segvol::kernels {
+namespace segvol::detail::kernels {
 
 typedef long long i64;
 typedef unsigned int u32;
@@ -37,4 +37,4 @@ namespace fma {
 #include "kernels_api.inc"
 }
 
-}  // namespace segvol::kernels
+}  // namespace segvol::detail::kernels

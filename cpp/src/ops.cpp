@@ -8,9 +8,9 @@
 
 #include "kernels_host.hpp"
 
-namespace segvol {
+namespace segvol::detail {
 
-namespace K = segvol::kernels;
+namespace K = segvol::detail::kernels;
 
 static constexpr i64 NP1_BLOCK = 8192;
 
@@ -223,4 +223,4 @@ std::optional<Box> positive_box(const Volume& v, const Vec3& lo, const Vec3& hi)
     return positive_box(sub);
 }
 
-}  // namespace segvol
+}  // namespace segvol::detail

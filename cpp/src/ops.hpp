@@ -8,7 +8,7 @@
 #include <optional>
 #include <vector>
 
-namespace segvol {
+namespace segvol::detail {
 
 using i64 = long long;
 using Vec3 = std::array<i64, 3>;
@@ -61,4 +61,4 @@ std::vector<i64> nearest_source_index(i64 in, i64 out, bool exact);
 std::optional<Box> positive_box(const Volume& v, const Vec3& lo, const Vec3& hi);
 std::optional<Box> positive_box(const Volume& v);
 
-}  // namespace segvol
+}  // namespace segvol::detail

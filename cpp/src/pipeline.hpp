@@ -18,7 +18,7 @@
 #include "ops.hpp"
 #include "ort.hpp"
 
-namespace segvol {
+namespace segvol::detail {
 
 class Tokenizer;
 
@@ -144,4 +144,4 @@ class Runtime {
 
 std::string normalize_name(const std::string& text);
 
-}  // namespace segvol
+}  // namespace segvol::detail

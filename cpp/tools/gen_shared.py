@@ -49,7 +49,7 @@ def render_header() -> str:
         NOTICE.format(sources="segvol_rt/io/spec.py, segvol_rt/pipeline/zoom.py, segvol_rt/backends/onnxruntime.py "
                       "and openvino.py"),
         "#pragma once\n",
-        "namespace segvol::shared {\n",
+        "namespace segvol::detail::shared {\n",
         "// zoom-in sliding windows (segvol_rt.pipeline.zoom)",
         f"inline constexpr double OVERLAP = {float(Z.OVERLAP)!r};",
         f"inline constexpr int POINT_EXTRA_POSITIVE = {int(Z.POINT_EXTRA_POSITIVE)};",
@@ -66,7 +66,7 @@ def render_header() -> str:
         "// spec's range; the GPU takes the spec's max (segvol_rt.backends.base.preferred_batch)",
         f"inline constexpr int CPU_DECODER_BATCH_ONNXRUNTIME = {_cpu_batch(ort_backend.CPU_BATCHES, S.PROMPT_DECODER)};",
         f"inline constexpr int CPU_DECODER_BATCH_OPENVINO = {_cpu_batch(ov_backend.CPU_BATCHES, S.PROMPT_DECODER)};\n",
-        "}  // namespace segvol::shared",
+        "}  // namespace segvol::detail::shared",
     ]
     return "\n".join(lines) + "\n"
 

@@ -78,7 +78,20 @@ extern "C" {
  * dims back, segvol_last_error() is per thread and takes no handle. */
 #define SEGVOL_RT_ABI_VERSION 2
 
-#if defined(__GNUC__)
+/* The exported symbols. Windows (MSVC, MinGW): the library is built with SEGVOL_RT_BUILDING
+ * (dllexport), a consumer imports (dllimport) unless it links a static build and defines
+ * SEGVOL_RT_STATIC. GCC/Clang elsewhere: the library is built with -fvisibility=hidden and
+ * only these symbols are visible. (The Windows branch is not built or tested by this
+ * project's CI: it runs on Linux only.) */
+#if defined(_WIN32) || defined(__CYGWIN__)
+#if defined(SEGVOL_RT_STATIC)
+#define SEGVOL_API
+#elif defined(SEGVOL_RT_BUILDING)
+#define SEGVOL_API __declspec(dllexport)
+#else
+#define SEGVOL_API __declspec(dllimport)
+#endif
+#elif defined(__GNUC__) || defined(__clang__)
 #define SEGVOL_API __attribute__((visibility("default")))
 #else
 #define SEGVOL_API

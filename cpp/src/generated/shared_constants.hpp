@@ -3,7 +3,7 @@
 
 #pragma once
 
-namespace segvol::shared {
+namespace segvol::detail::shared {
 
 // zoom-in sliding windows (segvol_rt.pipeline.zoom)
 inline constexpr double OVERLAP = 0.5;
@@ -30,4 +30,4 @@ inline constexpr const char* PROMPT_DECODER = "prompt_decoder";
 inline constexpr int CPU_DECODER_BATCH_ONNXRUNTIME = 1;
 inline constexpr int CPU_DECODER_BATCH_OPENVINO = 1;
 
-}  // namespace segvol::shared
+}  // namespace segvol::detail::shared
