@@ -46,7 +46,7 @@
 namespace {
 
 struct Args {
-    std::string scan, artifacts, out, window_prompts = "official", ort_library, device = "auto", backend = "auto";
+    std::string scan, artifacts, out, window_prompts = "official", ort_library, device = "auto", backend = "auto", precision = "fp32";
     std::vector<std::string> texts, points;
     std::string box;
     bool zoom_in = true, quiet = false, timing = false;
@@ -117,6 +117,7 @@ Args parse(int argc, char** argv) {
         else if (s == "--ort-library") a.ort_library = value(i);
         else if (s == "--device") a.device = value(i);
         else if (s == "--backend") a.backend = value(i);
+        else if (s == "--precision") a.precision = value(i);
         else if (s == "--quiet" || s == "-q") a.quiet = true;
         else if (s == "--timing") a.timing = true;
         else if (s == "--repeat") a.repeat = option_int<int>(s, value(i), 0, 1000000);
@@ -126,7 +127,7 @@ Args parse(int argc, char** argv) {
         } else if (s == "--help" || s == "-h") {
             std::printf("usage: segvol-rt-infer SCAN.nii.gz --artifacts DIR --text NAME [--box i0,j0,k0,i1,j1,k1] "
                         "[--point i,j,k[,label]] [--no-zoom-in] [--window-prompts official|aligned] [--seed N] "
-                        "[--threads N] [--device auto|cpu|cuda] [--backend auto|onnxruntime] [--ort-library PATH] [--out MASK.nii.gz]\n");
+                        "[--threads N] [--device auto|cpu|cuda] [--backend auto|onnxruntime|openvino] [--precision fp32|fp16|bf16] [--ort-library PATH] [--out MASK.nii.gz]\n");
             std::exit(0);
         } else if (!s.empty() && s[0] == '-') die("unknown option " + s);
         else if (a.scan.empty()) a.scan = s;
@@ -409,6 +410,7 @@ int main(int argc, char** argv) {
         lo.ort_library = a.ort_library;
         lo.device = a.device;
         lo.backend = a.backend;
+        lo.precision = a.precision;
         segvol::Runtime rt(a.artifacts, lo);
         rt.set_volume(data, dims, &affine);
         segvol::Target base;

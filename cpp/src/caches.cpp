@@ -4,13 +4,19 @@
 
 namespace segvol::detail {
 
-std::vector<float> Runtime::encode(const std::vector<float>& batch, long long n) {
-    Tensor img;
-    img.f = batch;
-    img.shape = {n, 1, art_.spatial_size[0], art_.spatial_size[1], art_.spatial_size[2]};
-    std::vector<long long> shape;
-    std::vector<float> out = encoder_->run({{art_.graphs["image_encoder"].inputs[0], &img}}, &shape);
-    emb_shape_ = shape;
+// The encoder's output goes straight into a new buffer of its shape once that is known
+// (after the first call); the first call's output is copied out of ONNX Runtime once.
+Buffer Runtime::encode(const TensorView& batch) {
+    std::vector<Feed> feeds{{art_.graphs[IMAGE_ENCODER].inputs[0], batch}};
+    if (emb_shape_.empty()) {
+        Buffer out = encoder_->run(feeds);
+        emb_shape_.assign(out.shape().begin(), out.shape().end());
+        return out;
+    }
+    std::vector<int64_t> shape(emb_shape_.begin(), emb_shape_.end());
+    shape[0] = batch.shape[0];
+    Buffer out = Buffer::host(shape, ElementType::F32);
+    encoder_->run_into(feeds, out.view());
     return out;
 }
 
@@ -43,16 +49,25 @@ void Runtime::ensure_windows(const std::vector<WindowKey>& keys) {
     size_t vox = (size_t)(w[0] * w[1] * w[2]);
     for (size_t i = 0; i < todo.size(); i += (size_t)enc_batch_) {
         size_t n = std::min(todo.size() - i, (size_t)enc_batch_);
-        std::vector<float> batch(vox * n);
-        for (size_t j = 0; j < n; ++j) window_image(v.crop, todo[i + j], batch.data() + j * vox);
-        std::vector<float> emb = encode(batch, (long long)n);
-        size_t per = emb.size() / n;
+        Buffer batch = Buffer::host({(int64_t)n, 1, w[0], w[1], w[2]}, ElementType::F32);
+        for (size_t j = 0; j < n; ++j) window_image(v.crop, todo[i + j], batch.as<float>() + j * vox);
+        Buffer emb = encode(batch.view());
         v.windows_encoded += n;
-        for (size_t j = 0; j < n; ++j) {
+        if (n == 1) {  // the CPU's batch: the encoder's output is the cache entry
+            v.lru.push_back(todo[i]);
+            v.cache_bytes += emb.view().bytes();
+            v.cache[todo[i]] = {std::move(emb), std::prev(v.lru.end())};
+            continue;
+        }
+        std::vector<int64_t> one = emb.shape();
+        one[0] = 1;
+        size_t per = emb.view().count() / n;
+        for (size_t j = 0; j < n; ++j) {  // a batch's rows as entries of their own (evicted one by one)
+            Buffer row = Buffer::host(one, ElementType::F32);
+            std::memcpy(row.as<float>(), emb.as<float>() + j * per, per * sizeof(float));
             v.lru.push_back(todo[i + j]);
-            v.cache[todo[i + j]] = {std::vector<float>(emb.begin() + (long)(j * per), emb.begin() + (long)((j + 1) * per)),
-                                    std::prev(v.lru.end())};
             v.cache_bytes += per * sizeof(float);
+            v.cache[todo[i + j]] = {std::move(row), std::prev(v.lru.end())};
         }
     }
 }
@@ -65,7 +80,7 @@ void Runtime::trim_cache(const std::set<WindowKey>& pinned) {
             continue;
         }
         auto c = v.cache.find(*it);
-        v.cache_bytes -= c->second.first.size() * sizeof(float);
+        v.cache_bytes -= c->second.first.view().bytes();
         v.cache.erase(c);
         it = v.lru.erase(it);
     }

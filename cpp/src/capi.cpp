@@ -219,16 +219,14 @@ segvol_status segvol_segment(segvol_runtime* h, const segvol_target* targets, si
             r.aligned = x.window_prompts == SEGVOL_WINDOW_PROMPTS_ALIGNED;
             r.seed = x.seed;
             r.probabilities = probabilities && probabilities[t];
+            // written once, straight into the caller's buffers (checked to hold `voxels` above),
+            // at the end of segment, after every graph ran: a refused request writes nothing
+            r.mask_out = masks[t];
+            r.probabilities_out = r.probabilities ? probabilities[t] : nullptr;
         }
         std::vector<segvol::detail::Result> res = h->rt->segment(reqs);
+        if (res.size() != n) segvol::detail::fail(SEGVOL_ERR_INTERNAL, "internal error: a result per target was not made");
         for (size_t t = 0; t < n; ++t) {
-            if (res[t].mask.size() != voxels || (probabilities && probabilities[t] && res[t].probabilities.size() != voxels))
-                segvol::detail::fail(SEGVOL_ERR_INTERNAL, "internal error: a result does not have the volume's size");
-        }
-        for (size_t t = 0; t < n; ++t) {
-            std::memcpy(masks[t], res[t].mask.data(), voxels);
-            if (probabilities && probabilities[t])
-                std::memcpy(probabilities[t], res[t].probabilities.data(), voxels * sizeof(float));
             if (info) {
                 segvol_result_info& i = info[t];
                 for (int k = 0; k < 6; ++k) i.roi[k] = res[t].roi ? res[t].roi->official[k] : -1;

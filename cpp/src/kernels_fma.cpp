@@ -5,6 +5,7 @@
 // dispatcher calls them only where the CPU has FMA.
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels_host.hpp"
 #if defined(__x86_64__) && defined(__GNUC__)

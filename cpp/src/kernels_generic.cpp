@@ -1,6 +1,7 @@
 // The kernels for any CPU: __fmaf_rn is a libm fmaf call.
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels_host.hpp"
 #define SEGVOL_KNS generic

@@ -53,9 +53,10 @@ struct Runtime::Vol {
     Vec3 model_shape;               // (K, J, I)
     Vec3 crop_lo;                   // crop start in model space
     Volume crop, zoom;              // crop image, zoom-out image
-    std::vector<float> zoom_embedding;
-    // window embeddings: key -> (embedding), least recently used first out
-    std::map<WindowKey, std::pair<std::vector<float>, std::list<WindowKey>::iterator>> cache;
+    Buffer zoom_embedding;  // (1, C, d, h, w)
+    // window embeddings (1, C, d, h, w): key -> (embedding), least recently used first out;
+    // the decoder reads them where they are (no copy)
+    std::map<WindowKey, std::pair<Buffer, std::list<WindowKey>::iterator>> cache;
     std::list<WindowKey> lru;
     unsigned long long cache_bytes = 0, windows_encoded = 0;
 };

@@ -12,6 +12,7 @@ static void to_float(const void* data, size_t n, float* out) {
 
 void Runtime::set_volume(const void* data, DType dtype, const std::array<i64, 3>& dims, const double* affine) {
     size_t n = checked_voxels(dims);  // before any product of dims is formed
+    PoolScope threads(pool_.get());   // this handle's kernel threads for the whole call
     if (affine)
         for (int k = 0; k < 16; ++k)
             if (!std::isfinite(affine[k])) fail(SEGVOL_ERR_INVALID_ARGUMENT, "affine must be a finite real 4x4 array");

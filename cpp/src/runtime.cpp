@@ -2,38 +2,91 @@
 // describe, the volume's release.
 #include "pipeline_internal.hpp"
 
+#include <sys/stat.h>
+
+#include <cerrno>
+
+#include "openvino.hpp"
+#include "system.hpp"
+
 namespace segvol::detail {
 
-Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
-    if (opt.backend != "auto" && opt.backend != "onnxruntime")
-        fail(SEGVOL_ERR_INVALID_ARGUMENT, "backend '" + opt.backend + "': the C++ SDK runs onnxruntime (or auto)");
-    if (opt.device != "auto" && opt.device != "cpu" && opt.device != "cuda")
-        fail(SEGVOL_ERR_INVALID_ARGUMENT, "device '" + opt.device + "': choose auto, cpu or cuda");
-    if (opt.threads < 0) fail(SEGVOL_ERR_INVALID_ARGUMENT, "threads must be >= 0");
-    art_ = Artifacts::load(dir, opt.precision);
-    if (opt.verify) art_.verify();
+// The OpenVINO model cache, as the Python backend's (segvol_rt.backends.openvino.default_cache_dir):
+// <$SEGVOL_RT_CACHE or ~/.cache/segvol-rt>/openvino, never the artifacts directory.
+static std::string openvino_cache_dir() {
+    std::string root;
+    if (const char* env = std::getenv("SEGVOL_RT_CACHE"); env && *env) root = env;
+    else if (const char* home = std::getenv("HOME"); home && *home) root = std::string(home) + "/.cache/segvol-rt";
+    else return "";
+    std::string dir = root + "/openvino";
+    std::string partial;
+    for (size_t at = 0; at != std::string::npos;) {  // mkdir -p
+        at = dir.find('/', at + 1);
+        partial = dir.substr(0, at);
+        if (mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
+            fail(SEGVOL_ERR_BACKEND, "cannot create the OpenVINO model cache " + dir + " (" + std::strerror(errno) +
+                                         "); set SEGVOL_RT_CACHE to a writable directory");
+    }
+    return dir;
+}
+
+// The backend's library and precision: checked before any graph is opened (the Python
+// backends' order: an unusable precision is refused before compiling anything).
+std::string Runtime::open_backend(const LoadOptions& opt, bool* cuda) {
+    if (opt.backend == "openvino") {
+        if (opt.device == "cuda") fail(SEGVOL_ERR_INVALID_ARGUMENT, "backend openvino runs on the CPU: use device cpu (or auto)");
+        if (opt.precision != "fp32" && opt.precision != "bf16")
+            fail(SEGVOL_ERR_INVALID_ARGUMENT, opt.precision == "fp16"
+                                                  ? "the openvino backend computes in fp32 or bf16, not fp16 (fp16 is a graph variant for backend onnxruntime); use precision fp32 or bf16"
+                                                  : "the openvino backend computes in fp32 or bf16, not '" + opt.precision + "'");
+        try {
+            const OpenVinoInfo& info = openvino_load();
+            openvino_check_precision(opt.precision);
+            *cuda = false;
+            ov_cache_ = openvino_cache_dir();
+            return "openvino " + info.version;
+        } catch (const std::exception& e) {
+            fail(SEGVOL_ERR_BACKEND, e.what());
+        }
+    }
     const OrtInfo* info;
     try {
         info = &ort_load(opt.ort_library);
     } catch (const std::runtime_error& e) {
         fail(SEGVOL_ERR_BACKEND, e.what());
     }
-    bool cuda = opt.device == "cuda" || (opt.device == "auto" && info->cuda);
-    cuda_ = cuda;
+    *cuda = opt.device == "cuda" || (opt.device == "auto" && info->cuda);
     if (opt.device == "cuda" && !info->cuda)
         fail(SEGVOL_ERR_BACKEND, "device cuda: the ONNX Runtime at " + info->path + " has no CUDAExecutionProvider");
+    return "onnxruntime " + info->version;
+}
+
+Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
+    if (opt.backend != "auto" && opt.backend != "onnxruntime" && opt.backend != "openvino")
+        fail(SEGVOL_ERR_INVALID_ARGUMENT, "backend '" + opt.backend + "': the C++ SDK runs onnxruntime or openvino (or auto: onnxruntime)");
+    if (opt.device != "auto" && opt.device != "cpu" && opt.device != "cuda")
+        fail(SEGVOL_ERR_INVALID_ARGUMENT, "device '" + opt.device + "': choose auto, cpu or cuda");
+    if (opt.threads < 0) fail(SEGVOL_ERR_INVALID_ARGUMENT, "threads must be >= 0");
+    openvino_ = opt.backend == "openvino";
+    // OpenVINO compiles the fp32 graphs in the asked inference precision (no graph variant)
+    art_ = Artifacts::load(dir, openvino_ ? "fp32" : opt.precision);
+    if (opt.verify) art_.verify();
+    bool cuda = false;
+    std::string library = open_backend(opt, &cuda);
+    cuda_ = cuda;
+    pool_ = std::make_unique<ThreadPool>(opt.threads > 0 ? opt.threads : cpu_cores());
     GraphOptions go;
     go.threads = opt.threads;
     go.cuda = cuda;
-    kernels::set_max_threads(opt.threads);
-    auto open = [&](const char* name) { return open_graph(name, go); };
-    encoder_ = open("image_encoder");
-    decoder_ = open("prompt_decoder");
+    go.precision = opt.precision;
+    encoder_ = open_graph(IMAGE_ENCODER, go);
+    decoder_ = open_graph(PROMPT_DECODER, go);
     // preferred batches as the Python backend's (segvol_rt.backends.base.preferred_batch)
-    enc_batch_ = cuda ? art_.graphs["image_encoder"].batch[2] : std::max(1, art_.graphs["image_encoder"].batch[0]);
+    enc_batch_ = cuda ? art_.graphs[IMAGE_ENCODER].batch[2] : std::max(1, art_.graphs[IMAGE_ENCODER].batch[0]);
     const std::array<int, 3>& dec = art_.graphs[PROMPT_DECODER].batch;  // (min, opt, max)
-    dec_batch_ = cuda ? dec[2] : std::max(dec[0], std::min(dec[2], CPU_DECODER_BATCH_ONNXRUNTIME));
-    text_batch_ = art_.graphs["text_encoder"].batch[2];
+    int cpu_dec = openvino_ ? CPU_DECODER_BATCH_OPENVINO : CPU_DECODER_BATCH_ONNXRUNTIME;
+    dec_batch_ = cuda ? dec[2] : std::max(dec[0], std::min(dec[2], cpu_dec));
+    text_batch_ = art_.graphs[TEXT_ENCODER].batch[2];
     max_points_ = art_.graphs[PROMPT_DECODER].tokens[2] - EXTRA_TOKENS;
     std::vector<std::string> names;
     std::vector<float> rows;
@@ -42,8 +95,8 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
         table_[normalize_name(names[i])] =
             std::vector<float>(rows.begin() + (long)i * art_.embed_dim, rows.begin() + (long)(i + 1) * art_.embed_dim);
     std::ostringstream d;
-    d << "onnxruntime " << info->version << " (" << (cuda ? "cuda" : "cpu") << ", "
-      << (opt.threads > 0 ? std::to_string(opt.threads) : std::string("all")) << " threads, " << opt.precision << ")";
+    d << library << " (" << (cuda ? "cuda" : "cpu") << ", " << (opt.threads > 0 ? std::to_string(opt.threads) : std::string("all"))
+      << " threads, " << opt.precision << ")";
     describe_ = d.str();
 }
 
@@ -52,12 +105,12 @@ Runtime::~Runtime() = default;
 // A session of graph `name`, its inputs and outputs checked against the manifest's spec
 // (as segvol_rt.backends.onnxruntime.check_session_io): a graph from another export is
 // refused at load, not mid-run.
-std::unique_ptr<Graph> Runtime::open_graph(const char* name, const GraphOptions& go) {
+std::unique_ptr<Graph> Runtime::open_graph(const std::string& name, const GraphOptions& go) {
     const GraphEntry& e = art_.graphs.at(name);
     std::string path = art_.path(e.file);
     std::unique_ptr<Graph> g;
     try {
-        g = std::make_unique<Graph>(path, name, go);
+        g = openvino_ ? openvino_graph(path, go, ov_cache_, e.inputs, e.outputs) : ort_graph(path, name, go);
     } catch (const std::exception& ex) {
         fail(SEGVOL_ERR_BACKEND, "cannot open " + path + ": " + std::string(ex.what()).substr(0, 300));
     }

@@ -25,25 +25,24 @@ std::vector<std::vector<float>> Runtime::text_embeddings(const std::vector<std::
         GraphOptions go;
         go.threads = opt_.threads;
         go.cuda = cuda_;
-        text_encoder_ = open_graph("text_encoder", go);
+        go.precision = opt_.precision;
+        text_encoder_ = open_graph(TEXT_ENCODER, go);
     }
     for (size_t i = 0; i < fresh.size(); i += (size_t)text_batch_) {
         size_t n = std::min(fresh.size() - i, (size_t)text_batch_);
-        Tensor ids;
-        ids.kind = 2;
+        std::vector<int64_t> ids;
         for (size_t j = 0; j < n; ++j) {
             std::string sentence = art_.prompt_template;
             size_t at = sentence.find("{}");
             if (at != std::string::npos) sentence.replace(at, 2, raw[fresh[i + j]]);
             std::vector<long long> row = tokenizer_->encode(sentence);
-            ids.i64.insert(ids.i64.end(), row.begin(), row.end());
+            ids.insert(ids.end(), row.begin(), row.end());
         }
-        ids.shape = {(long long)n, (long long)(ids.i64.size() / n)};
-        std::vector<long long> shape;
-        std::vector<float> out = text_encoder_->run({{art_.graphs["text_encoder"].inputs[0], &ids}}, &shape);
-        size_t per = out.size() / n;
-        for (size_t j = 0; j < n; ++j)
-            phrases_[fresh[i + j]] = std::vector<float>(out.begin() + (long)(j * per), out.begin() + (long)((j + 1) * per));
+        TensorView view = host_view(ids.data(), {(int64_t)n, (int64_t)(ids.size() / n)}, ElementType::I64);
+        Buffer out = text_encoder_->run({{art_.graphs[TEXT_ENCODER].inputs[0], view}});
+        size_t per = out.view().count() / n;
+        const float* o = out.as<float>();
+        for (size_t j = 0; j < n; ++j) phrases_[fresh[i + j]] = std::vector<float>(o + j * per, o + (j + 1) * per);
     }
     std::vector<std::vector<float>> rows;
     for (const std::string& k : keys) rows.push_back(table_.count(k) ? table_.at(k) : phrases_.at(k));

@@ -152,30 +152,23 @@ Runtime::ZoomPlan Runtime::plan_zoom_in(const Target& tg, const Volume& coarse, 
 // trilinear to the window, blended in window order (MONAI constant), padding cut away.
 Volume Runtime::zoom_in(const ZoomPlan& p, const Target& tg) {
     Vec3 spatial = v3(art_.spatial_size);
-    std::vector<const std::vector<float>*> e, tx;
+    std::vector<const Buffer*> e;
+    std::vector<const std::vector<float>*> tx;
     for (const WindowKey& k : p.keys) {
-        e.push_back(&vol_->cache.at(k).first);
+        e.push_back(&vol_->cache.at(k).first);  // read in place by the decoder
         tx.push_back(tg.text);
     }
-    std::vector<std::vector<float>> wl = decode(e, p.tokens, tx);
-    Volume total(p.windows.padded_shape), count(p.windows.padded_shape);
-    for (size_t i = 0; i < wl.size(); ++i) {
-        Volume lv(low_shape_);
-        lv.data = std::move(wl[i]);
-        Volume full = resize_trilinear(lv, spatial);
-        long long start[3] = {p.windows.starts[i][0], p.windows.starts[i][1], p.windows.starts[i][2]};
-        kernels::blend_accumulate(full.ptr(), start, 1, spatial.data(), total.ptr(), count.ptr(), total.shape[1], total.shape[2],
-                                  start, spatial.data());
-    }
-    Volume avg(total.shape);
-    kernels::blend_divide(total.ptr(), count.ptr(), avg.ptr(), avg.size(), std::numeric_limits<float>::quiet_NaN());
-    Vec3 rs = p.roi.shape();
-    Volume roi(rs);
-    const Vec3& pb = p.windows.pad_before;
-    for (i64 z = 0; z < rs[0]; ++z)
-        for (i64 y = 0; y < rs[1]; ++y)
-            std::memcpy(roi.ptr() + (z * rs[1] + y) * rs[2], avg.ptr() + ((z + pb[0]) * avg.shape[1] + y + pb[1]) * avg.shape[2] + pb[2],
-                        sizeof(float) * (size_t)rs[2]);
+    Buffer wl = decode(e, p.tokens, tx);
+    // every window trilinear to the window size, then the blend of the ROI's box inside the
+    // padded ROI (kernels/blend.cu blend_average, row by row: the same float additions)
+    size_t nwin = p.keys.size(), low = (size_t)(low_shape_[0] * low_shape_[1] * low_shape_[2]);
+    size_t vox = (size_t)(spatial[0] * spatial[1] * spatial[2]);
+    Buffer windows = Buffer::host({(int64_t)nwin, spatial[0], spatial[1], spatial[2]}, ElementType::F32);
+    for (size_t i = 0; i < nwin; ++i) resize_trilinear(wl.as<float>() + i * low, low_shape_, spatial, windows.as<float>() + i * vox);
+    StageTimer blend("  blend");
+    Volume roi(p.roi.shape());
+    blend_average_rows(windows.as<float>(), p.windows.starts, spatial, p.windows.pad_before, roi.shape, roi.ptr(),
+                       std::numeric_limits<float>::quiet_NaN());
     return roi;
 }
 
