@@ -45,6 +45,8 @@ FORMAT_PTH = "pth"
 FORMAT_HF = "hf"
 CONFIG_KEY = "segvol_rt_config"
 HF_CONFIG = "config.json"
+# config.json key: axis codes of the voxel order the weights were trained on (the demo model's: RAS); SegVol's has none
+VOXEL_ORIENTATION_KEY = "segvol_rt_voxel_orientation"
 HF_SAFETENSORS = "model.safetensors"
 HF_BIN = "pytorch_model.bin"
 HF_WEIGHTS = (HF_SAFETENSORS, HF_BIN)  # in order of preference
@@ -77,6 +79,7 @@ class Checkpoint:
     sha256: str
     path: Path
     tokenizer_dir: Path | None
+    voxel_orientation: str | None = None  # config.json's VOXEL_ORIENTATION_KEY: the voxel order it was trained on
 
 
 # -- loading -------------------------------------------------------------------
@@ -120,7 +123,19 @@ def _load_hf(directory: Path, weights: Path, given: Path | None = None) -> Check
     else:
         raw = _pick_state_dict(_torch_load(weights), weights)
     state = canonical_state_dict(raw, config, weights)
-    return Checkpoint(state, config, FORMAT_HF, sha256_file(weights), given or directory, _tokenizer_dir(directory))
+    return Checkpoint(state, config, FORMAT_HF, sha256_file(weights), given or directory, _tokenizer_dir(directory),
+                      _hf_voxel_orientation(directory))
+
+
+def _hf_voxel_orientation(directory: Path) -> str | None:
+    """config.json's :data:`VOXEL_ORIENTATION_KEY` (axis codes such as RAS), or None when it names none."""
+    from segvol_rt.io.artifacts import check_orientation
+
+    file = directory / HF_CONFIG
+    if not file.is_file():
+        return None
+    codes = json.loads(file.read_text(encoding="utf-8")).get(VOXEL_ORIENTATION_KEY)  # parsed by _hf_config already
+    return None if codes is None else check_orientation(codes)
 
 
 def _hf_weights_file(directory: Path) -> Path:
@@ -300,11 +315,13 @@ def save_hf(
     directory: str | os.PathLike[str],
     tokenizer_files: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
     safetensors: bool = True,
+    voxel_orientation: str | None = None,
 ) -> Path:
     """Write the Hugging Face layout into ``directory`` (created if needed):
     ``config.json``, ``model.safetensors`` (or ``pytorch_model.bin``) with
     ``model.<key>`` names, and the tokenizer files, given as a directory (its
-    known tokenizer files are copied) or a list of files."""
+    known tokenizer files are copied) or a list of files. ``voxel_orientation``:
+    the axis codes of the voxel order the model was trained on, recorded in config.json."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {HF_PREFIX + k: v for k, v in official_state_dict(model).items()}
@@ -322,6 +339,10 @@ def save_hf(
         "patch_size": list(model.config.patch_size),
         "test_mode": True,
     }
+    if voxel_orientation is not None:
+        from segvol_rt.io.artifacts import check_orientation
+
+        config[VOXEL_ORIENTATION_KEY] = check_orientation(voxel_orientation)
     if model.config != SegVolConfig.official():
         config[CONFIG_KEY] = model.config.to_dict()
     text = json.dumps(config, indent=2) + "\n"

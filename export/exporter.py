@@ -70,6 +70,9 @@ class ExportOptions:
     point_counts: tuple[int, ...] = (1, 16, 5, 9)
     seed: int = 0
     precision: str = "fp32"  # "fp16": also write fp16 variants of the graphs
+    # axis codes of the voxel order the model was trained on (manifest voxel_orientation); None: the checkpoint's
+    # config.json declaration if any, else none (the runtime keeps each scan's stored order, as SegVol)
+    voxel_orientation: str | None = None
 
     def check(self) -> None:
         if self.precision not in A.GRAPH_VARIANTS:
@@ -80,6 +83,8 @@ class ExportOptions:
             raise SegVolError(f"--max-batch must be in 1..64, got {self.max_batch}")
         if not 1 <= self.max_points <= 256:
             raise SegVolError(f"--max-points must be in 1..256, got {self.max_points}")
+        if self.voxel_orientation is not None:
+            A.check_orientation(self.voxel_orientation)
 
 
 @dataclass
@@ -383,6 +388,7 @@ def _manifest(
         },
         "tokenizer": {"dir": A.TOKENIZER_DIR, "files": tok_files},
         "text_table": table,
+        **_orientation(options.voxel_orientation or ckpt.voxel_orientation),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -393,6 +399,11 @@ def _manifest(
         },
         "engines": {},
     }
+
+
+def _orientation(codes: str | None) -> dict[str, str]:
+    """The manifest's ``voxel_orientation`` field (absent when the model declares none)."""
+    return {} if codes is None else {"voxel_orientation": A.check_orientation(codes)}
 
 
 # -- the output directory ------------------------------------------------------

@@ -39,7 +39,7 @@ the same code on numpy arrays.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,7 @@ from segvol_rt.types import FLAGS, BoxPrompt, PointsPrompt, Request, Segmentatio
 if TYPE_CHECKING:  # runtime types only: importing segvol_rt stays light
     from segvol_rt.backends.base import Backend
     from segvol_rt.io.artifacts import Artifacts
+    from segvol_rt.pipeline.cases import CaseResult
     from segvol_rt.pipeline.geometry import Geometry
 
 # Default bound of the phrase cache: a full-size text embedding is 768 float32
@@ -166,6 +167,11 @@ class SegVolRuntime:
         return self.backend.xp
 
     @property
+    def voxel_orientation(self) -> str | None:
+        """The axis codes of the voxel order the model declares (artifacts manifest), or None."""
+        return getattr(self.artifacts, "voxel_orientation", None)
+
+    @property
     def provenance(self) -> dict[str, Any]:
         """What produces this runtime's masks: segvol-rt version, the checkpoint's
         sha256 (from the artifacts manifest), backend, device, precision (what the
@@ -249,7 +255,14 @@ class SegVolRuntime:
         On a CUDA backend the scan is uploaded once (a cupy array is used as it
         is) and preprocessed on the GPU; the crop and zoom-out images stay there.
 
-        ``reorient``: None (official: no reorientation) or axis codes such as "RAS"."""
+        ``reorient``: None - the model's :attr:`voxel_orientation` when its
+        manifest declares one, else the stored voxel order (SegVol's weights,
+        as the official pipeline); axis codes such as "RAS"; or "stored" (the
+        stored order whatever the model declares). Masks and prompts stay in
+        the scan's voxel grid either way."""
+        from segvol_rt.pipeline.geometry import model_orientation
+
+        reorient = model_orientation(V.optional_text(reorient, "reorient"), self.voxel_orientation)
         self._volume = load_volume(volume, affine, reorient, series, self.xp, self.config.spatial_size, self._cache_bytes,
                                    self._stats)
 
@@ -371,6 +384,21 @@ class SegVolRuntime:
         requests = [replace(base, seed=t.seed) for t in targets]
         vol = self._require_volume()
         return self._flow().run(vol, requests, targets, StageClock()) if requests else []
+
+    def segment_cases(
+        self,
+        scans: Iterable[str | os.PathLike[str]],
+        targets: Sequence[Request | Mapping[str, Any] | str],
+        reorient: str | None = None,
+    ) -> Iterator[CaseResult]:
+        """Segment the same ``targets`` (as :meth:`segment_many` takes them; prompts in
+        each scan's voxel indices) in every scan of a cohort (NIfTI paths, DICOM
+        folders or files), one scan at a time: yields a :class:`segvol_rt.pipeline.cases.CaseResult`
+        per scan - its segmentations, or the one-line error of a scan that failed
+        (the next one still runs). Each volume is released before the next."""
+        from segvol_rt.pipeline.cases import iterate_cases
+
+        return iterate_cases(self, scans, targets, reorient)
 
     def close(self) -> None:
         self.backend.close()

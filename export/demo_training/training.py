@@ -324,7 +324,8 @@ def train(model: SegVol, tokenizer: ClipTokenizer, cases: Sequence[Case], opts: 
 
 def export_model(model: SegVol, tokenizer_dir: Path, out: Path) -> Path:
     """The Hugging Face layout (config.json with segvol_rt_config, model.safetensors, tokenizer files)."""
-    return save_hf(model, out, tokenizer_files=tokenizer_dir, safetensors=True)
+    # the phantoms are generated in RAS voxel order (stored RAS or LPS: no mirror image): the model expects RAS
+    return save_hf(model, out, tokenizer_files=tokenizer_dir, safetensors=True, voxel_orientation="RAS")
 
 
 def training_report(config: SegVolConfig, params: int, args: dict[str, Any], history: list[dict[str, Any]],

@@ -34,7 +34,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="SegVol deployment SDK: export, build, infer, bench, demo.",
+    help="SegVol deployment SDK: export, build, infer, targets, bench, demo, serve.",
 )
 
 
@@ -111,7 +111,7 @@ def _fail(message: str, code: int) -> int:
 
 @app.callback()
 def _root() -> None:
-    """SegVol deployment SDK: export, build, infer, bench, demo."""
+    """SegVol deployment SDK: export, build, infer, targets, bench, demo, serve."""
 
 
 @app.command()
@@ -124,119 +124,106 @@ def version() -> None:
 
 _PROMPT_HELP = (
     "Box and points are voxel indices (i, j, k) of SCAN as nibabel loads it - 3D Slicer's IJK - "
-    "inclusive, 0-based. DICOM: the grid dcm2niix writes - i = column, j = rows - 1 - row, k = slice rank along the normal."
+    "inclusive, 0-based. DICOM: the grid dcm2niix writes - i = column, j = rows - 1 - row, k = slice rank along the normal.\n\n"
+    "Outputs: one target: a 0/1 mask, default SCAN stem + _segvol.nii.gz beside it (.dcm, a DICOM SEG, for DICOM input). "
+    "Several targets: one multi-label file (label i = i-th target; where targets overlap the later one wins) and a "
+    ".json sidecar naming the labels.\n\n"
+    "Cohorts: several scans, a folder of NIfTI files and DICOM series, or --list, with --out-dir DIR: one model load, "
+    "outputs DIR/<case>_segvol.nii.gz (.dcm for DICOM; <case> = file stem or SeriesInstanceUID) and the run report "
+    "DIR/segvol-rt-run.json and .csv, rewritten after every case. A rerun skips the cases whose outputs are unchanged "
+    "(--force redoes them). Exit status: 0 all cases ok, 1 some failed (one line each in the report), 2 usage error."
 )
+
+# option groups of `infer --help`
+_P, _O, _E, _D, _V, _R = "Prompts", "Outputs", "Engine", "DICOM", "Evaluation", "Cohort"
 
 
 @app.command(epilog=_PROMPT_HELP)
 def infer(
-    scan: str = typer.Argument(..., help="CT scan: .nii or .nii.gz, a DICOM folder or file, or a DICOMweb series URL (https://HOST/dicom-web/studies/STUDY/series/SERIES)."),
-    text: list[str] | None = typer.Option(None, "--text", help="Target name or free phrase; repeat for several targets (one target each)."),
-    box: str | None = typer.Option(None, "--box", help="i0,j0,k0,i1,j1,k1: inclusive box in SCAN voxel indices (IJK); applies to every --text."),
-    point: list[str] | None = typer.Option(None, "--point", help="i,j,k[,label] in SCAN voxel indices (IJK), label 1 positive (default) or 0 negative; repeatable; applies to every --text."),
-    out: str | None = typer.Option(None, "--out", help="Output mask (.nii/.nii.gz, or .dcm - a DICOM SEG - for DICOM input, its default); default SCAN stem + _segvol.nii.gz beside it. Several targets: a multi-label file (label i = i-th target; where targets overlap the later one wins) and a .json sidecar naming the labels."),
-    split: bool = typer.Option(False, "--split", help="One 0/1 file per target, <out stem>_<name>.nii.gz, instead of a multi-label file."),
-    probabilities: bool = typer.Option(False, "--probabilities", help="Also write float32 probability maps <out stem>_prob[_<name>].nii.gz (with a .dcm --out: FRACTIONAL probability SEGs <out stem>_prob[_<name>].dcm)."),
-    backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | openvino | torch | tensorrt (openvino: CPU, asked for by name only)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    no_zoom_in: bool = typer.Option(False, "--no-zoom-in", help="Coarse (zoom-out) pass only."),
-    window_prompts: str = typer.Option("official", "--window-prompts", help="official | aligned. Zoom-in window boxes/points: 'official' reproduces SegVol, which misplaces them by the padding on scans smaller than a window (32x256x256 at full size) along an axis; 'aligned' places them where they belong. Same result on larger scans."),
-    artifacts: str | None = typer.Option(None, "--artifacts", help="Artifacts directory from `segvol-rt export`; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
-    reorient: str | None = typer.Option(None, "--reorient", help="Reorient to axis codes (e.g. RAS) before the model. Off by default: SegVol itself does not reorient. Prompts and masks stay in SCAN's voxel grid either way."),
-    seed: int = typer.Option(0, "--seed", help="Seed of point sampling (zoom-in windows, --prompt-points)."),
-    prompt_from: str | None = typer.Option(None, "--prompt-from", help="Evaluation: LABEL.nii.gz:ID - derive the prompts from this reference label as the official demo does (zoom-out-space box of the resized label); also the --reference by default."),
-    prompt_box: bool = typer.Option(True, "--prompt-box/--no-prompt-box", help="With --prompt-from: use the label's box."),
-    prompt_points: bool = typer.Option(False, "--prompt-points", help="With --prompt-from: also sample points from the label (official select_points, 3 positive + 3 negative extra, seeded)."),
-    reference: str | None = typer.Option(None, "--reference", help="LABEL.nii.gz:ID - print the Dice of the result, zoom-out only and with zoom-in (official formula, crop space) and in scan space."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and information lines (errors, warnings and Dice still print)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-target details: ROI, windows, prompts."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime (CPU) and torch (default: all cores)."),
-    cache_mb: float | None = typer.Option(None, "--cache-mb", min=0, help="Bound of the runtime's window-embedding cache in MiB (default: the runtime's)."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16 | bf16: what the backend computes in. fp16: the graph variant on ONNX Runtime and TensorRT (needs `export --precision fp16`; TensorRT: the engines' precision); bf16: OpenVINO on CPUs that offer it. Default: fp32, the built engines' on TensorRT."),
-    series: str | None = typer.Option(None, "--series", help="DICOM input: the SeriesInstanceUID to segment, when the folder holds several CT series (the error lists them)."),
-    store: str | None = typer.Option(None, "--store", help="DICOMweb service root (https://HOST/dicom-web): STOW-RS the SEG there, after it is written and validated locally."),
-    dicomweb_auth: str | None = typer.Option(None, "--dicomweb-auth", envvar="SEGVOL_RT_DICOMWEB_AUTH", show_envvar=True, help="USER:PASSWORD for DICOMweb (never put credentials in a URL)."),
-    server: str | None = typer.Option(None, "--server", help="URL of a `segvol-rt serve` server (http://HOST:PORT): the scan is uploaded there and segmented by its model; outputs are written here as usual (needs the client extra; API key from $SEGVOL_API_KEY)."),
-) -> None:
-    """Segment targets of a CT scan (NIfTI, DICOM folder or DICOMweb series) by text, box and/or point prompts; write NIfTI masks or DICOM SEGs (all of them or none)."""
-    from segvol_rt.app.console import ConsoleReporter, check_choices, load_runtime
-    from segvol_rt.app.infer import InferOptions, run_infer
+    scans: list[str] | None = typer.Argument(None, metavar="SCAN...", show_default=False, hidden=True),
+    text: list[str] | None = typer.Option(None, "--text", metavar="NAME", rich_help_panel=_P, help="Target name or free phrase; repeatable; 'all': every name of `segvol-rt targets`."),
+    box: str | None = typer.Option(None, "--box", metavar="I0,J0,K0,I1,J1,K1", rich_help_panel=_P, help="Inclusive box in SCAN voxel indices; applies to every --text."),
+    point: list[str] | None = typer.Option(None, "--point", metavar="I,J,K[,L]", rich_help_panel=_P, help="Point in SCAN voxel indices, label L 1 (default) or 0; repeatable."),
+    seed: int = typer.Option(0, "--seed", metavar="N", rich_help_panel=_P, help="Seed of point sampling."),
+    out: str | None = typer.Option(None, "--out", metavar="FILE", rich_help_panel=_O, help="Output mask: .nii, .nii.gz or .dcm (DICOM SEG, DICOM input)."),
+    split: bool = typer.Option(False, "--split", metavar="", rich_help_panel=_O, help="One 0/1 file per target, <stem>_<name>.nii.gz."),
+    probabilities: bool = typer.Option(False, "--probabilities", metavar="", rich_help_panel=_O, help="Also write float32 probability maps <stem>_prob[_<name>]."),
+    statistics: bool = typer.Option(False, "--statistics", metavar="", rich_help_panel=_O, help="Volume (ml), HU mean/sd/min/max and bounding box per target, in the sidecar."),
+    out_dir: str | None = typer.Option(None, "--out-dir", metavar="DIR", rich_help_panel=_R, help="Folder of a cohort's outputs and run report."),
+    list_file: str | None = typer.Option(None, "--list", metavar="FILE", rich_help_panel=_R, help="Scans to segment, one path or DICOMweb URL a line."),
+    force: bool = typer.Option(False, "--force", metavar="", rich_help_panel=_R, help="Redo the cases an earlier run finished."),
+    artifacts: str | None = typer.Option(None, "--artifacts", metavar="DIR", rich_help_panel=_E, help="From `segvol-rt export`; default: the demo model (not for clinical use)."),
+    backend: str = typer.Option("auto", "--backend", metavar="NAME", rich_help_panel=_E, help="auto | onnxruntime | openvino | torch | tensorrt (openvino: CPU, by name only)."),
+    device: str = typer.Option("auto", "--device", metavar="NAME", rich_help_panel=_E, help="auto | cpu | cuda."),
+    precision: str | None = typer.Option(None, "--precision", metavar="NAME", rich_help_panel=_E, help="fp32 | fp16 | bf16: fp16 graphs (`export --precision fp16`), bf16 on OpenVINO where the CPU has it; default fp32, TensorRT: as built."),
+    threads: int | None = typer.Option(None, "--threads", min=1, metavar="N", rich_help_panel=_E, help="CPU threads (default: all cores)."),
+    cache_mb: float | None = typer.Option(None, "--cache-mb", min=0, metavar="MIB", rich_help_panel=_E, help="Bound of the window-embedding cache."),
+    no_zoom_in: bool = typer.Option(False, "--no-zoom-in", metavar="", rich_help_panel=_E, help="Coarse (zoom-out) pass only."),
+    window_prompts: str = typer.Option("official", "--window-prompts", metavar="MODE", rich_help_panel=_E, help="official (SegVol's, misplaced on scans smaller than a window) | aligned."),
+    reorient: str | None = typer.Option(None, "--reorient", metavar="CODES", rich_help_panel=_E, help="Axis codes (e.g. RAS) to reorient to before the model, or 'stored'; default: the model's declared orientation (the demo model: RAS), else none, as SegVol."),
+    server: str | None = typer.Option(None, "--server", metavar="URL", rich_help_panel=_E, help="Segment on a `segvol-rt serve` server ($SEGVOL_API_KEY)."),
+    series: str | None = typer.Option(None, "--series", metavar="UID", rich_help_panel=_D, help="The SeriesInstanceUID, when a folder holds several CT series."),
+    store: str | None = typer.Option(None, "--store", metavar="URL", rich_help_panel=_D, help="DICOMweb root: STOW-RS the SEGs, once written."),
+    series_description: str | None = typer.Option(None, "--series-description", metavar="TEXT", rich_help_panel=_D, help="The SEG's SeriesDescription (default: the targets; at most 64 characters)."),
+    dicomweb_auth: str | None = typer.Option(None, "--dicomweb-auth", metavar="USER:PASS", envvar="SEGVOL_RT_DICOMWEB_AUTH", show_envvar=False, rich_help_panel=_D, help="DICOMweb credentials (or $SEGVOL_RT_DICOMWEB_AUTH)."),
+    prompt_from: str | None = typer.Option(None, "--prompt-from", metavar="LABEL:ID", rich_help_panel=_V, help="Prompts from a reference label, as the official demo."),
+    prompt_box: bool = typer.Option(True, "--prompt-box/--no-prompt-box", metavar="", rich_help_panel=_V, help="With --prompt-from: the label's box."),
+    prompt_points: bool = typer.Option(False, "--prompt-points", metavar="", rich_help_panel=_V, help="With --prompt-from: also sample points."),
+    reference: str | None = typer.Option(None, "--reference", metavar="LABEL:ID", rich_help_panel=_V, help="Print the Dice against this label."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress or information lines."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", metavar="", help="Per-target details: ROI, windows, prompts."),
+) -> int:
+    """Segment CT scans by text, box and point prompts; write NIfTI masks or DICOM SEGs.
 
-    check_choices(backend, device, precision)
-    cache_bytes = _cache_bytes(cache_mb)
+    SCAN: a .nii or .nii.gz file, a DICOM folder or file, or a DICOMweb series URL (https://HOST/dicom-web/studies/STUDY/series/SERIES). Several scans, or a folder of NIfTI files and DICOM series, make a cohort: give --out-dir."""  # noqa: E501 - one paragraph of the help
+    from segvol_rt.app.infer import InferOptions
+    from segvol_rt.app.infer_command import Engine, Inputs, infer_command
+
     opts = InferOptions(
-        texts=tuple(text or ()), box=box, points=tuple(point or ()), out=out, split=split,
-        probabilities=probabilities, zoom_in=not no_zoom_in, window_prompts=window_prompts, reorient=reorient, seed=seed,
-        prompt_from=prompt_from, prompt_box=prompt_box, prompt_points=prompt_points, reference=reference,
-        series=series, store=store, dicomweb_auth=dicomweb_auth,
+        texts=tuple(text or ()), box=box, points=tuple(point or ()), out=out, split=split, probabilities=probabilities,
+        zoom_in=not no_zoom_in, window_prompts=window_prompts, reorient=reorient, seed=seed, prompt_from=prompt_from,
+        prompt_box=prompt_box, prompt_points=prompt_points, reference=reference, series=series, store=store,
+        dicomweb_auth=dicomweb_auth, statistics=statistics, series_description=series_description,
     )
-    report = ConsoleReporter(quiet=quiet)
-    remote: list[Any] = []  # the served session, closed at the end
-    if server is not None:
-        from segvol_rt.app.remote import check_remote_options
-
-        check_remote_options(opts, artifacts)
-    open_runtime = (lambda: _remote_runtime(server, remote)) if server is not None else (
-        lambda: load_runtime(artifacts, backend, device, report, threads, cache_bytes, precision))
-    try:
-        result = run_infer(scan, opts, open_runtime, report)
-    finally:
-        report.close()
-        for rt in remote:
-            rt.close()
-    _print_result(result, report, verbose)
+    engine = Engine(artifacts, backend, device, threads, _cache_bytes(cache_mb), precision, server)
+    inputs = Inputs(tuple(scans or ()), list_file, out_dir, force, quiet, verbose)
+    return infer_command(inputs, opts, engine, lambda line: _state.update(interrupted=line))
 
 
-def _print_result(result: Any, report: Any, verbose: bool) -> None:
-    """``infer``'s closing lines: per target its voxels and zoom-in (with ``verbose``,
-    its prompt and ROI) and Dice when asked, the files written, timing and provenance."""
-    from segvol_rt.app.console import provenance_line
+@app.command()
+def targets(
+    artifacts: str | None = typer.Option(None, "--artifacts", metavar="DIR", help="Read this artifacts directory's text table (default: the names every export writes)."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="JSON for programs: codes (value, meaning) and RGB."),
+) -> None:
+    """List the target names the text table knows (no text encoder needed), with the SNOMED CT codes and colours of their DICOM SEG segments. Free phrases work too, through the text encoder."""
+    import json
 
-    for res in result.targets:
-        seg = res.segmentation
-        zoom = f"{seg.n_windows} zoom-in window(s)" if seg.zoom_in_applied else "zoom-out only"
-        report.note(f"{res.plan.name}: {int(seg.mask.sum())} voxels, {zoom}")
-        if verbose:
-            stats = res.stats(result.geometry)
-            report.note(f"  prompt {seg.prompt}; ROI (crop) {stats['roi_crop']}, ROI (scan) {stats['roi_scan']}")
-        if res.evaluation is not None:
-            for line in res.evaluation.lines():
-                say(f"{res.plan.name}: {line}")
-    for path in result.files:
-        report.note(f"wrote {path}")
-    report.note(f"{result.timing_line(detailed=verbose)}; {provenance_line(result.provenance)}")
+    from segvol_rt.app.targets import table_lines, target_rows
 
-
-def _remote_runtime(url: str, opened: list[Any]) -> Any:
-    """``infer --server``: a runtime stand-in over a session on the server (:mod:`segvol_rt.app.remote`)."""
-    import os
-
-    from segvol_rt.app.remote import RemoteRuntime
-
-    rt = RemoteRuntime(url, api_key=os.environ.get("SEGVOL_API_KEY"))
-    opened.append(rt)
-    return rt
+    rows = target_rows(artifacts)
+    for line in [json.dumps(rows, indent=1)] if as_json else table_lines(rows):
+        say(line)
 
 
 @app.command()
 def serve(
-    artifacts: str = typer.Option(..., "--artifacts", help="Artifacts directory from `segvol-rt export` (its graphs are opened once and shared by all sessions)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on. Anything but loopback needs an API key."),
-    http_port: int = typer.Option(8000, "--http-port", help="Triton's HTTP port."),
-    grpc_port: int = typer.Option(8001, "--grpc-port", help="Triton's gRPC port."),
-    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Triton's metrics on this port (bound to --host); off by default."),
-    max_sessions: int = typer.Option(16, "--max-sessions", min=1, help="Sessions held at once; the least recently used idle one makes room."),
-    session_ttl: float = typer.Option(900.0, "--session-ttl", min=1, help="Seconds a session (or an unfinished upload) may stay idle before it is dropped."),
-    instances: int = typer.Option(2, "--instances", min=1, help="Requests run at once (on different sessions); one session's requests always run one at a time."),
-    memory_mb: float = typer.Option(8192.0, "--memory-mb", min=1, help="Memory bound across all sessions in MiB (volumes, images and each session's cache bounds)."),
-    max_upload_mb: float = typer.Option(1024.0, "--max-upload-mb", min=0.001, help="Largest compressed volume one session may upload, in MiB."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="SEGVOL_API_KEY", help="Key clients must send (Triton checks it on every endpoint but health); required off loopback. Default: $SEGVOL_API_KEY."),
-    allow_path_root: str | None = typer.Option(None, "--allow-path-root", help="Let clients open scans the server reads from under this folder (off by default)."),
-    backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | openvino | torch | tensorrt (openvino: CPU, asked for by name only)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16 | bf16: what every session computes in (fp16: the graph variant, needs `export --precision fp16`; bf16: --backend openvino on CPUs that offer it; default: fp32)."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime per graph call (default: all cores)."),
-    cache_mb: float = typer.Option(512.0, "--cache-mb", min=0, help="Each session's window-embedding cache bound in MiB."),
+    artifacts: str = typer.Option(..., "--artifacts", metavar="DIR", rich_help_panel="Engine", help="Artifacts directory from `segvol-rt export` (its graphs are opened once and shared by all sessions)."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDR", rich_help_panel="Network", help="Address to serve on. Anything but loopback needs an API key."),
+    http_port: int = typer.Option(8000, "--http-port", metavar="PORT", rich_help_panel="Network", help="Triton's HTTP port."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", metavar="PORT", rich_help_panel="Network", help="Triton's gRPC port."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", metavar="PORT", rich_help_panel="Network", help="Serve Triton's metrics on this port (bound to --host); off by default."),
+    max_sessions: int = typer.Option(16, "--max-sessions", metavar="N", rich_help_panel="Sessions", min=1, help="Sessions held at once; the least recently used idle one makes room."),
+    session_ttl: float = typer.Option(900.0, "--session-ttl", metavar="S", rich_help_panel="Sessions", min=1, help="Seconds a session (or an unfinished upload) may stay idle before it is dropped."),
+    instances: int = typer.Option(2, "--instances", metavar="N", rich_help_panel="Sessions", min=1, help="Requests run at once (on different sessions); one session's requests always run one at a time."),
+    memory_mb: float = typer.Option(8192.0, "--memory-mb", metavar="MIB", rich_help_panel="Sessions", min=1, help="Memory bound across all sessions in MiB (volumes, images and each session's cache bounds)."),
+    max_upload_mb: float = typer.Option(1024.0, "--max-upload-mb", metavar="MIB", rich_help_panel="Sessions", min=0.001, help="Largest compressed volume one session may upload, in MiB."),
+    api_key: str | None = typer.Option(None, "--api-key", metavar="KEY", rich_help_panel="Network", envvar="SEGVOL_API_KEY", help="Key clients must send (Triton checks it on every endpoint but health); required off loopback. Default: $SEGVOL_API_KEY."),
+    allow_path_root: str | None = typer.Option(None, "--allow-path-root", metavar="DIR", rich_help_panel="Network", help="Let clients open scans the server reads from under this folder (off by default)."),
+    backend: str = typer.Option("auto", "--backend", metavar="NAME", rich_help_panel="Engine", help="auto | onnxruntime | openvino | torch | tensorrt (openvino: CPU, by name only)."),
+    device: str = typer.Option("auto", "--device", metavar="NAME", rich_help_panel="Engine", help="auto | cpu | cuda."),
+    precision: str | None = typer.Option(None, "--precision", metavar="NAME", rich_help_panel="Engine", help="fp32 | fp16 | bf16: what every session computes in (fp16: the graph variant, needs `export --precision fp16`; bf16: --backend openvino on CPUs that offer it; default: fp32)."),
+    threads: int | None = typer.Option(None, "--threads", metavar="N", rich_help_panel="Engine", min=1, help="CPU threads of ONNX Runtime per graph call (default: all cores)."),
+    cache_mb: float = typer.Option(512.0, "--cache-mb", metavar="MIB", rich_help_panel="Sessions", min=0, help="Each session's window-embedding cache bound in MiB."),
 ) -> None:
     """Serve sessions on Triton Inference Server: upload a scan once, then segment prompt after prompt (needs the serve extra)."""
     import logging
@@ -271,16 +258,16 @@ def _cache_bytes(cache_mb: float | None) -> int | None:
 
 @app.command()
 def demo(
-    out: str = typer.Option("segvol-demo", "--out", help="Folder for the phantom, masks, results.json and preview.png."),
-    make_phantom: str | None = typer.Option(None, "--make-phantom", help="Only write a phantom to this .nii.gz (and <stem>_labels.nii.gz), then exit."),
-    seed: int = typer.Option(0, "--seed", help="Phantom seed."),
-    backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | openvino | torch | tensorrt (openvino: CPU, asked for by name only)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    artifacts: str | None = typer.Option(None, "--artifacts", help="Artifacts directory; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
-    window_prompts: str = typer.Option("aligned", "--window-prompts", help="aligned | official: zoom-in window prompts (see `infer --help`). Phantoms are often narrower than the demo model's window, where 'official' misplaces the window boxes."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the Dice table and errors."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime (CPU) and torch (default: all cores)."),
-    cache_mb: float | None = typer.Option(None, "--cache-mb", min=0, help="Bound of the runtime's window-embedding cache in MiB (default: the runtime's)."),
+    out: str = typer.Option("segvol-demo", "--out", metavar="PATH", help="Folder for the phantom, masks, results.json and preview.png."),
+    make_phantom: str | None = typer.Option(None, "--make-phantom", metavar="FILE", help="Only write a phantom to this .nii.gz (and <stem>_labels.nii.gz), then exit."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Phantom seed."),
+    backend: str = typer.Option("auto", "--backend", metavar="NAME", help="auto | onnxruntime | openvino | torch | tensorrt (openvino: CPU, by name only)."),
+    device: str = typer.Option("auto", "--device", metavar="NAME", help="auto | cpu | cuda."),
+    artifacts: str | None = typer.Option(None, "--artifacts", metavar="DIR", help="Artifacts directory; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
+    window_prompts: str = typer.Option("aligned", "--window-prompts", metavar="MODE", help="aligned | official: zoom-in window prompts (see `infer --help`). Phantoms are often narrower than the demo model's window, where 'official' misplaces the window boxes."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Only the Dice table and errors."),
+    threads: int | None = typer.Option(None, "--threads", metavar="N", min=1, help="CPU threads of ONNX Runtime (CPU) and torch (default: all cores)."),
+    cache_mb: float | None = typer.Option(None, "--cache-mb", metavar="MIB", min=0, help="Bound of the runtime's window-embedding cache in MiB (default: the runtime's)."),
 ) -> None:
     """Run the pipeline on a synthetic phantom: Dice per organ (text, text+box; zoom-out vs zoom-in), masks and a PNG preview."""
     from segvol_rt.app.console import ConsoleReporter, check_choices, load_runtime, provenance_line
@@ -312,16 +299,17 @@ def demo(
 @app.command()
 def export(
     checkpoint: str | None = typer.Option(
-        None, "--checkpoint", help="SegVol checkpoint: a .pth file or a Hugging Face directory; default: the shipped demo model."
+        None, "--checkpoint", metavar="PATH", help="SegVol checkpoint: a .pth file or a Hugging Face directory; default: the shipped demo model."
     ),
-    out: str = typer.Option(..., "--out", help="Artifacts directory to write (created; see --force)."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset, at least 17."),
-    tokenizer: str | None = typer.Option(None, "--tokenizer", help="CLIP tokenizer directory (needed for a .pth: the official repo's config/clip)."),
-    max_batch: int = typer.Option(8, "--max-batch", help="Largest batch of windows the graphs accept."),
-    max_points: int = typer.Option(16, "--max-points", help="Largest number of point prompts per target."),
-    skip_verify: bool = typer.Option(False, "--skip-verify", help="Skip the ONNX Runtime vs torch parity checks."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing artifacts directory at --out."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16. fp16 also writes fp16 variants of the graphs (fp32 IO; norms, softmax and reductions kept fp32), verified against the fp32 ones; the fp32 graphs are always written."),
+    out: str = typer.Option(..., "--out", metavar="PATH", help="Artifacts directory to write (created; see --force)."),
+    opset: int = typer.Option(17, "--opset", metavar="N", help="ONNX opset, at least 17."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", metavar="DIR", help="CLIP tokenizer directory (needed for a .pth: the official repo's config/clip)."),
+    max_batch: int = typer.Option(8, "--max-batch", metavar="N", help="Largest batch of windows the graphs accept."),
+    max_points: int = typer.Option(16, "--max-points", metavar="N", help="Largest number of point prompts per target."),
+    skip_verify: bool = typer.Option(False, "--skip-verify", metavar="", help="Skip the ONNX Runtime vs torch parity checks."),
+    force: bool = typer.Option(False, "--force", metavar="", help="Replace an existing artifacts directory at --out."),
+    precision: str = typer.Option("fp32", "--precision", metavar="NAME", help="fp32 | fp16. fp16 also writes fp16 variants of the graphs (fp32 IO; norms, softmax and reductions kept fp32), verified against the fp32 ones; the fp32 graphs are always written."),
+    voxel_orientation: str | None = typer.Option(None, "--voxel-orientation", metavar="CODES", help="Axis codes (e.g. RAS) of the voxel order the model was trained on: the runtime then reorients each scan to it. Default: the checkpoint config.json's segvol_rt_voxel_orientation (the demo model: RAS), else none (SegVol's weights: each scan's stored order)."),
 ) -> None:
     """Export a checkpoint to verified ONNX graphs, tokenizer files, text table and manifest."""
     import time
@@ -338,7 +326,8 @@ def export(
 
         checkpoint = str(demo_checkpoint_dir())
         say("no --checkpoint: exporting the demo model (synthetic phantoms, not for clinical use)")
-    options = ExportOptions(opset=opset, max_batch=max_batch, max_points=max_points, verify=not skip_verify, precision=precision)
+    options = ExportOptions(opset=opset, max_batch=max_batch, max_points=max_points, verify=not skip_verify, precision=precision,
+                            voxel_orientation=voxel_orientation)
     options.check()  # a bad --precision says so before the checkpoint is read
     result = export_artifacts(checkpoint, out, tokenizer=tokenizer, options=options, force=force, progress=progress)
     rows = [("file", "size", "operators", "parity (ORT vs torch)"), *result.table()]
@@ -350,12 +339,12 @@ def export(
 
 @app.command()
 def build(
-    artifacts: str = typer.Option(..., "--artifacts", help="Artifacts directory written by `segvol-rt export`."),
-    precision: str = typer.Option("fp16", "--precision", help="fp16 (from the fp16 graphs of `export --precision fp16`) or fp32: the graph variant the strongly typed engines are built from."),
-    max_batch: int | None = typer.Option(None, "--max-batch", help="Lower the windows-per-batch maximum (default: the exported one, 8)."),
-    max_points: int | None = typer.Option(None, "--max-points", help="Lower the points-per-prompt maximum (default: the exported one, 16)."),
-    timing_cache: str | None = typer.Option(None, "--timing-cache", help="TensorRT timing cache file to read and update."),
-    workspace_gib: float = typer.Option(4.0, "--workspace-gib", help="TensorRT builder workspace limit in GiB."),
+    artifacts: str = typer.Option(..., "--artifacts", metavar="DIR", help="Artifacts directory written by `segvol-rt export`."),
+    precision: str = typer.Option("fp16", "--precision", metavar="NAME", help="fp16 (from the fp16 graphs of `export --precision fp16`) or fp32: the graph variant the strongly typed engines are built from."),
+    max_batch: int | None = typer.Option(None, "--max-batch", metavar="N", help="Lower the windows-per-batch maximum (default: the exported one, 8)."),
+    max_points: int | None = typer.Option(None, "--max-points", metavar="N", help="Lower the points-per-prompt maximum (default: the exported one, 16)."),
+    timing_cache: str | None = typer.Option(None, "--timing-cache", metavar="FILE", help="TensorRT timing cache file to read and update."),
+    workspace_gib: float = typer.Option(4.0, "--workspace-gib", metavar="GIB", help="TensorRT builder workspace limit in GiB."),
 ) -> None:
     """Build TensorRT engines for the three graphs and record them in the manifest."""
     from pathlib import Path
@@ -380,15 +369,15 @@ def build(
 
 @app.command()
 def bench(
-    artifacts: str | None = typer.Option(None, "--artifacts", help="Artifacts directory to time; default: the tiny benchmark model, exported once into the cache (needs the export extra)."),
-    checkpoint: str | None = typer.Option(None, "--checkpoint", help="The checkpoint of --artifacts, for the torch rows (torch pipeline and official-style reference)."),
-    model: str = typer.Option("tiny", "--model", help="Without --artifacts: tiny (random weights, built once) or demo (the shipped demo model)."),
-    backend: list[str] | None = typer.Option(None, "--backend", help="ort-cpu | ort-cuda | tensorrt | torch-pipeline; repeatable (default: every one that can run)."),
-    repeat: int = typer.Option(5, "--repeat", help="Timed calls per stage (the median, p90 and min are reported)."),
-    warmup: int = typer.Option(1, "--warmup", help="Untimed calls before them."),
-    json_out: str | None = typer.Option(None, "--json", help="Also write the report (machine, versions, every sample) as JSON."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads of ONNX Runtime and torch (default: all cores)."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16: the graph variant of the ONNX Runtime and TensorRT rows (default: fp32 on ONNX Runtime, the built engines' on TensorRT)."),
+    artifacts: str | None = typer.Option(None, "--artifacts", metavar="DIR", help="Artifacts directory to time; default: the tiny benchmark model, exported once into the cache (needs the export extra)."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", metavar="PATH", help="The checkpoint of --artifacts, for the torch rows (torch pipeline and official-style reference)."),
+    model: str = typer.Option("tiny", "--model", metavar="NAME", help="Without --artifacts: tiny (random weights, built once) or demo (the shipped demo model)."),
+    backend: list[str] | None = typer.Option(None, "--backend", metavar="NAME", help="ort-cpu | ort-cuda | tensorrt | torch-pipeline; repeatable (default: every one that can run)."),
+    repeat: int = typer.Option(5, "--repeat", metavar="N", help="Timed calls per stage (the median, p90 and min are reported)."),
+    warmup: int = typer.Option(1, "--warmup", metavar="N", help="Untimed calls before them."),
+    json_out: str | None = typer.Option(None, "--json", metavar="FILE", help="Also write the report (machine, versions, every sample) as JSON."),
+    threads: int | None = typer.Option(None, "--threads", metavar="N", min=1, help="CPU threads of ONNX Runtime and torch (default: all cores)."),
+    precision: str | None = typer.Option(None, "--precision", metavar="NAME", help="fp32 | fp16: the graph variant of the ONNX Runtime and TensorRT rows (default: fp32 on ONNX Runtime, the built engines' on TensorRT)."),
 ) -> None:
     """Time each stage on this machine in seconds: a small phantom scan, one target, every backend that can run.
 

@@ -162,20 +162,30 @@ def load_runtime(artifacts: str | None, backend: str, device: str, report: Repor
     ``threads``: CPU threads of the backend (None: all cores); ``cache_bytes``:
     the runtime's embedding-cache bound (None: its default); ``precision``:
     fp32 or fp16 (None: the backend's default). The first line printed names
-    the backend and the precision that runs."""
+    the backend and the precision that runs, and the voxel orientation the
+    model declares (its scans are reoriented to it)."""
     options: dict[str, Any] = {"backend": backend, "device": device, "threads": threads, "precision": precision}
     if cache_bytes is not None:  # else the runtime's own default
         options["cache_bytes"] = cache_bytes
     if artifacts is None:
         directory = demo_artifacts(say=report.log)
         rt = SegVolRuntime.load(directory, **options)
-        report.note(f"backend: {rt.backend_reason}")
+        report.note(first_line(rt))
         report.note(DEMO_BANNER)
         return rt
     check_artifacts_dir(artifacts)
     rt = SegVolRuntime.load(artifacts, **options)
-    report.note(f"backend: {rt.backend_reason}")
+    report.note(first_line(rt))
     return rt
+
+
+def first_line(rt: SegVolRuntime) -> str:
+    """``backend: ...``, and the voxel orientation the model declares when it declares one."""
+    line = f"backend: {rt.backend_reason}"
+    if rt.voxel_orientation is not None:
+        line += (f"; the model declares voxel orientation {rt.voxel_orientation}: each scan is reoriented to it"
+                 " and the masks mapped back")
+    return line
 
 
 def check_artifacts_dir(artifacts: str | os.PathLike[str]) -> None:

@@ -16,7 +16,9 @@ Outputs (scan space, the input's affine and header, see :func:`output_plan`):
   target (where targets overlap, the later target wins), plus a JSON sidecar
   ``<stem>.json`` naming the labels with per-target statistics; or with
   ``split``, one 0/1 file per target, ``<stem>_<name>.nii.gz`` (sidecar too);
-* ``probabilities``: float32 sigmoid maps ``<stem>_prob[_<name>].nii.gz``.
+* ``probabilities``: float32 sigmoid maps ``<stem>_prob[_<name>].nii.gz``;
+* ``statistics``: per-target measurements (:mod:`segvol_rt.pipeline.measure`) in the sidecar,
+  written for one target too.
 
 The sidecar records the sha256 of every file it describes and the run's
 provenance (:func:`segvol_rt.app.console.provenance`). The files of a run are
@@ -91,6 +93,8 @@ class InferOptions:
     series: str | None = None  # DICOM input: the SeriesInstanceUID (segvol_rt.io.dicom)
     store: str | None = None  # DICOMweb service root to STOW-RS the SEG files to, after they are written
     dicomweb_auth: str | None = None  # USER:PASSWORD for DICOMweb (never in a URL)
+    statistics: bool = False  # per-target volume, intensity and bounding box (segvol_rt.pipeline.measure)
+    series_description: str | None = None  # DICOM SEG SeriesDescription (default: the targets)
 
     @property
     def evaluating(self) -> bool:
@@ -112,7 +116,9 @@ class TargetPlan:
 def plan_targets(opts: InferOptions) -> list[TargetPlan]:
     """Validate the options and make one request per ``--text`` (box and points
     shared by all), or a single box/points target; raises SegVolError."""
-    texts = [t.strip() for t in opts.texts]
+    from segvol_rt.io.vocabulary import expand_all
+
+    texts = expand_all([t.strip() for t in opts.texts])
     if any(not t for t in texts):
         raise SegVolError("--text is empty; give a target name or phrase")
     if opts.prompt_from is not None:
@@ -229,7 +235,7 @@ def output_plan(scan_path: Path, opts: InferOptions, targets: Sequence[TargetPla
         for i, t in enumerate(targets):
             probs[i] = beside(f"{stem}_prob_{t.slug}{suffix}" if many else f"{stem}_prob{suffix}")
     inputs = input_paths(scan_path, opts) if dicom is None else dicom.inputs + input_paths(scan_path, opts)[1:]
-    plan = OutputPlan(masks, beside(f"{stem}.json") if many or opts.split else None, probs, inputs,
+    plan = OutputPlan(masks, beside(f"{stem}.json") if many or opts.split or opts.statistics else None, probs, inputs,
                       dicom.label if dicom is not None else str(scan_path))
     from segvol_rt.io.outputs import check_outputs
 
@@ -300,6 +306,7 @@ class TargetResult:
     plan: TargetPlan
     segmentation: Segmentation
     evaluation: Any = None
+    statistics: dict[str, Any] | None = None  # segvol_rt.pipeline.measure.mask_statistics, when asked for
 
     def stats(self, geometry: Geometry) -> dict[str, Any]:
         seg = self.segmentation
@@ -319,6 +326,8 @@ class TargetResult:
         }
         if self.evaluation is not None:
             out.update(self.evaluation.as_dict())
+        if self.statistics is not None:
+            out["statistics"] = self.statistics
         return out
 
 
@@ -359,8 +368,9 @@ RuntimeFactory = Callable[[], Any]
 
 
 def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFactory,
-              report: Reporter | None = None) -> InferResult:
-    """Segment ``scan_path`` as ``opts`` ask, with the runtime ``open_runtime()`` gives."""
+              report: Reporter | None = None, dicom: DicomInput | None = None) -> InferResult:
+    """Segment ``scan_path`` as ``opts`` ask, with the runtime ``open_runtime()`` gives
+    (a cohort passes its one open runtime, and ``dicom``, the series it found already)."""
     from segvol_rt.io.nifti import read_scan
 
     report = report or Reporter()
@@ -372,11 +382,12 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
 
         parse_store_url(opts.store)  # both before any work: the store comes last
         parse_auth(opts.dicomweb_auth)
-    with clock.stage("read"):
-        dicom = dicom_input(str(scan_path), opts)  # DICOM: headers read and the series chosen, no pixels yet
+    with clock.stage("read"):  # DICOM: headers read and the series chosen, no pixels yet
+        dicom = dicom if dicom is not None else dicom_input(str(scan_path), opts)
     # a DICOMweb series has no local path; its default output is named after the series, in the current folder
     scan_path = Path(dicom.default_out) if dicom is not None and not dicom.inputs else Path(scan_path)
     outputs = output_plan(scan_path, opts, targets, dicom)  # path mistakes fail before any work
+    _check_series_description(opts, outputs)
     report.stage("reading the scan")
     with clock.stage("read"):
         scan = read_scan(scan_path) if dicom is None else dicom.read()
@@ -388,10 +399,17 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
     report.stage("loading the model")
     with clock.stage("load"):
         rt = open_runtime()
+    before = dict(rt.stats["timings"])  # an open runtime (a cohort's) has earlier cases' seconds
     report.stage("preprocessing")
     rt.set_volume(scan.data, scan.affine, reorient=opts.reorient)
     report.stage(f"segmenting {len(targets)} target(s)", total=len(targets))
     results = _segment(rt, scan, opts, targets, report, clock)
+    if opts.statistics:
+        from segvol_rt.pipeline.measure import mask_statistics
+
+        with clock.stage("statistics"):
+            for res in results:
+                res.statistics = mask_statistics(np.asarray(res.segmentation.mask), scan.data, scan.affine)
     report.stage("writing", total=1)
     with clock.stage("write"):
         files = write_outputs(outputs, results, scan, rt, opts)
@@ -404,7 +422,7 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
             stored = W.store(W.parse_store_url(opts.store), W.parse_auth(opts.dicomweb_auth), segs)
         report.note(f"stored {len(stored)} SEG instance(s) at {opts.store}")
     report.close()
-    timings = _merge_timings(clock, rt)
+    timings = _merge_timings(clock, rt, before)
     timings["total"] = time.perf_counter() - start
     return InferResult(results, files, timings, rt.backend_reason, rt.geometry, provenance(rt, opts.window_prompts))
 
@@ -419,15 +437,16 @@ def _points(req: Request) -> P.Points | None:
 
 def _segment(rt: SegVolRuntime, scan: Scan, opts: InferOptions, targets: Sequence[TargetPlan], report: Reporter,
              clock: StageClock) -> list[TargetResult]:
+    if not opts.evaluating:
+        return _segment_batched(rt, opts, targets, report)
     from segvol_rt import evaluation as E
 
-    reference = source = None
-    if opts.evaluating:
-        with clock.stage("reference"):
-            reference = E.load_reference(opts.reference or opts.prompt_from or "", scan, rt.geometry)
-            if opts.prompt_from is not None:
-                same = opts.reference in (None, opts.prompt_from)
-                source = reference if same else E.load_reference(opts.prompt_from, scan, rt.geometry)
+    source = None
+    with clock.stage("reference"):
+        reference = E.load_reference(opts.reference or opts.prompt_from or "", scan, rt.geometry)
+        if opts.prompt_from is not None:
+            same = opts.reference in (None, opts.prompt_from)
+            source = reference if same else E.load_reference(opts.prompt_from, scan, rt.geometry)
     results = []
     for t in targets:
         if source is not None:
@@ -436,26 +455,43 @@ def _segment(rt: SegVolRuntime, scan: Scan, opts: InferOptions, targets: Sequenc
                                       opts.window_prompts)
         else:
             run = E.scan_space_runner(rt, t.request)
-        if reference is not None:
-            evaluation = E.evaluate(run, reference, zoom_in=opts.zoom_in)
-            res = TargetResult(t, evaluation.final, evaluation)
-        else:  # no crop logits kept: they are a float32 crop-sized volume per target
-            res = TargetResult(t, rt.segment_many([t.request])[0])
-        if opts.zoom_in and res.segmentation.no_foreground:
-            report.warn(f"{t.name}: no foreground in the coarse pass; zoom-in skipped")
-        report.advance(f"{t.name}: {res.segmentation.n_windows} zoom-in window(s)")
-        results.append(res)
+        evaluation = E.evaluate(run, reference, zoom_in=opts.zoom_in)
+        results.append(_target_done(TargetResult(t, evaluation.final, evaluation), opts, report))
     return results
 
 
-def _merge_timings(clock: StageClock, rt: SegVolRuntime) -> dict[str, float]:
-    """Own stages (read, load, reference, write) around the runtime's (minus its
-    array-wrapping 'read'), in pipeline order."""
+# targets per runtime call without evaluation: they share the decoder's batches (and the embeddings, as
+# every call on one volume does); each holds a crop-sized float32 coarse volume during the call, hence a bound
+TARGET_BATCH = 8
+
+
+def _segment_batched(rt: SegVolRuntime, opts: InferOptions, targets: Sequence[TargetPlan],
+                     report: Reporter) -> list[TargetResult]:
+    results = []
+    for start in range(0, len(targets), TARGET_BATCH):
+        chunk = targets[start : start + TARGET_BATCH]
+        # no crop logits kept: they are a float32 crop-sized volume per target
+        for t, seg in zip(chunk, rt.segment_many([t.request for t in chunk])):
+            results.append(_target_done(TargetResult(t, seg), opts, report))
+    return results
+
+
+def _target_done(res: TargetResult, opts: InferOptions, report: Reporter) -> TargetResult:
+    if opts.zoom_in and res.segmentation.no_foreground:
+        report.warn(f"{res.plan.name}: no foreground in the coarse pass; zoom-in skipped")
+    report.advance(f"{res.plan.name}: {res.segmentation.n_windows} zoom-in window(s)")
+    return res
+
+
+def _merge_timings(clock: StageClock, rt: SegVolRuntime, before: dict[str, float]) -> dict[str, float]:
+    """Own stages (read, load, reference, write) around the runtime's since ``before``
+    (minus its array-wrapping 'read'), in pipeline order."""
     mine = clock.as_dict()
-    theirs = {k: v for k, v in rt.stats["timings"].items() if k != "read"}
+    theirs = {k: v - before.get(k, 0.0) for k, v in rt.stats["timings"].items()
+              if k != "read" and v != before.get(k)}  # stages this case ran
     out: dict[str, float] = {k: mine[k] for k in ("read", "load", "reference") if k in mine}
     out.update(theirs)
-    for key in ("write", "store"):
+    for key in ("statistics", "write", "store"):
         if key in mine:
             out[key] = mine[key]
     return out
@@ -506,9 +542,20 @@ def _seg_file(scan: Scan, results: Sequence[TargetResult], rt: SegVolRuntime, op
     algo = Algorithm(prov["segvol_rt_version"], prov["checkpoint_sha256"])
     names = [r.plan.name for r in results]
     if probabilities is not None:
-        return seg_bytes(scan, [np.asarray(probabilities, dtype=np.float32)], names, algo, fractional=True)
+        return seg_bytes(scan, [np.asarray(probabilities, dtype=np.float32)], names, algo, fractional=True,
+                         description=opts.series_description)
     masks = [np.asarray(r.segmentation.mask) > 0 for r in results]
-    return seg_bytes(scan, masks, names, algo)
+    return seg_bytes(scan, masks, names, algo, description=opts.series_description)
+
+
+def _check_series_description(opts: InferOptions, plan: OutputPlan) -> None:
+    """``--series-description`` names a DICOM SEG output's series: refused without one, or empty."""
+    if opts.series_description is None:
+        return
+    if not any(_is_seg(p) for p in plan.masks):
+        raise SegVolError("--series-description names a DICOM SEG's series: give a .dcm --out (DICOM input)")
+    if not opts.series_description.strip():
+        raise SegVolError("--series-description is empty")
 
 
 def _is_seg(path: Path) -> bool:
@@ -561,9 +608,3 @@ def probability_bytes(probs: Any, scan: Scan, gz: bool) -> bytes:
     data = klass(np.asarray(probs, dtype=np.float32), scan.affine, header=header).to_bytes()
     return gzip_bytes(data) if gz else data
 
-
-def write_probabilities(path: Path, probs: Any, scan: Scan) -> Path:
-    """:func:`probability_bytes`, written atomically to ``path``."""
-    from segvol_rt.io.atomic import atomic_write_bytes
-
-    return atomic_write_bytes(path, probability_bytes(probs, scan, _gz(Path(path))))

@@ -15,7 +15,8 @@ Layout::
 ``checkpoint`` {name, sha256, format}, ``config`` (SegVolConfig.to_dict()),
 ``prompt_template``, ``opset``, ``graphs`` {name: {file, sha256, spec,
 operators, parity, variants}}, ``tokenizer`` {dir, files: {name: sha256}},
-``text_table`` {file, sha256, count}, ``versions`` and ``engines``
+``text_table`` {file, sha256, count}, ``voxel_orientation`` (optional),
+``versions`` and ``engines``
 (filled by the TensorRT build; each entry with a ``file`` and ``sha256`` is
 checked like the graphs). A graph's optional ``variants`` {precision: {file,
 sha256, operators, tensorrt_check, parity, conversion}} lists the reduced
@@ -46,7 +47,11 @@ bumps ``format_version``, and this reader keeps accepting every older version
 it lists in :data:`SUPPORTED_FORMATS`.
 
 * 1: the first format (this module's layout above); graph ``variants`` were
-  added later, as an optional field (artifacts without them have fp32 graphs only).
+  added later, as an optional field (artifacts without them have fp32 graphs only);
+  so was ``voxel_orientation``: the axis codes (e.g. ``"RAS"``) of the voxel
+  order the model was trained on. The runtime reorients each scan to it and
+  maps the masks back; absent (SegVol's own weights, trained on each data
+  set's stored order): the scan's stored voxel order, unchanged.
 
 Runtime code: numpy; jsonschema is imported when a manifest is read.
 """
@@ -87,6 +92,18 @@ PRECISIONS = (*GRAPH_VARIANTS, "bf16")
 REFERENCE_PRECISION = "fp32"
 
 _CHUNK = 1 << 20
+# Axis codes of a voxel orientation: one letter of each pair L/R, A/P, S/I (nibabel's codes).
+ORIENTATION_PATTERN = r"^(?=.*[LR])(?=.*[AP])(?=.*[SI])[LRAPSI]{3}$"
+
+
+def check_orientation(codes: str) -> str:
+    """``codes`` upper-cased if they are three axis codes such as ``RAS`` or ``LPS``, else a :class:`SegVolError`."""
+    import re
+
+    upper = codes.strip().upper() if isinstance(codes, str) else ""
+    if not re.match(ORIENTATION_PATTERN, upper):
+        raise SegVolError(f"orientation must be three axis codes, one of L/R, A/P and S/I each (e.g. RAS), got {codes!r}")
+    return upper
 
 
 def sha256_file(path: str | Path) -> str:
@@ -247,6 +264,12 @@ class Artifacts:
         """Read the manifest of ``root`` (hashes are checked by :meth:`verify`)."""
         root = Path(root)
         return cls(root, read_manifest(root))
+
+    @property
+    def voxel_orientation(self) -> str | None:
+        """The axis codes of the voxel order the model expects (None: the scan's stored order)."""
+        codes = self.manifest.get("voxel_orientation")
+        return None if codes is None else str(codes)
 
     # -- paths -------------------------------------------------------------
     @property

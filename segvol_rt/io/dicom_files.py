@@ -180,7 +180,7 @@ class _Walk:
         # FIFOs, sockets, devices: not files a series is stored in (reading a FIFO would block)
 
 
-def _read_header(path: Path) -> Any | None:
+def read_header(path: Path) -> Any | None:
     """The header of a DICOM file (no pixel data); None for a file that is not DICOM."""
     pydicom = require("pydicom")
     errors = require("pydicom.errors")
@@ -199,7 +199,7 @@ def discover(path: str | os.PathLike[str]) -> Discovery:
     p = Path(path)
     items, skipped = [], []
     for f in _files_under(p):
-        ds = _read_header(f)
+        ds = read_header(f)
         if ds is None:
             skipped.append(f)
         else:

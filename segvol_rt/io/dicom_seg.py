@@ -46,8 +46,10 @@ TABLE_FILE = Path(__file__).with_name("snomed_segments.csv")
 TISSUE = ("85756007", "Tissue")
 GENERIC_RGB = (128, 174, 128)
 MANUFACTURER = "segvol-rt"
-SERIES_NUMBER = 901
-SERIES_DESCRIPTION = "segvol-rt segmentation"
+# SeriesNumber (IS) of a SEG: derived from its new SeriesInstanceUID into [SERIES_NUMBER_MIN, 2**31 - 1], so
+# each run's series has its own number (the same one for every run made viewers list SEG runs alike)
+SERIES_NUMBER_MIN = 1000
+SERIES_DESCRIPTION_PREFIX = "segvol-rt"
 MAX_FRACTIONAL = 255  # FRACTIONAL SEG levels: a probability p is stored as round(255 p)
 
 
@@ -108,10 +110,15 @@ def _code(pair: tuple[str, str]) -> Any:
     return require("highdicom.sr").CodedConcept(value=pair[0], scheme_designator="SCT", meaning=pair[1])
 
 
-def _label(text: str) -> str:
-    """A Segment Label (LO: at most 64 characters, no backslash or control characters)."""
+def _text(text: str) -> str:
+    """``text`` as an LO value: at most 64 characters, no backslash or control characters (may be empty)."""
     clean = "".join(c if c.isprintable() and c != "\\" else " " for c in text).strip()
-    return clean[:64] or "segment"
+    return clean[:64].rstrip()
+
+
+def _label(text: str) -> str:
+    """A Segment Label (LO)."""
+    return _text(text) or "segment"
 
 
 def _description(number: int, code: SegmentCode, algorithm: Any) -> Any:
@@ -157,13 +164,35 @@ def _source_fractions(scan: DicomScan, maps: Sequence[np.ndarray]) -> np.ndarray
     return (levels / np.float32(MAX_FRACTIONAL)).astype(np.float32)
 
 
+def series_description(names: Sequence[str], fractional: bool = False, given: str | None = None) -> str:
+    """The SEG's SeriesDescription (LO, at most 64 characters): ``given`` when the user
+    set one, else ``segvol-rt: liver, spleen`` (``segvol-rt probabilities: ...`` for
+    a FRACTIONAL SEG), so that a viewer tells runs of different targets apart."""
+    if given is not None:
+        text = _text(given)
+        if not text:
+            raise SegVolError("--series-description is empty")
+        return text
+    kind = f"{SERIES_DESCRIPTION_PREFIX} probabilities" if fractional else SERIES_DESCRIPTION_PREFIX
+    return _text(f"{kind}: {', '.join(_label(n) for n in names)}")
+
+
+def series_number(series_uid: str) -> int:
+    """A SeriesNumber of its own for the series ``series_uid`` (a fresh UID each run; see :data:`SERIES_NUMBER_MIN`)."""
+    import hashlib
+
+    span = 2**31 - 1 - SERIES_NUMBER_MIN
+    return SERIES_NUMBER_MIN + int.from_bytes(hashlib.sha256(series_uid.encode()).digest()[:8], "big") % span
+
+
 def seg_bytes(scan: Scan, masks: Sequence[np.ndarray], names: Sequence[str], algo: Algorithm,
-              fractional: bool = False) -> bytes:
+              fractional: bool = False, description: str | None = None) -> bytes:
     """A SEG of ``masks`` (each ``(I, J, K)`` on ``scan``'s grid), one segment per name,
     as file bytes; read back and checked (see the module docstring).
 
     Binary by default (masks 0/1); with ``fractional``, the masks are probability
-    maps in [0, 1] and the SEG is FRACTIONAL (type PROBABILITY, 255 levels)."""
+    maps in [0, 1] and the SEG is FRACTIONAL (type PROBABILITY, 255 levels).
+    ``description``: the SeriesDescription (default: the targets, :func:`series_description`)."""
     if not isinstance(scan, DicomScan):
         raise SegVolError("a DICOM SEG output needs a DICOM input series (for NIfTI input write .nii.gz)")
     if len(masks) != len(names) or not masks:
@@ -171,11 +200,12 @@ def seg_bytes(scan: Scan, masks: Sequence[np.ndarray], names: Sequence[str], alg
     hd = require("highdicom")
     pydicom = require("pydicom")
     algorithm = _algorithm(algo)
+    series = series_description(names, fractional, description)
     descriptions = [_description(i + 1, segment_code(n), algorithm) for i, n in enumerate(names)]
     pixels = _source_fractions(scan, masks) if fractional else _source_pixels(scan, masks)
     try:
         with _quiet("highdicom"):  # its log warnings (e.g. an all-empty target keeps its frames) are not ours to print
-            seg = _segmentation(hd, scan, pixels, descriptions, algo, fractional)
+            seg = _segmentation(hd, scan, pixels, descriptions, algo, fractional, series)
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, seg, enforce_file_format=True)
     except SegVolError:
@@ -199,8 +229,9 @@ def _quiet(name: str) -> Iterator[None]:
 
 
 def _segmentation(hd: Any, scan: DicomScan, pixels: np.ndarray, descriptions: list[Any], algo: Algorithm,
-                  fractional: bool) -> Any:
+                  fractional: bool, series: str) -> Any:
     kind = hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
+    series_uid = hd.UID()
     return hd.seg.Segmentation(
         source_images=scan.source_datasets(),
         pixel_array=pixels,
@@ -208,15 +239,15 @@ def _segmentation(hd: Any, scan: DicomScan, pixels: np.ndarray, descriptions: li
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=MAX_FRACTIONAL,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=SERIES_NUMBER,
+        series_instance_uid=series_uid,
+        series_number=series_number(str(series_uid)),
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name="segvol-rt",
         software_versions=algo.version,
         device_serial_number="0",
-        series_description=SERIES_DESCRIPTION + (" (probabilities)" if fractional else ""),
+        series_description=series,
         content_label="SEGVOLRT",
         content_description="SegVol segmentation (segvol-rt)",
         omit_empty_frames=True,

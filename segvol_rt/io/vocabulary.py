@@ -130,3 +130,17 @@ _SPACES = re.compile(r"\s+")
 def normalize_name(text: str) -> str:
     """Lookup key of a target name: lowercase, trimmed, inner whitespace collapsed to one space."""
     return _SPACES.sub(" ", str(text)).strip().lower()
+
+
+ALL_TARGETS = "all"
+
+
+def expand_all(texts: list[str]) -> list[str]:
+    """``--text all``: every name of :data:`CATEGORIES` (the names every export puts in
+    its text table) in the place of ``all``; repeated names once."""
+    if not any(t.lower() == ALL_TARGETS for t in texts):
+        return texts
+    out: list[str] = []
+    for t in texts:
+        out.extend(CATEGORIES if t.lower() == ALL_TARGETS else [t])
+    return list(dict.fromkeys(out))

@@ -88,6 +88,24 @@ class _CornerBoxes:
         return _clip_box(_corners_box(pts[0], pts[1]), self.in_shape)
 
 
+# The ``reorient`` value that keeps the scan's stored voxel order even when the model declares an orientation.
+STORED_ORDER = "stored"
+
+
+def model_orientation(requested: str | None, declared: str | None) -> str | None:
+    """The axis codes to reorient a scan to before the model, or None for its stored voxel order.
+
+    ``requested``: the caller's ``reorient`` (axis codes such as ``"RAS"``,
+    :data:`STORED_ORDER`, or None for the model's own); ``declared``: the
+    artifacts' ``voxel_orientation`` (None: SegVol's weights, trained on each
+    data set's stored order, so the order stays as stored)."""
+    if requested is None:
+        return declared
+    if not isinstance(requested, str) or not requested.strip():
+        raise SegVolError(f"reorient must be axis codes such as RAS or {STORED_ORDER!r}, got {requested!r}")
+    return None if requested.strip().lower() == STORED_ORDER else requested.strip().upper()
+
+
 # -- steps -------------------------------------------------------------------------
 
 

@@ -64,7 +64,9 @@ def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
 def data(tmp_path_factory) -> SimpleNamespace:
     ensure_tools("dcm2niix", "dciodvfy")
     root = tmp_path_factory.mktemp("dicom_cli")
-    ph = make_phantom(2, SHAPE)
+    # stored L, A, S: SPEC's directions, so the body is at its true orientation (not a mirror image), as
+    # the demo model, which declares RAS, needs it
+    ph = make_phantom(2, SHAPE, orientation="LAS")
     files = write_series(root / "series", ph.image, SPEC)
     [nii] = dcm2niix(root / "series", root / "nii")
     return SimpleNamespace(root=root, dir=root / "series", files=files, nii=nii, phantom=ph)
@@ -442,3 +444,11 @@ def test_infer_dot_inside_the_series_folder(data, tmp_path: Path) -> None:
     shutil.copytree(data.dir, series)
     ok(run_cli(".", "--text", "liver", "--artifacts", ART, "--threads", "2", "--quiet", cwd=series))
     assert (tmp_path / "series_segvol.dcm").is_file(), sorted(tmp_path.iterdir())
+
+
+def test_series_description_option(data, tmp_path: Path) -> None:
+    ok(infer(data.dir, "--text", "liver", "--series-description", "CT abdomen: liver (run 2)", "--out", tmp_path / "s.dcm"))
+    assert pydicom.dcmread(tmp_path / "s.dcm").SeriesDescription == "CT abdomen: liver (run 2)"
+    refused(infer(data.dir, "--text", "liver", "--series-description", "x", "--out", tmp_path / "s.nii.gz"),
+            "--series-description")
+    refused(infer(data.dir, "--text", "liver", "--series-description", " ", "--out", tmp_path / "t.dcm"), "empty")

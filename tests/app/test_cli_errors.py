@@ -324,7 +324,7 @@ def test_the_console_script_starts_in_the_entry_module():
     """The handlers must be installed before typer is imported: the script's target imports nothing heavy."""
     import tomllib
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["segvol-rt"] == "segvol_rt.app.entry:main"
     code = "import sys; import segvol_rt.app.entry; print(sorted(m for m in ('typer', 'click', 'numpy') if m in sys.modules))"

@@ -61,6 +61,7 @@ def test_shipped_graphs_equal_a_fresh_export(fresh_demo_artifacts):
     shipped, fresh = Artifacts.load(shipped_artifacts_dir()), Artifacts.load(fresh_demo_artifacts)
     assert shipped.specs == fresh.specs
     assert shipped.config == fresh.config
+    assert shipped.voxel_orientation == fresh.voxel_orientation == "RAS"  # from the checkpoint's config.json
     assert shipped.precisions == fresh.precisions == ("fp32", "fp16")  # the demo ships its fp16 variants
     rng = np.random.default_rng(0)
     for name in S.GRAPH_NAMES:

@@ -4,6 +4,7 @@ and dciodvfy on single- and multi-frame sources."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,18 @@ def test_fractional_seg(scan, tmp_path: Path) -> None:
     assert ds.SegmentationType == "FRACTIONAL" and int(ds.MaximumFractionalValue) == 255
     with pytest.raises(SegVolError, match=r"in \[0, 1\]"):
         DS.seg_bytes(scan, [p * 2], ["liver"], ALGO, fractional=True)
+
+
+def test_series_described_by_targets_and_numbered_per_series(scan) -> None:
+    a, b = _boxes(scan.shape)
+    one = pydicom.dcmread(io.BytesIO(DS.seg_bytes(scan, [a, b], ["liver", "left kidney"], ALGO)))
+    two = pydicom.dcmread(io.BytesIO(DS.seg_bytes(scan, [a], ["liver"], ALGO, description="run 2\\x")))
+    assert one.SeriesDescription == "segvol-rt: liver, left kidney"
+    assert two.SeriesDescription == "run 2 x"  # LO: no backslash
+    assert one.SeriesNumber != two.SeriesNumber
+    for ds in (one, two):
+        assert DS.SERIES_NUMBER_MIN <= ds.SeriesNumber < 2**31 and ds.SeriesNumber == DS.series_number(ds.SeriesInstanceUID)
+    assert DS.series_description(["liver"], fractional=True) == "segvol-rt probabilities: liver"
+    assert len(DS.series_description(["a very long free phrase"] * 5)) == 64
+    with pytest.raises(SegVolError, match="empty"):
+        DS.series_description(["liver"], given=" \t ")

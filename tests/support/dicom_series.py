@@ -216,3 +216,16 @@ def dcm2niix(folder: Path, out: Path) -> list[Path]:
     if proc.returncode != 0:
         raise RuntimeError(f"dcm2niix failed: {proc.stdout}\n{proc.stderr}")
     return sorted(out.glob("*.nii"))
+
+
+def phantom_spec(affine: np.ndarray, **fields: Any) -> SeriesSpec:
+    """A :class:`SeriesSpec` that stores a volume ``(I, J, K)`` with RAS ``affine`` at its
+    true place in patient space (I the columns, J the rows, K the slices), so a
+    phantom's organs keep their sides (``fields``: more SeriesSpec fields)."""
+    lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=float)[:3]
+    steps = np.linalg.norm(lps[:, :3], axis=0)
+    row, col = lps[:, 0] / steps[0], lps[:, 1] / steps[1]
+    normal = np.cross(row, col)
+    return SeriesSpec(row_cos=tuple(row.tolist()), col_cos=tuple(col.tolist()),
+                      pixel_spacing=(float(steps[1]), float(steps[0])), slice_step=float(lps[:, 2] @ normal),
+                      origin=tuple(lps[:, 3].tolist()), **fields)

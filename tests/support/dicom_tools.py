@@ -130,8 +130,9 @@ class Orthanc:
 
     USER, PASSWORD = "segvol", "rt-test-secret"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, dicomweb: dict[str, object] | None = None):
         self.root = root
+        self.dicomweb_options = dict(dicomweb or {})  # more "DicomWeb" settings (e.g. StudiesMetadata: Full)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log = root / "orthanc.log"
@@ -159,7 +160,7 @@ class Orthanc:
             "AuthenticationEnabled": True,
             "RegisteredUsers": {self.USER: self.PASSWORD},
             "Plugins": [str(DICOMWEB_PLUGIN)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", **self.dicomweb_options},
             "HttpTimeout": 60,
             "StableAge": 1,
         }
