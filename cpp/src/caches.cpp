@@ -15,7 +15,8 @@ Buffer Runtime::encode(const TensorView& batch) {
     }
     std::vector<int64_t> shape(emb_shape_.begin(), emb_shape_.end());
     shape[0] = batch.shape[0];
-    Buffer out = Buffer::host(shape, ElementType::F32);
+    // on the GPU the embedding stays in device memory (ORT's CUDA EP writes it there)
+    Buffer out = cuda_ ? Buffer::cuda(shape, ElementType::F32, stream_) : Buffer::host(shape, ElementType::F32);
     encoder_->run_into(feeds, out.view());
     return out;
 }
@@ -63,8 +64,9 @@ void Runtime::ensure_windows(const std::vector<WindowKey>& keys) {
         one[0] = 1;
         size_t per = emb.view().count() / n;
         for (size_t j = 0; j < n; ++j) {  // a batch's rows as entries of their own (evicted one by one)
-            Buffer row = Buffer::host(one, ElementType::F32);
-            std::memcpy(row.as<float>(), emb.as<float>() + j * per, per * sizeof(float));
+            Buffer row = buffer_like(emb.view(), one);
+            copy_bytes(row.as<void>(), row.view().where, emb.as<float>() + j * per, emb.view().where, per * sizeof(float),
+                       emb.view().stream);
             v.lru.push_back(todo[i + j]);
             v.cache_bytes += per * sizeof(float);
             v.cache[todo[i + j]] = {std::move(row), std::prev(v.lru.end())};

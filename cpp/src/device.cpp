@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -67,6 +68,7 @@ struct Cudart {
 
 constexpr unsigned STREAM_NON_BLOCKING = 0x01;  // cudaStreamNonBlocking
 constexpr int MEMCPY_DEVICE_TO_HOST = 2;        // cudaMemcpyDeviceToHost
+constexpr int MEMCPY_DEFAULT = 4;               // cudaMemcpyDefault (unified addressing tells the direction)
 
 const Cudart& cudart() {
     static std::once_flag once;
@@ -157,14 +159,18 @@ Buffer Buffer::host(std::vector<int64_t> shape, ElementType type) {
 
 Buffer Buffer::cuda(std::vector<int64_t> shape, ElementType type, const Stream& stream) {
     if (stream.where() != Where::Cuda) throw std::invalid_argument("Buffer::cuda needs a CUDA stream");
+    return cuda_on(std::move(shape), type, stream.device(), stream.handle());
+}
+
+Buffer Buffer::cuda_on(std::vector<int64_t> shape, ElementType type, int device, void* stream) {
     Buffer b;
     b.view_.shape = std::move(shape);
     b.view_.type = type;
     b.view_.where = Where::Cuda;
-    b.view_.device = stream.device();
-    b.view_.stream = stream.handle();
+    b.view_.device = device;
+    b.view_.stream = stream;
     size_t bytes = std::max<size_t>(b.view_.bytes(), 1);
-    check(cudart().malloc_async(&b.view_.data, bytes, stream.handle()), "cudaMallocAsync");
+    check(cudart().malloc_async(&b.view_.data, bytes, stream), "cudaMallocAsync");
     b.capacity_ = bytes;
     return b;
 }
@@ -212,6 +218,21 @@ Buffer Buffer::to_host() const {
         check(c.stream_sync(view_.stream), "cudaStreamSynchronize");
     }
     return h;
+}
+
+void copy_bytes(void* dst, Where dst_where, const void* src, Where src_where, size_t bytes, void* stream) {
+    if (dst_where == Where::Host && src_where == Where::Host) {
+        std::memcpy(dst, src, bytes);
+        return;
+    }
+    const Cudart& c = cudart();
+    check(c.memcpy_async(dst, src, bytes, MEMCPY_DEFAULT, stream), "cudaMemcpyAsync");
+    check(c.stream_sync(stream), "cudaStreamSynchronize");
+}
+
+Buffer buffer_like(const TensorView& like, std::vector<int64_t> shape) {
+    if (like.where == Where::Host) return Buffer::host(std::move(shape), like.type);
+    return Buffer::cuda_on(std::move(shape), like.type, like.device, like.stream);
 }
 
 }  // namespace segvol::detail

@@ -69,6 +69,8 @@ class Buffer {
     Buffer() = default;
     static Buffer host(std::vector<int64_t> shape, ElementType type);
     static Buffer cuda(std::vector<int64_t> shape, ElementType type, const Stream& stream);  // throws std::runtime_error
+    // on `device`, allocated and freed in order on `stream` (a cudaStream_t some Stream owns)
+    static Buffer cuda_on(std::vector<int64_t> shape, ElementType type, int device, void* stream);
     ~Buffer();
     Buffer(Buffer&& o) noexcept;
     Buffer& operator=(Buffer&& o) noexcept;
@@ -90,6 +92,13 @@ class Buffer {
     TensorView view_;
     size_t capacity_ = 0;  // bytes allocated
 };
+
+// Copies `bytes` from src to dst, each on the host or a CUDA device (cudaMemcpyAsync on
+// `stream`, then waits for it); host to host is a memcpy. Throws std::runtime_error.
+void copy_bytes(void* dst, Where dst_where, const void* src, Where src_where, size_t bytes, void* stream);
+
+// A new buffer of `shape` where `like` lives (host, or like's CUDA device and stream).
+Buffer buffer_like(const TensorView& like, std::vector<int64_t> shape);
 
 // A view of a host array (no ownership).
 TensorView host_view(const void* data, std::vector<int64_t> shape, ElementType type);

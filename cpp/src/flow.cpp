@@ -38,9 +38,12 @@ Buffer Runtime::decode(const std::vector<const Buffer*>& embeddings, const std::
             if (B > 1) {
                 std::vector<int64_t> shape = emb.shape;
                 shape[0] = B;
-                gathered = Buffer::host(shape, ElementType::F32);
+                gathered = buffer_like(emb, shape);  // where the embeddings are (the GPU's batches)
                 size_t per = emb.count();
-                for (int64_t r = 0; r < B; ++r) std::memcpy(gathered.as<float>() + r * per, embeddings[idx[r]]->as<float>(), per * sizeof(float));
+                for (int64_t r = 0; r < B; ++r) {
+                    const TensorView& src = embeddings[idx[r]]->view();
+                    copy_bytes(gathered.as<float>() + r * per, gathered.view().where, src.data, src.where, per * sizeof(float), src.stream);
+                }
                 emb = gathered.view();
             }
             std::vector<float> coords;

@@ -137,6 +137,9 @@ class Runtime {
     bool cuda_ = false, openvino_ = false;
     std::string ov_cache_;              // OpenVINO's model cache directory
     std::unique_ptr<ThreadPool> pool_;  // this handle's threads for the host kernels
+    // device=cuda: the handle's stream; the image embeddings the encoder writes there stay
+    // on the device (the window cache) until the decoder reads them (never run: no GPU here)
+    Stream stream_;
     Buffer tokens_scratch_[3];          // decoder coords, labels, text rows (reused across calls)
     std::string open_backend(const LoadOptions& opt, bool* cuda);
     std::vector<std::vector<float>> text_embeddings(const std::vector<std::string>& texts);

@@ -75,6 +75,13 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
     std::string library = open_backend(opt, &cuda);
     cuda_ = cuda;
     pool_ = std::make_unique<ThreadPool>(opt.threads > 0 ? opt.threads : cpu_cores());
+    if (cuda) {
+        try {
+            stream_ = Stream::cuda(0);
+        } catch (const std::exception& e) {
+            fail(SEGVOL_ERR_BACKEND, std::string("device cuda: ") + e.what());
+        }
+    }
     GraphOptions go;
     go.threads = opt.threads;
     go.cuda = cuda;
@@ -100,7 +107,8 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
     describe_ = d.str();
 }
 
-Runtime::~Runtime() = default;
+// the volume (device buffers among its cached embeddings) goes before the stream they were made on
+Runtime::~Runtime() { vol_.reset(); }
 
 // A session of graph `name`, its inputs and outputs checked against the manifest's spec
 // (as segvol_rt.backends.onnxruntime.check_session_io): a graph from another export is
