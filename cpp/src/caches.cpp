@@ -7,9 +7,8 @@ namespace segvol::detail {
 // The encoder's output goes straight into a new buffer of its shape once that is known
 // (after the first call); the first call's output is copied out of ONNX Runtime once.
 Buffer Runtime::encode(const TensorView& batch) {
-    std::vector<Feed> feeds{{art_.graphs[IMAGE_ENCODER].inputs[0], batch}};
     if (emb_shape_.empty()) {
-        Buffer out = encoder_->run(feeds);
+        Buffer out = graphs_->encode_image(batch);
         emb_shape_.assign(out.shape().begin(), out.shape().end());
         return out;
     }
@@ -17,7 +16,7 @@ Buffer Runtime::encode(const TensorView& batch) {
     shape[0] = batch.shape[0];
     // on the GPU the embedding stays in device memory (ORT's CUDA EP writes it there)
     Buffer out = cuda_ ? Buffer::cuda(shape, ElementType::F32, stream_) : Buffer::host(shape, ElementType::F32);
-    encoder_->run_into(feeds, out.view());
+    graphs_->encode_image(batch, out.view());
     return out;
 }
 

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "graph.hpp"
 #include "sizes.hpp"
 
 namespace segvol::detail {
@@ -40,6 +41,13 @@ size_t TensorView::count() const {
         n *= (size_t)d;
     }
     return n;
+}
+
+Graphs::Graphs(std::unique_ptr<Graph> encoder, std::vector<std::string> encoder_inputs, std::unique_ptr<Graph> decoder,
+               std::vector<std::string> decoder_inputs)
+    : encoder_(std::move(encoder)), decoder_(std::move(decoder)), enc_in_(std::move(encoder_inputs)), dec_in_(std::move(decoder_inputs)) {
+    if (enc_in_.size() != 1 || dec_in_.size() != 4)
+        throw std::invalid_argument("the spec's image encoder takes 1 input and its prompt decoder 4");
 }
 
 TensorView host_view(const void* data, std::vector<int64_t> shape, ElementType type) {

@@ -19,7 +19,6 @@ static std::vector<std::vector<size_t>> label_groups(const std::vector<Tokens>& 
 
 Buffer Runtime::decode(const std::vector<const Buffer*>& embeddings, const std::vector<Tokens>& tokens,
                        const std::vector<const std::vector<float>*>& texts) {
-    const GraphEntry& spec = art_.graphs[PROMPT_DECODER];
     const int64_t n = (int64_t)tokens.size(), C = art_.embed_dim;
     Buffer out;  // (n, 1, 4d, 4h, 4w), once the decoder's output shape is known
     size_t row = 0;
@@ -65,20 +64,18 @@ Buffer Runtime::decode(const std::vector<const Buffer*>& embeddings, const std::
                 }
                 text = text_rows.view();
             }
-            std::vector<Feed> feeds{{spec.inputs[0], emb},
-                                    {spec.inputs[1], host_view(coords.data(), {B, N, 3}, ElementType::F32)},
-                                    {spec.inputs[2], host_view(labels.data(), {B, N}, ElementType::I32)},
-                                    {spec.inputs[3], text}};
+            TensorView coords_view = host_view(coords.data(), {B, N, 3}, ElementType::F32);
+            TensorView labels_view = host_view(labels.data(), {B, N}, ElementType::I32);
             bool contiguous = idx.back() - idx.front() + 1 == idx.size();
             if (!out.empty() && contiguous) {  // straight into the result's rows
                 TensorView o = out.view();
                 o.data = out.as<float>() + idx[0] * row;
                 o.shape[0] = B;
                 StageTimer timer("  decoder_run");
-                decoder_->run_into(feeds, o);
+                graphs_->decode(emb, coords_view, labels_view, text, o);
                 continue;
             }
-            Buffer logits = decoder_->run(feeds);
+            Buffer logits = graphs_->decode(emb, coords_view, labels_view, text);
             if (out.empty()) {
                 low_shape_ = {logits.shape()[2], logits.shape()[3], logits.shape()[4]};
                 allocate();

@@ -8,6 +8,8 @@
 // time; the runtime picks one at load (segvol_load's backend option).
 #pragma once
 
+#include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -41,6 +43,36 @@ class Graph {
     virtual Buffer run(const std::vector<Feed>& inputs) = 0;
     // What ran (e.g. OpenVINO's compiled inference precision); "" when nothing to say.
     virtual std::string ran() const { return ""; }
+};
+
+// What the pipeline needs of a backend, as Python's Graphs protocol
+// (segvol_rt.pipeline.zoom.Graphs): the image encoder and the prompt decoder, fed by the
+// spec's input names (in the spec's order); shapes as segvol_rt.io.spec. Each call writes
+// into `out` (preallocated, the output's shape) or returns a new host buffer.
+class Graphs {
+   public:
+    Graphs(std::unique_ptr<Graph> encoder, std::vector<std::string> encoder_inputs, std::unique_ptr<Graph> decoder,
+           std::vector<std::string> decoder_inputs);
+    // image (B, 1, D, H, W) float32 -> embedding (B, C, d, h, w)
+    void encode_image(const TensorView& image, const TensorView& out) { encoder_->run_into({{enc_in_[0], image}}, out); }
+    Buffer encode_image(const TensorView& image) { return encoder_->run({{enc_in_[0], image}}); }
+    // embedding (B, C, d, h, w), coords (B, N, 3) float32, labels (B, N) int32, text (B, C)
+    // -> low-res logits (B, 1, 4d, 4h, 4w)
+    void decode(const TensorView& embedding, const TensorView& coords, const TensorView& labels, const TensorView& text,
+                const TensorView& out) {
+        decoder_->run_into(decoder_feeds(embedding, coords, labels, text), out);
+    }
+    Buffer decode(const TensorView& embedding, const TensorView& coords, const TensorView& labels, const TensorView& text) {
+        return decoder_->run(decoder_feeds(embedding, coords, labels, text));
+    }
+
+   private:
+    std::vector<Feed> decoder_feeds(const TensorView& embedding, const TensorView& coords, const TensorView& labels,
+                                    const TensorView& text) const {
+        return {{dec_in_[0], embedding}, {dec_in_[1], coords}, {dec_in_[2], labels}, {dec_in_[3], text}};
+    }
+    std::unique_ptr<Graph> encoder_, decoder_;
+    std::vector<std::string> enc_in_, dec_in_;
 };
 
 }  // namespace segvol::detail

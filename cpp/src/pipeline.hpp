@@ -125,7 +125,8 @@ class Runtime {
     Artifacts art_;
     LoadOptions opt_;
     std::string describe_;
-    std::unique_ptr<Graph> encoder_, decoder_, text_encoder_;
+    std::unique_ptr<Graphs> graphs_;       // image encoder + prompt decoder (Python's Graphs protocol)
+    std::unique_ptr<Graph> text_encoder_;  // opened on the first free phrase
     std::unique_ptr<Tokenizer> tokenizer_;
     std::map<std::string, std::vector<float>> table_;
     std::map<std::string, std::vector<float>> phrases_;

@@ -86,8 +86,14 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
     go.threads = opt.threads;
     go.cuda = cuda;
     go.precision = opt.precision;
-    encoder_ = open_graph(IMAGE_ENCODER, go);
-    decoder_ = open_graph(PROMPT_DECODER, go);
+    std::unique_ptr<Graph> encoder = open_graph(IMAGE_ENCODER, go);  // in this order: the encoder's error first
+    std::unique_ptr<Graph> decoder = open_graph(PROMPT_DECODER, go);
+    try {
+        graphs_ = std::make_unique<Graphs>(std::move(encoder), art_.graphs[IMAGE_ENCODER].inputs, std::move(decoder),
+                                           art_.graphs[PROMPT_DECODER].inputs);
+    } catch (const std::invalid_argument& e) {
+        fail(SEGVOL_ERR_ARTIFACTS, std::string(e.what()) + "; export the artifacts again");
+    }
     // preferred batches as the Python backend's (segvol_rt.backends.base.preferred_batch)
     enc_batch_ = cuda ? art_.graphs[IMAGE_ENCODER].batch[2] : std::max(1, art_.graphs[IMAGE_ENCODER].batch[0]);
     const std::array<int, 3>& dec = art_.graphs[PROMPT_DECODER].batch;  // (min, opt, max)
