@@ -52,15 +52,18 @@ import math
 import re
 import sys
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from segvol_rt import validate as V
 from segvol_rt.errors import SegVolError
-from segvol_rt.types import Request, Roi, Segmentation
+from segvol_rt.types import Points, Request, Roi, Segmentation
+
+if TYPE_CHECKING:
+    from segvol_rt.pipeline.geometry import Geometry
 
 # Bumped whenever a model, tensor, field or encoding changes meaning.
 WIRE_VERSION = 1
@@ -301,14 +304,56 @@ def decompress_volume(stream: bytes | Iterable[bytes], header: VolumeHeader) -> 
 
 
 # -- requests -----------------------------------------------------------------------
+def encode_geometry(geometry: Geometry, spatial_size: Sequence[int]) -> dict[str, Any]:
+    """What a client needs to rebuild a session's coordinate chain: the
+    model-space crop box (inclusive), the model's window and the
+    reorientation the server applied (None: the stored voxel order)."""
+    d, h, w = geometry.crop.out_shape
+    crop_box = geometry.box((0, 0, 0, d - 1, h - 1, w - 1), "crop", "model")
+    reo = geometry.reorient
+    return {"crop_box": list(crop_box or ()), "spatial_size": [int(s) for s in spatial_size],
+            "reorient": None if reo is None else {"ornt": [list(p) for p in reo.ornt], "codes": reo.codes}}
+
+
+def decode_geometry(doc: Any, shape: tuple[int, int, int]) -> Geometry:
+    """The :class:`~segvol_rt.pipeline.geometry.Geometry` of :func:`encode_geometry`'s
+    document for a scan of ``shape``; a malformed one is a SegVolError."""
+    from segvol_rt.pipeline.geometry import Geometry, Reorient
+
+    if not isinstance(doc, Mapping):
+        raise SegVolError("the server's geometry must be a JSON object")
+    box, size, reo = doc.get("crop_box"), doc.get("spatial_size"), doc.get("reorient")
+    if not (isinstance(box, list) and len(box) == 6 and all(type(v) is int for v in box)):
+        raise SegVolError("the server's geometry.crop_box must be 6 integers")
+    spatial = checked_shape(size, "the server's geometry.spatial_size")
+    reorient = None
+    if reo is not None:
+        ornt = reo.get("ornt") if isinstance(reo, Mapping) else None
+        codes = reo.get("codes") if isinstance(reo, Mapping) else None
+        if not (isinstance(ornt, list) and sorted(a for a, _ in _pairs(ornt)) == [0, 1, 2] and isinstance(codes, str)):
+            raise SegVolError("the server's geometry.reorient must name a permutation of the 3 axes, flips and codes")
+        reorient = Reorient(shape, tuple(_pairs(ornt)), codes)  # type: ignore[arg-type]
+    return Geometry.build(shape, tuple(box), spatial, reorient)
+
+
+def _pairs(ornt: list[Any]) -> list[tuple[int, int]]:
+    """``[[axis, flip], ...]`` as integer pairs (flip +1 or -1), else []."""
+    ok = len(ornt) == 3 and all(isinstance(p, list) and len(p) == 2 and type(p[0]) is int and p[1] in (1, -1)
+                                and type(p[1]) is int for p in ornt)
+    return [(p[0], p[1]) for p in ornt] if ok else []
+
+
 def _plain(value: Any) -> Any:
-    """Tuples, numpy integers and numpy bools as JSON lists, ints and bools (strings as they are)."""
+    """Tuples, numpy integers and numpy bools as JSON lists, ints and bools, :class:`Points` as
+    ``[[i, j, k, label], ...]`` (strings as they are)."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.bool_):
         return bool(value)
+    if isinstance(value, Points):  # the local API's typed points travel as (i, j, k, label) rows
+        return [[*_plain(c), _plain(label)] for c, label in zip(value.coords, value.labels)]
     if isinstance(value, (list, tuple, np.ndarray)):
         return [_plain(v) for v in value]
     return value

@@ -18,7 +18,7 @@ pytest.importorskip("importlinter", reason="import-linter is in the dev extra")
 
 CONTRACTS = ("Layers, top down", "The export core", "Demo training and the torch references", "backends never import app",
              "Only the torch backend", "never import torch", "Nothing below app imports typer", "serve and client are independent",
-             "client imports no runtime", "client imports no CuPy")
+             "client imports no runtime", "client imports no CuPy", "Only segvol_rt.napari imports napari and Qt")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,8 @@ def test_every_layer_contract_is_kept(tree):
          ("Layers, top down", "serve and client are independent", "client imports no runtime")),
         ("serve/models.py", "from segvol_rt.client import client", ("Layers, top down", "serve and client are independent")),
         ("serve/models.py", "import segvol_rt.app.cli", ("Layers, top down",)),
+        ("app/infer.py", "import segvol_rt.napari.session", ("Layers, top down",)),  # nothing imports the plugin
+        ("app/cli.py", "import qtpy", ("Only segvol_rt.napari imports napari and Qt",)),
     ],
 )
 def test_a_deliberate_violation_breaks_its_contract(tmp_path, module, line, broken):

@@ -45,3 +45,34 @@ def test_a_result_travels_back_whole() -> None:
     assert (back.roi, back.n_windows, back.zoom_in_applied, back.no_foreground, back.timings, back.prompt) == (
         seg.roi, 2, True, False, {"encode": 0.5}, "text='liver'")
     assert W.from_json_bytes(info, "info")["ran"] == [1.0, 2.0]
+
+
+# -- a session's geometry ------------------------------------------------------------
+@pytest.mark.parametrize("reoriented", [False, True])
+def test_a_sessions_geometry_travels_with_its_reorientation(reoriented: bool) -> None:
+    from segvol_rt.pipeline.geometry import Geometry, Reorient
+
+    shape = (20, 24, 12)
+    reorient = Reorient(shape, ((1, -1), (0, 1), (2, 1)), "RAS") if reoriented else None
+    geometry = Geometry.build(shape, (1, 2, 3, 10, 9, 15), (16, 32, 32), reorient)
+    doc = W.from_json_bytes(W.to_json_bytes(W.encode_geometry(geometry, (16, 32, 32))), "info")
+    assert W.decode_geometry(doc, shape) == geometry
+
+
+_GOOD = {"crop_box": [0] * 6, "spatial_size": [2, 2, 2]}
+
+
+@pytest.mark.parametrize("doc", [None, {**_GOOD, "crop_box": [0] * 5}, {**_GOOD, "spatial_size": [2, 2, 0]},
+                                 {**_GOOD, "reorient": {"ornt": [[0, 1], [0, 1], [2, 1]], "codes": "RAS"}},
+                                 {**_GOOD, "reorient": {"ornt": [[0, 2], [1, 1], [2, 1]], "codes": "RAS"}}])
+def test_a_malformed_geometry_from_a_server_is_one_line(doc: object) -> None:
+    with pytest.raises(SegVolError, match="the server's geometry"):
+        W.decode_geometry(doc, (4, 4, 4))
+
+
+def test_typed_points_travel_as_rows() -> None:
+    """A :class:`segvol_rt.types.Points` (as the local API takes it) is sent as (i, j, k, label) rows."""
+    from segvol_rt.types import Points
+
+    raw = W.encode_request("liver", None, Points(np.array([[1, 2, 3], [4, 5, 6]]), np.array([1, 0])), {})
+    assert W.decode_request(raw)["points"] == [[1, 2, 3, 1], [4, 5, 6, 0]]

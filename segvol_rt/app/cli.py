@@ -160,7 +160,7 @@ def infer(
     cache_mb: float | None = typer.Option(None, "--cache-mb", min=0, metavar="MIB", rich_help_panel=_E, help="Bound of the window-embedding cache."),
     no_zoom_in: bool = typer.Option(False, "--no-zoom-in", metavar="", rich_help_panel=_E, help="Coarse (zoom-out) pass only."),
     window_prompts: str = typer.Option("official", "--window-prompts", metavar="MODE", rich_help_panel=_E, help="official (SegVol's, misplaced on scans smaller than a window) | aligned."),
-    reorient: str | None = typer.Option(None, "--reorient", metavar="CODES", rich_help_panel=_E, help="Axis codes (e.g. RAS) to reorient to before the model, or 'stored'; default: the model's declared orientation (the demo model: RAS), else none, as SegVol."),
+    reorient: str | None = typer.Option(None, "--reorient", metavar="CODES", rich_help_panel=_E, help="Axis codes (e.g. RAS) to reorient to before the model, or 'stored'. Default: the model's declared orientation (the demo model: RAS); SegVol's weights declare none (SegVol does not reorient)."),
     server: str | None = typer.Option(None, "--server", metavar="URL", rich_help_panel=_E, help="Segment on a `segvol-rt serve` server ($SEGVOL_API_KEY)."),
     series: str | None = typer.Option(None, "--series", metavar="UID", rich_help_panel=_D, help="The SeriesInstanceUID, when a folder holds several CT series."),
     store: str | None = typer.Option(None, "--store", metavar="URL", rich_help_panel=_D, help="DICOMweb root: STOW-RS the SEGs, once written."),

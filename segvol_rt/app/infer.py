@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segvol_rt.app.console import Reporter, provenance
+from segvol_rt.app.output_files import is_gz, is_seg, probability_bytes
 from segvol_rt.errors import SegVolError
 from segvol_rt.ops.boxes import InclusiveBox
 from segvol_rt.pipeline import prompts as P
@@ -221,7 +222,7 @@ def output_plan(scan_path: Path, opts: InferOptions, targets: Sequence[TargetPla
         out = dicom.default_out
     else:
         out = scan_path.with_name(_split_name(scan_path)[0] + DEFAULT_SUFFIX + ".nii.gz")
-    if opts.store is not None and not _is_seg(out):
+    if opts.store is not None and not is_seg(out):
         raise SegVolError("--store sends a DICOM SEG; give --out ending in .dcm")
     stem, suffix = _split_name(out)
     beside = out.with_name
@@ -418,7 +419,7 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
 
         report.stage("storing the SEG (STOW-RS)")
         with clock.stage("store"):
-            segs = [p for p in files if _is_seg(p)]
+            segs = [p for p in files if is_seg(p)]
             stored = W.store(W.parse_store_url(opts.store), W.parse_auth(opts.dicomweb_auth), segs)
         report.note(f"stored {len(stored)} SEG instance(s) at {opts.store}")
     report.close()
@@ -510,29 +511,39 @@ def write_outputs(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan,
     check_outputs(plan.files(), plan.inputs, name_hint=_NAME_HINT)  # again: the files may have changed meanwhile
     with OutputSet(plan.files()) as out:
         for path, indices in plan.masks.items():
-            if _is_seg(path):
-                out.stage(path, _seg_file(scan, [results[i] for i in indices], rt, opts))
+            if is_seg(path):
+                out.stage(path, seg_file(scan, [results[i] for i in indices], rt, opts))
                 continue
             labels = np.zeros(scan.shape, dtype=np.uint8, order="F")
             for label, i in enumerate(indices, start=1):
                 # where targets overlap the later one wins (documented in --help)
                 labels[np.asarray(results[i].segmentation.mask) > 0] = label if len(indices) > 1 else 1
-            out.stage(path, mask_bytes(labels, scan, _gz(path)))
+            out.stage(path, mask_bytes(labels, scan, is_gz(path)))
         for i, path in plan.probabilities.items():
             probs = results[i].segmentation.probabilities
             if probs is None:
                 raise SegVolError("probabilities were asked for but not computed")  # a bug, kept one line
-            if _is_seg(path):  # a FRACTIONAL (probability) SEG
-                out.stage(path, _seg_file(scan, [results[i]], rt, opts, probs))
+            if is_seg(path):  # a FRACTIONAL (probability) SEG
+                out.stage(path, seg_file(scan, [results[i]], rt, opts, probs))
             else:
-                out.stage(path, probability_bytes(probs, scan, _gz(path)))
+                out.stage(path, probability_bytes(probs, scan, is_gz(path)))
         if plan.sidecar is not None:
             doc = sidecar(plan, results, scan, rt, opts, {p.name: d for p, d in out.digests().items()})
             out.stage(plan.sidecar, json_bytes(doc, plan.sidecar))
         return out.commit()
 
 
-def _seg_file(scan: Scan, results: Sequence[TargetResult], rt: SegVolRuntime, opts: InferOptions,
+def _check_series_description(opts: InferOptions, plan: OutputPlan) -> None:
+    """``--series-description`` names a DICOM SEG output's series: refused without one, or empty."""
+    if opts.series_description is None:
+        return
+    if not any(is_seg(p) for p in plan.masks):
+        raise SegVolError("--series-description names a DICOM SEG's series: give a .dcm --out (DICOM input)")
+    if not opts.series_description.strip():
+        raise SegVolError("--series-description is empty")
+
+
+def seg_file(scan: Scan, results: Sequence[TargetResult], rt: SegVolRuntime, opts: InferOptions,
               probabilities: Any = None) -> bytes:
     """A binary DICOM SEG, one segment per target (overlaps kept: segments are independent),
     or with ``probabilities`` (one target's ``(I, J, K)`` map) a FRACTIONAL one; read back and checked."""
@@ -546,25 +557,6 @@ def _seg_file(scan: Scan, results: Sequence[TargetResult], rt: SegVolRuntime, op
                          description=opts.series_description)
     masks = [np.asarray(r.segmentation.mask) > 0 for r in results]
     return seg_bytes(scan, masks, names, algo, description=opts.series_description)
-
-
-def _check_series_description(opts: InferOptions, plan: OutputPlan) -> None:
-    """``--series-description`` names a DICOM SEG output's series: refused without one, or empty."""
-    if opts.series_description is None:
-        return
-    if not any(_is_seg(p) for p in plan.masks):
-        raise SegVolError("--series-description names a DICOM SEG's series: give a .dcm --out (DICOM input)")
-    if not opts.series_description.strip():
-        raise SegVolError("--series-description is empty")
-
-
-def _is_seg(path: Path) -> bool:
-    """Whether an output is a DICOM SEG (``.dcm``), not a NIfTI file."""
-    return path.name.lower().endswith(".dcm")
-
-
-def _gz(path: Path) -> bool:
-    return path.name.lower().endswith(".gz")
 
 
 def sidecar(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan, rt: SegVolRuntime, opts: InferOptions,
@@ -585,26 +577,9 @@ def sidecar(plan: OutputPlan, results: Sequence[TargetResult], scan: Scan, rt: S
                            "provenance": provenance(rt, opts.window_prompts)}
     if not opts.split:
         doc["labels"] = {str(i + 1): r.plan.name for i, r in enumerate(results)}
-        dcm = any(_is_seg(p) for p in plan.masks)
+        dcm = any(is_seg(p) for p in plan.masks)
         doc["overlaps"] = ("one DICOM SEG segment per target (segment number = label); overlaps are kept" if dcm
                            else "where targets overlap, the later target's label wins")
     doc["targets"] = targets
     doc["files"] = {name: {"sha256": digest} for name, digest in (digests or {}).items()}
     return doc
-
-
-def probability_bytes(probs: Any, scan: Scan, gz: bool) -> bytes:
-    """float32 sigmoid map ``(I, J, K)`` on the scan's grid (its affine and header), as file bytes."""
-    from segvol_rt._optional import require
-    from segvol_rt.io.nifti import gzip_bytes, nifti_header_for
-
-    nib = require("nibabel")
-    header = nifti_header_for(scan)
-    header.set_data_dtype(np.float32)
-    header.set_slope_inter(1.0, 0.0)
-    header["cal_min"], header["cal_max"] = 0.0, 1.0
-    header["descrip"] = b"segvol-rt probabilities"
-    klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    data = klass(np.asarray(probs, dtype=np.float32), scan.affine, header=header).to_bytes()
-    return gzip_bytes(data) if gz else data
-

@@ -221,16 +221,13 @@ class RemoteSession:
 
     ``shape``: the scan's ``(I, J, K)``; ``geometry``: its coordinate chain
     (:class:`segvol_rt.pipeline.geometry.Geometry`, rebuilt from the server's
-    crop box); ``provenance``: what serves it (backend, device, checkpoint);
+    crop box and reorientation); ``provenance``: what serves it (backend, device, checkpoint);
     ``upload``: how it went up (None for a server-side path)."""
 
     def __init__(self, client: SegVolClient, sid: str, info: Mapping[str, Any], upload: Upload | None):
-        from segvol_rt.pipeline.geometry import Geometry
-
         self.client, self.id, self.upload = client, sid, upload
-        self.shape: tuple[int, int, int] = tuple(int(s) for s in info["shape"])  # type: ignore[assignment]
-        geo = info["geometry"]
-        self.geometry = Geometry.build(self.shape, tuple(geo["crop_box"]), tuple(geo["spatial_size"]))
+        self.shape = W.checked_shape(info.get("shape"), "the server's shape")
+        self.geometry = W.decode_geometry(info.get("geometry"), self.shape)
         self.provenance: dict[str, Any] = dict(info.get("provenance") or {})
         self.closed = False
 

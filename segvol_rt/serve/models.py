@@ -198,17 +198,14 @@ class Handlers:
 
     def _ready(self, session: Session) -> dict[str, Any]:
         """What a client learns of a ready session: the scan's shape, the
-        geometry (model-space crop box and the model's window, from which
-        :meth:`segvol_rt.pipeline.geometry.Geometry.build` rebuilds the chain) and
+        geometry (:func:`segvol_rt.wire.encode_geometry`: the model-space crop
+        box, the model's window and the reorientation applied) and
         what serves it (:data:`provenance`)."""
         rt = session.runtime
         if rt is None:
             raise SegVolError(f"session {session.id} is still receiving its volume")
-        d, h, w = rt.crop_image.shape
-        crop_box = rt.geometry.box((0, 0, 0, d - 1, h - 1, w - 1), "crop", "model")
         return {"state": "ready", "wire": W.WIRE_VERSION, "shape": list(session.shape or ()),
-                "geometry": {"crop_box": list(crop_box or ()), "spatial_size": list(rt.config.spatial_size)},
-                "provenance": self.provenance}
+                "geometry": W.encode_geometry(rt.geometry, rt.config.spatial_size), "provenance": self.provenance}
 
     # -- segment --------------------------------------------------------------------
     def segment(self, request: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

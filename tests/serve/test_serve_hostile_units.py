@@ -18,6 +18,7 @@ import pytest
 
 from segvol_rt import wire as W
 from segvol_rt.errors import SegVolError
+from segvol_rt.pipeline.geometry import Geometry
 from segvol_rt.serve.models import Handlers, served
 from segvol_rt.serve.sessions import MIB, SessionLimits, SessionStore, reservation
 
@@ -128,15 +129,11 @@ def test_an_internal_error_is_one_line_and_an_id_in_the_log(bug: BaseException, 
 
 
 # -- a stray open never touches another session --------------------------------------------------
-class _Geometry:
-    def box(self, *_a: Any) -> tuple[int, ...]:
-        return (0, 0, 0, 1, 1, 1)
-
-
 class _Runtime:
     def __init__(self) -> None:
         self.crop_image = self.zoom_image = np.zeros((2, 2, 2), np.float32)
-        self.geometry, self.config = _Geometry(), type("C", (), {"spatial_size": (2, 2, 2)})()
+        self.geometry = Geometry.build((2, 2, 2), (0, 0, 0, 1, 1, 1), (2, 2, 2))
+        self.config = type("C", (), {"spatial_size": (2, 2, 2)})()
 
     def set_volume(self, volume: np.ndarray, affine: np.ndarray) -> None:
         if not np.isfinite(volume).all():
