@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "generated/shared_constants.hpp"
 #include "kernels_host.hpp"
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("fma")

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <vector>
 
+#include "generated/shared_constants.hpp"
 #include "kernels_host.hpp"
 #define SEGVOL_KNS generic
 #include "kernels_impl.inc"

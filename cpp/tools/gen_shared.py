@@ -5,7 +5,9 @@ Writes, from the Python modules that define them:
 * ``cpp/src/generated/shared_constants.hpp``: the zoom-in overlap and window
   point rules (segvol_rt/pipeline/zoom.py), the decoder's token kinds, the
   graph names and ``EXTRA_TOKENS`` (segvol_rt/io/spec.py), the CPU batch policy
-  of the prompt decoder (segvol_rt/backends/onnxruntime.py, openvino.py);
+  of the prompt decoder (segvol_rt/backends/onnxruntime.py, openvino.py), and
+  the kernel name expressions with ``is_kernel`` (the host launchers check the
+  kernels they instantiate against it at compile time);
 * ``cpp/src/generated/kernel_instances.inc``: every kernel name expression of
   ``segvol_rt.kernels.NAME_EXPRESSIONS`` (the one list) as an entry of a table
   that makes nvcc instantiate it (cpp/src/cuda_kernels.cu includes it).
@@ -47,8 +49,8 @@ def render_header() -> str:
 
     labels = ("LABEL_PAD", "LABEL_NEGATIVE", "LABEL_POSITIVE", "LABEL_BOX_MIN", "LABEL_BOX_MAX", "LABEL_TEXT")
     lines = [
-        NOTICE.format(sources="segvol_rt/io/spec.py, segvol_rt/pipeline/zoom.py, segvol_rt/backends/onnxruntime.py "
-                      "and openvino.py"),
+        NOTICE.format(sources="segvol_rt/io/spec.py, segvol_rt/pipeline/zoom.py, segvol_rt/backends/onnxruntime.py, "
+                      "openvino.py and segvol_rt/kernels/__init__.py"),
         "#pragma once\n",
         "namespace segvol::detail::shared {\n",
         "// zoom-in sliding windows (segvol_rt.pipeline.zoom)",
@@ -67,9 +69,33 @@ def render_header() -> str:
         "// spec's range; the GPU takes the spec's max (segvol_rt.backends.base.preferred_batch)",
         f"inline constexpr int CPU_DECODER_BATCH_ONNXRUNTIME = {_cpu_batch(ort_backend.CPU_BATCHES, S.PROMPT_DECODER)};",
         f"inline constexpr int CPU_DECODER_BATCH_OPENVINO = {_cpu_batch(ov_backend.CPU_BATCHES, S.PROMPT_DECODER)};\n",
+        *_kernel_names(),
         "}  // namespace segvol::detail::shared",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _kernel_names() -> list[str]:
+    """KERNEL_NAMES (every name expression of the one list) and a constexpr lookup, so the host
+    launchers can static_assert that each kernel they instantiate is on the list."""
+    from segvol_rt import kernels as K
+
+    names = [n for file in sorted(K.NAME_EXPRESSIONS) for n in K.NAME_EXPRESSIONS[file]]
+    return [
+        "// every kernel name expression (segvol_rt.kernels.NAME_EXPRESSIONS, the one list)",
+        "inline constexpr const char* KERNEL_NAMES[] = {",
+        *[f'    "{n}",' for n in names],
+        "};\n",
+        "constexpr bool same_text(const char* a, const char* b) {",
+        "    return *a == *b && (*a == '\\0' || same_text(a + 1, b + 1));",
+        "}",
+        "// true when `name` is on the one list (a launcher's static_assert)",
+        "constexpr bool is_kernel(const char* name) {",
+        "    for (const char* k : KERNEL_NAMES)",
+        "        if (same_text(k, name)) return true;",
+        "    return false;",
+        "}\n",
+    ]
 
 
 def render_instances() -> str:

@@ -56,3 +56,26 @@ def test_no_cpp_source_restates_them():
             assert not hits, f"{path.relative_to(sdk.ROOT)} defines {hits}: use generated/shared_constants.hpp"
     # no template instantiation of a kernel spelled by hand for nvcc
     assert "template __global__" not in (SRC / "cuda_kernels.cu").read_text()
+
+
+def test_launchers_are_checked_against_the_list(tmp_path):
+    """is_kernel (generated) accepts the list's names and rejects others at compile time, and
+    the host launchers static_assert each kernel they instantiate with it."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    cxx = shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    probe = tmp_path / "probe.cpp"
+    probe.write_text('#include "generated/shared_constants.hpp"\n'
+                     "using segvol::detail::shared::is_kernel;\n"
+                     'static_assert(is_kernel("resize_nearest<float, 0>") && is_kernel("scan_mask"));\n'
+                     'static_assert(!is_kernel("resize_nearest<float, 2>") && !is_kernel("scan_mas"));\n')
+    run = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", f"-I{SRC}", str(probe)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    impl = (SRC / "kernels_impl.inc").read_text()
+    for kernel in ("resize_nearest<float, 1>", "bbox<unsigned char, 0>", "paste<float>", "scan_mask"):
+        assert f'SEGVOL_ON_THE_LIST("{kernel}")' in impl
