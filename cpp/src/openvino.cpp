@@ -24,11 +24,11 @@ namespace segvol::detail {
 
 #if !SEGVOL_RT_HAVE_OPENVINO
 
-const OpenVinoInfo& openvino_load() {
+const OpenVinoInfo& openvino_load(const std::string&) {
     throw std::runtime_error("this build of the SDK has no OpenVINO backend (built without the OpenVINO headers: "
                              "install the openvino wheel or pass -DSEGVOL_RT_OPENVINO_INCLUDE_DIR and rebuild)");
 }
-void openvino_check_precision(const std::string&) { openvino_load(); }
+void openvino_check_precision(const std::string&) { openvino_load(""); }
 std::unique_ptr<Graph> openvino_graph(const std::string&, const GraphOptions&, const std::string&, const std::vector<std::string>&,
                                       const std::vector<std::string>&) {
     openvino_load();
@@ -79,7 +79,8 @@ ov_core_t* g_core = nullptr;  // one core per process, never freed (plugins stay
 
 const char* DEVICE = "CPU";
 
-std::vector<std::string> candidates() {
+std::vector<std::string> candidates(const std::string& requested) {
+    if (!requested.empty()) return {requested};
     if (const char* env = std::getenv("SEGVOL_RT_OPENVINO_LIBRARY"); env && *env) return {env};
     std::vector<std::string> out;
     if (*SEGVOL_RT_DEFAULT_OPENVINO_LIBRARY) out.push_back(SEGVOL_RT_DEFAULT_OPENVINO_LIBRARY);
@@ -284,11 +285,16 @@ Buffer OvGraph::run(const std::vector<Feed>& inputs) {
 
 }  // namespace
 
-const OpenVinoInfo& openvino_load() {
+const OpenVinoInfo& openvino_load(const std::string& requested) {
     std::lock_guard<std::mutex> lock(g_mu);
-    if (g_core) return g_info;
+    if (g_core) {
+        if (!requested.empty() && requested != g_info.path)
+            throw std::runtime_error("OpenVINO " + g_info.path + " is already loaded in this process; cannot load " + requested +
+                                     " as well");
+        return g_info;
+    }
     std::string tried, why;
-    for (const std::string& path : candidates()) {
+    for (const std::string& path : candidates(requested)) {
         void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
         if (!h) {
             const char* e = dlerror();
@@ -325,7 +331,7 @@ void openvino_check_precision(const std::string& precision) {
                                     "backend onnxruntime); use precision fp32 or bf16");
     const char* need = lookup(CAPABILITIES, 2, precision);
     if (!need) throw std::invalid_argument("the openvino backend computes in fp32 or bf16, not '" + precision + "'");
-    const OpenVinoInfo& info = openvino_load();
+    const OpenVinoInfo& info = openvino_load("");  // loaded by the caller already
     std::istringstream words(info.capabilities);
     std::string w, offered;
     bool found = false;

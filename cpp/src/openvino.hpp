@@ -4,8 +4,8 @@
 // (libopenvino_c.so.2641 for 2026.4.1), as ONNX Runtime's do, so a binary linked
 // against one wheel would refuse every other release. The SDK links neither: it
 // dlopens the C API (a stable C ABI, unlike the C++ API, whose classes would tie the
-// SDK to the wheel's C++ standard library) from a path given at run time
-// ($SEGVOL_RT_OPENVINO_LIBRARY), else the build's default (the Python wheel's
+// SDK to the wheel's C++ standard library) from a path given at run time (the load
+// option openvino_library, else $SEGVOL_RT_OPENVINO_LIBRARY), else the build's default (the Python wheel's
 // openvino/libs/libopenvino_c.so.*, found by CMake), else libopenvino_c.so. The
 // headers come from the same wheel (openvino/include) or an official release
 // (-DSEGVOL_RT_OPENVINO_INCLUDE_DIR); only their types are used. Without them
@@ -33,8 +33,10 @@ struct OpenVinoInfo {
     std::string capabilities;      // OPTIMIZATION_CAPABILITIES, space-separated
 };
 
-// Loads (once) the C API; throws std::runtime_error with a one-line reason.
-const OpenVinoInfo& openvino_load();
+// Loads (once per process) the C API from `requested` (a path; "": $SEGVOL_RT_OPENVINO_LIBRARY,
+// then the build's default, then libopenvino_c.so); throws std::runtime_error with a one-line
+// reason, also when another library is already loaded.
+const OpenVinoInfo& openvino_load(const std::string& requested = "");
 
 // Throws std::invalid_argument naming what the CPU offers when `precision` cannot run here.
 void openvino_check_precision(const std::string& precision);

@@ -69,7 +69,7 @@ Tokens decoder_tokens(const Points* points, const Box* box, bool text);
 // -- the runtime ----------------------------------------------------------------
 
 struct LoadOptions {
-    std::string backend = "auto", device = "auto", precision = "fp32", ort_library;
+    std::string backend = "auto", device = "auto", precision = "fp32", ort_library, openvino_library;
     int threads = 0;
     bool verify = true;
     unsigned long long cache_bytes = 512ull << 20;

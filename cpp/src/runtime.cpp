@@ -40,7 +40,7 @@ std::string Runtime::open_backend(const LoadOptions& opt, bool* cuda) {
                                                   ? "the openvino backend computes in fp32 or bf16, not fp16 (fp16 is a graph variant for backend onnxruntime); use precision fp32 or bf16"
                                                   : "the openvino backend computes in fp32 or bf16, not '" + opt.precision + "'");
         try {
-            const OpenVinoInfo& info = openvino_load();
+            const OpenVinoInfo& info = openvino_load(opt.openvino_library);
             openvino_check_precision(opt.precision);
             *cuda = false;
             ov_cache_ = openvino_cache_dir();

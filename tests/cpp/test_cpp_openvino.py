@@ -97,3 +97,32 @@ def test_bf16_refused_where_the_cpu_lacks_it(cpp_build, demo_artifacts, tmp_path
         return
     with pytest.raises(sdk.SdkError, match=r"bf16 needs a CPU on which OpenVINO offers BF16.*use precision fp32"):
         sdk.CppRuntime(cpp_build, demo_artifacts, backend="openvino", precision="bf16")
+
+
+def test_library_option(cpp_build, demo_artifacts, tmp_path):
+    """openvino_library (appended to segvol_load_options): a path that is no OpenVINO is one
+    line - cannot load, or another library is already loaded in this process."""
+    _open(cpp_build, demo_artifacts, "fp32").close()  # skips where the build has no OpenVINO
+    with pytest.raises(sdk.SdkError, match=r"(cannot load OpenVINO \(tried .*nothing\.so|is already loaded in this process)") as err:
+        sdk.CppRuntime(cpp_build, demo_artifacts, backend="openvino", openvino_library=str(tmp_path / "nothing.so"))
+    assert err.value.status == 3 and "\n" not in err.value.message
+
+
+def test_options_of_the_first_abi2_release_still_load(cpp_build, demo_artifacts):
+    """A caller built against the header before openvino_library was appended passes the
+    smaller struct_size: the field is not read, the load works."""
+    import ctypes
+
+    lib = ctypes.CDLL(str(cpp_build / sdk.SONAME))
+    lib.segvol_create.restype = ctypes.c_void_p
+    lib.segvol_load.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(sdk.LoadOptions)]
+    lib.segvol_destroy.argtypes = [ctypes.c_void_p]
+    opts = sdk.LoadOptions()
+    lib.segvol_load_options_init(ctypes.byref(opts))
+    opts.struct_size = sdk.LoadOptions.openvino_library.offset
+    opts.openvino_library = b"/must/not/be/read"
+    h = lib.segvol_create()
+    try:
+        assert lib.segvol_load(h, str(demo_artifacts).encode(), ctypes.byref(opts)) == 0
+    finally:
+        lib.segvol_destroy(h)
