@@ -18,3 +18,9 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 "$(dirname "$0")/../cpp/fetch-ort-headers.sh" >/dev/null
+# The OpenVINO backend of the SDK compiles against the C API headers of the Python openvino wheel
+# (pyproject's openvino extra, part of dev: .ci/run installs it before this script runs). Without
+# it the SDK builds without the backend and tests/cpp/test_cpp_openvino.py skips, so say so.
+if ! python3 -c "import openvino" 2>/dev/null; then
+    echo "setup-cpp: the openvino wheel is not installed for python3: the C++ SDK builds without its OpenVINO backend (pip install 'segvol-rt[openvino]')" >&2
+fi

@@ -5,6 +5,11 @@ prompt on a loaded volume, and peak RSS.
     python benchmarks/cpp_vs_python.py                      # demo model + full size (random weights)
     python benchmarks/cpp_vs_python.py --models demo --repeat 5
     python benchmarks/cpp_vs_python.py --build cpp/build --json out.json
+    python benchmarks/cpp_vs_python.py --models demo --backends onnxruntime:fp32 openvino:bf16
+
+Each BACKEND:PRECISION of ``--backends`` (default: ONNX Runtime fp32, OpenVINO fp32
+and bf16, the last only where the CPU's OpenVINO offers BF16) is run by all three
+contenders; the follow-up line gives C++'s median as a fraction of SegVolRuntime's.
 
 Contenders, each a fresh process per run (interleaved rounds, one warm-up
 round first, not counted):
@@ -46,9 +51,9 @@ import json, sys, time
 t0 = time.perf_counter()
 from segvol_rt import SegVolRuntime
 from segvol_rt.io.nifti import read_scan, write_mask
-scan, artifacts, text, out, repeat, threads = sys.argv[1:7]
+scan, artifacts, text, out, repeat, threads, backend, precision = sys.argv[1:9]
 s = read_scan(scan)
-rt = SegVolRuntime.load(artifacts, backend="onnxruntime", device="cpu", threads=int(threads) or None)
+rt = SegVolRuntime.load(artifacts, backend=backend, device="cpu", threads=int(threads) or None, precision=precision)
 rt.set_volume(s.data, s.affine)
 t1 = time.perf_counter()
 seg = rt.segment(text=text)
@@ -85,6 +90,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="timed runs per contender")
     p.add_argument("--followups", type=int, default=3, help="follow-up prompts per run")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--backends", nargs="+", default=["onnxruntime:fp32", "openvino:fp32", "openvino:bf16"],
+                   help="BACKEND:PRECISION pairs, each run by all three contenders (openvino:bf16 only where the CPU has BF16)")
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
 
@@ -105,17 +112,34 @@ def measure(cmd: list[str]) -> dict[str, Any]:
     return result
 
 
-def contenders(app: Path, scan: Path, artifacts: Path, out: Path, args: argparse.Namespace) -> dict[str, list[str]]:
+def contenders(app: Path, scan: Path, artifacts: Path, out: Path, args: argparse.Namespace,
+               backend: str, precision: str) -> dict[str, list[str]]:
     threads = ["--threads", str(args.threads)] if args.threads else []
+    chosen = ["--backend", backend, "--precision", precision]
+    tag = f" [{backend} {precision}]"
     return {
-        "C++ segvol-rt-infer": [str(app), str(scan), "--artifacts", str(artifacts), "--text", args.text,
-                                "--out", str(out / "cpp.nii.gz"), "-q", "--timing", "--repeat", str(args.followups), *threads],
-        "segvol-rt infer (Python CLI)": [sys.executable, "-m", "segvol_rt", "infer", str(scan), "--artifacts", str(artifacts),
-                                         "--backend", "onnxruntime", "--device", "cpu", "--text", args.text,
-                                         "--out", str(out / "cli.nii.gz"), "-q", *threads],
-        "SegVolRuntime (Python)": [sys.executable, "-c", _PY_CHILD, str(scan), str(artifacts), args.text,
-                                   str(out / "py.nii.gz"), str(args.followups), str(args.threads)],
+        "C++ segvol-rt-infer" + tag: [str(app), str(scan), "--artifacts", str(artifacts), "--text", args.text, *chosen,
+                                      "--out", str(out / "cpp.nii.gz"), "-q", "--timing", "--repeat", str(args.followups),
+                                      *threads],
+        "segvol-rt infer (Python CLI)" + tag: [sys.executable, "-m", "segvol_rt", "infer", str(scan), "--artifacts",
+                                               str(artifacts), *chosen, "--device", "cpu", "--text", args.text,
+                                               "--out", str(out / "cli.nii.gz"), "-q", *threads],
+        "SegVolRuntime (Python)" + tag: [sys.executable, "-c", _PY_CHILD, str(scan), str(artifacts), args.text,
+                                         str(out / "py.nii.gz"), str(args.followups), str(args.threads), backend, precision],
     }
+
+
+def backend_problem(backend: str, precision: str) -> str | None:
+    """Why a BACKEND:PRECISION pair cannot run here (None: it can)."""
+    if backend != "openvino":
+        return None
+    try:
+        import openvino
+    except ImportError:
+        return "openvino is not installed"
+    offered = [str(c) for c in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    want = {"fp32": "FP32", "bf16": "BF16"}.get(precision)
+    return None if want in offered else f"this CPU's OpenVINO offers {', '.join(offered)}, not {precision}"
 
 
 def artifacts_of(model: str) -> Path:
@@ -149,11 +173,20 @@ def table(model: str, scan: tuple[int, ...], results: dict[str, list[dict[str, A
         follow = [v for r in runs for v in r.get("followup_s", [])]
         lines.append(f"| {name} | {_stats(first)} | {_stats([r.get('whole_s', r['wall_s']) for r in runs])} | {_stats(follow)} | "
                      f"{statistics.median(r['peak_rss_mib'] for r in runs):.0f} | {len(runs)} |")
-    cpp, py = results.get("C++ segvol-rt-infer"), results.get("segvol-rt infer (Python CLI)")
-    if cpp and py:
-        a = statistics.median(r["whole_s"] for r in cpp)
-        b = statistics.median(r["whole_s"] for r in py)
-        lines += ["", f"whole infer: C++ app {a:.2f} s vs Python CLI {b:.2f} s ({b / a:.2f}x)"]
+    lines.append("")
+    for name, cpp in results.items():
+        if not name.startswith("C++"):
+            continue
+        tag = name[len("C++ segvol-rt-infer"):]
+        cli, py = results.get("segvol-rt infer (Python CLI)" + tag), results.get("SegVolRuntime (Python)" + tag)
+        if cli:
+            a, b = (statistics.median(r["whole_s"] for r in runs) for runs in (cpp, cli))
+            lines.append(f"whole infer{tag}: C++ app {a:.2f} s vs Python CLI {b:.2f} s ({b / a:.2f}x)")
+        fc = [v for r in cpp for v in r.get("followup_s", [])]
+        fp = [v for r in (py or []) for v in r.get("followup_s", [])]
+        if fc and fp:
+            a, b = statistics.median(fc), statistics.median(fp)
+            lines.append(f"follow-up{tag}: C++ {a:.3f} s vs SegVolRuntime {b:.3f} s ({a / b:.2f}x Python's)")
     return "\n".join(lines)
 
 
@@ -184,7 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             shape = SCANS[model]
             scan = Path(tmp) / f"{model}.nii.gz"
             make_phantom(2000, shape).save(scan)
-            cmds = contenders(app, scan, artifacts, Path(tmp), args)
+            cmds: dict[str, list[str]] = {}
+            for pair in args.backends:
+                backend, _, precision = pair.partition(":")
+                problem = backend_problem(backend, precision or "fp32")
+                if problem:
+                    print(f"skipping {pair}: {problem}", file=sys.stderr)
+                    continue
+                cmds.update(contenders(app, scan, artifacts, Path(tmp), args, backend, precision or "fp32"))
             for cmd in cmds.values():  # warm-up round: page cache, ORT's first-use costs
                 measure(cmd)
             results: dict[str, list[dict[str, Any]]] = {name: [] for name in cmds}

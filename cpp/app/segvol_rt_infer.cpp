@@ -46,7 +46,7 @@
 namespace {
 
 struct Args {
-    std::string scan, artifacts, out, window_prompts = "official", ort_library, device = "auto", backend = "auto";
+    std::string scan, artifacts, out, window_prompts = "official", ort_library, openvino_library, device = "auto", backend = "auto", precision = "fp32";
     std::vector<std::string> texts, points;
     std::string box;
     bool zoom_in = true, quiet = false, timing = false;
@@ -115,8 +115,10 @@ Args parse(int argc, char** argv) {
         else if (s == "--seed") a.seed = option_int<uint64_t>(s, value(i), 0, UINT64_MAX);
         else if (s == "--threads") a.threads = option_int<int>(s, value(i), 1, INT32_MAX);
         else if (s == "--ort-library") a.ort_library = value(i);
+        else if (s == "--openvino-library") a.openvino_library = value(i);
         else if (s == "--device") a.device = value(i);
         else if (s == "--backend") a.backend = value(i);
+        else if (s == "--precision") a.precision = value(i);
         else if (s == "--quiet" || s == "-q") a.quiet = true;
         else if (s == "--timing") a.timing = true;
         else if (s == "--repeat") a.repeat = option_int<int>(s, value(i), 0, 1000000);
@@ -126,7 +128,7 @@ Args parse(int argc, char** argv) {
         } else if (s == "--help" || s == "-h") {
             std::printf("usage: segvol-rt-infer SCAN.nii.gz --artifacts DIR --text NAME [--box i0,j0,k0,i1,j1,k1] "
                         "[--point i,j,k[,label]] [--no-zoom-in] [--window-prompts official|aligned] [--seed N] "
-                        "[--threads N] [--device auto|cpu|cuda] [--backend auto|onnxruntime] [--ort-library PATH] [--out MASK.nii.gz]\n");
+                        "[--threads N] [--device auto|cpu|cuda] [--backend auto|onnxruntime|openvino] [--precision fp32|fp16|bf16] [--ort-library PATH] [--openvino-library PATH] [--out MASK.nii.gz]\n");
             std::exit(0);
         } else if (!s.empty() && s[0] == '-') die("unknown option " + s);
         else if (a.scan.empty()) a.scan = s;
@@ -407,8 +409,10 @@ int main(int argc, char** argv) {
         segvol::LoadOptions lo;
         lo.threads = a.threads;
         lo.ort_library = a.ort_library;
+        lo.openvino_library = a.openvino_library;
         lo.device = a.device;
         lo.backend = a.backend;
+        lo.precision = a.precision;
         segvol::Runtime rt(a.artifacts, lo);
         rt.set_volume(data, dims, &affine);
         segvol::Target base;

@@ -13,7 +13,7 @@
 #include "errors.hpp"
 #include "system.hpp"
 
-namespace segvol {
+namespace segvol::detail {
 
 using json = nlohmann::json;
 static const char* MANIFEST = "manifest.json";
@@ -235,4 +235,4 @@ void Artifacts::text_table(std::vector<std::string>* names, std::vector<float>* 
         if (!(v == v) || v - v != 0.0f) fail(SEGVOL_ERR_ARTIFACTS, p + ": 'embeddings' holds non-finite values; export again");
 }
 
-}  // namespace segvol
+}  // namespace segvol::detail

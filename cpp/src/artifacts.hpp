@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace segvol {
+namespace segvol::detail {
 
 struct GraphEntry {
     std::string file;  // relative to the root
@@ -40,4 +40,4 @@ struct Artifacts {
 
 std::string sha256_file(const std::string& path);
 
-}  // namespace segvol
+}  // namespace segvol::detail

@@ -1,7 +1,8 @@
 // The device-side pipeline's kernels for the C++ SDK's GPU path (prepared):
 // kernels/*.cu, the same sources the CPU path compiles as host C++ and the
-// Python runtime compiles with NVRTC, built here by nvcc with the template
-// instantiations the launchers use (segvol_rt/kernels NAME_EXPRESSIONS).
+// Python runtime compiles with NVRTC, built here by nvcc with every template
+// instantiation of segvol_rt/kernels NAME_EXPRESSIONS (the one list), from the
+// table generated from it (generated/kernel_instances.inc, cpp/tools/gen_shared.py).
 // Only compiled here (no GPU on the build machine): never run in the tests.
 #include "common.cuh"
 #include "resize.cu"
@@ -9,14 +10,14 @@
 #include "pointwise.cu"
 #include "blend.cu"
 
-template __global__ void resize_nearest<float, 0>(const float*, float*, i64, i64, i64, i64, i64, i64, i64, i64, i64,
-                                                  i64, i64, i64, float, float, float);
-template __global__ void resize_nearest<float, 1>(const float*, float*, i64, i64, i64, i64, i64, i64, i64, i64, i64,
-                                                  i64, i64, i64, float, float, float);
-template __global__ void resize_nearest<u8, 0>(const u8*, u8*, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64,
-                                               i64, float, float, float);
-template __global__ void resize_trilinear<float>(const float*, float*, i64, i64, i64, i64, i64, i64, i64, i64, i64,
-                                                 i64, i64, i64, float, float, float);
-template __global__ void bbox<float, 1>(const float*, i64, i64, i64, float, int*);
-template __global__ void bbox<u8, 0>(const u8*, i64, i64, i64, float, int*);
-template __global__ void paste<float>(const float*, i64, i64, i64, i64, i64, i64, float*, i64, i64, i64, i64, i64);
+struct SegvolKernelInstance {
+    const char* name;  // the name expression (as NVRTC's get_function takes it)
+    const void* kernel;
+};
+
+// the launchers look kernels up here by their name expression
+extern "C" const SegvolKernelInstance segvol_rt_kernel_instances[] = {
+#include "generated/kernel_instances.inc"
+};
+extern "C" const unsigned long long segvol_rt_kernel_instance_count =
+    sizeof(segvol_rt_kernel_instances) / sizeof(segvol_rt_kernel_instances[0]);

@@ -7,7 +7,7 @@
 
 #include "segvol_rt/segvol_rt.h"
 
-namespace segvol {
+namespace segvol::detail {
 
 class Error : public std::runtime_error {
    public:
@@ -20,4 +20,4 @@ class Error : public std::runtime_error {
 
 [[noreturn]] inline void fail(segvol_status code, const std::string& msg) { throw Error(code, msg); }
 
-}  // namespace segvol
+}  // namespace segvol::detail

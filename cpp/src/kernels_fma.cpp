@@ -5,7 +5,9 @@
 // dispatcher calls them only where the CPU has FMA.
 #include <cmath>
 #include <cstring>
+#include <vector>
 
+#include "generated/shared_constants.hpp"
 #include "kernels_host.hpp"
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("fma")

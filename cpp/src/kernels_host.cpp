@@ -3,6 +3,7 @@
 // compute the same bits (see kernels_fma.cpp); FMA is only faster.
 #include "kernels_host.hpp"
 #include "system.hpp"
+#include "thread_pool.hpp"
 
 #include <sched.h>
 
@@ -13,17 +14,13 @@
 #include <thread>
 #include <vector>
 
-namespace segvol::kernels {
+namespace segvol::detail::kernels {
 
-// 0: the cores of this process. Process-wide (the last segvol_load's threads option).
-static std::atomic<int> g_max_threads{0};
-
-void set_max_threads(int n) { g_max_threads = n; }
-
+// The calling thread's pool (thread_pool.hpp): the handle whose call this is sets it, so
+// the thread count is the handle's own; none (a bare kernel call): the calling thread alone.
 int threads_for(i64 n) {
-    static const int available = cpu_cores();
-    int cap = g_max_threads.load(std::memory_order_relaxed);
-    int hw = cap > 0 ? cap : available;
+    ThreadPool* pool = current_pool();
+    int hw = pool ? pool->threads() : 1;
     i64 by_work = n / (1 << 16);  // a thread is worth it from ~64k items on
     return (int)std::max<i64>(1, std::min<i64>(hw, by_work));
 }
@@ -34,11 +31,7 @@ void run_blocks(i64 n, void (*one)(void*, int, int), void* ctx) {
         one(ctx, 0, 1);
         return;
     }
-    std::vector<std::thread> pool;
-    pool.reserve((size_t)t - 1);
-    for (int b = 1; b < t; ++b) pool.emplace_back([=] { one(ctx, b, t); });
-    one(ctx, 0, t);
-    for (auto& th : pool) th.join();
+    current_pool()->run(t, one, ctx);  // no thread is started: the pool's workers wake up
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -68,6 +61,9 @@ template void resize_trilinear<float>(const float*, float*, const i64*, const i6
 
 void upsample_then_nearest(const float* low, float* dst, const i64 l[3], const i64 m[3], const i64 o[3]) {
     SEGVOL_DISPATCH(upsample_then_nearest(low, dst, l, m, o));
+}
+void trilinear_separable(const float* src, const i64 in[3], const i64 out[3], float* dst) {
+    SEGVOL_DISPATCH(trilinear_separable(src, in, out, dst));
 }
 bool bbox_float(const float* x, const i64 shape[3], float thr, int box[6]) {
     return SEGVOL_DISPATCH(bbox_float(x, shape, thr, box));
@@ -100,4 +96,4 @@ void scan_mask(const float* crop, const i64 c[3], const float* roi, const i64 r0
     SEGVOL_DISPATCH(scan_mask(crop, c, roi, r0, rs, out, n, p, f, g, thr));
 }
 
-}  // namespace segvol::kernels
+}  // namespace segvol::detail::kernels

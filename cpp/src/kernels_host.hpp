@@ -13,18 +13,18 @@
 
 #include <cstdint>
 
-namespace segvol::kernels {
+namespace segvol::detail::kernels {
 
 typedef long long i64;
 typedef unsigned int u32;
 typedef unsigned char u8;
 
-// Threads used for a kernel over n work items (1 for small launches).
+// Threads used for a kernel over n work items (1 for small launches), at most the
+// calling thread's current pool's (thread_pool.hpp; 1 without one).
 int threads_for(i64 n);
-void set_max_threads(int n);
 
-// Run one(ctx, block, grid) for blocks 0..T-1 of a T-block grid, one host thread
-// per block (T = threads_for(n)); returns when all are done.
+// Run one(ctx, block, grid) for blocks 0..T-1 of a T-block grid, one pool thread per
+// block (T = threads_for(n), the caller runs block 0); returns when all are done.
 void run_blocks(i64 n, void (*one)(void*, int, int), void* ctx);
 
 #include "kernels_api.inc"
@@ -37,4 +37,4 @@ namespace fma {
 #include "kernels_api.inc"
 }
 
-}  // namespace segvol::kernels
+}  // namespace segvol::detail::kernels

@@ -9,7 +9,7 @@
 #include <stdexcept>
 #include <vector>
 
-namespace segvol {
+namespace segvol::detail {
 
 class NumpyGenerator {
    public:
@@ -140,4 +140,4 @@ class NumpyGenerator {
     }
 };
 
-}  // namespace segvol
+}  // namespace segvol::detail

@@ -8,9 +8,9 @@
 
 #include "kernels_host.hpp"
 
-namespace segvol {
+namespace segvol::detail {
 
-namespace K = segvol::kernels;
+namespace K = segvol::detail::kernels;
 
 static constexpr i64 NP1_BLOCK = 8192;
 
@@ -172,12 +172,19 @@ void normalize_min_max(const float* x, i64 n, const ForegroundStats& s, float* o
     K::normalize_affine(x, out, n, (float)s.lower, (float)s.upper, s.mean, std_divisor(s.std), low, scale);
 }
 
+// The nearest resize through the kernel (the index math's one definition).
+static Volume nearest_kernel(const float* src, const Vec3& strides, const Vec3& lo, const Vec3& extent, const Vec3& out, bool exact) {
+    Volume r(out);
+    K::resize_nearest<float>(src, r.ptr(), strides.data(), lo.data(), extent.data(), out.data(), exact);
+    return r;
+}
+
 std::vector<i64> nearest_source_index(i64 in, i64 out, bool exact) {
     // the index math of kernels/resize.cu on a 1-voxel-thick axis
     std::vector<float> src((size_t)in);
     for (i64 i = 0; i < in; ++i) src[(size_t)i] = (float)i;
     Vec3 strides{0, 0, 1}, lo{0, 0, 0}, ext{1, 1, in}, o{1, 1, out};
-    Volume r = resize_nearest(src.data(), strides, lo, ext, o, exact);
+    Volume r = nearest_kernel(src.data(), strides, lo, ext, o, exact);
     std::vector<i64> idx((size_t)out);
     for (i64 i = 0; i < out; ++i) idx[(size_t)i] = (i64)r.data[(size_t)i];
     return idx;
@@ -185,23 +192,95 @@ std::vector<i64> nearest_source_index(i64 in, i64 out, bool exact) {
 
 Volume resize_nearest(const float* src, const Vec3& strides, const Vec3& lo, const Vec3& extent, const Vec3& out,
                       bool exact) {
+    // a gather through the kernel's per-axis source tables (nearest is separable): the
+    // kernel's result, without its per-voxel index arithmetic
+    std::vector<i64> idx[3];
+    for (int a = 0; a < 3; ++a) idx[a] = nearest_source_index(extent[a], out[a], exact);
     Volume r(out);
-    K::resize_nearest<float>(src, r.ptr(), strides.data(), lo.data(), extent.data(), out.data(), exact);
+    float* o = r.ptr();
+    for (i64 z : idx[0])
+        for (i64 y : idx[1]) {
+            const float* row = src + (lo[0] + z) * strides[0] + (lo[1] + y) * strides[1] + lo[2] * strides[2];
+            if (strides[2] == 1)
+                for (i64 x : idx[2]) *o++ = row[x];
+            else
+                for (i64 x : idx[2]) *o++ = row[x * strides[2]];
+        }
     return r;
+}
+
+void resize_trilinear(const float* src, const Vec3& in, const Vec3& out, float* dst) {
+    K::trilinear_separable(src, in.data(), out.data(), dst);
 }
 
 Volume resize_trilinear(const Volume& src, const Vec3& out) {
     Volume r(out);
-    Vec3 strides{src.shape[1] * src.shape[2], src.shape[2], 1}, lo{0, 0, 0};
-    K::resize_trilinear<float>(src.ptr(), r.ptr(), strides.data(), lo.data(), src.shape.data(), out.data());
+    resize_trilinear(src.ptr(), src.shape, out, r.ptr());
     return r;
 }
 
+void blend_average_rows(const float* windows, const std::vector<Vec3>& starts, const Vec3& w, const Vec3& box_lo, const Vec3& box,
+                        float* out, float empty) {
+    size_t n = (size_t)(box[0] * box[1] * box[2]);
+    std::vector<float> sum(n, 0.0f), count(n, 0.0f);
+    const i64 wvox = w[0] * w[1] * w[2];
+    for (size_t k = 0; k < starts.size(); ++k) {  // window order: each voxel's additions in the kernel's order
+        Vec3 lo, hi;
+        bool empty_overlap = false;
+        for (int a = 0; a < 3; ++a) {
+            lo[a] = std::max(starts[k][a], box_lo[a]);
+            hi[a] = std::min(starts[k][a] + w[a], box_lo[a] + box[a]);
+            empty_overlap = empty_overlap || hi[a] <= lo[a];
+        }
+        if (empty_overlap) continue;
+        const float* win = windows + (i64)k * wvox;
+        for (i64 z = lo[0]; z < hi[0]; ++z)
+            for (i64 y = lo[1]; y < hi[1]; ++y) {
+                const float* src = win + ((z - starts[k][0]) * w[1] + (y - starts[k][1])) * w[2] + (lo[2] - starts[k][2]);
+                size_t at = (size_t)(((z - box_lo[0]) * box[1] + (y - box_lo[1])) * box[2] + (lo[2] - box_lo[2]));
+                float* s = sum.data() + at;
+                float* c = count.data() + at;
+                for (i64 x = 0; x < hi[2] - lo[2]; ++x) {
+                    s[x] = s[x] + src[x];
+                    c[x] = c[x] + 1.0f;
+                }
+            }
+    }
+    for (size_t v = 0; v < n; ++v) out[v] = count[v] > 0.0f ? sum[v] / count[v] : empty;
+}
+
+void scan_mask_rows(const float* crop, const Vec3& crop_shape, const float* roi, const Vec3& roi_lo, const Vec3& roi_shape,
+                    const Vec3& origin, const Vec3& out_shape, float thr, unsigned char* out) {
+    std::memset(out, 0, (size_t)(out_shape[0] * out_shape[1] * out_shape[2]));
+    Vec3 lo, hi;  // the crop's voxels inside the output, in crop coordinates
+    for (int a = 0; a < 3; ++a) {
+        lo[a] = std::max<i64>(0, -origin[a]);
+        hi[a] = std::min<i64>(crop_shape[a], out_shape[a] - origin[a]);
+        if (hi[a] <= lo[a]) return;
+    }
+    for (i64 z = lo[0]; z < hi[0]; ++z)
+        for (i64 y = lo[1]; y < hi[1]; ++y) {
+            const float* c = crop + (z * crop_shape[1] + y) * crop_shape[2];
+            unsigned char* o = out + ((z + origin[0]) * out_shape[1] + (y + origin[1])) * out_shape[2] + origin[2];
+            for (i64 x = lo[2]; x < hi[2]; ++x) o[x] = c[x] >= thr ? 1 : 0;
+            i64 ez = z - roi_lo[0], ey = y - roi_lo[1];
+            if (!roi || ez < 0 || ez >= roi_shape[0] || ey < 0 || ey >= roi_shape[1]) continue;
+            const float* r = roi + (ez * roi_shape[1] + ey) * roi_shape[2];  // the ROI's logits replace the crop's
+            i64 x0 = std::max(lo[2], roi_lo[2]), x1 = std::min(hi[2], roi_lo[2] + roi_shape[2]);
+            for (i64 x = x0; x < x1; ++x) o[x] = r[x - roi_lo[2]] >= thr ? 1 : 0;
+        }
+}
+
 Volume upsample_then_nearest(const Volume& low, const Vec3& mid, const Vec3& out) {
+    return upsample_then_nearest(low.ptr(), low.shape, mid, out);
+}
+
+Volume upsample_then_nearest(const float* low, const Vec3& low_shape, const Vec3& mid, const Vec3& out) {
     // On the CPU the two resizes the fused kernel stands for (bit-identical, see
     // segvol_rt.ops.upsample_then_nearest) are cheaper: the trilinear runs once per
     // window-grid voxel instead of once per crop voxel, the nearest step is a gather.
-    Volume m = resize_trilinear(low, mid);
+    Volume m(mid);
+    resize_trilinear(low, low_shape, mid, m.ptr());
     Vec3 strides{mid[1] * mid[2], mid[2], 1}, zero{0, 0, 0};
     return resize_nearest(m.ptr(), strides, zero, mid, out, false);
 }
@@ -223,4 +302,4 @@ std::optional<Box> positive_box(const Volume& v, const Vec3& lo, const Vec3& hi)
     return positive_box(sub);
 }
 
-}  // namespace segvol
+}  // namespace segvol::detail

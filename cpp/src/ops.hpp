@@ -8,7 +8,7 @@
 #include <optional>
 #include <vector>
 
-namespace segvol {
+namespace segvol::detail {
 
 using i64 = long long;
 using Vec3 = std::array<i64, 3>;
@@ -53,7 +53,21 @@ void normalize_min_max(const float* x, i64 n, const ForegroundStats& s, float* o
 Volume resize_nearest(const float* src, const Vec3& strides, const Vec3& lo, const Vec3& extent, const Vec3& out,
                       bool exact);
 Volume resize_trilinear(const Volume& src, const Vec3& out);
+// trilinear of a C-contiguous (D, H, W) array `src` of shape `in` into `dst` (out's voxels)
+void resize_trilinear(const float* src, const Vec3& in, const Vec3& out, float* dst);
 Volume upsample_then_nearest(const Volume& low, const Vec3& mid, const Vec3& out);
+Volume upsample_then_nearest(const float* low, const Vec3& low_shape, const Vec3& mid, const Vec3& out);
+// kernels/blend.cu blend_average on the host, row by row: the windows (n, wd, wh, ww) at
+// `starts` blended (sum / count, each voxel's windows added in window order from zero, as
+// the kernel does) into the box [box_lo, box_lo + box) of the padded volume, C-contiguous
+// into out; voxels no window covers get `empty`.
+void blend_average_rows(const float* windows, const std::vector<Vec3>& starts, const Vec3& w, const Vec3& box_lo, const Vec3& box,
+                        float* out, float empty);
+// kernels/blend.cu scan_mask with the identity permutation and no flips, row by row: out
+// (out_shape, C order) = 1 where the crop's logits (the ROI's inside the ROI) >= thr, the
+// crop at `origin`, 0 elsewhere.
+void scan_mask_rows(const float* crop, const Vec3& crop_shape, const float* roi, const Vec3& roi_lo, const Vec3& roi_shape,
+                    const Vec3& origin, const Vec3& out_shape, float thr, unsigned char* out);
 // Host source-index table of one axis (segvol_rt.ops.nearest_source_index).
 std::vector<i64> nearest_source_index(i64 in, i64 out, bool exact);
 
@@ -61,4 +75,4 @@ std::vector<i64> nearest_source_index(i64 in, i64 out, bool exact);
 std::optional<Box> positive_box(const Volume& v, const Vec3& lo, const Vec3& hi);
 std::optional<Box> positive_box(const Volume& v);
 
-}  // namespace segvol
+}  // namespace segvol::detail

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <sched.h>
 
+#include <cstring>
 #include <mutex>
 #include <stdexcept>
 
@@ -15,7 +16,7 @@
 #define SEGVOL_RT_DEFAULT_ORT_LIBRARY ""
 #endif
 
-namespace segvol {
+namespace segvol::detail {
 
 // The oldest API version the SDK asks for: the calls it makes date from ORT 1.16 or
 // earlier. Run here on the 1.29, 1.31 and 1.32 libraries only.
@@ -86,15 +87,39 @@ static Ort::Env& env() {
     return e;
 }
 
-struct Graph::Impl {
-    std::string name;
-    std::unique_ptr<Ort::Session> session;
-    std::vector<std::string> inputs, outputs;
-    Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+static ONNXTensorElementDataType onnx_type(ElementType t) {
+    switch (t) {
+        case ElementType::F32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+        case ElementType::I32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+        case ElementType::I64: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+        case ElementType::U8: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+    }
+    return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+}
+
+namespace {
+
+class OrtGraph final : public Graph {
+   public:
+    OrtGraph(const std::string& path, const GraphOptions& opt);
+    const std::vector<std::string>& input_names() const override { return inputs_; }
+    const std::vector<std::string>& output_names() const override { return outputs_; }
+    void run_into(const std::vector<Feed>& inputs, const TensorView& out) override;
+    Buffer run(const std::vector<Feed>& inputs) override;
+
+   private:
+    // An Ort::Value over the view's memory (no copy): host memory, or a CUDA device's
+    // (never run here: no GPU on the build machine).
+    Ort::Value value_of(const TensorView& v) const;
+    void prepare(const std::vector<Feed>& inputs);
+    std::unique_ptr<Ort::Session> session_;
+    std::vector<std::string> inputs_, outputs_;
+    Ort::MemoryInfo host_ = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    std::vector<Ort::Value> values_;        // this run's input values (views)
+    std::vector<const char*> in_names_;
 };
 
-Graph::Graph(const std::string& path, const std::string& name, const GraphOptions& opt) : impl_(new Impl) {
-    impl_->name = name;
+OrtGraph::OrtGraph(const std::string& path, const GraphOptions& opt) {
     Ort::SessionOptions so;
     // the Python runtime's session options (segvol_rt.backends.onnxruntime.session_options)
     so.SetIntraOpNumThreads(opt.threads > 0 ? opt.threads : cpu_cores());
@@ -110,46 +135,52 @@ Graph::Graph(const std::string& path, const std::string& name, const GraphOption
         cuda.device_id = opt.device_id;
         so.AppendExecutionProvider_CUDA(cuda);
     }
-    impl_->session = std::make_unique<Ort::Session>(env(), path.c_str(), so);
+    session_ = std::make_unique<Ort::Session>(env(), path.c_str(), so);
     Ort::AllocatorWithDefaultOptions alloc;
-    for (size_t i = 0; i < impl_->session->GetInputCount(); ++i)
-        impl_->inputs.push_back(impl_->session->GetInputNameAllocated(i, alloc).get());
-    for (size_t i = 0; i < impl_->session->GetOutputCount(); ++i)
-        impl_->outputs.push_back(impl_->session->GetOutputNameAllocated(i, alloc).get());
+    for (size_t i = 0; i < session_->GetInputCount(); ++i) inputs_.push_back(session_->GetInputNameAllocated(i, alloc).get());
+    for (size_t i = 0; i < session_->GetOutputCount(); ++i) outputs_.push_back(session_->GetOutputNameAllocated(i, alloc).get());
 }
 
-Graph::~Graph() = default;
+Ort::Value OrtGraph::value_of(const TensorView& v) const {
+    const int64_t* dims = v.shape.data();
+    if (v.where == Where::Host)
+        return Ort::Value::CreateTensor(host_, v.data, v.bytes(), dims, v.shape.size(), onnx_type(v.type));
+    Ort::MemoryInfo cuda("Cuda", OrtDeviceAllocator, v.device, OrtMemTypeDefault);
+    return Ort::Value::CreateTensor(cuda, v.data, v.bytes(), dims, v.shape.size(), onnx_type(v.type));
+}
 
-const std::vector<std::string>& Graph::input_names() const { return impl_->inputs; }
-const std::vector<std::string>& Graph::output_names() const { return impl_->outputs; }
-
-std::vector<float> Graph::run(const std::vector<std::pair<std::string, const Tensor*>>& inputs,
-                              std::vector<long long>* out_shape) {
-    std::vector<Ort::Value> values;
-    std::vector<const char*> in_names, out_names;
-    for (size_t k = 0; k < inputs.size(); ++k) {
-        const Tensor* t = inputs[k].second;
-        const int64_t* dims = reinterpret_cast<const int64_t*>(t->shape.data());
-        if (t->kind == 0)
-            values.push_back(Ort::Value::CreateTensor<float>(impl_->mem, const_cast<float*>(t->f.data()), t->f.size(),
-                                                             dims, t->shape.size()));
-        else if (t->kind == 1)
-            values.push_back(Ort::Value::CreateTensor<int32_t>(impl_->mem, const_cast<int32_t*>(t->i32.data()),
-                                                               t->i32.size(), dims, t->shape.size()));
-        else
-            values.push_back(Ort::Value::CreateTensor<int64_t>(impl_->mem,
-                                                               reinterpret_cast<int64_t*>(const_cast<long long*>(t->i64.data())),
-                                                               t->i64.size(), dims, t->shape.size()));
-        in_names.push_back(inputs[k].first.c_str());
+void OrtGraph::prepare(const std::vector<Feed>& inputs) {
+    values_.clear();
+    in_names_.clear();
+    for (const Feed& f : inputs) {
+        values_.push_back(value_of(f.value));
+        in_names_.push_back(f.name.c_str());
     }
-    out_names.push_back(impl_->outputs[0].c_str());
-    auto outs = impl_->session->Run(Ort::RunOptions{nullptr}, in_names.data(), values.data(), values.size(),
-                                    out_names.data(), 1);
-    auto info = outs[0].GetTensorTypeAndShapeInfo();
-    std::vector<int64_t> shape = info.GetShape();
-    out_shape->assign(shape.begin(), shape.end());
-    const float* p = outs[0].GetTensorData<float>();
-    return std::vector<float>(p, p + info.GetElementCount());
 }
 
-}  // namespace segvol
+void OrtGraph::run_into(const std::vector<Feed>& inputs, const TensorView& out) {
+    prepare(inputs);
+    Ort::Value o = value_of(out);
+    const char* out_name = outputs_[0].c_str();
+    session_->Run(Ort::RunOptions{nullptr}, in_names_.data(), values_.data(), values_.size(), &out_name, &o, 1);
+}
+
+Buffer OrtGraph::run(const std::vector<Feed>& inputs) {
+    prepare(inputs);
+    const char* out_name = outputs_[0].c_str();
+    auto outs = session_->Run(Ort::RunOptions{nullptr}, in_names_.data(), values_.data(), values_.size(), &out_name, 1);
+    auto info = outs[0].GetTensorTypeAndShapeInfo();
+    if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+        throw std::runtime_error("graph output " + outputs_[0] + " is not float32");
+    Buffer b = Buffer::host(info.GetShape(), ElementType::F32);
+    std::memcpy(b.as<void>(), outs[0].GetTensorData<float>(), b.view().bytes());
+    return b;
+}
+
+}  // namespace
+
+std::unique_ptr<Graph> ort_graph(const std::string& path, const std::string& name, const GraphOptions& opt) {
+    return std::make_unique<OrtGraph>(path, opt);
+}
+
+}  // namespace segvol::detail

@@ -12,7 +12,9 @@
 #include <string>
 #include <vector>
 
-namespace segvol {
+#include "graph.hpp"
+
+namespace segvol::detail {
 
 struct OrtInfo {
     std::string path;     // the library that was loaded
@@ -24,36 +26,7 @@ struct OrtInfo {
 // Loads (once) and returns the library; throws std::runtime_error with a one-line reason.
 const OrtInfo& ort_load(const std::string& requested);
 
-struct GraphOptions {
-    int threads = 0;  // intra-op threads, 0 = all cores of this process
-    bool cuda = false;
-    int device_id = 0;
-};
+// A session of one graph file (the Graph interface of graph.hpp); throws on failure.
+std::unique_ptr<Graph> ort_graph(const std::string& path, const std::string& name, const GraphOptions& opt);
 
-// A tensor handed to / returned by a graph: float32, int32 or int64, C order.
-struct Tensor {
-    std::vector<long long> shape;
-    int kind = 0;  // 0 float32, 1 int32, 2 int64
-    std::vector<float> f;
-    std::vector<int> i32;
-    std::vector<long long> i64;
-};
-
-class Graph {
-   public:
-    Graph(const std::string& path, const std::string& name, const GraphOptions& opt);
-    ~Graph();
-    Graph(const Graph&) = delete;
-    Graph& operator=(const Graph&) = delete;
-    // Run with named inputs; returns the graph's first output (float32) and its shape.
-    std::vector<float> run(const std::vector<std::pair<std::string, const Tensor*>>& inputs,
-                           std::vector<long long>* out_shape);
-    const std::vector<std::string>& input_names() const;
-    const std::vector<std::string>& output_names() const;
-
-   private:
-    struct Impl;
-    std::unique_ptr<Impl> impl_;
-};
-
-}  // namespace segvol
+}  // namespace segvol::detail

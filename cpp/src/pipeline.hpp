@@ -15,10 +15,13 @@
 #include <vector>
 
 #include "artifacts.hpp"
+#include "device.hpp"
+#include "graph.hpp"
 #include "ops.hpp"
 #include "ort.hpp"
+#include "thread_pool.hpp"
 
-namespace segvol {
+namespace segvol::detail {
 
 class Tokenizer;
 
@@ -66,7 +69,7 @@ Tokens decoder_tokens(const Points* points, const Box* box, bool text);
 // -- the runtime ----------------------------------------------------------------
 
 struct LoadOptions {
-    std::string backend = "auto", device = "auto", precision = "fp32", ort_library;
+    std::string backend = "auto", device = "auto", precision = "fp32", ort_library, openvino_library;
     int threads = 0;
     bool verify = true;
     unsigned long long cache_bytes = 512ull << 20;
@@ -80,6 +83,11 @@ struct Request {
     bool aligned = false;
     unsigned long long seed = 0;
     bool probabilities = false;
+    // The caller's buffers (I*J*K voxels, sized by the caller): the mask, and the
+    // probabilities when asked for, are written there once, at the end (after every
+    // graph ran), instead of into Result. nullptr: into Result.
+    unsigned char* mask_out = nullptr;
+    float* probabilities_out = nullptr;
 };
 
 struct Result {
@@ -117,7 +125,8 @@ class Runtime {
     Artifacts art_;
     LoadOptions opt_;
     std::string describe_;
-    std::unique_ptr<Graph> encoder_, decoder_, text_encoder_;
+    std::unique_ptr<Graphs> graphs_;       // image encoder + prompt decoder (Python's Graphs protocol)
+    std::unique_ptr<Graph> text_encoder_;  // opened on the first free phrase
     std::unique_ptr<Tokenizer> tokenizer_;
     std::map<std::string, std::vector<float>> table_;
     std::map<std::string, std::vector<float>> phrases_;
@@ -126,22 +135,30 @@ class Runtime {
     Vec3 low_shape_{0, 0, 0};           // (4d, 4h, 4w) of the decoder's logits
     int enc_batch_ = 1, dec_batch_ = 1, text_batch_ = 1, max_points_ = 16;
 
-    bool cuda_ = false;
+    bool cuda_ = false, openvino_ = false;
+    std::string ov_cache_;              // OpenVINO's model cache directory
+    std::unique_ptr<ThreadPool> pool_;  // this handle's threads for the host kernels
+    // device=cuda: the handle's stream; the image embeddings the encoder writes there stay
+    // on the device (the window cache) until the decoder reads them (never run: no GPU here)
+    Stream stream_;
+    Buffer tokens_scratch_[3];          // decoder coords, labels, text rows (reused across calls)
+    std::string open_backend(const LoadOptions& opt, bool* cuda);
     std::vector<std::vector<float>> text_embeddings(const std::vector<std::string>& texts);
-    std::vector<std::vector<float>> decode(const std::vector<const std::vector<float>*>& embeddings,
-                                           const std::vector<Tokens>& tokens,
-                                           const std::vector<const std::vector<float>*>& texts);
-    std::unique_ptr<Graph> open_graph(const char* name, const GraphOptions& go);
+    // Low-res logits (n, 1, 4d, 4h, 4w) of n decoder rows, in row order: each graph call writes
+    // its rows straight into the result (batches of one row: no copy in or out).
+    Buffer decode(const std::vector<const Buffer*>& embeddings, const std::vector<Tokens>& tokens,
+                  const std::vector<const std::vector<float>*>& texts);
+    std::unique_ptr<Graph> open_graph(const std::string& name, const GraphOptions& go);
     std::vector<Target> model_targets(const std::vector<Request>& requests, std::vector<std::vector<float>>* texts);
     std::vector<Volume> coarse_pass(const std::vector<Target>& targets);
     ZoomPlan plan_zoom_in(const Target& target, const Volume& coarse, const Box& positive, bool aligned) const;
     Volume zoom_in(const ZoomPlan& plan, const Target& target);
-    Result finish(const Volume& coarse, const ZoomPlan* plan, const Volume* roi, bool found, bool probabilities) const;
-    std::vector<float> encode(const std::vector<float>& batch, long long n);
+    Result finish(const Volume& coarse, const ZoomPlan* plan, const Volume* roi, bool found, const Request& request) const;
+    Buffer encode(const TensorView& batch);  // (n, 1, D, H, W) -> (n, C, d, h, w)
     void ensure_windows(const std::vector<WindowKey>& keys);
     void trim_cache(const std::set<WindowKey>& pinned);
 };
 
 std::string normalize_name(const std::string& text);
 
-}  // namespace segvol
+}  // namespace segvol::detail

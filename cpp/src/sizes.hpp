@@ -11,7 +11,7 @@
 
 #include "errors.hpp"
 
-namespace segvol {
+namespace segvol::detail {
 
 // "(I, J, K)"
 inline std::string dims_str(const std::array<long long, 3>& d) {
@@ -35,4 +35,4 @@ inline size_t checked_voxels(const std::array<long long, 3>& d) {
     return (size_t)n;
 }
 
-}  // namespace segvol
+}  // namespace segvol::detail

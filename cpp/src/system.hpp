@@ -10,7 +10,7 @@
 #include <string>
 #include <thread>
 
-namespace segvol {
+namespace segvol::detail {
 
 inline bool is_file(const std::string& p) {
     struct stat st;
@@ -31,4 +31,4 @@ inline std::string encode_utf8(int32_t cp) {
     return std::string((const char*)buf, (size_t)n);
 }
 
-}  // namespace segvol
+}  // namespace segvol::detail

@@ -16,7 +16,7 @@
 #include "errors.hpp"
 #include "system.hpp"
 
-namespace segvol {
+namespace segvol::detail {
 
 using json = nlohmann::json;
 static const char* BOS = "<|startoftext|>";
@@ -270,4 +270,4 @@ std::vector<long long> Tokenizer::encode(const std::string& text) const {
     return out;
 }
 
-}  // namespace segvol
+}  // namespace segvol::detail

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-namespace segvol {
+namespace segvol::detail {
 
 class Tokenizer {
    public:
@@ -32,4 +32,4 @@ class Tokenizer {
     std::vector<std::string> bpe(const std::string& word) const;
 };
 
-}  // namespace segvol
+}  // namespace segvol::detail

@@ -18,7 +18,7 @@ static int failures = 0;
     } while (0)
 
 int main() {
-    using namespace segvol;
+    using namespace segvol::detail;
     // numpy.random.default_rng(0).integers(1000) == 850 (numpy's PCG64 stream)
     NumpyGenerator g(0);
     CHECK(g.integers(1000) == 850);

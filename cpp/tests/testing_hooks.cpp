@@ -7,7 +7,7 @@
 #include "ops.hpp"
 #include "pipeline.hpp"
 
-using namespace segvol;
+using namespace segvol::detail;
 
 extern "C" {
 
@@ -94,9 +94,9 @@ __attribute__((visibility("default"))) void svt_resized_box(const long long* box
 // ids of `text` (unpadded, with BOS/EOS) from the tokenizer in `dir`; returns the count or -1
 extern "C" __attribute__((visibility("default"))) int svt_tokenize(const char* dir, const char* text, long long* ids, int cap) {
     try {
-        static std::map<std::string, std::unique_ptr<segvol::Tokenizer>> cache;
+        static std::map<std::string, std::unique_ptr<segvol::detail::Tokenizer>> cache;
         auto& tok = cache[dir];
-        if (!tok) tok = segvol::Tokenizer::from_dir(dir, 0);
+        if (!tok) tok = segvol::detail::Tokenizer::from_dir(dir, 0);
         std::vector<long long> v = tok->ids(text);
         for (size_t i = 0; i < v.size() && (int)i < cap; ++i) ids[i] = v[i];
         return (int)v.size();

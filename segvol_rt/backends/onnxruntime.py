@@ -78,7 +78,7 @@ LAZY_GRAPHS = frozenset({S.TEXT_ENCODER})
 # (ONNX Runtime's arena keeps what batch 8 needed), decode 7.6 s -> 3.9 s, the same
 # mask; on a shared 2-core EPYC with ../shared/data's CT at 1.5 mm, 1344 -> 1318 MiB,
 # the same mask, decode time within noise. The C++ SDK's policy is the same
-# (cpp/src/pipeline.cpp, dec_batch_).
+# (cpp/src/runtime.cpp, dec_batch_, from cpp/src/generated/shared_constants.hpp).
 CPU_BATCHES = {S.PROMPT_DECODER: 1}
 
 # ONNX Runtime element types (NodeArg.type) -> numpy dtype names of the specs.

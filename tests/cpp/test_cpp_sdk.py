@@ -115,7 +115,7 @@ def _window_keys(py: SegVolRuntime, reqs: list[dict]) -> list[tuple[int, ...]]:
         emb = py._zoom_embedding(Z.StageClock())
         low = Z.decode_batched(py.backend, [emb], [t.coarse_tokens()], [t.text_embedding], 1, py.config.embed_dim)[0]
         coarse = Z.coarse_crop_logits(low, py.config.spatial_size, vol.crop_image.shape)
-        plan = Z.plan_zoom_in(t, coarse, py.config.spatial_size, py.config.spatial_size)
+        plan = Z.plan_zoom_in(t, coarse, py.config.spatial_size, py.config.spatial_size, "official", Z.OVERLAP)
         keys += [] if plan is None else [w.key for w in plan.windows]
     return keys
 

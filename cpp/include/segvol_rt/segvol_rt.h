@@ -78,7 +78,20 @@ extern "C" {
  * dims back, segvol_last_error() is per thread and takes no handle. */
 #define SEGVOL_RT_ABI_VERSION 2
 
-#if defined(__GNUC__)
+/* The exported symbols. Windows (MSVC, MinGW): the library is built with SEGVOL_RT_BUILDING
+ * (dllexport), a consumer imports (dllimport) unless it links a static build and defines
+ * SEGVOL_RT_STATIC. GCC/Clang elsewhere: the library is built with -fvisibility=hidden and
+ * only these symbols are visible. (The Windows branch is not built or tested by this
+ * project's CI: it runs on Linux only.) */
+#if defined(_WIN32) || defined(__CYGWIN__)
+#if defined(SEGVOL_RT_STATIC)
+#define SEGVOL_API
+#elif defined(SEGVOL_RT_BUILDING)
+#define SEGVOL_API __declspec(dllexport)
+#else
+#define SEGVOL_API __declspec(dllimport)
+#endif
+#elif defined(__GNUC__) || defined(__clang__)
 #define SEGVOL_API __attribute__((visibility("default")))
 #else
 #define SEGVOL_API
@@ -88,7 +101,7 @@ typedef enum segvol_status {
     SEGVOL_OK = 0,
     SEGVOL_ERR_INVALID_ARGUMENT = 1, /* a NULL pointer, a bad dtype, dims, affine, prompt or option */
     SEGVOL_ERR_ARTIFACTS = 2,        /* missing, unreadable or changed artifacts (sha256 mismatch) */
-    SEGVOL_ERR_BACKEND = 3,          /* ONNX Runtime could not be loaded or failed */
+    SEGVOL_ERR_BACKEND = 3,          /* ONNX Runtime or OpenVINO could not be loaded or failed */
     SEGVOL_ERR_NO_VOLUME = 4,        /* segment before set_volume / after release_volume */
     SEGVOL_ERR_NOT_LOADED = 5,       /* set_volume or segment before a successful load */
     SEGVOL_ERR_SCAN = 6,             /* the scan cannot be normalised (constant, non-finite, no foreground) */
@@ -118,13 +131,17 @@ typedef struct segvol_runtime segvol_runtime;
 
 typedef struct segvol_load_options {
     uint32_t struct_size;    /* sizeof(segvol_load_options), set by segvol_load_options_init */
-    const char* backend;     /* "auto" or "onnxruntime" (default "auto" = onnxruntime) */
+    const char* backend;     /* "auto", "onnxruntime" or "openvino" (default "auto" = onnxruntime) */
     const char* device;      /* "auto", "cpu" or "cuda" (default "auto": cpu unless the library has CUDA) */
     int32_t threads;         /* ONNX Runtime intra-op threads and pipeline threads; 0 = all cores */
-    const char* precision;   /* "fp32" (default) or "fp16" (needs fp16 graphs in the manifest) */
+    const char* precision;   /* "fp32" (default); "fp16" (onnxruntime: needs fp16 graphs in the manifest);
+                              * "bf16" (openvino: where the CPU offers BF16) */
     const char* ort_library; /* path of libonnxruntime.so.1.*; NULL: $SEGVOL_RT_ORT_LIBRARY, then the build's default */
     int32_t verify;          /* check every file's sha256 against the manifest (default 1) */
     uint64_t cache_bytes;    /* bound of the window-embedding cache (default 512 MiB) */
+    /* added after ABI 2's first release (read only when struct_size covers it): path of
+     * libopenvino_c.so.*; NULL: $SEGVOL_RT_OPENVINO_LIBRARY, then the build's default */
+    const char* openvino_library;
 } segvol_load_options;
 
 typedef struct segvol_target {

@@ -37,7 +37,7 @@ class Error : public std::runtime_error {
 };
 
 struct LoadOptions {
-    std::string backend = "auto", device = "auto", precision = "fp32", ort_library;
+    std::string backend = "auto", device = "auto", precision = "fp32", ort_library, openvino_library;
     int threads = 0;
     bool verify = true;
     uint64_t cache_bytes = 512ull << 20;
@@ -82,6 +82,7 @@ class Runtime {
         o.device = options.device.c_str();
         o.precision = options.precision.c_str();
         o.ort_library = options.ort_library.empty() ? nullptr : options.ort_library.c_str();
+        o.openvino_library = options.openvino_library.empty() ? nullptr : options.openvino_library.c_str();
         o.threads = options.threads;
         o.verify = options.verify ? 1 : 0;
         o.cache_bytes = options.cache_bytes;
