@@ -54,6 +54,7 @@ from segvol_rt._optional import require
 from segvol_rt.backends.base import Backend
 from segvol_rt.backends.onnxruntime import LAZY_GRAPHS, cpu_cores
 from segvol_rt.backends.resident import drop_mapped_pages, trim_heap
+from segvol_rt.backends.signal_stack import kept_signal_stack
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.user_cache import cache_root
@@ -127,6 +128,7 @@ class OpenVinoBackend(Backend):
     concurrent = True
     cpu_batches = CPU_BATCHES
 
+    @kept_signal_stack()
     def __init__(self, artifacts: Artifacts, threads: int | None = None, precision: str = "fp32",
                  cache_dir: str | Path | None = None):
         super().__init__(artifacts.specs)
@@ -219,6 +221,7 @@ class OpenVinoBackend(Backend):
     def describe(self) -> str:
         return f"openvino ({self.device}, {self.threads} threads, {self.precision})"
 
+    @kept_signal_stack()
     def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
         request = self._request(graph)
         request.infer({name: np.ascontiguousarray(value) for name, value in feeds.items()})
@@ -236,6 +239,7 @@ class OpenVinoBackend(Backend):
         with contextlib.suppress(RuntimeError):
             self.compiled[graph].release_memory()
 
+    @kept_signal_stack()
     def close(self) -> None:
         self.compiled.clear()
         self._local = threading.local()

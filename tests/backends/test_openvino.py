@@ -310,3 +310,24 @@ def test_full_size_infer_peak_rss_on_a_real_ct(tmp_path, real_ct, backend, preci
     peak = usage.ru_maxrss / 1024
     print(f"{backend} {precision}: peak RSS {peak:.0f} MiB")
     assert peak <= PEAK_RSS_BOUND_MIB[backend, precision]
+
+
+def test_openvino_leaves_the_threads_signal_stack_as_it_was(tiny):
+    """OpenVINO's CPU plugin gives the calling thread an alternate signal stack of
+    its own and frees it with the plugin, maybe from another thread; the next
+    signal handled on a thread still pointing there was a SIGSEGV (seen in the
+    suite: a SIGTERM after the OpenVINO tests killed pytest). The backend gives
+    the thread its own setting back after every call."""
+    from segvol_rt.backends import signal_stack
+
+    before = signal_stack.current()
+    if before is None:
+        pytest.skip("sigaltstack is Linux's")
+    backend = OpenVinoBackend(Artifacts.load(tiny), threads=1)
+    assert signal_stack.current() == before
+    rt = SegVolRuntime(Artifacts.load(tiny), backend, "openvino")
+    rt.set_volume(np.random.default_rng(0).random((140, 150, 36)).astype(np.float32))
+    rt.segment(**_prompt("box"))
+    assert signal_stack.current() == before
+    backend.close()
+    assert signal_stack.current() == before
