@@ -49,6 +49,7 @@ struct Args {
     std::string scan, artifacts, out, window_prompts = "official", ort_library, openvino_library, device = "auto", backend = "auto", precision = "fp32";
     std::vector<std::string> texts, points;
     std::string box;
+    std::optional<std::string> reorient;  // none: the model's declared voxel orientation
     bool zoom_in = true, quiet = false, timing = false;
     int threads = 0, repeat = 0;
     uint64_t seed = 0;
@@ -119,6 +120,7 @@ Args parse(int argc, char** argv) {
         else if (s == "--device") a.device = value(i);
         else if (s == "--backend") a.backend = value(i);
         else if (s == "--precision") a.precision = value(i);
+        else if (s == "--reorient") a.reorient = value(i);
         else if (s == "--quiet" || s == "-q") a.quiet = true;
         else if (s == "--timing") a.timing = true;
         else if (s == "--repeat") a.repeat = option_int<int>(s, value(i), 0, 1000000);
@@ -128,7 +130,7 @@ Args parse(int argc, char** argv) {
         } else if (s == "--help" || s == "-h") {
             std::printf("usage: segvol-rt-infer SCAN.nii.gz --artifacts DIR --text NAME [--box i0,j0,k0,i1,j1,k1] "
                         "[--point i,j,k[,label]] [--no-zoom-in] [--window-prompts official|aligned] [--seed N] "
-                        "[--threads N] [--device auto|cpu|cuda] [--backend auto|onnxruntime|openvino] [--precision fp32|fp16|bf16] [--ort-library PATH] [--openvino-library PATH] [--out MASK.nii.gz]\n");
+                        "[--threads N] [--device auto|cpu|cuda] [--backend auto|onnxruntime|openvino] [--precision fp32|fp16|bf16] [--reorient CODES|stored] [--ort-library PATH] [--openvino-library PATH] [--out MASK.nii.gz]\n");
             std::exit(0);
         } else if (!s.empty() && s[0] == '-') die("unknown option " + s);
         else if (a.scan.empty()) a.scan = s;
@@ -413,6 +415,7 @@ int main(int argc, char** argv) {
         lo.device = a.device;
         lo.backend = a.backend;
         lo.precision = a.precision;
+        lo.reorient = a.reorient;
         segvol::Runtime rt(a.artifacts, lo);
         rt.set_volume(data, dims, &affine);
         segvol::Target base;

@@ -1,4 +1,5 @@
 #include "artifacts.hpp"
+#include "orientation.hpp"
 
 #include <openssl/evp.h>
 #include <zip.h>
@@ -67,6 +68,12 @@ Artifacts Artifacts::load(const std::string& root, const std::string& precision)
         for (int k = 0; k < 3; ++k) a.spatial_size[k] = cfg.at("spatial_size").at(k).get<long long>();
         a.embed_dim = cfg.at("embed_dim").get<int>();
         a.prompt_template = m.value("prompt_template", cfg.value("prompt_template", std::string("{}")));
+        if (m.contains("voxel_orientation") && !m["voxel_orientation"].is_null()) {
+            std::string codes = m["voxel_orientation"].get<std::string>();
+            if (std::string problem = orientation_codes_problem(codes); !problem.empty())
+                fail(SEGVOL_ERR_ARTIFACTS, mpath + ": voxel_orientation: " + problem + "; export the artifacts again");
+            a.voxel_orientation = codes;
+        }
         const json& graphs = m.at("graphs");
         if (precision != "fp32" && precision != "fp16")
             fail(SEGVOL_ERR_INVALID_ARGUMENT, "precision must be one of fp32, fp16, not '" + precision + "'");

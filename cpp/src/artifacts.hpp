@@ -5,6 +5,7 @@
 
 #include <array>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,8 @@ struct Artifacts {
     std::string tokenizer_dir;
     std::string text_table_file;
     long long text_table_count = -1;
+    // axis codes of the voxel order the model was trained on (the manifest's voxel_orientation); none: stored order
+    std::optional<std::string> voxel_orientation;
 
     // Reads and checks the manifest; precision "fp32" or "fp16" (fp16 graphs must be listed).
     static Artifacts load(const std::string& root, const std::string& precision);

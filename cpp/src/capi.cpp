@@ -148,6 +148,8 @@ segvol_status segvol_load(segvol_runtime* h, const char* dir, const segvol_load_
             lo.cache_bytes = o->cache_bytes;
             if (o->struct_size >= offsetof(segvol_load_options, openvino_library) + sizeof(const char*))
                 lo.openvino_library = str_or(o->openvino_library, "");
+            if (o->struct_size >= offsetof(segvol_load_options, reorient) + sizeof(const char*) && o->reorient)
+                lo.reorient = std::string(o->reorient);
         }
         // built first, swapped in only once it works: a failed load keeps the working runtime
         auto fresh = std::make_unique<segvol::detail::Runtime>(dir, lo);

@@ -119,7 +119,7 @@ Result Runtime::finish(const Volume& coarse, const ZoomPlan* plan, const Volume*
     const Vol& v = *vol_;
     const std::array<i64, 3>& scan = v.scan_shape;
     Vec3 crop_shape = coarse.shape, zero{0, 0, 0};
-    Vec3 out_shape{scan[2], scan[1], scan[0]};  // (K, J, I) C-ordered = (I, J, K) with i fastest
+    Vec3 out_shape = v.model_shape;  // (K, J, I) C-ordered = (I, J, K) with i fastest, reoriented when the volume is
     Result r;
     r.no_foreground = !found;
     size_t voxels = (size_t)(scan[0] * scan[1] * scan[2]);
@@ -128,9 +128,16 @@ Result Runtime::finish(const Volume& coarse, const ZoomPlan* plan, const Volume*
         r.mask.resize(voxels);
         mask = r.mask.data();
     }
+    std::vector<unsigned char> oriented_mask;  // a reoriented volume's mask, before it goes back to the scan's order
+    unsigned char* model_mask = mask;
+    if (v.orient) {
+        oriented_mask.resize(voxels);
+        model_mask = oriented_mask.data();
+    }
     Vec3 rstart = plan ? plan->roi.lo : zero;
     Vec3 rshape = roi ? roi->shape : zero;
-    scan_mask_rows(coarse.ptr(), crop_shape, roi ? roi->ptr() : nullptr, rstart, rshape, v.crop_lo, out_shape, positive_threshold(), mask);
+    scan_mask_rows(coarse.ptr(), crop_shape, roi ? roi->ptr() : nullptr, rstart, rshape, v.crop_lo, out_shape, positive_threshold(), model_mask);
+    if (v.orient) v.orient->copy(model_mask, mask, true);
     if (plan) {
         r.roi = plan->roi;
         r.n_windows = (int)plan->keys.size();
@@ -149,6 +156,12 @@ Result Runtime::finish(const Volume& coarse, const ZoomPlan* plan, const Volume*
             r.probabilities.assign(voxels, 0.0f);
             probs = r.probabilities.data();
         }
+        std::vector<float> oriented_probs;
+        float* scan_probs = probs;
+        if (v.orient) {
+            oriented_probs.assign(voxels, 0.0f);
+            probs = oriented_probs.data();
+        }
         for (i64 z = 0; z < crop_shape[0]; ++z)
             for (i64 y = 0; y < crop_shape[1]; ++y)
                 for (i64 x = 0; x < crop_shape[2]; ++x) {
@@ -156,6 +169,7 @@ Result Runtime::finish(const Volume& coarse, const ZoomPlan* plan, const Volume*
                     i64 m0 = z + v.crop_lo[0], m1 = y + v.crop_lo[1], m2 = x + v.crop_lo[2];
                     probs[(size_t)((m0 * out_shape[1] + m1) * out_shape[2] + m2)] = 1.0f / (1.0f + std::exp(-l));
                 }
+        if (v.orient) v.orient->copy(probs, scan_probs, true);
     }
     return r;
 }

@@ -18,6 +18,7 @@
 #include "device.hpp"
 #include "graph.hpp"
 #include "ops.hpp"
+#include "orientation.hpp"
 #include "ort.hpp"
 #include "thread_pool.hpp"
 
@@ -73,6 +74,8 @@ struct LoadOptions {
     int threads = 0;
     bool verify = true;
     unsigned long long cache_bytes = 512ull << 20;
+    // axis codes to reorient each scan to, or "stored"; none: the manifest's voxel_orientation
+    std::optional<std::string> reorient;
 };
 
 struct Request {
@@ -111,6 +114,8 @@ class Runtime {
     unsigned long long windows_encoded() const;
     bool has_volume() const { return vol_ != nullptr; }
     std::array<i64, 3> volume_dims() const;  // (I, J, K) of the volume set; has_volume() first
+    // the axis codes each scan is reoriented to before the model, or none (its stored order)
+    const std::optional<std::string>& orientation() const { return orientation_; }
     int max_points() const { return max_points_; }
 
    private:
@@ -125,6 +130,7 @@ class Runtime {
     Artifacts art_;
     LoadOptions opt_;
     std::string describe_;
+    std::optional<std::string> orientation_;
     std::unique_ptr<Graphs> graphs_;       // image encoder + prompt decoder (Python's Graphs protocol)
     std::unique_ptr<Graph> text_encoder_;  // opened on the first free phrase
     std::unique_ptr<Tokenizer> tokenizer_;

@@ -50,7 +50,10 @@ inline std::string box_str(const i64* b, int n) {
 
 struct Runtime::Vol {
     std::array<i64, 3> scan_shape;  // (I, J, K)
-    Vec3 model_shape;               // (K, J, I)
+    // the reorientation to the model's voxel order (none: the stored order, or one that changes nothing);
+    // scan prompts go through it, masks come back through it
+    std::optional<Orientation> orient;
+    Vec3 model_shape;               // (K', J', I') of the (reoriented) scan
     Vec3 crop_lo;                   // crop start in model space
     Volume crop, zoom;              // crop image, zoom-out image
     Buffer zoom_embedding;  // (1, C, d, h, w)

@@ -31,7 +31,16 @@ void Runtime::set_volume(const void* data, DType dtype, const std::array<i64, 3>
     vol_.reset();
     auto v = std::make_unique<Vol>();
     v->scan_shape = dims;
-    v->model_shape = {dims[2], dims[1], dims[0]};
+    std::array<i64, 3> oriented = dims;
+    if (orientation_) {
+        static const double eye[16] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1};
+        Orientation o = orientation_from_affine(affine ? affine : eye, dims, *orientation_);
+        if (!o.identity()) {
+            oriented = o.out_shape();
+            v->orient = o;
+        }
+    }
+    v->model_shape = {oriented[2], oriented[1], oriented[0]};
     ForegroundStats st;
     try {
         StageTimer timer("stats");
@@ -43,6 +52,11 @@ void Runtime::set_volume(const void* data, DType dtype, const std::array<i64, 3>
         fail(SEGVOL_ERR_SCAN, "cannot normalise the scan: its values overflow the float32 intensity statistics of the official pipeline");
     StageTimer timer("normalize+crop");
     normalize_min_max(f.data(), (i64)n, st, f.data());
+    if (v->orient) {  // the statistics and the normalisation above run in the stored order, as Python's
+        std::vector<float> g(n);
+        v->orient->copy(f.data(), g.data(), false);
+        f.swap(g);
+    }
     int b[6];
     if (!kernels::bbox_float(f.data(), v->model_shape.data(), std::numeric_limits<float>::denorm_min(), b))
         fail(SEGVOL_ERR_SCAN, (float)st.lower == (float)st.upper

@@ -139,21 +139,23 @@ std::string normalize_name(const std::string& text) {
 // -- segment: prompts -> coarse pass -> zoom-in plans -> zoom-in -> masks ----------------
 
 // A scan-space box (validated) in zoom-out space, as prompts.to_model_space: scan (i, j, k)
-// -> model (k, j, i) -> crop (minus the crop start, clipped) -> the bounding box of its
-// nearest-exact resize; a box thinner than one zoom-out voxel keeps its corners' voxels.
-static Box box_to_zoom(const std::array<i64, 6>& b, const std::array<i64, 3>& scan, const Vec3& crop_lo,
-                       const Vec3& crop_shape, const Vec3& spatial, const std::string& where) {
+// -> reoriented (when the volume is) -> model (k, j, i) -> crop (minus the crop start, clipped)
+// -> the bounding box of its nearest-exact resize; a box thinner than one zoom-out voxel keeps
+// its corners' voxels. Errors name the caller's box.
+static Box box_to_zoom(const std::array<i64, 6>& user, const std::optional<Orientation>& orient, const std::array<i64, 3>& scan,
+                       const Vec3& crop_lo, const Vec3& crop_shape, const Vec3& spatial, const std::string& where) {
     for (int a = 0; a < 3; ++a)
-        if (b[a] > b[a + 3]) fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "box " + box_str(b.data(), 6) + " is empty: need i0<=i1, j0<=j1, k0<=k1");
+        if (user[a] > user[a + 3]) fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "box " + box_str(user.data(), 6) + " is empty: need i0<=i1, j0<=j1, k0<=k1");
     for (int a = 0; a < 3; ++a)
-        if (b[a] < 0 || b[a + 3] >= scan[a])
-            fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "box " + box_str(b.data(), 6) + " is outside the scan of shape " + box_str(scan.data(), 3));
+        if (user[a] < 0 || user[a + 3] >= scan[a])
+            fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "box " + box_str(user.data(), 6) + " is outside the scan of shape " + box_str(scan.data(), 3));
+    const std::array<i64, 6> b = orient ? orient->forward_box(user) : user;
     Box crop;
     for (int a = 0; a < 3; ++a) {
         crop[a] = std::max<i64>(b[2 - a] - crop_lo[a], 0);
         crop[a + 3] = std::min<i64>(b[5 - a] - crop_lo[a], crop_shape[a] - 1);
         if (crop[a] > crop[a + 3])
-            fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "box " + box_str(b.data(), 6) + " lies outside the scan's foreground crop; nothing to segment there");
+            fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "box " + box_str(user.data(), 6) + " lies outside the scan's foreground crop; nothing to segment there");
     }
     bool empty;
     Box zoom = resized_box(crop, crop_shape, spatial, true, &empty);
@@ -165,9 +167,11 @@ static Box box_to_zoom(const std::array<i64, 6>& b, const std::array<i64, 3>& sc
     return zoom;
 }
 
-// Scan-space points (validated) as the zoom-out voxels holding their crop voxels' centres.
-static Points points_to_zoom(const std::vector<std::array<i64, 4>>& pts, const std::array<i64, 3>& scan, const Vec3& crop_lo,
-                             const Vec3& crop_shape, const Vec3& spatial, int max_points, const std::string& where) {
+// Scan-space points (validated; reoriented when the volume is) as the zoom-out voxels holding
+// their crop voxels' centres.
+static Points points_to_zoom(const std::vector<std::array<i64, 4>>& pts, const std::optional<Orientation>& orient,
+                             const std::array<i64, 3>& scan, const Vec3& crop_lo, const Vec3& crop_shape, const Vec3& spatial,
+                             int max_points, const std::string& where) {
     if ((int)pts.size() > max_points)
         fail(SEGVOL_ERR_INVALID_ARGUMENT, where + std::to_string(pts.size()) + " points given; the artifacts take at most " + std::to_string(max_points));
     Points pz;
@@ -176,9 +180,10 @@ static Points points_to_zoom(const std::vector<std::array<i64, 4>>& pts, const s
         for (int a = 0; a < 3; ++a)
             if (p[a] < 0 || p[a] >= scan[a])
                 fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "point " + box_str(p.data(), 3) + " is outside the scan of shape " + box_str(scan.data(), 3));
-        std::array<i64, 3> z;
+        std::array<i64, 3> z, q{p[0], p[1], p[2]};
+        if (orient) q = orient->forward(q);
         for (int a = 0; a < 3; ++a) {
-            i64 c = p[2 - a] - crop_lo[a];
+            i64 c = q[(size_t)(2 - a)] - crop_lo[(size_t)a];
             if (c < 0 || c >= crop_shape[a])
                 fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "point " + box_str(p.data(), 3) + " lies outside the scan's foreground crop; nothing to segment there");
             z[a] = ((2 * c + 1) * spatial[a]) / (2 * crop_shape[a]);
@@ -200,9 +205,9 @@ std::vector<Runtime::Target> Runtime::model_targets(const std::vector<Request>& 
         if (!r.text && !r.box && r.points.empty()) fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "give at least one prompt: text, box or points");
         if (r.text && normalize_name(*r.text).empty()) fail(SEGVOL_ERR_INVALID_ARGUMENT, where + "text prompt is empty");
         targets[t].seed = r.seed;
-        if (r.box) targets[t].box_zoom = box_to_zoom(*r.box, v.scan_shape, v.crop_lo, v.crop.shape, spatial, where);
+        if (r.box) targets[t].box_zoom = box_to_zoom(*r.box, v.orient, v.scan_shape, v.crop_lo, v.crop.shape, spatial, where);
         if (!r.points.empty())
-            targets[t].points_zoom = points_to_zoom(r.points, v.scan_shape, v.crop_lo, v.crop.shape, spatial, max_points_, where);
+            targets[t].points_zoom = points_to_zoom(r.points, v.orient, v.scan_shape, v.crop_lo, v.crop.shape, spatial, max_points_, where);
     }
     std::vector<std::string> phrases;
     for (const Request& r : requests)

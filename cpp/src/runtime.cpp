@@ -70,6 +70,7 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
     openvino_ = opt.backend == "openvino";
     // OpenVINO compiles the fp32 graphs in the asked inference precision (no graph variant)
     art_ = Artifacts::load(dir, openvino_ ? "fp32" : opt.precision);
+    orientation_ = model_orientation(opt.reorient, art_.voxel_orientation);
     if (opt.verify) art_.verify();
     bool cuda = false;
     std::string library = open_backend(opt, &cuda);

@@ -1,6 +1,7 @@
 // Test-only C entry points into the host logic, for the golden tests against
 // the Python implementation (tests/cpp/test_cpp_sdk.py, via ctypes). Not
 // installed, not part of the ABI.
+#include <cstdio>
 #include <cstring>
 
 #include "numpy_random.hpp"
@@ -100,6 +101,36 @@ extern "C" __attribute__((visibility("default"))) int svt_tokenize(const char* d
         std::vector<long long> v = tok->ids(text);
         for (size_t i = 0; i < v.size() && (int)i < cap; ++i) ids[i] = v[i];
         return (int)v.size();
+    } catch (...) {
+        return -1;
+    }
+}
+
+#include "orientation.hpp"
+
+// orientation_from_affine(affine (row-major 4x4), dims, codes): nibabel's ornt rows as
+// ornt[2 * a] = output axis, ornt[2 * a + 1] = flip; returns 0, or -1 with the message in `err`.
+extern "C" __attribute__((visibility("default"))) int svt_orientation(const double* affine, const long long* dims, const char* codes,
+                                                                      long long* ornt, char* err, size_t err_size) {
+    try {
+        Orientation o = orientation_from_affine(affine, {dims[0], dims[1], dims[2]}, codes);
+        for (int a = 0; a < 3; ++a) ornt[2 * a] = o.axis[(size_t)a], ornt[2 * a + 1] = o.flip[(size_t)a];
+        return 0;
+    } catch (const std::exception& e) {
+        std::snprintf(err, err_size, "%s", e.what());
+        return -1;
+    }
+}
+
+// The scan (dims, i fastest, n voxels) reoriented to `codes` into `out` (n voxels, the target's
+// first axis fastest), or back when `inverse`; returns 0 or -1 (a bad size or a failed orientation).
+extern "C" __attribute__((visibility("default"))) int svt_reorient_volume(const double* affine, const long long* dims, const char* codes,
+                                                                          const float* in, float* out, size_t n, int inverse) {
+    try {
+        Orientation o = orientation_from_affine(affine, {dims[0], dims[1], dims[2]}, codes);
+        if ((size_t)(dims[0] * dims[1] * dims[2]) != n) return -1;
+        o.copy(in, out, inverse != 0);
+        return 0;
     } catch (...) {
         return -1;
     }

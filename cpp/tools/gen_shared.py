@@ -5,7 +5,9 @@ Writes, from the Python modules that define them:
 * ``cpp/src/generated/shared_constants.hpp``: the zoom-in overlap and window
   point rules (segvol_rt/pipeline/zoom.py), the decoder's token kinds, the
   graph names and ``EXTRA_TOKENS`` (segvol_rt/io/spec.py), the CPU batch policy
-  of the prompt decoder (segvol_rt/backends/onnxruntime.py, openvino.py), and
+  of the prompt decoder (segvol_rt/backends/onnxruntime.py, openvino.py), the
+  voxel-orientation rules (valid axis codes, ``stored``, the degenerate-affine
+  ratio), and
   the kernel name expressions with ``is_kernel`` (the host launchers check the
   kernels they instantiate against it at compile time);
 * ``cpp/src/generated/kernel_instances.inc``: every kernel name expression of
@@ -49,7 +51,8 @@ def render_header() -> str:
 
     labels = ("LABEL_PAD", "LABEL_NEGATIVE", "LABEL_POSITIVE", "LABEL_BOX_MIN", "LABEL_BOX_MAX", "LABEL_TEXT")
     lines = [
-        NOTICE.format(sources="segvol_rt/io/spec.py, segvol_rt/pipeline/zoom.py, segvol_rt/backends/onnxruntime.py, "
+        NOTICE.format(sources="segvol_rt/io/spec.py, segvol_rt/io/artifacts.py, segvol_rt/io/volume_checks.py, "
+                      "segvol_rt/pipeline/zoom.py, segvol_rt/pipeline/geometry.py, segvol_rt/backends/onnxruntime.py, "
                       "openvino.py and segvol_rt/kernels/__init__.py"),
         "#pragma once\n",
         "namespace segvol::detail::shared {\n",
@@ -69,10 +72,27 @@ def render_header() -> str:
         "// spec's range; the GPU takes the spec's max (segvol_rt.backends.base.preferred_batch)",
         f"inline constexpr int CPU_DECODER_BATCH_ONNXRUNTIME = {_cpu_batch(ort_backend.CPU_BATCHES, S.PROMPT_DECODER)};",
         f"inline constexpr int CPU_DECODER_BATCH_OPENVINO = {_cpu_batch(ov_backend.CPU_BATCHES, S.PROMPT_DECODER)};\n",
+        *_orientation(),
         *_kernel_names(),
         "}  // namespace segvol::detail::shared",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _orientation() -> list[str]:
+    """The voxel-orientation rules: valid axis codes (the manifest's pattern, an ECMAScript regex
+    std::regex reads), the ``reorient`` value that keeps the stored order, and the singular-value
+    ratio below which an affine has no axis directions."""
+    from segvol_rt.io import artifacts as A
+    from segvol_rt.io import volume_checks as C
+    from segvol_rt.pipeline import geometry as G
+
+    return [
+        "// voxel orientation (segvol_rt.io.artifacts, segvol_rt.pipeline.geometry, segvol_rt.io.volume_checks)",
+        f'inline constexpr const char* ORIENTATION_PATTERN = R"({A.ORIENTATION_PATTERN})";',
+        f'inline constexpr const char* STORED_ORDER = "{G.STORED_ORDER}";',
+        f"inline constexpr double DEGENERATE_AFFINE_RATIO = {float(C.DEGENERATE_AFFINE_RATIO)!r};\n",
+    ]
 
 
 def _kernel_names() -> list[str]:

@@ -19,7 +19,7 @@ from segvol_rt.errors import SegVolError
 _F32_MAX = float(np.finfo(np.float32).max)
 # A singular value this much smaller than the largest makes the affine degenerate
 # (nibabel's io_orientation drops such axes and then fails to orient).
-_DEGENERATE = 1e-6
+DEGENERATE_AFFINE_RATIO = 1e-6
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ def affine_problem(affine: Any) -> str | None:
     if not np.all(np.isfinite(aff)):
         return "the voxel-to-world affine holds NaN or infinite values"
     sv = np.linalg.svd(aff[:3, :3], compute_uv=False)
-    if sv[0] == 0 or sv[-1] <= sv[0] * _DEGENERATE:
+    if sv[0] == 0 or sv[-1] <= sv[0] * DEGENERATE_AFFINE_RATIO:
         rows = "; ".join(", ".join(f"{v:g}" for v in row) for row in aff[:3, :3])
         return f"the voxel-to-world affine is degenerate (its 3x3 part [{rows}] is singular), so the voxel axes have no direction"
     return None

@@ -41,6 +41,7 @@ import numpy as np
 from segvol_rt import ops
 from segvol_rt._optional import require
 from segvol_rt.errors import SegVolError
+from segvol_rt.io.artifacts import check_orientation
 from segvol_rt.ops.boxes import InclusiveBox
 
 Shape = tuple[int, int, int]
@@ -103,7 +104,10 @@ def model_orientation(requested: str | None, declared: str | None) -> str | None
         return declared
     if not isinstance(requested, str) or not requested.strip():
         raise SegVolError(f"reorient must be axis codes such as RAS or {STORED_ORDER!r}, got {requested!r}")
-    return None if requested.strip().lower() == STORED_ORDER else requested.strip().upper()
+    if requested.strip().lower() == STORED_ORDER:
+        return None
+    # nibabel would accept "RRS" (two codes of one axis) and build a reorientation that is no permutation
+    return check_orientation(requested)
 
 
 # -- steps -------------------------------------------------------------------------

@@ -73,6 +73,7 @@ class LoadOptions(ctypes.Structure):
         ("struct_size", ctypes.c_uint32), ("backend", ctypes.c_char_p), ("device", ctypes.c_char_p),
         ("threads", ctypes.c_int32), ("precision", ctypes.c_char_p), ("ort_library", ctypes.c_char_p),
         ("verify", ctypes.c_int32), ("cache_bytes", ctypes.c_uint64), ("openvino_library", ctypes.c_char_p),
+        ("reorient", ctypes.c_char_p),
     ]
 
 

@@ -72,8 +72,7 @@ def pair(request, cpp_build, demo_artifacts):
     ph = make_phantom(**SCANS[request.param])
     vol = np.asfortranarray(ph.image)
     py = SegVolRuntime.load(demo_artifacts, backend="onnxruntime", device="cpu")
-    # the C++ SDK does not read the manifest's voxel_orientation yet: it runs the stored order (README, C++ SDK)
-    py.set_volume(vol, ph.affine, reorient="stored")
+    py.set_volume(vol, ph.affine)  # both reorient to the manifest's voxel_orientation (RAS for the demo)
     cc = sdk.CppRuntime(cpp_build, demo_artifacts)
     cc.set_volume(vol, ph.affine)
     yield ph, py, cc
@@ -167,7 +166,9 @@ def _cli() -> list[str]:
     ["--text", "liver"],
     ["--text", "liver", "--text", "spleen", "--box", "BOX"],
     ["--point", "P0", "--point", "P2", "--no-zoom-in"],
-], ids=["text", "two-targets-box", "points-no-zoom"])
+    ["--text", "liver", "--box", "BOX", "--reorient", "LPI"],
+    ["--point", "P0", "--reorient", "stored"],
+], ids=["text", "two-targets-box", "points-no-zoom", "reorient-codes", "reorient-stored"])
 def test_sample_app_equals_cli(tmp_path, cpp_build, demo_artifacts, args):
     nib = pytest.importorskip("nibabel")
     ph = make_phantom(1006, (88, 80, 40), orientation="LPS")
@@ -182,7 +183,6 @@ def test_sample_app_equals_cli(tmp_path, cpp_build, demo_artifacts, args):
                           "--out", str(ours), "-q"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime",
-                          "--reorient", "stored",
                           "--device", "cpu", *args, "--out", str(theirs), "-q"], capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     a, b = nib.load(ours), nib.load(theirs)
@@ -443,7 +443,6 @@ def test_sample_app_scaled_nifti_equals_cli(tmp_path, cpp_build, demo_artifacts)
                           "--out", str(ours), "-q"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime",
-                          "--reorient", "stored",
                           "--device", "cpu", "--text", "liver", "--out", str(theirs), "-q"], capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     np.testing.assert_array_equal(np.asanyarray(nib.load(ours).dataobj), np.asanyarray(nib.load(theirs).dataobj))

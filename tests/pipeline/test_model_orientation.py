@@ -83,6 +83,9 @@ def test_orientation_choice():
     assert model_orientation("stored", "RAS") is None
     with pytest.raises(SegVolError):
         model_orientation(" ", "RAS")
+    for bad in ("RRS", "RA", "XYZ"):  # nibabel alone would build a reorientation from "RRS" that is no permutation
+        with pytest.raises(SegVolError, match="three axis codes"):
+            model_orientation(bad, None)
     assert check_orientation("las") == "LAS"
     for bad in ("RRS", "RA", "XYZ", "RASL"):
         with pytest.raises(SegVolError):

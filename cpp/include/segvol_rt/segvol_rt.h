@@ -1,8 +1,8 @@
 /* segvol-rt C ABI: SegVol zoom-out-zoom-in inference from C and any FFI.
  *
- * The library runs the whole pipeline natively (preprocessing, geometry,
- * zoom-out, ROI, sliding windows, blending, paste-back) on ONNX Runtime,
- * which it loads at run time; Python is not involved. Masks equal the Python
+ * The library runs the whole pipeline natively (preprocessing, reorientation,
+ * geometry, zoom-out, ROI, sliding windows, blending, paste-back) on ONNX Runtime
+ * or OpenVINO, which it loads at run time; Python is not involved. Masks equal the Python
  * runtime's (segvol_rt.SegVolRuntime) bit for bit on the same artifacts.
  *
  * Coordinates and layout (the Python runtime's scan convention):
@@ -48,8 +48,8 @@
  *     call, whatever other threads do with h.
  *   - segvol_version(), segvol_abi_version() and the *_init functions (they
  *     touch only the caller's struct) may be called at any time.
- *   - The pipeline's own CPU threads are a process-wide setting: the threads
- *     option of the latest segvol_load.
+ *   - Each handle has its own pool of pipeline CPU threads (the threads option
+ *     of its segvol_load): handles do not change each other's thread count.
  *
  * Versioning and soname policy: SEGVOL_RT_ABI_VERSION is the ABI's major
  * version and the shared library's soname is libsegvol_rt.so.<ABI_VERSION>.
@@ -142,6 +142,13 @@ typedef struct segvol_load_options {
     /* added after ABI 2's first release (read only when struct_size covers it): path of
      * libopenvino_c.so.*; NULL: $SEGVOL_RT_OPENVINO_LIBRARY, then the build's default */
     const char* openvino_library;
+    /* added after ABI 2's first release (read only when struct_size covers it): the voxel
+     * order each scan is put in before the model, as the Python runtime's set_volume(reorient=):
+     * NULL (default) the model's declared voxel_orientation (the manifest's; none: the stored
+     * order, as SegVol's weights), axis codes such as "RAS" (from the volume's affine), or
+     * "stored" (the stored order whatever the model declares). Prompts and masks stay in the
+     * volume's voxel grid either way. */
+    const char* reorient;
 } segvol_load_options;
 
 typedef struct segvol_target {

@@ -41,6 +41,8 @@ struct LoadOptions {
     int threads = 0;
     bool verify = true;
     uint64_t cache_bytes = 512ull << 20;
+    // axis codes such as "RAS", or "stored"; none: the model's declared voxel_orientation
+    std::optional<std::string> reorient;
 };
 
 struct Target {
@@ -86,6 +88,7 @@ class Runtime {
         o.threads = options.threads;
         o.verify = options.verify ? 1 : 0;
         o.cache_bytes = options.cache_bytes;
+        o.reorient = options.reorient ? options.reorient->c_str() : nullptr;
         check(segvol_load(h_, artifacts_dir.c_str(), &o));
     }
     ~Runtime() { segvol_destroy(h_); }
