@@ -10,6 +10,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "signal_stack.hpp"
 #include "system.hpp"
 
 #ifndef SEGVOL_RT_DEFAULT_OPENVINO_LIBRARY
@@ -186,6 +187,7 @@ class OvGraph final : public Graph {
     // graph of the spec): the runtime compares them with the spec, as for ONNX Runtime.
     void find_ports(const std::vector<std::string>& inputs, const std::vector<std::string>& outputs);
     ~OvGraph() override {
+        KeptSignalStack kept;
         if (request_) g_api.ov_infer_request_free(request_);
         if (compiled_) g_api.ov_compiled_model_free(compiled_);
     }
@@ -204,6 +206,7 @@ class OvGraph final : public Graph {
 };
 
 OvGraph::OvGraph(const std::string& path, const GraphOptions& opt, const std::string& cache_dir) {
+    KeptSignalStack kept;  // compiling creates the CPU plugin on the first graph
     const char* hint = lookup(HINTS, 2, opt.precision);
     std::string threads = std::to_string(opt.threads > 0 ? opt.threads : cpu_cores());
     ov_status_e s;
@@ -255,6 +258,7 @@ void OvGraph::set_inputs(const std::vector<Feed>& inputs, std::vector<std::uniqu
 }
 
 void OvGraph::run_into(const std::vector<Feed>& inputs, const TensorView& out) {
+    KeptSignalStack kept;
     std::vector<std::unique_ptr<HostTensor>> keep;
     set_inputs(inputs, &keep);
     keep.push_back(std::make_unique<HostTensor>(out));
@@ -263,6 +267,7 @@ void OvGraph::run_into(const std::vector<Feed>& inputs, const TensorView& out) {
 }
 
 Buffer OvGraph::run(const std::vector<Feed>& inputs) {
+    KeptSignalStack kept;
     std::vector<std::unique_ptr<HostTensor>> keep;
     set_inputs(inputs, &keep);
     check(g_api.ov_infer_request_infer(request_), "OpenVINO inference failed");
@@ -286,6 +291,7 @@ Buffer OvGraph::run(const std::vector<Feed>& inputs) {
 }  // namespace
 
 const OpenVinoInfo& openvino_load(const std::string& requested) {
+    KeptSignalStack kept;
     std::lock_guard<std::mutex> lock(g_mu);
     if (g_core) {
         if (!requested.empty() && requested != g_info.path)
@@ -346,6 +352,7 @@ void openvino_check_precision(const std::string& precision) {
 
 std::unique_ptr<Graph> openvino_graph(const std::string& path, const GraphOptions& opt, const std::string& cache_dir,
                                       const std::vector<std::string>& inputs, const std::vector<std::string>& outputs) {
+    KeptSignalStack kept;
     openvino_load();
     auto g = std::make_unique<OvGraph>(path, opt, cache_dir);
     g->find_ports(inputs, outputs);

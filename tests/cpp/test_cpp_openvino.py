@@ -125,3 +125,45 @@ def test_options_of_the_first_abi2_release_still_load(cpp_build, demo_artifacts)
         assert lib.segvol_load(h, str(demo_artifacts).encode(), ctypes.byref(opts)) == 0
     finally:
         lib.segvol_destroy(h)
+
+
+_SIGNAL_STACK_SCRIPT = """
+import json
+import sys
+from pathlib import Path
+from segvol_rt.backends import signal_stack
+from segvol_rt.demo.phantom import make_phantom
+from tests.cpp import sdk
+
+before = signal_stack.current()
+cc = sdk.CppRuntime(Path(sys.argv[1]), Path(sys.argv[2]), backend="openvino", precision="fp32")
+load = signal_stack.current()
+ph = make_phantom(1301, (60, 60, 20))
+cc.set_volume(ph.image, ph.affine)
+cc.segment_many([{"text": "liver"}])
+segment = signal_stack.current()
+cc.close()
+print(json.dumps({"before": before, "load": load, "segment": segment, "close": signal_stack.current()}))
+"""
+
+
+def test_calling_threads_signal_stack_kept(cpp_build, demo_artifacts):
+    """OpenVINO's CPU plugin gives the thread that creates it an alternate signal stack of its
+    own (about 11 KiB, in place of the one the application set, if any): the SDK gives the
+    caller's thread its own setting back after every call into OpenVINO (load, compile,
+    inference, destroy), as the Python backend does. In a fresh process, where the plugin is
+    created on this thread."""
+    import json
+    import subprocess
+    import sys
+
+    from segvol_rt.backends import signal_stack
+
+    if signal_stack.current() is None:
+        pytest.skip("sigaltstack is Linux's")
+    _open(cpp_build, demo_artifacts, "fp32").close()  # skips where the build has no OpenVINO
+    run = subprocess.run([sys.executable, "-c", _SIGNAL_STACK_SCRIPT, str(cpp_build), str(demo_artifacts)],
+                         capture_output=True, text=True, cwd=sdk.ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["load"] == seen["segment"] == seen["close"] == seen["before"], seen
