@@ -10,6 +10,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "generated/shared_constants.hpp"
 #include "signal_stack.hpp"
 #include "system.hpp"
 
@@ -30,8 +31,8 @@ const OpenVinoInfo& openvino_load(const std::string&) {
                              "install the openvino wheel or pass -DSEGVOL_RT_OPENVINO_INCLUDE_DIR and rebuild)");
 }
 void openvino_check_precision(const std::string&) { openvino_load(""); }
-std::unique_ptr<Graph> openvino_graph(const std::string&, const GraphOptions&, const std::string&, const std::vector<std::string>&,
-                                      const std::vector<std::string>&) {
+std::unique_ptr<Graph> openvino_graph(const std::string&, const std::string&, const GraphOptions&, const std::string&,
+                                      const std::vector<std::string>&, const std::vector<std::string>&) {
     openvino_load();
     return nullptr;
 }
@@ -163,12 +164,10 @@ class HostTensor {
     ov_tensor_t* t_ = nullptr;
 };
 
-const char* HINTS[][2] = {{"fp32", "f32"}, {"bf16", "bf16"}};
-const char* CAPABILITIES[][2] = {{"fp32", "FP32"}, {"bf16", "BF16"}};
-
-const char* lookup(const char* (*table)[2], size_t n, const std::string& key) {
-    for (size_t i = 0; i < n; ++i)
-        if (key == table[i][0]) return table[i][1];
+// column `column` (1: inference precision, 2: capability) of `precision`'s row, or nullptr
+const char* precision_entry(const std::string& precision, int column) {
+    for (const auto& row : shared::OPENVINO_PRECISIONS)
+        if (precision == row[0]) return row[column];
     return nullptr;
 }
 
@@ -182,7 +181,7 @@ std::string hint_name(std::string v) {
 
 class OvGraph final : public Graph {
    public:
-    OvGraph(const std::string& path, const GraphOptions& opt, const std::string& cache_dir);
+    OvGraph(const std::string& path, const char* hint, const GraphOptions& opt, const std::string& cache_dir);
     // The spec's tensor names this compiled model has (all of them, and no other port, for a
     // graph of the spec): the runtime compares them with the spec, as for ONNX Runtime.
     void find_ports(const std::vector<std::string>& inputs, const std::vector<std::string>& outputs);
@@ -205,9 +204,8 @@ class OvGraph final : public Graph {
     std::string ran_;
 };
 
-OvGraph::OvGraph(const std::string& path, const GraphOptions& opt, const std::string& cache_dir) {
+OvGraph::OvGraph(const std::string& path, const char* hint, const GraphOptions& opt, const std::string& cache_dir) {
     KeptSignalStack kept;  // compiling creates the CPU plugin on the first graph
-    const char* hint = lookup(HINTS, 2, opt.precision);
     std::string threads = std::to_string(opt.threads > 0 ? opt.threads : cpu_cores());
     ov_status_e s;
     {
@@ -335,7 +333,7 @@ void openvino_check_precision(const std::string& precision) {
     if (precision == "fp16")
         throw std::invalid_argument("the openvino backend computes in fp32 or bf16, not fp16 (fp16 is a graph variant for "
                                     "backend onnxruntime); use precision fp32 or bf16");
-    const char* need = lookup(CAPABILITIES, 2, precision);
+    const char* need = precision_entry(precision, 2);
     if (!need) throw std::invalid_argument("the openvino backend computes in fp32 or bf16, not '" + precision + "'");
     const OpenVinoInfo& info = openvino_load("");  // loaded by the caller already
     std::istringstream words(info.capabilities);
@@ -350,11 +348,20 @@ void openvino_check_precision(const std::string& precision) {
                                     info.device_name + ") offers " + offered + "; use precision fp32");
 }
 
-std::unique_ptr<Graph> openvino_graph(const std::string& path, const GraphOptions& opt, const std::string& cache_dir,
-                                      const std::vector<std::string>& inputs, const std::vector<std::string>& outputs) {
+const char* openvino_graph_hint(const std::string& precision, const std::string& name) {
+    for (const char* graph : shared::OPENVINO_F32_GRAPHS)
+        if (name == graph) return precision_entry("fp32", 1);
+    return precision_entry(precision, 1);
+}
+
+std::unique_ptr<Graph> openvino_graph(const std::string& path, const std::string& name, const GraphOptions& opt,
+                                      const std::string& cache_dir, const std::vector<std::string>& inputs,
+                                      const std::vector<std::string>& outputs) {
     KeptSignalStack kept;
     openvino_load();
-    auto g = std::make_unique<OvGraph>(path, opt, cache_dir);
+    const char* hint = openvino_graph_hint(opt.precision, name);
+    if (!hint) throw std::runtime_error("the openvino backend computes in fp32 or bf16, not '" + opt.precision + "'");
+    auto g = std::make_unique<OvGraph>(path, hint, opt, cache_dir);
     g->find_ports(inputs, outputs);
     return g;
 }

@@ -41,10 +41,16 @@ const OpenVinoInfo& openvino_load(const std::string& requested = "");
 // Throws std::invalid_argument naming what the CPU offers when `precision` cannot run here.
 void openvino_check_precision(const std::string& precision);
 
-// The graph file compiled for the CPU with opt.threads and opt.precision; models are
-// cached in `cache_dir` (OpenVINO's CACHE_DIR; "" for none). Its input_names() / output_names()
-// are those of the spec's `inputs` / `outputs` it has. Throws std::runtime_error.
-std::unique_ptr<Graph> openvino_graph(const std::string& path, const GraphOptions& opt, const std::string& cache_dir,
-                                      const std::vector<std::string>& inputs, const std::vector<std::string>& outputs);
+// The inference precision ("f32", "bf16") graph `name` compiles in when `precision` is asked
+// (segvol_rt.backends.openvino.graph_hint: the prompt decoder stays in f32); nullptr for an
+// unknown precision.
+const char* openvino_graph_hint(const std::string& precision, const std::string& name);
+
+// Graph `name`'s file compiled for the CPU with opt.threads in openvino_graph_hint(opt.precision,
+// name); models are cached in `cache_dir` (OpenVINO's CACHE_DIR; "" for none). Its input_names()
+// / output_names() are those of the spec's `inputs` / `outputs` it has. Throws std::runtime_error.
+std::unique_ptr<Graph> openvino_graph(const std::string& path, const std::string& name, const GraphOptions& opt,
+                                      const std::string& cache_dir, const std::vector<std::string>& inputs,
+                                      const std::vector<std::string>& outputs);
 
 }  // namespace segvol::detail

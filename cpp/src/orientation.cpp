@@ -102,7 +102,8 @@ std::optional<std::string> model_orientation(const std::optional<std::string>& r
     std::string lower = r;
     for (char& c : lower) c = (char)std::tolower((unsigned char)c);
     if (lower == shared::STORED_ORDER) return std::nullopt;
-    if (std::string problem = orientation_codes_problem(*requested); !problem.empty()) fail(SEGVOL_ERR_INVALID_ARGUMENT, problem);
+    if (std::string problem = orientation_codes_problem(*requested); !problem.empty())
+        fail(SEGVOL_ERR_INVALID_ARGUMENT, "reorient: " + problem);
     return upper(r);
 }
 

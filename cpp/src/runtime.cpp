@@ -125,7 +125,7 @@ std::unique_ptr<Graph> Runtime::open_graph(const std::string& name, const GraphO
     std::string path = art_.path(e.file);
     std::unique_ptr<Graph> g;
     try {
-        g = openvino_ ? openvino_graph(path, go, ov_cache_, e.inputs, e.outputs) : ort_graph(path, name, go);
+        g = openvino_ ? openvino_graph(path, name, go, ov_cache_, e.inputs, e.outputs) : ort_graph(path, name, go);
     } catch (const std::exception& ex) {
         fail(SEGVOL_ERR_BACKEND, "cannot open " + path + ": " + std::string(ex.what()).substr(0, 300));
     }

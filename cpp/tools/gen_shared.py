@@ -72,11 +72,25 @@ def render_header() -> str:
         "// spec's range; the GPU takes the spec's max (segvol_rt.backends.base.preferred_batch)",
         f"inline constexpr int CPU_DECODER_BATCH_ONNXRUNTIME = {_cpu_batch(ort_backend.CPU_BATCHES, S.PROMPT_DECODER)};",
         f"inline constexpr int CPU_DECODER_BATCH_OPENVINO = {_cpu_batch(ov_backend.CPU_BATCHES, S.PROMPT_DECODER)};\n",
+        *_openvino_precisions(ov_backend),
         *_orientation(),
         *_kernel_names(),
         "}  // namespace segvol::detail::shared",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _openvino_precisions(ov_backend) -> list[str]:
+    """The OpenVINO backend's precisions: segvol-rt name -> inference precision and the
+    OPTIMIZATION_CAPABILITIES entry it needs, and the graphs compiled in f32 whatever is asked."""
+    rows = ", ".join(f'{{"{p}", "{ov_backend.HINTS[p]}", "{ov_backend.CAPABILITIES[p]}"}}' for p in ov_backend.HINTS)
+    graphs = ", ".join(f'"{g}"' for g in ov_backend.F32_GRAPHS)
+    return [
+        "// OpenVINO precisions (segvol_rt.backends.openvino.HINTS, CAPABILITIES): name, inference precision, capability",
+        f"inline constexpr const char* OPENVINO_PRECISIONS[][3] = {{{rows}}};",
+        "// graphs compiled in f32 whatever precision is asked (segvol_rt.backends.openvino.F32_GRAPHS)",
+        f"inline constexpr const char* OPENVINO_F32_GRAPHS[] = {{{graphs}}};\n",
+    ]
 
 
 def _orientation() -> list[str]:

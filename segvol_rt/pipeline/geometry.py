@@ -107,7 +107,10 @@ def model_orientation(requested: str | None, declared: str | None) -> str | None
     if requested.strip().lower() == STORED_ORDER:
         return None
     # nibabel would accept "RRS" (two codes of one axis) and build a reorientation that is no permutation
-    return check_orientation(requested)
+    try:
+        return check_orientation(requested)
+    except SegVolError as exc:
+        raise SegVolError(f"reorient: {exc}") from None
 
 
 # -- steps -------------------------------------------------------------------------

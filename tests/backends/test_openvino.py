@@ -160,18 +160,22 @@ def test_auto_never_chooses_openvino_or_bf16(tiny, monkeypatch):
 @needs_bf16
 def test_bf16_runs_bf16_and_says_so(tiny):
     rt = SegVolRuntime.load(tiny, backend="openvino", device="cpu", precision="bf16")
-    assert set(rt.backend.ran.values()) == {"bf16"} and rt.provenance["precision"] == "bf16"
+    from segvol_rt.backends.openvino import F32_GRAPHS
+
+    assert F32_GRAPHS == ("prompt_decoder",)  # the decoder's logits are thresholded: it stays in f32
+    assert rt.backend.ran == {"image_encoder": "bf16", "prompt_decoder": "f32"}  # the text encoder compiles on first use
+    assert rt.provenance["precision"] == "bf16"
     assert rt.backend_reason == "openvino on CPU (bf16): requested"
 
 
 @needs_bf16
 def test_bf16_masks_match_fp32_on_held_out_phantoms():
     """The shipped demo model on held-out phantoms, 10 organs x text, box, points,
-    text+box: mask Dice of OpenVINO bf16 against OpenVINO fp32. The issue asks a
-    mean >= 0.99; measured on an AMD EPYC with AVX512-BF16 (OpenVINO 2026.4): mean
-    0.9883, worst organ bladder 0.9761; text 0.9958, text+box 0.9819, box 0.9833,
-    points 0.9922. The bound held here is fp16's (0.98, tests/export/test_fp16.py)
-    until bf16 meets 0.99 (see the README's Precision section)."""
+    text+box: mask Dice of OpenVINO bf16 against OpenVINO fp32, mean >= 0.99.
+    Measured on an AMD EPYC with AVX512-BF16 (OpenVINO 2026.4): mean 0.9950, worst
+    organ inferior vena cava 0.9762; text 0.9986, box 0.9891, points 0.9948,
+    text+box 0.9975. With the prompt decoder in bf16 too it was 0.9883 (worst
+    bladder 0.9761), hence F32_GRAPHS."""
     from segvol_rt.demo.model import shipped_artifacts_dir
     from segvol_rt.demo.phantom import PHANTOM_LABELS
     from segvol_rt.export.demo_training.cases import validation_phantoms
@@ -199,7 +203,7 @@ def test_bf16_masks_match_fp32_on_held_out_phantoms():
     print(f"OpenVINO bf16 vs fp32 mask Dice ({len(organs)} organs): mean {mean:.4f}; worst organ {worst} "
           f"{per_organ[worst]:.4f}; " + ", ".join(f"{k}: {v:.4f}" for k, v in per_kind.items()))
     assert len(organs) == 10
-    assert mean >= 0.98
+    assert mean >= 0.99
 
 
 # -- cache, extra, registry ---------------------------------------------------------------
@@ -273,11 +277,12 @@ def test_serve_accepts_openvino_bf16(tiny):
 # resampled to 1.5 mm (244x202x60), --text aorta. Measured on a shared 2-core AMD EPYC
 # (benchmarks/results/2026-12-05-cpu-tier-infer-ct-rss-epyc-shared.md): ONNX Runtime fp32
 # 1071 MiB, OpenVINO fp32 996 MiB, OpenVINO bf16 792 MiB, the official-style torch flow
-# 1525 MiB (before the memory work: 1358, 1396, 1275 against 1575). Each bound is the
+# 1525 MiB (before the memory work: 1358, 1396, 1275 against 1575). bf16 keeps the prompt
+# decoder in f32 since (openvino.F32_GRAPHS, for the Dice): 888-895 MiB. Each bound is the
 # measured peak and about 7% for run-to-run spread: a regression of one of the measured
 # savings (the shared ORT arena 48 MiB, OpenVINO's mapped weights about 290 MiB, the
 # released decoder memory about 100 MiB) crosses it.
-PEAK_RSS_BOUND_MIB = {("onnxruntime", "fp32"): 1150, ("openvino", "fp32"): 1070, ("openvino", "bf16"): 850}
+PEAK_RSS_BOUND_MIB = {("onnxruntime", "fp32"): 1150, ("openvino", "fp32"): 1070, ("openvino", "bf16"): 955}
 
 
 @pytest.mark.slow

@@ -30,6 +30,11 @@ inline constexpr const char* PROMPT_DECODER = "prompt_decoder";
 inline constexpr int CPU_DECODER_BATCH_ONNXRUNTIME = 1;
 inline constexpr int CPU_DECODER_BATCH_OPENVINO = 1;
 
+// OpenVINO precisions (segvol_rt.backends.openvino.HINTS, CAPABILITIES): name, inference precision, capability
+inline constexpr const char* OPENVINO_PRECISIONS[][3] = {{"fp32", "f32", "FP32"}, {"bf16", "bf16", "BF16"}};
+// graphs compiled in f32 whatever precision is asked (segvol_rt.backends.openvino.F32_GRAPHS)
+inline constexpr const char* OPENVINO_F32_GRAPHS[] = {"prompt_decoder"};
+
 // voxel orientation (segvol_rt.io.artifacts, segvol_rt.pipeline.geometry, segvol_rt.io.volume_checks)
 inline constexpr const char* ORIENTATION_PATTERN = R"(^(?=.*[LR])(?=.*[AP])(?=.*[SI])[LRAPSI]{3}$)";
 inline constexpr const char* STORED_ORDER = "stored";
