@@ -10,17 +10,13 @@
 
 #include "errors.hpp"
 #include "generated/shared_constants.hpp"
+#include "system.hpp"
 
 namespace segvol::detail {
 
 namespace {
 
 using Mat3 = std::array<std::array<double, 3>, 3>;  // [row][column]
-
-std::string trimmed(const std::string& s) {
-    size_t a = s.find_first_not_of(" \t\n\r\f\v"), b = s.find_last_not_of(" \t\n\r\f\v");
-    return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
-}
 
 std::string upper(std::string s) {
     for (char& c : s) c = (char)std::toupper((unsigned char)c);
@@ -89,13 +85,13 @@ Mat3 upper_left(const double* affine) {
 
 std::string orientation_codes_problem(const std::string& codes) {
     static const std::regex pattern(shared::ORIENTATION_PATTERN, std::regex::ECMAScript);
-    if (std::regex_match(upper(trimmed(codes)), pattern)) return "";
+    if (std::regex_match(upper(strip(codes)), pattern)) return "";
     return "orientation must be three axis codes, one of L/R, A/P and S/I each (e.g. RAS), got " + py_repr(codes);
 }
 
 std::optional<std::string> model_orientation(const std::optional<std::string>& requested, const std::optional<std::string>& declared) {
     if (!requested) return declared;
-    std::string r = trimmed(*requested);
+    std::string r = strip(*requested);
     if (r.empty())
         fail(SEGVOL_ERR_INVALID_ARGUMENT, "reorient must be axis codes such as RAS or " + py_repr(shared::STORED_ORDER) + ", got " +
                                               py_repr(*requested));
@@ -200,13 +196,12 @@ void Orientation::copy(const T* in, T* out, bool inverse) const {
         step[(size_t)axis[a]] = flip[a] < 0 ? -stride[a] : stride[a];
         if (flip[a] < 0) base += (in_shape[a] - 1) * stride[a];
     }
-    const T* src = inverse ? nullptr : in;
     i64 at = 0;
     for (i64 c = 0; c < t[2]; ++c)
         for (i64 b = 0; b < t[1]; ++b) {
             i64 scan = base + c * step[2] + b * step[1];
-            if (src)
-                for (i64 a = 0; a < t[0]; ++a, ++at) out[at] = src[scan + a * step[0]];
+            if (!inverse)
+                for (i64 a = 0; a < t[0]; ++a, ++at) out[at] = in[scan + a * step[0]];
             else
                 for (i64 a = 0; a < t[0]; ++a, ++at) out[scan + a * step[0]] = in[at];
         }

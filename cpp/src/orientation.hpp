@@ -48,7 +48,9 @@ Orientation orientation_from_affine(const double* affine, const std::array<i64, 
 // (0 = x/L-R, 1 = y/P-A, 2 = z/I-S) closest to it and its sign.
 void io_orientation(const double* affine, std::array<int, 3>* axis, std::array<int, 3>* flip);
 
-// Singular values (descending) of the affine's 3x3 part; the degenerate-affine line or "".
+// "" when the affine's 3x3 part has directions (its smallest singular value above
+// DEGENERATE_AFFINE_RATIO of its largest, as segvol_rt.io.volume_checks.affine_problem);
+// else Python's degenerate-affine line.
 std::string affine_problem(const double* affine);
 
 }  // namespace segvol::detail

@@ -1,5 +1,6 @@
 // Small host helpers shared by the SDK's sources: a regular-file test, the cores
-// this process may run on, and UTF-8 encoding of one code point (utf8proc).
+// this process may run on, UTF-8 encoding of one code point (utf8proc), and
+// Python's str.strip() of ASCII whitespace.
 #pragma once
 
 #include <sched.h>
@@ -29,6 +30,12 @@ inline std::string encode_utf8(int32_t cp) {
     utf8proc_uint8_t buf[4];
     utf8proc_ssize_t n = utf8proc_encode_char(cp, buf);
     return std::string((const char*)buf, (size_t)n);
+}
+
+// `s` without leading and trailing ASCII whitespace (Python's str.strip() on ASCII text).
+inline std::string strip(const std::string& s) {
+    size_t a = s.find_first_not_of(" \t\n\r\f\v"), b = s.find_last_not_of(" \t\n\r\f\v");
+    return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
 }
 
 }  // namespace segvol::detail

@@ -1,13 +1,9 @@
 // Text embeddings (segvol_rt/pipeline/text_embeddings.py): the table, cached phrases,
 // new phrases through the tokenizer and the text encoder.
 #include "pipeline_internal.hpp"
+#include "system.hpp"
 
 namespace segvol::detail {
-
-static std::string strip(const std::string& t) {
-    size_t s = t.find_first_not_of(" \t\n\r\f\v"), e = t.find_last_not_of(" \t\n\r\f\v");
-    return s == std::string::npos ? std::string() : t.substr(s, e - s + 1);
-}
 
 std::vector<std::vector<float>> Runtime::text_embeddings(const std::vector<std::string>& texts) {
     // as SegVolRuntime.text_embeddings: table rows, then cached phrases, then the new

@@ -186,10 +186,9 @@ class OpenVinoBackend(Backend):
             del compiled
             trim_heap()
             compiled = self._compile_model(graph, path)
-        ran = _hint_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if ran != graph_hint(self.precision, graph):
-            raise SegVolError(f"OpenVINO compiled the {graph} graph to run in {ran}, not the asked "
-                              f"{graph_hint(self.precision, graph)} ({self.precision})")
+        ran, asked = _hint_name(compiled.get_property("INFERENCE_PRECISION_HINT")), graph_hint(self.precision, graph)
+        if ran != asked:
+            raise SegVolError(f"OpenVINO compiled the {graph} graph to run in {ran}, not the asked {asked} ({self.precision})")
         self._check_io(compiled, graph, path)
         self.ran[graph] = ran
         self.compiled[graph] = compiled
