@@ -85,7 +85,10 @@ Mat3 upper_left(const double* affine) {
 
 std::string orientation_codes_problem(const std::string& codes) {
     static const std::regex pattern(shared::ORIENTATION_PATTERN, std::regex::ECMAScript);
-    if (std::regex_match(upper(strip(codes)), pattern)) return "";
+    // every match is three characters; libstdc++'s regex recurses per character, so a long
+    // string (a caller's, or a manifest's) would overflow the stack before failing to match
+    const std::string stripped = strip(codes);
+    if (stripped.size() == 3 && std::regex_match(upper(stripped), pattern)) return "";
     return "orientation must be three axis codes, one of L/R, A/P and S/I each (e.g. RAS), got " + py_repr(codes);
 }
 

@@ -249,3 +249,25 @@ def test_app_numeric_options_checked(cpp_build, demo_artifacts, scan, tmp_path, 
     line = _one_line_error(_app(cpp_build, scan, demo_artifacts, "--text", "liver", *argv, out=out))
     assert argv[0] in line or argv[1] in line, line
     assert not out.exists()
+
+
+def test_long_orientation_codes_are_one_line(cpp_build, demo_artifacts, scan, tmp_path):
+    """Axis codes of 100 000 characters, from the app's --reorient or an artifacts manifest's
+    voxel_orientation: one line and exit 2 (std::regex recursed per character and overflowed
+    the stack: SIGSEGV)."""
+    import json
+    import shutil
+
+    long_codes = "R" * 100_000
+    out = tmp_path / "mask.nii.gz"
+    line = _one_line_error(_app(cpp_build, scan, demo_artifacts, "--text", "liver", "--reorient", long_codes, out=out))
+    assert line.startswith("error: reorient: orientation must be three axis codes"), line[:200]
+    assert not out.exists()
+    copied = tmp_path / "artifacts"
+    shutil.copytree(demo_artifacts, copied)
+    manifest = json.loads((copied / "manifest.json").read_text())
+    manifest["voxel_orientation"] = long_codes
+    (copied / "manifest.json").write_text(json.dumps(manifest))
+    line = _one_line_error(_app(cpp_build, scan, copied, "--text", "liver", out=out))
+    assert "voxel_orientation: orientation must be three axis codes" in line, line[:200]
+    assert not out.exists()
