@@ -10,7 +10,9 @@ embedding against ONNX Runtime fp32's, and each backend's load time with a
 cold and a warm OpenVINO model cache. ``infer``: ``segvol-rt infer`` as a
 process of its own per run (peak RSS from ``os.wait4``, as benchmarks/memory.py),
 on ../shared/data's CT at 1.5 mm and the 512x512x200 raw phantom, plus the
-official-style torch flow (benchmarks/memory.py's child) with ``--torch``.
+official-style torch flow (benchmarks/memory.py's child, the same phrases) with
+``--torch``; ``--repeat`` interleaved rounds, and each label map compared with
+the first contender's.
 The CPU model and its ISA flags head the report; figures taken on a shared
 machine are ratios, read side by side.
 """
@@ -94,31 +96,86 @@ def windows(args: argparse.Namespace, artifacts: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _phrases(n: int) -> list[str]:
+    """``n`` distinct target phrases (the benchmark's; the ROI is the model's fixed blob)."""
+    from segvol_rt.bench.scans import requests_for
+
+    return [str(r.get("text") or "liver") for r in requests_for((64, 64, 64), n)]
+
+
+def _commands(args: argparse.Namespace, artifacts: Path, checkpoint: Path, scan: Path,
+              phrases: Sequence[str]) -> dict[str, list[str]]:
+    """One process per contender: ``segvol-rt infer`` writing its own label map, and
+    the official-style torch flow (one full zoom-out-zoom-in per phrase)."""
+    texts = [x for t in phrases for x in ("--text", t)]
+    cmds = {label: ["segvol-rt", "infer", str(scan), "--artifacts", str(artifacts), *texts,
+                    "--backend", CONTENDERS[label][0], "--device", "cpu", "--precision", CONTENDERS[label][1],
+                    "--out", str(_mask_path(args, label)), "--quiet"] for label in args.contenders}
+    if args.torch:
+        cmds[TORCH] = [sys.executable, str(Path(__file__).parent / "memory.py"), "--child", "torch",
+                       "--artifacts", str(artifacts), "--checkpoint", str(checkpoint), "--scan", str(scan), *texts]
+    return cmds
+
+
+TORCH = "torch official-style"
+
+
+def _mask_path(args: argparse.Namespace, label: str) -> Path:
+    return args.work / f"mask-{label.replace(' ', '-')}.nii.gz"
+
+
+def _voxels_differing(a: Path, b: Path) -> int:
+    import nibabel as nib
+
+    return int(np.count_nonzero(np.asanyarray(nib.load(a).dataobj) != np.asanyarray(nib.load(b).dataobj)))
+
+
 def infer(args: argparse.Namespace, artifacts: Path, checkpoint: Path) -> list[dict[str, Any]]:
+    """Per case and target count: ``--repeat`` interleaved rounds of every contender;
+    median and p90 wall, median peak RSS, both against the torch flow's, and the
+    label map's voxels differing from the first contender's (last round)."""
     from cases import raw_phantom, resampled_ct
     from memory import measure
 
-    from segvol_rt.bench.scans import requests_for
+    from segvol_rt.bench.timing import percentile
 
     scans = {"ct": resampled_ct(args.work), "raw": raw_phantom(args.work)}
     rows = []
     for case in args.cases:
         for n in args.targets:
-            prompts: list[str] = []
-            for r in requests_for((64, 64, 64), n):  # n distinct phrases; the ROI is the model's fixed blob
-                prompts += ["--text", str(r.get("text") or "liver")]
-            cmds = {label: ["segvol-rt", "infer", str(scans[case]), "--artifacts", str(artifacts), *prompts,
-                            "--backend", CONTENDERS[label][0], "--device", "cpu", "--precision", CONTENDERS[label][1],
-                            "--out", str(args.work / "mask.nii.gz"), "--quiet"] for label in args.contenders}
-            if args.torch and n == 1:
-                cmds["torch official-style"] = [sys.executable, str(Path(__file__).parent / "memory.py"), "--child",
-                                                "torch", "--artifacts", str(artifacts), "--checkpoint", str(checkpoint),
-                                                "--scan", str(scans[case]), "--text", "liver"]
-            for label, cmd in cmds.items():
-                r = measure(cmd)
-                rows.append({"case": case, "targets": n, "contender": label, **r})
-                print(rows[-1], file=sys.stderr)
+            cmds = _commands(args, artifacts, checkpoint, scans[case], _phrases(n))
+            runs: dict[str, list[dict[str, float]]] = {label: [] for label in cmds}
+            for _ in range(args.repeat):  # interleaved rounds: a busy moment hits every contender
+                for label, cmd in cmds.items():
+                    runs[label].append(measure(cmd))
+                    print(case, n, label, runs[label][-1], file=sys.stderr)
+            first = _mask_path(args, args.contenders[0])
+            for label, got in runs.items():
+                walls = [r["wall_s"] for r in got]
+                rows.append({"case": case, "targets": n, "contender": label, "runs": len(got),
+                             "wall_s": statistics.median(walls), "wall_p90_s": percentile(walls, 90),
+                             "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in got),
+                             "voxels_differing": None if label == TORCH else
+                             _voxels_differing(first, _mask_path(args, label))})
+            torch = next((r for r in rows[-len(runs):] if r["contender"] == TORCH), None)
+            for r in rows[-len(runs):]:
+                r["speedup_vs_torch"] = torch["wall_s"] / r["wall_s"] if torch else None
+                r["rss_vs_torch"] = r["peak_rss_mib"] / torch["peak_rss_mib"] if torch else None
     return rows
+
+
+def _infer_table(rows: Sequence[dict[str, Any]]) -> str:
+    def ratio(v: float | None, fmt: str) -> str:
+        return "" if v is None else format(v, fmt)
+
+    lines = ["| case | targets | contender | wall s (median) | p90 | x torch | peak RSS MiB | / torch | "
+             "voxels differing from the first |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        diff = "" if r["voxels_differing"] is None else str(r["voxels_differing"])
+        lines.append(f"| {r['case']} | {r['targets']} | {r['contender']} | {r['wall_s']:.1f} | {r['wall_p90_s']:.1f} | "
+                     f"{ratio(r['speedup_vs_torch'], '.2f')} | {r['peak_rss_mib']:.0f} | "
+                     f"{ratio(r['rss_vs_torch'], '.2f')} | {diff} |")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,9 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{r['load_cold_s']:.2f} | {r['load_warm_s']:.2f} |")
     else:
         rows = infer(args, bm.artifacts, bm.checkpoint)
-        print("| case | targets | contender | wall s | peak RSS MiB |\n|---|---:|---|---:|---:|")
-        for r in rows:
-            print(f"| {r['case']} | {r['targets']} | {r['contender']} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} |")
+        print(_infer_table(rows))
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "part": args.part, "rows": rows}, indent=2, default=str) + "\n")
     return 0

@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--artifacts", type=Path, help="artifacts directory (from segvol-rt export)")
     p.add_argument("--checkpoint", type=Path, help="the checkpoint the artifacts came from (torch contender)")
     p.add_argument("--scan", type=Path, help="NIfTI scan (default: a synthetic phantom of 120x126x164)")
-    p.add_argument("--text", default="liver")
+    p.add_argument("--text", nargs="+", default=["liver"], help="one phrase per target (official: one run each)")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="CPU threads of both contenders (default: all cores)")
     p.add_argument("--json", type=Path, help="write the results here")
@@ -75,17 +75,18 @@ def torch_child(args: argparse.Namespace) -> None:
     wrapper = OfficialStyleModel(model.eval(), artifacts.tokenizer(), artifacts.prompt_template, "cpu")
     crop = torch.from_numpy(rt.crop_image.copy())
     zoom = torch.from_numpy(rt.zoom_image.copy())
-    run_official(wrapper, crop, zoom, official_targets(rt, [{"text": args.text}]))
+    run_official(wrapper, crop, zoom, official_targets(rt, [{"text": t} for t in args.text]))
 
 
 def commands(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
     threads = ["--threads", str(args.threads)] if args.threads else []
+    texts = [x for t in args.text for x in ("--text", t)]
     exe = shutil.which("segvol-rt")
     ours = [exe] if exe else [sys.executable, "-m", "segvol_rt"]
-    ours += ["infer", str(args.scan), "--artifacts", str(args.artifacts), "--text", args.text,
+    ours += ["infer", str(args.scan), "--artifacts", str(args.artifacts), *texts,
              "--out", str(out / "mask.nii.gz"), "--quiet", *threads]
     torch_cmd = [sys.executable, __file__, "--child", "torch", "--artifacts", str(args.artifacts),
-                 "--checkpoint", str(args.checkpoint), "--scan", str(args.scan), "--text", args.text, *threads]
+                 "--checkpoint", str(args.checkpoint), "--scan", str(args.scan), *texts, *threads]
     return {"segvol-rt infer (ONNX Runtime CPU)": ours, "torch official-style (CPU)": torch_cmd}
 
 

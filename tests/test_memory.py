@@ -214,6 +214,46 @@ def test_stats_report_both_caches_with_and_without_a_volume(tiny, scan):
     assert rt.stats["window_cache"]["max_bytes"] == 12345
 
 
+def _traced_at_zoom_in(rt, requests, monkeypatch) -> int:
+    """tracemalloc's bytes in use when the call's zoom-in starts (numpy reports its arrays)."""
+    import tracemalloc
+
+    seen: list[int] = []
+    inner = Z.zoom_in
+
+    def spy(*args, **kwargs):
+        seen.append(tracemalloc.get_traced_memory()[0])
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(Z, "zoom_in", spy)
+    tracemalloc.start()
+    try:
+        results = rt.segment_many(requests)
+    finally:
+        tracemalloc.stop()
+        monkeypatch.setattr(Z, "zoom_in", inner)
+    assert len(seen) == 1 and all(r.zoom_in_applied for r in results)
+    return seen[0]
+
+
+def test_the_zoom_in_holds_one_targets_crop_logits_whatever_the_targets(tiny, scan, monkeypatch):
+    # each target's crop logits are a crop-sized float32 volume (gigabytes for eight targets
+    # of a long scan): the others are computed again when their target finishes
+    rt = _runtime(tiny, scan)
+    crop_bytes = rt.crop_image.nbytes
+    phrases = ["liver", "spleen", "aorta", "kidney", "pancreas", "stomach"]
+    one = _traced_at_zoom_in(rt, [{"text": "liver"}], monkeypatch)
+    rt.clear_window_cache()
+    six = _traced_at_zoom_in(rt, [{"text": t} for t in phrases], monkeypatch)
+    assert six - one < crop_bytes // 2, (six - one, crop_bytes)
+    # and the results are those of the targets run one at a time, kept logits included
+    together = rt.segment_many([{"text": t, "keep_logits": True} for t in phrases])
+    for t, got in zip(phrases, together):
+        alone = rt.segment(text=t, keep_logits=True)
+        np.testing.assert_array_equal(got.mask, alone.mask)
+        np.testing.assert_array_equal(got.crop_logits, alone.crop_logits)
+
+
 # -- a long session on the demo model: RSS stays flat -------------------------------------
 
 CACHE_BYTES = 2 << 20  # about ten of the demo model's 192 KB windows: the loop must evict

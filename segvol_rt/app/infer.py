@@ -403,14 +403,14 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
     before = dict(rt.stats["timings"])  # an open runtime (a cohort's) has earlier cases' seconds
     report.stage("preprocessing")
     rt.set_volume(scan.data, scan.affine, reorient=opts.reorient)
+    # from here on only the statistics read voxel values; the writers need the header
+    voxels = scan.data if opts.statistics else None
+    scan = scan.without_voxels()
     report.stage(f"segmenting {len(targets)} target(s)", total=len(targets))
     results = _segment(rt, scan, opts, targets, report, clock)
-    if opts.statistics:
-        from segvol_rt.pipeline.measure import mask_statistics
-
+    if voxels is not None:
         with clock.stage("statistics"):
-            for res in results:
-                res.statistics = mask_statistics(np.asarray(res.segmentation.mask), scan.data, scan.affine)
+            _add_statistics(results, voxels, scan.affine)
     report.stage("writing", total=1)
     with clock.stage("write"):
         files = write_outputs(outputs, results, scan, rt, opts)
@@ -426,6 +426,14 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
     timings = _merge_timings(clock, rt, before)
     timings["total"] = time.perf_counter() - start
     return InferResult(results, files, timings, rt.backend_reason, rt.geometry, provenance(rt, opts.window_prompts))
+
+
+def _add_statistics(results: Sequence[TargetResult], voxels: np.ndarray, affine: np.ndarray) -> None:
+    """Each result's mask statistics over the scan's ``(I, J, K)`` voxel values."""
+    from segvol_rt.pipeline.measure import mask_statistics
+
+    for res in results:
+        res.statistics = mask_statistics(np.asarray(res.segmentation.mask), voxels, affine)
 
 
 def _box(req: Request) -> InclusiveBox | None:

@@ -7,7 +7,7 @@ that a DICOM series and its dcm2niix NIfTI give the same float32 values)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,15 @@ class Scan:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    def without_voxels(self) -> Scan:
+        """This scan with its voxel values let go: the header, geometry and
+        notes the writers need, and ``data`` a read-only all-NaN view of the
+        same shape that holds no memory (``np.broadcast_to``). A one-shot run
+        hands the voxels to the runtime and keeps this, so the float32 scan
+        (200 MiB for 512x512x200) is not resident for the rest of the run;
+        a value read from it by mistake is NaN, never a plausible number."""
+        return replace(self, data=np.broadcast_to(np.float32(np.nan), self.data.shape))
 
 
 def scaled(arr: np.ndarray, scale: tuple[np.ndarray, np.ndarray] | None, dtype: Any) -> np.ndarray:

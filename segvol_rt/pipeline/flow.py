@@ -54,19 +54,7 @@ class RequestFlow:
                 self.backend.preferred_batch(S.PROMPT_DECODER),
                 self.config.embed_dim,
             )
-        with timings.stage("upsample_zoom_out"):
-            coarse = [Z.coarse_crop_logits(lg, self.config.spatial_size, vol.crop_image.shape) for lg in low]
-        zoom = self.zoom  # each request brings its own window prompts
-        with timings.stage("plan_windows"):
-            plans = [
-                Z.plan_zoom_in(t, c, zoom.window, self.config.spatial_size, r.window_prompts, zoom.overlap)
-                if r.zoom_in
-                else None
-                for r, t, c in zip(requests, model_targets, coarse)
-            ]
-            # "no foreground": the coarse pass has no voxel with sigmoid > 0.5
-            found = [p is not None if r.zoom_in else ops.positive_box(c) is not None
-                     for r, p, c in zip(requests, plans, coarse)]
+        coarse, plans, found = self._plan(vol, requests, model_targets, low, timings)
         active = [i for i, p in enumerate(plans) if p is not None]
         fine: list[Any] = [None] * len(plans)
         if active:
@@ -76,18 +64,58 @@ class RequestFlow:
                 [p for p in plans if p is not None],
                 [model_targets[i] for i in active],
                 vol.windows,
-                zoom,
+                self.zoom,
                 self.config.embed_dim,
                 timings,
             )
             for i, lg in zip(active, roi_logits):
                 fine[i] = lg
-        results = [self.finish(vol, *args, timings) for args in zip(requests, coarse, plans, fine, found)]
+        results = []
+        for i, (req, plan, ok) in enumerate(zip(requests, plans, found)):
+            logits = coarse[i] if coarse[i] is not None else self._coarse(vol, low[i], timings)
+            results.append(self.finish(vol, req, logits, plan, fine[i], ok, timings))
+            # let go of this target's volumes before the next target's exist
+            del logits
+            coarse[i] = fine[i] = None
         for name, sec in timings.as_dict().items():
             self.totals.seconds[name] += sec
         for res in results:
             res.timings = timings.as_dict()
         return results
+
+    def _coarse(self, vol: Volume, low: Any, timings: StageClock) -> Any:
+        """One target's crop logits (D, H, W) float32 from its low-res coarse logits."""
+        with timings.stage("upsample_zoom_out"):
+            return Z.coarse_crop_logits(low, self.config.spatial_size, vol.crop_image.shape)
+
+    def _plan(
+        self, vol: Volume, requests: Sequence[Request], model_targets: Sequence[Z.Target], low: Sequence[Any],
+        timings: StageClock,
+    ) -> tuple[list[Any], list[Z.ZoomInPlan | None], list[bool]]:
+        """Per target: the zoom-in plan (None without zoom-in or foreground), whether
+        the coarse pass found foreground, and its crop logits where they are kept.
+
+        A target's crop logits are a float32 volume of the crop's size (80 MiB for a
+        512x512x200 scan; gigabytes for eight targets of a long scan), so only the
+        last target's are kept through the zoom-in, and those a request keeps or
+        turns into probabilities; :meth:`run` computes the others again when it
+        finishes their target (the same operation on the same low-res logits: the
+        same values, for the price of one upsampling)."""
+        coarse: list[Any] = [None] * len(requests)
+        plans: list[Z.ZoomInPlan | None] = []
+        found = []
+        zoom = self.zoom
+        for i, (r, t, lg) in enumerate(zip(requests, model_targets, low)):
+            c = self._coarse(vol, lg, timings)
+            with timings.stage("plan_windows"):  # each request brings its own window prompts
+                plan = (Z.plan_zoom_in(t, c, zoom.window, self.config.spatial_size, r.window_prompts, zoom.overlap)
+                        if r.zoom_in else None)
+                # "no foreground": the coarse pass has no voxel with sigmoid > 0.5
+                found.append(plan is not None if r.zoom_in else ops.positive_box(c) is not None)
+            plans.append(plan)
+            if i == len(requests) - 1 or r.keep_logits or r.probabilities:
+                coarse[i] = c
+        return coarse, plans, found
 
     def model_targets(self, vol: Volume, requests: Sequence[Request], timings: StageClock) -> list[Z.Target]:
         """Validate scan-space prompts, map them to zoom-out space, embed the texts."""

@@ -59,6 +59,19 @@ def test_read_matches_nibabel(tmp_path, suffix, dtype):
     assert scan.path == path and scan.spacing == pytest.approx((0.7, 0.8, 2.5))
 
 
+def test_a_scan_without_voxels_keeps_what_the_writers_read(tmp_path):
+    from segvol_rt.io.nifti import mask_bytes
+
+    scan = read_scan(_save(tmp_path / "ct.nii.gz", _ct()))
+    bare = scan.without_voxels()
+    assert bare.shape == scan.shape and bare.spacing == scan.spacing and bare.nifti_header is scan.nifti_header
+    np.testing.assert_array_equal(bare.affine, scan.affine)
+    # no memory behind it, read-only, and NaN where a value is read by mistake
+    assert bare.data.strides == (0, 0, 0) and not bare.data.flags.writeable and np.isnan(bare.data).all()
+    mask = _ct(seed=1) > 0
+    assert mask_bytes(mask, bare, gz=False) == mask_bytes(mask, scan, gz=False)
+
+
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_read_applies_scaling_like_nibabel(tmp_path, suffix):
     path = _save(tmp_path / f"ct{suffix}", _ct(dtype=np.int16), slope=0.5, inter=-1024.0, dtype=np.int16)
