@@ -44,12 +44,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--artifacts", type=Path, help="artifacts directory (from segvol-rt export)")
     p.add_argument("--checkpoint", type=Path, help="the checkpoint the artifacts came from (torch contender)")
     p.add_argument("--scan", type=Path, help="NIfTI scan (default: a synthetic phantom of 120x126x164)")
-    p.add_argument("--text", nargs="+", default=["liver"], help="one phrase per target (official: one run each)")
+    p.add_argument("--text", action="extend", nargs="+", help="phrases, one target each (default: liver; "
+                   "repeat the option or list several)")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="CPU threads of both contenders (default: all cores)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--child", choices=("torch",), help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.text = args.text or ["liver"]
+    return args
 
 
 # -- the contenders ------------------------------------------------------------------

@@ -42,6 +42,7 @@ from segvol_rt.ops.interpolate import (
     nearest_source_index,
     resize,
     upsample_then_nearest,
+    upsample_then_nearest_positive,
 )
 from segvol_rt.ops.masks import bounding_box, positive_box, positive_mask, sigmoid
 from segvol_rt.ops.windows import (
@@ -61,5 +62,6 @@ __all__ = [
     "is_cupy", "linear_source_index", "min_max", "nearest_source_index", "normalize",
     "normalize_min_max", "pad_for_windows", "paste", "positive_box", "positive_mask", "resize",
     "scan_mask", "sigmoid", "to_half_open", "to_inclusive", "unpad", "upsample_then_nearest",
+    "upsample_then_nearest_positive",
     "window_starts",
 ]

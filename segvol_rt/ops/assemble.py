@@ -55,7 +55,8 @@ def scan_mask(
 ) -> Any:
     """The final uint8 mask in scan space ``(I, J, K)``: 1 where ``sigmoid > 0.5``.
 
-    ``crop_logits`` (D, H, W) are crop-space logits; ``roi_logits``, when given,
+    ``crop_logits`` (D, H, W) are crop-space logits (on the host also their
+    bool :func:`positive_mask`, already thresholded); ``roi_logits``, when given,
     replace them in the box at ``roi_start`` (the zoom-in paste). The crop sits
     at ``origin`` in model space (the crop start minus the padding before it;
     negative when the crop starts in the padding). Model axis ``a`` is scan axis
@@ -68,7 +69,10 @@ def scan_mask(
     ``geometry.crop_to_scan(positive_mask(logits with the ROI pasted))``."""
     check_scan_mapping(crop_logits.shape, scan_shape, perm, flips, origin, roi_logits, roi_start)
     # thresholded before the paste (same voxels), so the logits are never copied
-    positive = np.asarray(positive_mask(np.asarray(crop_logits, dtype=np.float32)))  # a new array
+    if crop_logits.dtype == np.bool_:
+        positive = np.array(crop_logits)  # a copy: the ROI is written into it
+    else:
+        positive = np.asarray(positive_mask(np.asarray(crop_logits, dtype=np.float32)))  # a new array
     if roi_logits is not None:
         positive[slices(roi_start, roi_logits.shape)] = positive_mask(np.asarray(roi_logits, dtype=np.float32))
     model_shape = [int(scan_shape[p]) for p in perm]

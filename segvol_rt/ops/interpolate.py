@@ -197,6 +197,28 @@ def upsample_then_nearest(low_res: Any, mid_size: Sequence[int], out_size: Seque
     the trilinear samples are computed once for each selected position and
     then repeated: the same float32 arithmetic per voxel, bit-identical to the
     two resizes, without the intermediate volume. Returns float32."""
+    samples, repeat = _selected_samples(low_res, mid_size, out_size)
+    return _gather(samples, repeat) if any(r is not None for r in repeat) else samples
+
+
+def upsample_then_nearest_positive(low_res: np.ndarray, mid_size: Sequence[int], out_size: Sequence[int]) -> np.ndarray:
+    """bool ``positive_mask(upsample_then_nearest(low_res, mid_size, out_size))``
+    without the float32 volume of ``out_size``: the nearest step only repeats
+    trilinear samples, so the samples are thresholded first and the flags
+    repeated (the same voxels; a quarter of the bytes: 20 MiB instead of 80 for
+    a 512x512x200 crop). Host arrays (the CPU path's memory saver; the device
+    keeps :func:`upsample_then_nearest`)."""
+    from segvol_rt.ops.masks import positive_mask
+
+    samples, repeat = _selected_samples(low_res, mid_size, out_size)
+    flags = positive_mask(samples)
+    return _gather(flags, repeat) if any(r is not None for r in repeat) else flags
+
+
+def _selected_samples(low_res: Any, mid_size: Sequence[int], out_size: Sequence[int]) -> tuple[Any, list[Any]]:
+    """The trilinear samples (``low_res`` -> ``mid_size``) the nearest step to
+    ``out_size`` selects, each once, and per axis the index repeating them to
+    ``out_size`` (None where each is selected once, in order)."""
     check_volume(low_res)
     tables, repeat = [], []
     for n, m, o in zip(low_res.shape, mid_size, out_size):
@@ -204,7 +226,6 @@ def upsample_then_nearest(low_res: Any, mid_size: Sequence[int], out_size: Seque
         unique, inverse = np.unique(picks, return_inverse=True)
         tables.append(linear_source_index(int(n), int(m)).take(unique))
         repeat.append(None if len(unique) == len(picks) else inverse.reshape(-1))
-    samples = _trilinear(low_res, tables)
-    return _gather(samples, repeat) if any(r is not None for r in repeat) else samples
+    return _trilinear(low_res, tables), repeat
 
 

@@ -72,7 +72,7 @@ class RequestFlow:
                 fine[i] = lg
         results = []
         for i, (req, plan, ok) in enumerate(zip(requests, plans, found)):
-            logits = coarse[i] if coarse[i] is not None else self._coarse(vol, low[i], timings)
+            logits = coarse[i] if coarse[i] is not None else self._coarse_for_mask(vol, low[i], timings)
             results.append(self.finish(vol, req, logits, plan, fine[i], ok, timings))
             # let go of this target's volumes before the next target's exist
             del logits
@@ -88,6 +88,15 @@ class RequestFlow:
         with timings.stage("upsample_zoom_out"):
             return Z.coarse_crop_logits(low, self.config.spatial_size, vol.crop_image.shape)
 
+    def _coarse_for_mask(self, vol: Volume, low: Any, timings: StageClock) -> Any:
+        """What :meth:`finish` needs of a target's coarse pass for its mask alone: on
+        the host the bool positive mask (D, H, W), never the float32 volume (a quarter
+        of the bytes, the same voxels); on the device the crop logits."""
+        if not A.is_host(self.backend.xp):
+            return self._coarse(vol, low, timings)
+        with timings.stage("upsample_zoom_out"):
+            return ops.upsample_then_nearest_positive(low, self.config.spatial_size, vol.crop_image.shape)
+
     def _plan(
         self, vol: Volume, requests: Sequence[Request], model_targets: Sequence[Z.Target], low: Sequence[Any],
         timings: StageClock,
@@ -96,15 +105,17 @@ class RequestFlow:
         the coarse pass found foreground, and its crop logits where they are kept.
 
         A target's crop logits are a float32 volume of the crop's size (80 MiB for a
-        512x512x200 scan; gigabytes for eight targets of a long scan), so only the
-        last target's are kept through the zoom-in, and those a request keeps or
-        turns into probabilities; :meth:`run` computes the others again when it
-        finishes their target (the same operation on the same low-res logits: the
-        same values, for the price of one upsampling)."""
+        512x512x200 scan; gigabytes for eight targets of a long scan), so only those
+        a request keeps or turns into probabilities are kept through the zoom-in (and
+        on the device the last target's); :meth:`run` computes the others again when
+        it finishes their target (the same operation on the same low-res logits: the
+        same voxels, for the price of one upsampling; on the host only their positive
+        mask, :meth:`_coarse_for_mask`)."""
         coarse: list[Any] = [None] * len(requests)
         plans: list[Z.ZoomInPlan | None] = []
         found = []
         zoom = self.zoom
+        host = A.is_host(self.backend.xp)
         for i, (r, t, lg) in enumerate(zip(requests, model_targets, low)):
             c = self._coarse(vol, lg, timings)
             with timings.stage("plan_windows"):  # each request brings its own window prompts
@@ -113,7 +124,7 @@ class RequestFlow:
                 # "no foreground": the coarse pass has no voxel with sigmoid > 0.5
                 found.append(plan is not None if r.zoom_in else ops.positive_box(c) is not None)
             plans.append(plan)
-            if i == len(requests) - 1 or r.keep_logits or r.probabilities:
+            if r.keep_logits or r.probabilities or (i == len(requests) - 1 and not host):
                 coarse[i] = c
         return coarse, plans, found
 
@@ -144,7 +155,8 @@ class RequestFlow:
         found: bool,
         timings: StageClock,
     ) -> Segmentation:
-        """The scan-space result of crop logits (D, H, W) and the zoom-in ROI logits
+        """The scan-space result of crop logits (D, H, W) (their bool positive mask when
+        the request wants the mask alone, :meth:`_coarse_for_mask`) and the zoom-in ROI logits
         (or None): the mask straight from both (no paste, one pass on the GPU);
         the paste only when logits or probabilities are asked for."""
         roi_start = plan.roi.lo if plan is not None else (0, 0, 0)

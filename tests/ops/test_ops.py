@@ -120,6 +120,33 @@ def test_upsample_then_nearest_equals_the_two_resizes():
         np.testing.assert_allclose(fused, ref, rtol=1e-6, atol=1e-6)
 
 
+def test_the_positive_coarse_mask_equals_thresholding_the_logits():
+    # the CPU path's mask-only coarse pass: the same voxels, without the float32 crop volume
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        low = rng.standard_normal(tuple(int(v) for v in rng.integers(1, 10, 3))).astype(np.float32)
+        low[rng.random(low.shape) < 0.1] = np.float32(3 * 2.0**-26)  # sigmoid exactly 0.5: negative
+        mid = tuple(int(v) for v in rng.integers(1, 30, 3))
+        out = tuple(int(v) for v in rng.integers(1, 70, 3))
+        flags = ops.upsample_then_nearest_positive(low, mid, out)
+        assert flags.dtype == np.bool_ and flags.flags.c_contiguous
+        np.testing.assert_array_equal(flags, ops.positive_mask(ops.upsample_then_nearest(low, mid, out)))
+
+
+def test_scan_mask_takes_the_positive_mask_of_the_crop_logits_too():
+    rng = np.random.default_rng(8)
+    logits = rng.standard_normal((6, 7, 8)).astype(np.float32)
+    roi = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    flags = ops.positive_mask(logits)
+    for perm, flips, origin in (((2, 1, 0), (False,) * 3, (0, 0, 0)), ((0, 2, 1), (True, False, True), (-1, 2, 0))):
+        scan = [0, 0, 0]
+        for a, p in enumerate(perm):
+            scan[p] = logits.shape[a] + 2
+        want = ops.scan_mask(logits, scan, perm, flips, origin, roi, (1, 3, 2))
+        np.testing.assert_array_equal(ops.scan_mask(flags, scan, perm, flips, origin, roi, (1, 3, 2)), want)
+    np.testing.assert_array_equal(flags, ops.positive_mask(logits))  # the caller's mask is not written
+
+
 def test_resize_rejects_bad_arguments():
     x = np.zeros((4, 4, 4), np.float32)
     with pytest.raises(ValueError):
