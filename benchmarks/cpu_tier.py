@@ -41,7 +41,8 @@ CONTENDERS = {"onnxruntime fp32": ("onnxruntime", "fp32"), "openvino fp32": ("op
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("part", choices=("windows", "infer"))
-    p.add_argument("--config", default="official", choices=("official", "tiny"))
+    p.add_argument("--config", default="official", choices=("official", "tiny", "demo"),
+                   help="random weights at full or tiny size, or the shipped demo model")
     p.add_argument("--cache-dir", type=Path, default=None, help="benchmark model cache (default: the bench's)")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "segvol-rt-cpu-tier")
     p.add_argument("--repeat", type=int, default=3)
@@ -49,6 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cases", nargs="+", default=["ct", "raw"], choices=("ct", "raw"))
     p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
     p.add_argument("--torch", action="store_true", help="also the official-style torch flow (infer)")
+    p.add_argument("--cold-cache", action="store_true",
+                   help="infer: an empty OpenVINO model cache before every OpenVINO run (a first run on a machine)")
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
 
@@ -108,7 +111,7 @@ def _commands(args: argparse.Namespace, artifacts: Path, checkpoint: Path, scan:
     """One process per contender: ``segvol-rt infer`` writing its own label map, and
     the official-style torch flow (one full zoom-out-zoom-in per phrase)."""
     texts = [x for t in phrases for x in ("--text", t)]
-    cmds = {label: ["segvol-rt", "infer", str(scan), "--artifacts", str(artifacts), *texts,
+    cmds = {label: [*_cache_env(args, label), "segvol-rt", "infer", str(scan), "--artifacts", str(artifacts), *texts,
                     "--backend", CONTENDERS[label][0], "--device", "cpu", "--precision", CONTENDERS[label][1],
                     "--out", str(_mask_path(args, label)), "--quiet"] for label in args.contenders}
     if args.torch:
@@ -118,6 +121,15 @@ def _commands(args: argparse.Namespace, artifacts: Path, checkpoint: Path, scan:
 
 
 TORCH = "torch official-style"
+
+
+def _cache_env(args: argparse.Namespace, label: str) -> list[str]:
+    """With ``--cold-cache``, OpenVINO runs get a model cache of their own that
+    :func:`infer` empties before every run (``env`` execs the command: the
+    measured process is still the contender)."""
+    if not args.cold_cache or CONTENDERS[label][0] != "openvino":
+        return []
+    return ["env", f"SEGVOL_RT_CACHE={args.work / 'cold-cache'}"]
 
 
 def _mask_path(args: argparse.Namespace, label: str) -> Path:
@@ -147,6 +159,7 @@ def infer(args: argparse.Namespace, artifacts: Path, checkpoint: Path) -> list[d
             runs: dict[str, list[dict[str, float]]] = {label: [] for label in cmds}
             for _ in range(args.repeat):  # interleaved rounds: a busy moment hits every contender
                 for label, cmd in cmds.items():
+                    shutil.rmtree(args.work / "cold-cache", ignore_errors=True)
                     runs[label].append(measure(cmd))
                     print(case, n, label, runs[label][-1], file=sys.stderr)
             first = _mask_path(args, args.contenders[0])
@@ -186,7 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     bm = prepare_bench_model(args.config, cache_dir=args.cache_dir)
     meta = machine_info()
+    cache = "cold (emptied before every OpenVINO run)" if args.cold_cache else "warm"
     print(f"# segvol-rt CPU tier ({args.part}, {args.config})\n\n{machine_line(meta)}\n")
+    if args.part == "infer":
+        print(f"OpenVINO model cache: {cache}.\n")
     if args.part == "windows":
         rows = windows(args, bm.artifacts)
         print("| contender | s per window (median) | min | rel L2 vs ORT fp32 | load s (cold cache) | load s (warm) |")
@@ -198,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = infer(args, bm.artifacts, bm.checkpoint)
         print(_infer_table(rows))
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "part": args.part, "rows": rows}, indent=2, default=str) + "\n")
+        doc = {"meta": meta, "part": args.part, "config": args.config, "cold_cache": args.cold_cache, "rows": rows}
+        args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return 0
 
 

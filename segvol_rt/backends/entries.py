@@ -4,10 +4,13 @@ Order is ``auto``'s: TensorRT (CUDA), ONNX Runtime (CUDA, then CPU), OpenVINO
 (never by ``auto``: see below), then the PyTorch model (CPU). Each opener
 imports its backend module, and that module its engine, only when called.
 
-OpenVINO is chosen by name only: its fp32 gives ONNX Runtime's masks and is
-faster on CPUs with AMX, but ``auto`` prefers it only once the C++ SDK runs
-OpenVINO too, so that ``segvol-rt infer`` and ``segvol-rt-infer`` keep the
-same default; its bf16 changes numbers and is always asked for.
+OpenVINO is chosen by name only, in Python as in the C++ SDK (whose ``auto``
+is ONNX Runtime too), by measurement (``benchmarks/cpu_tier.py``, quiet 2-core
+AMD EPYC, 2026-12-06): its fp32 gives ONNX Runtime's masks at full size, but
+it was 1.05x faster per window and 4-13 % per whole run with a warm model
+cache, a first run on a machine compiles (12.6 s against 9.4 s on a real CT),
+and on the demo model it is slower and moves 1-3 voxels. Its bf16 changes
+numbers and is always asked for.
 """
 
 from __future__ import annotations
