@@ -89,8 +89,8 @@ CPU_BATCHES = {S.PROMPT_DECODER: 1}
 # and trimming the heap after each run; the same mask. Cost: about 0.07 s per decoder
 # call (0.31 -> 0.39 s), an image-encoder window within noise (4.6 s either way).
 RELEASE_AFTER_RUN = frozenset(S.GRAPH_NAMES)
-# Graphs whose file is at least this large give their mapped weight pages back after
-# every run too, not only after compiling: a run reads the weights the compiled model
+# An image encoder whose file is at least this large gives the mapped weight pages back
+# after every run too, not only after compiling: a run reads the weights the compiled model
 # did not repack back from the mapping, and they stayed resident under everything
 # after. Measured (512x512x200 raw phantom, full size, 5 targets, 2-core EPYC): peak RSS
 # 1470 -> 1310 MiB, the baseline through the zoom-in 1010 -> 855, image-encoder windows
@@ -168,6 +168,8 @@ class OpenVinoBackend(Backend):
         self.compiled: dict[str, Any] = {}
         self.ran: dict[str, str] = {}
         self._mapped: list[Path] = []  # the files whose pages the compiled models map
+        big = self._paths[S.IMAGE_ENCODER].stat().st_size >= DROP_PAGES_AFTER_RUN_BYTES
+        self._drop_after_run = S.IMAGE_ENCODER if big else None  # the graph that does
         for graph in S.GRAPH_NAMES:
             if graph not in LAZY_GRAPHS:
                 self._compile(graph)
@@ -251,7 +253,7 @@ class OpenVinoBackend(Backend):
         if graph in RELEASE_AFTER_RUN:
             self._release(graph)
             trim_heap()
-        if graph == S.IMAGE_ENCODER and self._paths[graph].stat().st_size >= DROP_PAGES_AFTER_RUN_BYTES:
+        if graph == self._drop_after_run:
             drop_mapped_pages(self._mapped)
         return out
 
