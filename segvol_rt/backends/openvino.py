@@ -204,8 +204,9 @@ class OpenVinoBackend(Backend):
         self.ran[graph] = ran
         self.compiled[graph] = compiled
         # the weights are repacked by now: give back the mapped originals (graph file or cached blob)
-        self._mapped = [*self._paths.values(), *self.cache_dir.glob("*.blob")]
-        drop_mapped_pages(self._mapped)
+        blobs = list(self.cache_dir.glob("*.blob"))
+        self._mapped = [*self._paths.values(), *blobs]
+        drop_mapped_pages([path, *blobs])
         trim_heap()
         return compiled
 

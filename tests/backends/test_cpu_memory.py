@@ -152,6 +152,28 @@ def test_openvino_gives_back_the_mapped_weights_and_computes_the_same(tiny, monk
     np.testing.assert_array_equal(backend.decode(*feeds), kept.decode(*feeds))
 
 
+def test_openvino_gives_back_a_large_image_encoders_pages_after_every_run(tiny, monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    from segvol_rt.backends import openvino as OV
+    from segvol_rt.io.artifacts import Artifacts
+
+    artifacts = Artifacts.load(tiny)
+    image = np.random.default_rng(2).random((1, 1, *artifacts.config.spatial_size), dtype=np.float32)
+    for bound, after_run in ((0, 1), (1 << 40, 0)):  # every file is "large" / none is (the tiny model's)
+        monkeypatch.setattr(OV, "DROP_PAGES_AFTER_RUN_BYTES", bound)
+        backend = OV.OpenVinoBackend(artifacts, cache_dir=tmp_path / "ov")
+        dropped: list[list[Path]] = []
+        monkeypatch.setattr(OV, "drop_mapped_pages", lambda files, sink=dropped: sink.append(list(files)) or 0)
+        backend.run(S.IMAGE_ENCODER, {"image": image})
+        assert len(dropped) == after_run
+        if after_run:  # every graph file and cached blob: a run may read any of them back
+            assert set(artifacts.graph_path(g) for g in S.GRAPH_NAMES) <= set(dropped[0])
+        backend.run(S.PROMPT_DECODER, dict(zip(backend.specs[S.PROMPT_DECODER].input_names, _decoder_feeds(backend))))
+        assert len(dropped) == after_run  # the decoder's runs are left alone (0.07 s each, measured)
+        monkeypatch.undo()
+        backend.close()
+
+
 def test_openvino_releases_memory_after_each_run_and_a_busy_model_is_left_alone(tiny, tmp_path):
     pytest.importorskip("openvino")
     from segvol_rt.backends import openvino as OV
