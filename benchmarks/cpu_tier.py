@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+TORCH = "torch official-style"  # benchmarks/memory.py's child, with --torch
 CONTENDERS = {"onnxruntime fp32": ("onnxruntime", "fp32"), "openvino fp32": ("openvino", "fp32"),
               "openvino bf16": ("openvino", "bf16")}
 
@@ -118,9 +119,6 @@ def _commands(args: argparse.Namespace, artifacts: Path, checkpoint: Path, scan:
         cmds[TORCH] = [sys.executable, str(Path(__file__).parent / "memory.py"), "--child", "torch",
                        "--artifacts", str(artifacts), "--checkpoint", str(checkpoint), "--scan", str(scan), *texts]
     return cmds
-
-
-TORCH = "torch official-style"
 
 
 def _cache_env(args: argparse.Namespace, label: str) -> list[str]:
