@@ -204,9 +204,9 @@ class OpenVinoBackend(Backend):
         self.ran[graph] = ran
         self.compiled[graph] = compiled
         # the weights are repacked by now: give back the mapped originals (graph file or cached blob)
-        blobs = list(self.cache_dir.glob("*.blob"))
-        self._mapped = [*self._paths.values(), *blobs]
-        drop_mapped_pages([path, *blobs])
+        cached = list(self.cache_dir.glob("*.blob"))
+        self._mapped = [*self._paths.values(), *cached]
+        drop_mapped_pages([path, *cached])
         trim_heap()
         return compiled
 
