@@ -16,6 +16,7 @@ import numpy as np
 
 from segvol_rt.ops.boxes import HalfOpenBox, box_bounds, check_volume
 from segvol_rt.ops.dispatch import array_namespace, cuda_twin
+from segvol_rt.ops.masks import positive_mask
 
 MODES = ("nearest", "nearest-exact", "trilinear")
 
@@ -208,8 +209,6 @@ def upsample_then_nearest_positive(low_res: np.ndarray, mid_size: Sequence[int],
     repeated (the same voxels; a quarter of the bytes: 20 MiB instead of 80 for
     a 512x512x200 crop). Host arrays (the CPU path's memory saver; the device
     keeps :func:`upsample_then_nearest`)."""
-    from segvol_rt.ops.masks import positive_mask
-
     samples, repeat = _selected_samples(low_res, mid_size, out_size)
     flags = positive_mask(samples)
     return _gather(flags, repeat) if any(r is not None for r in repeat) else flags
