@@ -241,6 +241,7 @@ class SegVolRuntime:
         affine: np.ndarray | None = None,
         reorient: str | None = None,
         series: str | None = None,
+        overwrite_input: bool = False,
     ) -> None:
         """Preprocess a scan (a NIfTI path, a DICOM folder or file - ``series``: the
         SeriesInstanceUID when it holds several, see :mod:`segvol_rt.io.dicom` - or a real-valued ``(I, J, K)`` array in
@@ -259,12 +260,17 @@ class SegVolRuntime:
         manifest declares one, else the stored voxel order (SegVol's weights,
         as the official pipeline); axis codes such as "RAS"; or "stored" (the
         stored order whatever the model declares). Masks and prompts stay in
-        the scan's voxel grid either way."""
+        the scan's voxel grid either way.
+
+        ``overwrite_input``: the runtime may normalise a float32 array volume in
+        place, so that no second scan-sized float32 array is made (200 MiB for
+        512x512x200); its values are the normalised ones afterwards. Files, and
+        arrays that are converted anyway (another dtype or layout), never need it."""
         from segvol_rt.pipeline.geometry import model_orientation
 
         reorient = model_orientation(V.optional_text(reorient, "reorient"), self.voxel_orientation)
         self._volume = load_volume(volume, affine, reorient, series, self.xp, self.config.spatial_size, self._cache_bytes,
-                                   self._stats)
+                                   self._stats, overwrite_input=V.boolean(overwrite_input, "overwrite_input"))
 
     def clear_caches(self) -> None:
         """Forget the zoom-out embedding, the window embeddings and the encoded

@@ -254,6 +254,34 @@ def test_the_zoom_in_holds_one_targets_crop_logits_whatever_the_targets(tiny, sc
         np.testing.assert_array_equal(got.crop_logits, alone.crop_logits)
 
 
+def _set_volume_peak(rt, volume, **kwargs) -> int:
+    """tracemalloc's peak bytes over ``rt.set_volume(volume, **kwargs)``."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        rt.set_volume(volume, **kwargs)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_set_volume_normalises_a_scan_it_may_overwrite_in_place(tiny, scan):
+    # the one-shot CLI hands its scan over: no second scan-sized float32 array (200 MiB at 512x512x200)
+    rt = _runtime(tiny, scan)
+    theirs = np.asfortranarray(scan)  # nibabel's order: used as it is, no conversion
+    kept = theirs.copy(order="F")
+    copied = _set_volume_peak(rt, theirs)
+    np.testing.assert_array_equal(theirs, kept)  # by default the caller's array is left alone
+    want = rt.segment(text="liver").mask
+    in_place = _set_volume_peak(rt, theirs, overwrite_input=True)
+    assert copied - in_place > 0.75 * theirs.nbytes, (copied, in_place)  # a scan-sized array less at the peak
+    assert not np.array_equal(theirs, kept) and theirs.min() >= 0 and theirs.max() <= 1  # now the normalised scan
+    np.testing.assert_array_equal(rt.segment(text="liver").mask, want)
+    with pytest.raises(SegVolError, match="overwrite_input"):
+        rt.set_volume(kept, overwrite_input="yes")
+
+
 # -- a long session on the demo model: RSS stays flat -------------------------------------
 
 CACHE_BYTES = 2 << 20  # about ten of the demo model's 192 KB windows: the loop must evict

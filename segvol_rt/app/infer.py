@@ -402,9 +402,10 @@ def run_infer(scan_path: str | Path, opts: InferOptions, open_runtime: RuntimeFa
         rt = open_runtime()
     before = dict(rt.stats["timings"])  # an open runtime (a cohort's) has earlier cases' seconds
     report.stage("preprocessing")
-    rt.set_volume(scan.data, scan.affine, reorient=opts.reorient)
-    # from here on only the statistics read voxel values; the writers need the header
+    # from here on only the statistics read voxel values (the writers need the header):
+    # without them the runtime normalises the scan's own array, not a copy of it
     voxels = scan.data if opts.statistics else None
+    rt.set_volume(scan.data, scan.affine, reorient=opts.reorient, overwrite_input=voxels is None)
     scan = scan.without_voxels()
     report.stage(f"segmenting {len(targets)} target(s)", total=len(targets))
     results = _segment(rt, scan, opts, targets, report, clock)

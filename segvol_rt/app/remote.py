@@ -48,7 +48,10 @@ class RemoteRuntime:
         self.backend = SimpleNamespace(name="server", device="?", precision=None, threads=None)
         self.provenance: dict[str, Any] = {}  # the server's, once a session is open
 
-    def set_volume(self, volume: np.ndarray, affine: np.ndarray, reorient: str | None = None) -> None:
+    def set_volume(self, volume: np.ndarray, affine: np.ndarray, reorient: str | None = None,
+                   overwrite_input: bool = False) -> None:
+        """Open a server session on ``volume`` (uploaded; ``overwrite_input`` is the
+        local runtime's and changes nothing here: the server preprocesses its own copy)."""
         if reorient is not None:
             raise SegVolError("--reorient is not available with --server")
         self.session = self.client.open_session(volume, affine)

@@ -435,8 +435,9 @@ def min_max(volume: Any, out: Any | None = None) -> Any:
     return _affine(volume, -np.inf, np.inf, 0.0, 1.0, low, I.min_max_scale(low, high))
 
 
-def normalize_min_max(volume: Any, stats: Any) -> Any:
-    """Twin of :func:`segvol_rt.ops.normalize_min_max`: one pass over the volume."""
+def normalize_min_max(volume: Any, stats: Any, out: Any | None = None) -> Any:
+    """Twin of :func:`segvol_rt.ops.normalize_min_max`: one pass over the volume
+    (``out`` is ignored: a new array)."""
     s = I.ForegroundStats(*stats)
     low, high = I.normalize_into(np.array(_extremes(volume), np.float32), s, np.empty(2, np.float32))
     scale = I.min_max_scale(np.float32(low), np.float32(high))

@@ -78,7 +78,9 @@ def _blocked(volume: Any, out: Any, fn: Callable[[Any, Any], Any]) -> Any:
     """Apply the elementwise ``fn(src, dst)`` slab by slab in memory order so
     chained in-place steps stay in cache; whole arrays on cupy or odd layouts."""
     src, dst = _flat_view(volume), _flat_view(out)
-    if src is None or dst is None or is_cupy(volume):
+    # slabs pair up element by element only when both arrays share one memory order
+    same_order = volume.flags.c_contiguous == out.flags.c_contiguous or volume.ndim < 2
+    if src is None or dst is None or not same_order or is_cupy(volume):
         fn(volume, out)
         return out
     for s in range(0, src.shape[0], N.SLAB):
@@ -132,12 +134,14 @@ def min_max_scale(low: np.float32, high: np.float32) -> np.float32:
 
 
 @cuda_twin
-def normalize_min_max(volume: Any, stats: ForegroundStats | Sequence[float]) -> Any:
+def normalize_min_max(volume: Any, stats: ForegroundStats | Sequence[float], out: Any | None = None) -> Any:
     """``min_max(normalize(volume, stats))`` in one cache-blocked pass, bit-identical.
 
     The normalisation is monotonic in float32 (clip, subtract, divide by a
     positive number), so the extremes of its result are the normalised
-    extremes of the input: no second pass over the volume to find them."""
+    extremes of the input: no second pass over the volume to find them.
+    ``out``: a float32 array of ``volume``'s shape to write into, ``volume``
+    itself included (its extremes are read first); None: a new array."""
     xp = array_namespace(volume)
     stats = ForegroundStats(*stats)
     ends = xp.stack([xp.min(volume), xp.max(volume)]).astype(xp.float32)
@@ -149,6 +153,6 @@ def normalize_min_max(volume: Any, stats: ForegroundStats | Sequence[float]) -> 
         normalize_into(s, stats, d)
         _min_max_into(d, low32, scale32, d)
 
-    return _blocked(volume, _float32_like(volume, None), both)
+    return _blocked(volume, _float32_like(volume, out), both)
 
 

@@ -54,6 +54,7 @@ class Preprocessed:
 
 
 def _check_scan(data: Any) -> Any:
+    """``data`` as float32: itself when it is float32, else a new array."""
     xp = ops.array_namespace(data)
     if getattr(data, "ndim", None) != 3:
         raise SegVolError(f"expected a 3D scan volume, got an array of shape {getattr(data, 'shape', None)}")
@@ -93,13 +94,14 @@ def _overflow(data: Any) -> str | None:
             "statistics of the official pipeline; are they scaled right?")
 
 
-def _no_foreground(data: Any, stats: ops.ForegroundStats) -> str:
+def _no_foreground(extremes: tuple[float, float], stats: ops.ForegroundStats) -> str:
     """Why the normalised scan has no voxel > 0, in one line. (A constant
     volume fails earlier, in the statistics.) The usual cause: the voxels above
     the mean nearly all share one value - a binary 0/1 mask or a label map has
     them all at its top label - so the 0.05th and 99.95th percentiles agree
-    and the clip maps every voxel to that value."""
-    lo, hi = float(data.min()), float(data.max())
+    and the clip maps every voxel to that value. ``extremes``: the scan's
+    (min, max) before normalisation."""
+    lo, hi = extremes
     if np.float32(stats.lower) == np.float32(stats.upper):
         return (f"the scan (values {lo:g} to {hi:g}) has no foreground after normalisation: its voxels above the mean "
                 f"nearly all have the value {stats.upper:g}, so the official 0.05-99.95th percentile clip makes every voxel "
@@ -118,15 +120,23 @@ def preprocess(
     spatial_size: Sequence[int],
     reorient: str | None = None,
     affine: Any = None,
+    overwrite_input: bool = False,
 ) -> Preprocessed:
     """Preprocess a scan volume ``data`` (scan axes (i, j, k), any real dtype,
     read as float32) for a model of ``spatial_size`` (D, H, W).
 
     ``reorient``: axis codes such as ``"RAS"`` to reorient to first (needs the
     scan's 4x4 ``affine``); None keeps the voxel axes, as the official demo.
+    ``overwrite_input``: a writeable float32 ``data`` may be normalised in place
+    (its values are then the normalised ones and ``image`` a view of it): no
+    second scan-sized float32 array. Other dtypes are read into a new float32
+    array, normalised in place either way.
     Raises SegVolError for an empty, constant or non-finite volume."""
     size = _check_spatial_size(spatial_size)
-    data = _check_scan(data)
+    checked = _check_scan(data)
+    # a converted copy is ours to overwrite; a read-only array (np.frombuffer of bytes) is not
+    scratch = checked is not data or (overwrite_input and getattr(checked.flags, "writeable", True))
+    data = checked
     orient = None
     if reorient is not None:
         if affine is None:
@@ -136,11 +146,12 @@ def preprocess(
             raise SegVolError(f"cannot reorient to {reorient!r}: {problem}")
         orient = Reorient.from_affine(affine, data.shape, reorient)
     stats = foreground_statistics(data)
-    normalised = ops.normalize_min_max(data, stats)
+    extremes = (float(data.min()), float(data.max()))  # for the message below: the scan may be overwritten
+    normalised = ops.normalize_min_max(data, stats, out=data if scratch else None)
     # CropForeground's voxels > 0, computed in memory order, then viewed in model axes
     box = ops.bounding_box(_to_model(normalised > 0, orient))
     if box is None:
-        raise SegVolError(_no_foreground(data, stats))
+        raise SegVolError(_no_foreground(extremes, stats))
     geometry = Geometry.build(data.shape, box, size, orient)
     model = _to_model(normalised, orient)
     image = model[box[0] : box[3] + 1, box[1] : box[4] + 1, box[2] : box[5] + 1]

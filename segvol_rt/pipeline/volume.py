@@ -15,6 +15,7 @@ import numpy as np
 from segvol_rt import validate as V
 from segvol_rt.errors import SegVolError
 from segvol_rt.ops import arrays as A
+from segvol_rt.ops.dispatch import array_namespace
 from segvol_rt.pipeline import zoom as Z
 from segvol_rt.pipeline.geometry import Geometry
 from segvol_rt.pipeline.preprocess import preprocess
@@ -59,13 +60,18 @@ def load_volume(
     spatial_size: Sequence[int],
     cache_bytes: int,
     clock: StageClock,
+    overwrite_input: bool = False,
 ) -> Volume:
     """A :class:`Volume` of a NIfTI path, a DICOM folder or file (``series``: its
     SeriesInstanceUID) or an ``(I, J, K)`` array with its 4x4 ``affine``, in the
     array module ``xp`` (uploaded once to a GPU), preprocessed for a model window
     of ``spatial_size``; the window cache bounded by ``cache_bytes``. Stages
     ``read``, ``upload`` and ``preprocess`` are timed on ``clock``. Arguments
-    as :meth:`segvol_rt.runtime.SegVolRuntime.set_volume` takes them."""
+    as :meth:`segvol_rt.runtime.SegVolRuntime.set_volume` takes them.
+
+    The scan is normalised in place (no second scan-sized float32 array) when
+    its float32 array is private: read here from a file, converted from the
+    caller's dtype or layout, or the caller said ``overwrite_input``."""
     V.optional_text(reorient, "reorient")
     with clock.stage("read"):
         if isinstance(volume, (str, os.PathLike)):
@@ -75,18 +81,19 @@ def load_volume(
             if affine is not None:
                 raise SegVolError("affine: a NIfTI volume brings its own affine; pass affine only with an array volume")
             scan = read_any(source, series=V.optional_text(series, "series"))
-            data, affine = scan.data, scan.affine
+            data, affine, overwrite_input = scan.data, scan.affine, True
         else:
             if series is not None:
                 raise SegVolError("series: selects a DICOM series; pass it only with a DICOM folder or file")
             on_device = A.on_device(volume)
             data = V.real_volume(volume, "volume", on_device=True) if on_device else V.float32_scan(volume, "volume")
             affine = np.eye(4) if affine is None else V.affine(affine, "affine")
+            overwrite_input = overwrite_input or _private_copy(data, volume)
     if not A.is_host(xp) or A.on_device(data):
         with clock.stage("upload"):
             data = A.to_device(xp, data)
     with clock.stage("preprocess"):
-        pre = preprocess(data, spatial_size, reorient=reorient, affine=affine)
+        pre = preprocess(data, spatial_size, reorient=reorient, affine=affine, overwrite_input=overwrite_input)
         crop = xp.ascontiguousarray(pre.image, dtype=xp.float32)
         zoom = xp.ascontiguousarray(pre.zoom_image, dtype=xp.float32)
     return Volume(
@@ -97,3 +104,12 @@ def load_volume(
         geometry=pre.geometry,
         windows=Z.EmbeddingCache(cache_bytes),
     )
+
+
+def _private_copy(data: Any, given: Any) -> bool:
+    """Whether the checked ``data`` is a new array rather than the caller's ``given``
+    or a view of its memory (a cast, a copy to Fortran order)."""
+    if data is given:
+        return False
+    xp = array_namespace(data)
+    return xp is not array_namespace(given) or not xp.may_share_memory(data, given)

@@ -218,7 +218,7 @@ class SessionStore:
     def set_volume(self, session: Session, volume: np.ndarray, affine: np.ndarray) -> None:
         """Give ``session`` its runtime on ``volume`` (scan space ``(I, J, K)``)."""
         runtime = self._make_runtime()
-        runtime.set_volume(volume, affine)
+        runtime.set_volume(volume, affine, overwrite_input=True)  # the session's own array: only its shape is kept
         session.runtime, session.shape, session.header = runtime, tuple(int(s) for s in volume.shape), None  # type: ignore[assignment]
         with self._lock:  # the reservation shrinks to what it holds now
             images = int(runtime.crop_image.nbytes + runtime.zoom_image.nbytes)

@@ -344,6 +344,21 @@ def test_normalize_and_min_max_match_plain_float32_formulas():
     np.testing.assert_array_equal(ops.min_max(flat), np.zeros_like(flat))  # span clipped to 1e-8
 
 
+def test_normalize_min_max_writes_into_out_even_the_volume_itself():
+    v = np.asfortranarray(ct_volume((20, 30, 25), 4))
+    stats = ops.foreground_stats(v)
+    ref = ops.normalize_min_max(v, stats)
+    # another memory order than the volume's: element by element all the same
+    for out in (np.empty(v.shape, np.float32, order="C"), np.empty(v.shape, np.float32, order="F")):
+        assert ops.normalize_min_max(v, stats, out=out) is out
+        np.testing.assert_array_equal(out, ref)
+    own = v.copy(order="F")
+    assert ops.normalize_min_max(own, stats, out=own) is own  # in place: the extremes are read first
+    np.testing.assert_array_equal(own, ref)
+    with pytest.raises(ValueError, match="float32"):
+        ops.normalize_min_max(v, stats, out=np.empty(v.shape, np.float64))
+
+
 # -- sliding windows ------------------------------------------------------------------
 
 

@@ -79,6 +79,31 @@ def test_preprocess_layouts_and_dtypes_agree():
     np.testing.assert_array_equal(as_int.image, ref.image)
 
 
+def test_preprocess_overwrites_only_what_it_may():
+    scan = np.asfortranarray(ct_volume((30, 28, 14), 5))
+    kept = scan.copy(order="F")
+    ref = preprocess(scan, SPATIAL)
+    np.testing.assert_array_equal(scan, kept)  # the caller's array, untouched by default
+    own = preprocess(scan, SPATIAL, overwrite_input=True)
+    assert np.shares_memory(own.image, scan)  # normalised in place: no second scan-sized array
+    np.testing.assert_array_equal(own.image, ref.image)
+    np.testing.assert_array_equal(own.zoom_image, ref.zoom_image)
+    assert own.stats == ref.stats
+    frozen = kept.copy(order="F")
+    frozen.flags.writeable = False  # e.g. np.frombuffer of bytes: never written, even when allowed
+    out = preprocess(frozen, SPATIAL, overwrite_input=True)
+    assert not np.shares_memory(out.image, frozen)
+    np.testing.assert_array_equal(frozen, kept)
+    np.testing.assert_array_equal(out.image, ref.image)
+
+
+def test_preprocess_without_foreground_names_the_scan_values_even_in_place():
+    mask = np.zeros((12, 12, 12), np.float32, order="F")
+    mask[2:10, 2:10, 2:10] = 1  # a 0/1 mask: every voxel above the mean is 1
+    with pytest.raises(SegVolError, match="values 0 to 1"):
+        preprocess(mask, SPATIAL, overwrite_input=True)
+
+
 def test_preprocess_with_reorientation_equals_preprocessing_the_reoriented_scan():
     orientations = pytest.importorskip("nibabel.orientations")
     scan = ct_volume((24, 30, 10), 6)

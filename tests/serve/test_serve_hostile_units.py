@@ -135,7 +135,7 @@ class _Runtime:
         self.geometry = Geometry.build((2, 2, 2), (0, 0, 0, 1, 1, 1), (2, 2, 2))
         self.config = type("C", (), {"spatial_size": (2, 2, 2)})()
 
-    def set_volume(self, volume: np.ndarray, affine: np.ndarray) -> None:
+    def set_volume(self, volume: np.ndarray, affine: np.ndarray, overwrite_input: bool = False) -> None:
         if not np.isfinite(volume).all():
             raise SegVolError("volume has NaN")
 

@@ -122,7 +122,7 @@ class _FakeRuntime:
         self.zoom_image = np.zeros((2, 2, 2), np.float32)
         self.released = False
 
-    def set_volume(self, volume: np.ndarray, affine: np.ndarray) -> None:
+    def set_volume(self, volume: np.ndarray, affine: np.ndarray, overwrite_input: bool = False) -> None:
         self.volume = volume
 
     def release_volume(self) -> None:
