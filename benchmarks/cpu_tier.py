@@ -8,7 +8,8 @@
 window (median of ``--repeat``, after one warm-up), the relative L2 of each
 embedding against ONNX Runtime fp32's, and each backend's load time with a
 cold and a warm OpenVINO model cache. ``infer``: ``segvol-rt infer`` as a
-process of its own per run (peak RSS from ``os.wait4``, as benchmarks/memory.py),
+process of its own per run (peak RSS, CPU seconds in user and kernel mode and
+minor page faults from ``os.wait4``, as benchmarks/memory.py),
 on ../shared/data's CT at 1.5 mm and the 512x512x200 raw phantom, plus the
 official-style torch flow (benchmarks/memory.py's child, the same phrases) with
 ``--torch``; ``--repeat`` interleaved rounds, and each label map compared with
@@ -166,6 +167,9 @@ def infer(args: argparse.Namespace, artifacts: Path, checkpoint: Path) -> list[d
                 rows.append({"case": case, "targets": n, "contender": label, "runs": len(got),
                              "wall_s": statistics.median(walls), "wall_p90_s": percentile(walls, 90),
                              "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in got),
+                             "user_s": statistics.median(r["user_s"] for r in got),
+                             "sys_s": statistics.median(r["sys_s"] for r in got),
+                             "minor_faults": statistics.median(r["minor_faults"] for r in got),
                              "voxels_differing": None if label == TORCH else
                              _voxels_differing(first, _mask_path(args, label))})
             torch = next((r for r in rows[-len(runs):] if r["contender"] == TORCH), None)
@@ -180,12 +184,14 @@ def _infer_table(rows: Sequence[dict[str, Any]]) -> str:
         return "" if v is None else format(v, fmt)
 
     lines = ["| case | targets | contender | wall s (median) | p90 | x torch | peak RSS MiB | / torch | "
-             "voxels differing from the first |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "user s | sys s | minor faults (k) | voxels differing from the first |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         diff = "" if r["voxels_differing"] is None else str(r["voxels_differing"])
         lines.append(f"| {r['case']} | {r['targets']} | {r['contender']} | {r['wall_s']:.1f} | {r['wall_p90_s']:.1f} | "
                      f"{ratio(r['speedup_vs_torch'], '.2f')} | {r['peak_rss_mib']:.0f} | "
-                     f"{ratio(r['rss_vs_torch'], '.2f')} | {diff} |")
+                     f"{ratio(r['rss_vs_torch'], '.2f')} | {r['user_s']:.1f} | {r['sys_s']:.1f} | "
+                     f"{r['minor_faults'] / 1000:.0f} | {diff} |")
     return "\n".join(lines)
 
 

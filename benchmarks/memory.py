@@ -102,18 +102,25 @@ t0 = time.perf_counter()
 proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 err = proc.stderr.read()
 _, status, usage = os.wait4(proc.pid, 0)
-print(json.dumps({"rss_kib": usage.ru_maxrss, "wall_s": time.perf_counter() - t0,
+print(json.dumps({"rss_kib": usage.ru_maxrss, "wall_s": time.perf_counter() - t0, "user_s": usage.ru_utime,
+                  "sys_s": usage.ru_stime, "minor_faults": usage.ru_minflt,
                   "code": os.waitstatus_to_exitcode(status), "err": err.decode(errors="replace")[-2000:]}))
 """
 
 
 def measure(cmd: list[str]) -> dict[str, float]:
-    """Peak RSS (MiB) and wall seconds of one run of ``cmd`` in a process of its own."""
+    """Peak RSS (MiB), wall seconds, CPU seconds in user and kernel mode and minor
+    page faults of one run of ``cmd`` in a process of its own. The kernel's share
+    is mostly page faults: on a VM whose host backs guest memory lazily (as
+    this project's machines, see benchmarks/README.md) each fresh page costs
+    tens of microseconds, so a process that touches more memory pays for it in
+    wall time too."""
     out = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *cmd], capture_output=True, text=True, check=True)
     run = json.loads(out.stdout)
     if run["code"] != 0:
         raise SystemExit(f"{cmd[0]} failed:\n{run['err']}")
-    return {"peak_rss_mib": run["rss_kib"] / 1024, "wall_s": run["wall_s"]}
+    return {"peak_rss_mib": run["rss_kib"] / 1024, "wall_s": run["wall_s"], "user_s": run["user_s"],
+            "sys_s": run["sys_s"], "minor_faults": run["minor_faults"]}
 
 
 # -- setup and report -----------------------------------------------------------------
