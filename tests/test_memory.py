@@ -278,6 +278,11 @@ def test_set_volume_normalises_a_scan_it_may_overwrite_in_place(tiny, scan):
     assert copied - in_place > 0.75 * theirs.nbytes, (copied, in_place)  # a scan-sized array less at the peak
     assert not np.array_equal(theirs, kept) and theirs.min() >= 0 and theirs.max() <= 1  # now the normalised scan
     np.testing.assert_array_equal(rt.segment(text="liver").mask, want)
+    c_order = np.ascontiguousarray(kept)  # read into a Fortran-ordered copy: that copy is normalised, not this
+    before = c_order.copy()
+    assert _set_volume_peak(rt, c_order, overwrite_input=False) < copied + 0.25 * theirs.nbytes
+    np.testing.assert_array_equal(c_order, before)
+    np.testing.assert_array_equal(rt.segment(text="liver").mask, want)
     with pytest.raises(SegVolError, match="overwrite_input"):
         rt.set_volume(kept, overwrite_input="yes")
 
