@@ -88,7 +88,8 @@ def graphs(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any]]:
 def _session(path: Path, threads: int | None) -> Any:
     import onnxruntime as ort
 
-    from segvol_rt.backends.onnxruntime import cpu_cores, session_options
+    from segvol_rt._system import cpu_cores
+    from segvol_rt.backends.onnxruntime import session_options
 
     return ort.InferenceSession(str(path), session_options(ort, threads or cpu_cores()), providers=["CPUExecutionProvider"])
 
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child == "latency":
         latency_child(args)
         return 0
-    from segvol_rt.backends.onnxruntime import cpu_cores
+    from segvol_rt._system import cpu_cores
     from segvol_rt.bench.machine import machine_info
 
     paths, notes = graphs(args)

@@ -26,7 +26,6 @@ staged initializers), handed back after each open
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segvol_rt._optional import require
+from segvol_rt._system import cpu_cores
 from segvol_rt.backends.base import Backend
 from segvol_rt.backends.resident import trim_heap
 from segvol_rt.errors import SegVolError
@@ -44,14 +44,6 @@ if TYPE_CHECKING:
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
-
-
-def cpu_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def cuda_problem(ort: Any | None = None) -> str | None:

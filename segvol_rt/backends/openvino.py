@@ -53,8 +53,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segvol_rt._optional import require
+from segvol_rt._system import cpu_cores
 from segvol_rt.backends.base import Backend
-from segvol_rt.backends.onnxruntime import LAZY_GRAPHS, cpu_cores
+from segvol_rt.backends.onnxruntime import LAZY_GRAPHS
 from segvol_rt.backends.resident import drop_mapped_pages, trim_heap
 from segvol_rt.backends.signal_stack import kept_signal_stack
 from segvol_rt.errors import SegVolError

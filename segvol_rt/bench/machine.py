@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from segvol_rt._system import cpu_cores
+
 # -- the machine ----------------------------------------------------------------
 
 _VERSION_PACKAGES = (
@@ -84,10 +86,7 @@ def package_versions(names: Iterable[str] = _VERSION_PACKAGES) -> dict[str, str]
 
 def machine_info() -> dict[str, Any]:
     """CPU model and cores, memory, load, GPUs and package versions."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
+    usable = cpu_cores()
     try:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:

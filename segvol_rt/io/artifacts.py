@@ -72,6 +72,7 @@ from typing import Any
 import numpy as np
 
 from segvol_rt._optional import require
+from segvol_rt._system import cpu_cores
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
@@ -342,7 +343,7 @@ class Artifacts:
         for path, _ in listed:
             if not path.is_file():
                 raise SegVolError(f"{path} is listed in {MANIFEST} but missing; export the artifacts again")
-        with ThreadPoolExecutor(max_workers=max(1, min(len(listed), os.cpu_count() or 1))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(len(listed), cpu_cores()))) as pool:
             hashed = list(pool.map(sha256_file, [path for path, _ in listed]))
         for (path, digest), actual in zip(listed, hashed):
             if actual != digest:

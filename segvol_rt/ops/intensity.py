@@ -79,7 +79,7 @@ def _blocked(volume: Any, out: Any, fn: Callable[[Any, Any], Any]) -> Any:
     chained in-place steps stay in cache; whole arrays on cupy or odd layouts."""
     src, dst = _flat_view(volume), _flat_view(out)
     # slabs pair up element by element only when both arrays share one memory order
-    same_order = volume.flags.c_contiguous == out.flags.c_contiguous or volume.ndim < 2
+    same_order = volume.flags.c_contiguous == out.flags.c_contiguous
     if src is None or dst is None or not same_order or is_cupy(volume):
         fn(volume, out)
         return out
