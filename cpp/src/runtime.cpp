@@ -125,7 +125,10 @@ std::unique_ptr<Graph> Runtime::open_graph(const std::string& name, const GraphO
     std::string path = art_.path(e.file);
     std::unique_ptr<Graph> g;
     try {
-        g = openvino_ ? openvino_graph(path, name, go, ov_cache_, e.inputs, e.outputs) : ort_graph(path, name, go);
+        // each graph's compiled blobs in a folder named by its sha256 (segvol_rt.backends.openvino.graph_cache_dir):
+        // OpenVINO takes a blob as current while the file's path, size and mtime second are unchanged
+        std::string cache = ov_cache_.empty() ? std::string() : ov_cache_ + "/" + e.sha256;
+        g = openvino_ ? openvino_graph(path, name, go, cache, e.inputs, e.outputs) : ort_graph(path, name, go);
     } catch (const std::exception& ex) {
         fail(SEGVOL_ERR_BACKEND, "cannot open " + path + ": " + std::string(ex.what()).substr(0, 300));
     }

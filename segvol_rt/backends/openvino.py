@@ -20,11 +20,17 @@ Every compile reads the hint back from the compiled model; a compiled model
 that does not run the asked precision is refused. :attr:`OpenVinoBackend.ran`
 records, per graph, what ran.
 
-Compiled models are cached with OpenVINO's ``CACHE_DIR`` (blobs keyed by the
-model, the options and the OpenVINO version) under ``openvino/`` in
-segvol-rt's user cache (:func:`segvol_rt.io.user_cache.cache_root`), never in
-the artifacts directory, which may be read-only. Graphs are read from their
-files by OpenVINO, so a cached blob also skips the ONNX import.
+Compiled models are cached with OpenVINO's ``CACHE_DIR`` under ``openvino/``
+in segvol-rt's user cache (:func:`segvol_rt.io.user_cache.cache_root`), never
+in the artifacts directory, which may be read-only. Graphs are read from their
+files by OpenVINO, so a cached blob also skips the ONNX import. OpenVINO keys
+a blob by the graph's path and the compile options and takes it as current
+while the file's size and modification second are unchanged, so a graph
+replaced in place by one of the same size within that second (a re-export of
+the same architecture, or files whose times a build or copy normalises) ran
+the old weights. Each graph therefore has a cache folder of its own named by
+its sha256 as the manifest lists it (:func:`graph_cache_dir`), the content
+:meth:`segvol_rt.io.artifacts.Artifacts.verify` checks.
 
 The text encoder is compiled on first use, as on ONNX Runtime
 (:data:`segvol_rt.backends.onnxruntime.LAZY_GRAPHS`). Runs may overlap:
@@ -105,6 +111,12 @@ def default_cache_dir() -> Path:
     return cache_root() / CACHE_SUBDIR
 
 
+def graph_cache_dir(cache_dir: Path, sha256: str) -> Path:
+    """The cache folder of the graph whose file has this (manifest) sha256:
+    ``<cache_dir>/<sha256>``, so a blob is only ever read for the bytes it was compiled from."""
+    return cache_dir / sha256
+
+
 def check_precision(core: Any, precision: str) -> None:
     """Refuse a precision this CPU's OpenVINO does not offer (one line naming what it does)."""
     if precision == "fp16":
@@ -161,6 +173,8 @@ class OpenVinoBackend(Backend):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._config = self._compile_config()
         self._paths = {graph: artifacts.graph_path(graph) for graph in S.GRAPH_NAMES}  # the fp32 graphs
+        self._caches = {graph: graph_cache_dir(self.cache_dir, artifacts.graph_entry(graph)["sha256"])
+                        for graph in S.GRAPH_NAMES}
         for path in self._paths.values():
             if not path.is_file():
                 raise SegVolError(f"{path} is missing; export the artifacts again")
@@ -184,14 +198,13 @@ class OpenVinoBackend(Backend):
         return {
             "INFERENCE_NUM_THREADS": str(self.threads),
             "PERFORMANCE_HINT": "LATENCY",
-            "CACHE_DIR": str(self.cache_dir),
         }
 
     def _compile(self, graph: str) -> Any:
-        path = self._paths[graph]
-        blobs = set(self.cache_dir.glob("*.blob"))
+        path, cache = self._paths[graph], self._caches[graph]
+        blobs = set(cache.glob("*.blob"))
         compiled = self._compile_model(graph, path)
-        if not compiled.get_property("LOADED_FROM_CACHE") and set(self.cache_dir.glob("*.blob")) - blobs:
+        if not compiled.get_property("LOADED_FROM_CACHE") and set(cache.glob("*.blob")) - blobs:
             # a first compile holds the weights in memory of its own (not mapped, so not given
             # back below: 1285 MiB peak against 997 warm); the blob it just wrote loads mapped
             # (about 0.4 s for the image encoder), so load that instead
@@ -205,15 +218,15 @@ class OpenVinoBackend(Backend):
         self.ran[graph] = ran
         self.compiled[graph] = compiled
         # the weights are repacked by now: give back the mapped originals (graph file or cached blob)
-        cached = list(self.cache_dir.glob("*.blob"))
-        self._mapped = [*self._paths.values(), *cached]
-        drop_mapped_pages([path, *cached])
+        self._mapped = [*self._paths.values(), *(b for c in self._caches.values() for b in c.glob("*.blob"))]
+        drop_mapped_pages([path, *cache.glob("*.blob")])
         trim_heap()
         return compiled
 
     def _compile_model(self, graph: str, path: Path) -> Any:
         try:
-            config = {**self._config, "INFERENCE_PRECISION_HINT": graph_hint(self.precision, graph)}
+            config = {**self._config, "CACHE_DIR": str(self._caches[graph]),
+                      "INFERENCE_PRECISION_HINT": graph_hint(self.precision, graph)}
             return self._core.compile_model(str(path), DEVICE, config)
         except RuntimeError as exc:
             reason = " ".join(str(exc).split())[:300]

@@ -211,13 +211,67 @@ def test_bf16_masks_match_fp32_on_held_out_phantoms():
 
 def test_compiled_models_are_cached_in_the_user_cache_not_the_artifacts(tiny, user_cache):
     before = sorted(p.name for p in Path(tiny).rglob("*"))
-    backend = OpenVinoBackend(Artifacts.load(tiny))
+    artifacts = Artifacts.load(tiny)
+    backend = OpenVinoBackend(artifacts)
     assert backend.cache_dir == user_cache / "openvino"
-    blobs = list(backend.cache_dir.glob("*.blob"))
-    assert len(blobs) == 2  # the image encoder and the prompt decoder; the text encoder is lazy
+    blobs = sorted(backend.cache_dir.glob("*/*.blob"))
+    # the image encoder and the prompt decoder (the text encoder is lazy), each in its sha256's folder
+    assert sorted(b.parent.name for b in blobs) == sorted(
+        artifacts.graph_entry(g)["sha256"] for g in (S.IMAGE_ENCODER, S.PROMPT_DECODER))
     assert sorted(p.name for p in Path(tiny).rglob("*")) == before
-    OpenVinoBackend(Artifacts.load(tiny))  # the second open reads the blobs
-    assert sorted(backend.cache_dir.glob("*.blob")) == sorted(blobs)
+    again = OpenVinoBackend(Artifacts.load(tiny))  # the second open reads the blobs
+    assert all(c.get_property("LOADED_FROM_CACHE") for c in again.compiled.values())
+    assert sorted(backend.cache_dir.glob("*/*.blob")) == blobs
+
+
+def _rewrite_encoder(root: Path, scale: float) -> None:
+    """Write ``root``'s image encoder again with its first float weight scaled
+    (same byte size for any scale) and the manifest's sha256 to match."""
+    import json
+
+    import onnx
+    from onnx import numpy_helper
+
+    from segvol_rt.io.artifacts import sha256_file
+
+    path = root / "image_encoder.onnx"
+    model = onnx.load(path)
+    init = next(i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and i.raw_data)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(scale), init.name))
+    onnx.save(model, path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["graphs"][S.IMAGE_ENCODER]["sha256"] = sha256_file(path)
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def test_a_graph_replaced_with_the_same_size_and_mtime_is_compiled_again(tiny, tmp_path, user_cache):
+    """OpenVINO takes a cached blob as current while the graph's path, size and
+    modification second are unchanged: a re-export of the same architecture in
+    place (or files whose times a build normalises) ran the old weights."""
+    import os
+    import shutil
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny, root)
+    encoder = root / "image_encoder.onnx"
+    image = np.random.default_rng(0).random((1, 1, *Artifacts.load(root).config.spatial_size), dtype=np.float32)
+
+    def embedding(cache: Path) -> np.ndarray:
+        artifacts = Artifacts.load(root)
+        artifacts.verify()
+        backend = OpenVinoBackend(artifacts, cache_dir=cache)
+        return backend.run(S.IMAGE_ENCODER, {"image": image})["image_embedding"]
+
+    _rewrite_encoder(root, 1.0)
+    old = embedding(user_cache / "openvino")
+    stat = encoder.stat()
+    _rewrite_encoder(root, 1.5)
+    os.utime(encoder, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert encoder.stat().st_size == stat.st_size and encoder.stat().st_mtime_ns == stat.st_mtime_ns
+    new = embedding(user_cache / "openvino")
+    fresh = embedding(tmp_path / "empty-cache")
+    assert not np.array_equal(fresh, old)  # the scaled weight shows
+    assert np.array_equal(new, fresh)
 
 
 def test_unwritable_cache_is_one_line(tiny, tmp_path):

@@ -98,6 +98,23 @@ def test_bf16_refused_where_the_cpu_lacks_it(cpp_build, demo_artifacts, tmp_path
         sdk.CppRuntime(cpp_build, demo_artifacts, backend="openvino", precision="bf16")
 
 
+def test_compiled_models_are_cached_by_graph_sha256(cpp_build, demo_artifacts, tmp_path, monkeypatch):
+    """The model cache as the Python backend's (segvol_rt.backends.openvino.graph_cache_dir):
+    <$SEGVOL_RT_CACHE>/openvino/<the graph's sha256>/, so a graph replaced in place by one of
+    the same size and mtime second is compiled again, never served from the old blob."""
+    from segvol_rt.backends.openvino import graph_cache_dir
+    from segvol_rt.io import spec as S
+    from segvol_rt.io.artifacts import Artifacts
+
+    monkeypatch.setenv("SEGVOL_RT_CACHE", str(tmp_path))
+    _open(cpp_build, demo_artifacts, "fp32").close()
+    artifacts = Artifacts.load(demo_artifacts)
+    root = tmp_path / "openvino"
+    want = {graph_cache_dir(root, artifacts.graph_entry(g)["sha256"]) for g in (S.IMAGE_ENCODER, S.PROMPT_DECODER)}
+    assert {b.parent for b in root.glob("*/*.blob")} >= want
+    assert not list(root.glob("*.blob"))
+
+
 def test_library_option(cpp_build, demo_artifacts, tmp_path):
     """openvino_library (appended to segvol_load_options): a path that is no OpenVINO is one
     line - cannot load, or another library is already loaded in this process."""
