@@ -2,7 +2,9 @@
 // describe, the volume's release.
 #include "pipeline_internal.hpp"
 
+#include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 
@@ -10,6 +12,22 @@
 #include "system.hpp"
 
 namespace segvol::detail {
+
+static void fail_cache(const std::string& dir, const std::string& why) {
+    fail(SEGVOL_ERR_BACKEND, "cannot write the OpenVINO model cache " + dir + " (" + why +
+                                 "); set SEGVOL_RT_CACHE to a writable directory");
+}
+
+// mkdir -p `dir`, one line (as the Python backend's) where it cannot be made.
+static void make_cache_dir(const std::string& dir) {
+    for (size_t at = 0; at != std::string::npos;) {
+        at = dir.find('/', at + 1);
+        std::string partial = dir.substr(0, at);
+        if (mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) fail_cache(dir, std::strerror(errno));
+    }
+    struct stat st;  // a file in the way: Python's FileExistsError (one on the way fails the next mkdir)
+    if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) fail_cache(dir, std::strerror(EEXIST));
+}
 
 // The OpenVINO model cache, as the Python backend's (segvol_rt.backends.openvino.default_cache_dir):
 // <$SEGVOL_RT_CACHE or ~/.cache/segvol-rt>/openvino, never the artifacts directory.
@@ -19,14 +37,29 @@ static std::string openvino_cache_dir() {
     else if (const char* home = std::getenv("HOME"); home && *home) root = std::string(home) + "/.cache/segvol-rt";
     else return "";
     std::string dir = root + "/openvino";
-    std::string partial;
-    for (size_t at = 0; at != std::string::npos;) {  // mkdir -p
-        at = dir.find('/', at + 1);
-        partial = dir.substr(0, at);
-        if (mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
-            fail(SEGVOL_ERR_BACKEND, "cannot create the OpenVINO model cache " + dir + " (" + std::strerror(errno) +
-                                         "); set SEGVOL_RT_CACHE to a writable directory");
+    make_cache_dir(dir);
+    return dir;
+}
+
+// Graph `sha256`'s folder of the model cache (segvol_rt.backends.openvino.graph_cache_dir), made
+// here: OpenVINO takes a blob as current while the graph's path, size and mtime second are
+// unchanged, so a graph replaced in place by one of the same size ran the old weights. A folder
+// that cannot be written and holds no blob is refused, as in Python (OpenVINO would compile every
+// time without a word); a read-only one prepared with the blobs serves.
+static std::string graph_cache_dir(const std::string& cache, const std::string& sha256) {
+    if (cache.empty()) return "";
+    std::string dir = cache + "/" + sha256;
+    make_cache_dir(dir);
+    bool blob = false;
+    if (DIR* d = opendir(dir.c_str())) {
+        while (dirent* e = readdir(d)) {
+            std::string name = e->d_name;
+            blob = blob || (name.size() > 5 && name.compare(name.size() - 5, 5, ".blob") == 0);
+        }
+        closedir(d);
     }
+    if (!blob && access(dir.c_str(), W_OK) != 0)
+        fail_cache(dir, "not writable, and it holds no compiled model of this graph");
     return dir;
 }
 
@@ -123,11 +156,9 @@ Runtime::~Runtime() { vol_.reset(); }
 std::unique_ptr<Graph> Runtime::open_graph(const std::string& name, const GraphOptions& go) {
     const GraphEntry& e = art_.graphs.at(name);
     std::string path = art_.path(e.file);
+    std::string cache = openvino_ ? graph_cache_dir(ov_cache_, e.sha256) : std::string();
     std::unique_ptr<Graph> g;
     try {
-        // each graph's compiled blobs in a folder named by its sha256 (segvol_rt.backends.openvino.graph_cache_dir):
-        // OpenVINO takes a blob as current while the file's path, size and mtime second are unchanged
-        std::string cache = ov_cache_.empty() ? std::string() : ov_cache_ + "/" + e.sha256;
         g = openvino_ ? openvino_graph(path, name, go, cache, e.inputs, e.outputs) : ort_graph(path, name, go);
     } catch (const std::exception& ex) {
         fail(SEGVOL_ERR_BACKEND, "cannot open " + path + ": " + std::string(ex.what()).substr(0, 300));

@@ -51,6 +51,7 @@ memory does not sit under another's run.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -132,6 +133,18 @@ def check_precision(core: Any, precision: str) -> None:
                           "use --precision fp32")
 
 
+def _unwritable(folder: Path, why: str) -> SegVolError:
+    return SegVolError(f"cannot write the OpenVINO model cache {folder} ({why}); "
+                       "set SEGVOL_RT_CACHE to a writable directory")
+
+
+def _make_cache_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(folder, exc.strerror or str(exc)) from None
+
+
 def graph_hint(precision: str, graph: str) -> str:
     """The OpenVINO inference precision ``graph`` is compiled in when ``precision`` is asked."""
     return HINTS["fp32"] if graph in F32_GRAPHS else HINTS[precision]
@@ -190,11 +203,7 @@ class OpenVinoBackend(Backend):
                 self._compile(graph)
 
     def _compile_config(self) -> dict[str, str]:
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SegVolError(f"cannot create the OpenVINO model cache {self.cache_dir} ({exc.strerror or exc}); "
-                              "set SEGVOL_RT_CACHE to a writable directory") from None
+        _make_cache_dir(self.cache_dir)
         return {
             "INFERENCE_NUM_THREADS": str(self.threads),
             "PERFORMANCE_HINT": "LATENCY",
@@ -202,7 +211,12 @@ class OpenVinoBackend(Backend):
 
     def _compile(self, graph: str) -> Any:
         path, cache = self._paths[graph], self._caches[graph]
+        _make_cache_dir(cache)
         blobs = set(cache.glob("*.blob"))
+        if not blobs and not os.access(cache, os.W_OK):
+            # OpenVINO would compile every time without a word (a read-only cache is
+            # fine only where it holds the blobs already: one prepared in an image)
+            raise _unwritable(cache, "not writable, and it holds no compiled model of this graph")
         compiled = self._compile_model(graph, path)
         if not compiled.get_property("LOADED_FROM_CACHE") and set(cache.glob("*.blob")) - blobs:
             # a first compile holds the weights in memory of its own (not mapped, so not given

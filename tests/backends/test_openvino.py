@@ -277,8 +277,34 @@ def test_a_graph_replaced_with_the_same_size_and_mtime_is_compiled_again(tiny, t
 def test_unwritable_cache_is_one_line(tiny, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(SegVolError, match="cannot create the OpenVINO model cache.*SEGVOL_RT_CACHE"):
+    with pytest.raises(SegVolError, match="cannot write the OpenVINO model cache.*SEGVOL_RT_CACHE"):
         OpenVinoBackend(Artifacts.load(tiny), cache_dir=blocker / "openvino")
+
+
+def test_a_graph_cache_folder_in_the_way_is_one_line(tiny, user_cache):
+    artifacts = Artifacts.load(tiny)
+    folder = user_cache / "openvino" / artifacts.graph_entry(S.IMAGE_ENCODER)["sha256"]
+    folder.parent.mkdir(parents=True)
+    folder.write_text("")
+    with pytest.raises(SegVolError, match=r"cannot write the OpenVINO model cache .*\(File exists\); set SEGVOL_RT_CACHE"):
+        OpenVinoBackend(artifacts)
+
+
+def test_a_read_only_cache_serves_its_blobs_and_refuses_to_compile_without_a_word(tiny, user_cache, monkeypatch):
+    """A cache prepared in a read-only image serves; one that holds no blob of a graph is
+    refused (OpenVINO would compile every time, writing nothing)."""
+    import os
+
+    OpenVinoBackend(Artifacts.load(tiny))  # fills the cache
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if mode == os.W_OK else real(path, mode, **kw))
+    again = OpenVinoBackend(Artifacts.load(tiny))
+    assert all(c.get_property("LOADED_FROM_CACHE") for c in again.compiled.values())
+    for blob in user_cache.glob("openvino/*/*.blob"):
+        blob.unlink()
+    with pytest.raises(SegVolError, match=r"cannot write the OpenVINO model cache .*\(not writable, and it holds no "
+                                          r"compiled model of this graph\); set SEGVOL_RT_CACHE"):
+        OpenVinoBackend(Artifacts.load(tiny))
 
 
 def test_missing_openvino_names_the_extra(tiny, monkeypatch):

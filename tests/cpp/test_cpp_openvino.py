@@ -115,6 +115,22 @@ def test_compiled_models_are_cached_by_graph_sha256(cpp_build, demo_artifacts, t
     assert not list(root.glob("*.blob"))
 
 
+def test_a_graph_cache_folder_in_the_way_is_one_line(cpp_build, demo_artifacts, tmp_path, monkeypatch):
+    """As the Python backend's (tests/backends/test_openvino.py): the same line."""
+    from segvol_rt.io import spec as S
+    from segvol_rt.io.artifacts import Artifacts
+
+    _open(cpp_build, demo_artifacts, "fp32").close()  # skips where the build has no OpenVINO
+    monkeypatch.setenv("SEGVOL_RT_CACHE", str(tmp_path))
+    folder = tmp_path / "openvino" / Artifacts.load(demo_artifacts).graph_entry(S.IMAGE_ENCODER)["sha256"]
+    folder.parent.mkdir(parents=True)
+    folder.write_text("")
+    with pytest.raises(sdk.SdkError, match=r"cannot write the OpenVINO model cache .*\(File exists\); "
+                                           r"set SEGVOL_RT_CACHE") as err:
+        sdk.CppRuntime(cpp_build, demo_artifacts, backend="openvino", precision="fp32")
+    assert "\n" not in err.value.message
+
+
 def test_library_option(cpp_build, demo_artifacts, tmp_path):
     """openvino_library (appended to segvol_load_options): a path that is no OpenVINO is one
     line - cannot load, or another library is already loaded in this process."""
