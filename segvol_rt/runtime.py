@@ -325,7 +325,10 @@ class SegVolRuntime:
         """(C,) float32 per text (a list of non-empty strings): the table row of
         a known name, else the phrase cache, else the text encoder on the prompt
         template (one batched call for the new phrases, then cached)."""
-        return self._texts.embeddings(self.backend, texts)
+        try:
+            return self._texts.embeddings(self.backend, texts)
+        finally:
+            self.backend.rest()
 
     # -- segmentation ----------------------------------------------------------------
     def segment(
@@ -369,7 +372,10 @@ class SegVolRuntime:
             return []
         timings = StageClock()
         flow = self._flow()
-        return flow.run(vol, requests, flow.model_targets(vol, requests, timings), timings)
+        try:
+            return flow.run(vol, requests, flow.model_targets(vol, requests, timings), timings)
+        finally:
+            self.backend.rest()  # between requests, no graph's run memory is kept
 
     def segment_zoom_space(self, targets: Sequence[Z.Target], **options: Any) -> list[Segmentation]:
         """Segment targets whose box/points are already in **zoom-out** voxel indices
@@ -389,7 +395,12 @@ class SegVolRuntime:
         base = Request.of(options)  # the options' types, even without targets
         requests = [replace(base, seed=t.seed) for t in targets]
         vol = self._require_volume()
-        return self._flow().run(vol, requests, targets, StageClock()) if requests else []
+        if not requests:
+            return []
+        try:
+            return self._flow().run(vol, requests, targets, StageClock())
+        finally:
+            self.backend.rest()
 
     def segment_cases(
         self,

@@ -50,6 +50,9 @@ class _TorchGraphs:
     def encode_text(self, ids: np.ndarray) -> np.ndarray:
         return self.model.encode_text(torch.from_numpy(ids)).numpy()
 
+    def rest(self) -> None:
+        """Nothing to give back: torch frees a call's intermediates as it returns."""
+
 
 EVAL_KINDS = ("text", "text+box", "box", "points")
 

@@ -106,5 +106,9 @@ class Backend(ABC):
         }
         return self.run(S.PROMPT_DECODER, feeds)["low_res_logits"]
 
+    def rest(self) -> None:  # noqa: B027 - optional hook
+        """Give back what the last runs hold beyond the open graphs (their intermediate
+        memory), between requests: the runtime calls it when a call has run its graphs."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions and device memory."""

@@ -36,21 +36,21 @@ The text encoder is compiled on first use, as on ONNX Runtime
 (:data:`segvol_rt.backends.onnxruntime.LAZY_GRAPHS`). Runs may overlap:
 each thread has its own infer request of each compiled model.
 
-Memory (measured: :data:`RELEASE_AFTER_RUN`). OpenVINO maps a graph's (or a
+Memory (measured: :data:`RELEASED_BETWEEN_GRAPHS`). OpenVINO maps a graph's (or a
 cached blob's) weights and repacks most of them while compiling, and the
 compiled model keeps the mapped originals, so the weights were resident twice:
 after each compile the mapped pages are given back
 (:func:`segvol_rt.backends.resident.drop_mapped_pages`; the kernel reads
 back from the file what the compiled model still uses), and the free heap
 the compile left (:func:`segvol_rt.backends.resident.trim_heap`). The graphs of
-:data:`RELEASE_AFTER_RUN` give their intermediate memory back after each run
-(``CompiledModel.release_memory``, then the heap trimmed), so one graph's
-memory does not sit under another's run.
+:data:`RELEASED_BETWEEN_GRAPHS` give their intermediate memory back before
+another graph runs and at :meth:`OpenVinoBackend.rest` (``CompiledModel.release_memory``,
+then the heap trimmed), so one graph's memory does not sit under another's run,
+while a graph's consecutive runs (the decoder's, one per target and window) keep it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Mapping
@@ -87,16 +87,22 @@ CACHE_SUBDIR = "openvino"
 # EPYC, ../shared/data's CT at 1.5 mm): the prompt decoder at batch 1, as on ONNX Runtime
 # (decode 2.54 s at batch 8, 1.97 s at batch 1; peak RSS 1387 -> 1374 MiB; the same mask).
 CPU_BATCHES = {S.PROMPT_DECODER: 1}
-# Graphs whose compiled model releases its intermediate memory after every run (and
-# the heap trimmed after it): all three. Each compiled model otherwise keeps its last
-# run's memory, so the prompt decoder's (about 180 MiB) sat under the image encoder's
-# next window and the encoder's under the decoder's runs. Measured on the whole
-# pipeline (../shared/data's CT at 1.5 mm, full size, random weights, --text aorta,
-# shared 2-core EPYC): peak RSS 1382 MiB -> 1282 MiB releasing the decoder alone (with
-# the mapped weights given back: 1094 -> 1043), 1057 -> 976 releasing the encoder too
-# and trimming the heap after each run; the same mask. Cost: about 0.07 s per decoder
-# call (0.31 -> 0.39 s), an image-encoder window within noise (4.6 s either way).
-RELEASE_AFTER_RUN = frozenset(S.GRAPH_NAMES)
+# Graphs whose compiled model releases its intermediate memory (and the heap trimmed
+# after it) before another graph runs, and at rest: all three. Each compiled model
+# otherwise keeps its last run's memory, so the prompt decoder's (about 180 MiB) sat
+# under the image encoder's next window and the encoder's under the decoder's runs.
+# Measured on the whole pipeline (../shared/data's CT at 1.5 mm, full size, random
+# weights, --text aorta, shared 2-core EPYC), releasing after every run: peak RSS
+# 1382 MiB -> 1282 MiB releasing the decoder alone (with the mapped weights given back:
+# 1094 -> 1043), 1057 -> 976 releasing the encoder too and trimming the heap after each
+# run; the same mask. That cost about 0.05 s per decoder call (its memory faulted in
+# again: 0.155 -> 0.20 s on a quiet 2-core EPYC), so a graph's consecutive runs keep it:
+# it is released when another graph runs and at rest(), which the pipeline calls after
+# each decoding stage (before its upsampling and blending allocate) and the runtime
+# after each request. Quiet 2-core EPYC, the same CT, bf16, same masks: 5 targets
+# 6.8-7.0 s -> 6.4-6.5 s, 1 target 5.2-5.4 s -> 5.0-5.15 s; peak RSS unchanged
+# (861 / 870-880 MiB before, 858 / 867 after; 906 / 940 keeping it until the next graph).
+RELEASED_BETWEEN_GRAPHS = frozenset(S.GRAPH_NAMES)
 # An image encoder whose file is at least this large gives the mapped weight pages back
 # after every run too, not only after compiling: a run reads the weights the compiled model
 # did not repack back from the mapping, and they stayed resident under everything
@@ -193,6 +199,8 @@ class OpenVinoBackend(Backend):
                 raise SegVolError(f"{path} is missing; export the artifacts again")
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._held: set[str] = set()  # graphs whose compiled model holds its last run's memory
+        self._held_lock = threading.Lock()
         self.compiled: dict[str, Any] = {}
         self.ran: dict[str, str] = {}
         self._mapped: list[Path] = []  # the files whose pages the compiled models map
@@ -276,24 +284,44 @@ class OpenVinoBackend(Backend):
     @kept_signal_stack()
     def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
         request = self._request(graph)
+        self._release_held(but=graph)
         request.infer({name: np.ascontiguousarray(value) for name, value in feeds.items()})
         # the request's output tensors are reused by its next run: copy them out
         out = {name: np.array(request.get_tensor(name).data, copy=True) for name in self.specs[graph].output_names}
-        if graph in RELEASE_AFTER_RUN:
-            self._release(graph)
-            trim_heap()
+        if graph in RELEASED_BETWEEN_GRAPHS:
+            with self._held_lock:
+                self._held.add(graph)
         if graph == self._drop_after_run:
             drop_mapped_pages(self._mapped)
         return out
 
-    def _release(self, graph: str) -> None:
+    @kept_signal_stack()
+    def rest(self) -> None:
+        """Give back every graph's intermediate memory (the runtime calls it after each request)."""
+        self._release_held(but=None)
+
+    def _release_held(self, but: str | None) -> None:
+        """Release the memory the held graphs other than ``but`` keep, then trim the heap."""
+        with self._held_lock:
+            others = [g for g in self._held if g != but]
+        released = [g for g in others if self._release(g)]
+        if released:
+            with self._held_lock:
+                self._held.difference_update(released)
+            trim_heap()
+
+    def _release(self, graph: str) -> bool:
         """Release ``graph``'s intermediate memory, unless another thread's run holds it:
         OpenVINO refuses (RuntimeError) while a request of the model is running, and
-        that run's own release follows."""
-        with contextlib.suppress(RuntimeError):
+        the graph stays held (a later release gives it back)."""
+        try:
             self.compiled[graph].release_memory()
+        except RuntimeError:
+            return False
+        return True
 
     @kept_signal_stack()
     def close(self) -> None:
+        self._held.clear()
         self.compiled.clear()
         self._local = threading.local()

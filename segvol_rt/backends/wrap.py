@@ -44,6 +44,9 @@ class DelegatingBackend(Backend):
     def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
         return self.inner.run(graph, feeds)
 
+    def rest(self) -> None:
+        self.inner.rest()
+
     def close(self) -> None:
         self.inner.close()
 

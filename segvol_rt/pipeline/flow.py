@@ -54,6 +54,7 @@ class RequestFlow:
                 self.backend.preferred_batch(S.PROMPT_DECODER),
                 self.config.embed_dim,
             )
+            self.backend.rest()  # the decoder's run memory, before the upsampling allocates
         coarse, plans, found = self._plan(vol, requests, model_targets, low, timings)
         active = [i for i, p in enumerate(plans) if p is not None]
         fine: list[Any] = [None] * len(plans)

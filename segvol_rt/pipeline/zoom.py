@@ -102,6 +102,9 @@ class Graphs(Protocol):
     def decode(self, image_embedding: Any, coords: Any, labels: Any, text_embedding: Any) -> Any:
         """Prompt tokens -> low-res logits (B, 1, 4d, 4h, 4w)."""
 
+    def rest(self) -> None:
+        """Give back the last runs' intermediate memory (called before array work follows them)."""
+
 
 @dataclass(frozen=True)
 class ZoomSettings:
@@ -498,10 +501,13 @@ def zoom_in(
     """ROI logits per plan, in the backend's array module. Windows of all plans
     go through the encoder once per distinct key (``settings.encoder_batch``
     per call); each target's windows through the decoder
-    (``settings.decoder_batch`` per call); then upsample to the window and blend."""
+    (``settings.decoder_batch`` per call), all targets' before any blending
+    (the decoder's calls in a row keep its run memory, given back once, and
+    low-res logits are small); then upsample to the window and blend."""
     timings = timings or StageClock()
     keys = [w.key for p in plans for w in p.windows]
     results = []
+    lows = []
     # this call's windows stay cached until all are decoded; the cache's bound
     # is restored (least recently used out) when the block ends
     with cache.store.pinned(keys):
@@ -509,14 +515,17 @@ def zoom_in(
             cache.ensure(backend, crop_image, keys, settings.encoder_batch)
         for plan, target in zip(plans, targets):
             with timings.stage("decode_windows"):
-                low = decode_batched(
+                lows.append(decode_batched(
                     backend,
                     [cache.embeddings[w.key] for w in plan.windows],
                     [(w.coords, w.labels) for w in plan.windows],
                     [target.text_embedding] * len(plan.windows),
                     settings.decoder_batch,
                     dim,
-                )
+                ))
+        with timings.stage("decode_windows"):
+            backend.rest()  # the decoder's run memory, before the blending allocates
+        for plan, low in zip(plans, lows):
             with timings.stage("blend"):
                 # upsampled lazily, in window order (MONAI's sum order), so at most a
                 # blend chunk of full-size windows exists at a time
