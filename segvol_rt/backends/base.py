@@ -108,7 +108,8 @@ class Backend(ABC):
 
     def rest(self) -> None:  # noqa: B027 - optional hook
         """Give back what the last runs hold beyond the open graphs (their intermediate
-        memory), between requests: the runtime calls it when a call has run its graphs."""
+        memory): the pipeline calls it after each decoding stage, before its array work,
+        and the runtime after each request. A backend that keeps nothing does nothing."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions and device memory."""
