@@ -100,8 +100,9 @@ CPU_BATCHES = {S.PROMPT_DECODER: 1}
 # it is released when another graph runs and at rest(), which the pipeline calls after
 # each decoding stage (before its upsampling and blending allocate) and the runtime
 # after each request. Quiet 2-core EPYC, the same CT, bf16, same masks: 5 targets
-# 6.8-7.0 s -> 6.4-6.5 s, 1 target 5.2-5.4 s -> 5.0-5.15 s; peak RSS unchanged
-# (861 / 870-880 MiB before, 858 / 867 after; 906 / 940 keeping it until the next graph).
+# 6.8-7.0 s -> 6.4-6.5 s (decoding 1.8-2.0 s -> 1.6 s); peak RSS unchanged with 1 and 5
+# targets (861 / 870-880 MiB before, 858 / 867 after; 906 / 940 keeping it until the
+# next graph, without the rest() after each decoding stage).
 RELEASED_BETWEEN_GRAPHS = frozenset(S.GRAPH_NAMES)
 # An image encoder whose file is at least this large gives the mapped weight pages back
 # after every run too, not only after compiling: a run reads the weights the compiled model
