@@ -119,6 +119,12 @@ Artifacts Artifacts::load(const std::string& root, const std::string& precision)
     } catch (const json::exception& e) {
         fail(SEGVOL_ERR_ARTIFACTS, mpath + " is incomplete (" + std::string(e.what()).substr(0, 160) + "); export the artifacts again");
     }
+    // as the manifest schema's sha256 (Python refuses the manifest at load): a graph's digest also
+    // names its folder of the OpenVINO model cache, so it must never hold a path
+    for (const auto& [file, digest] : a.files)
+        if (digest.size() != 64 || digest.find_first_not_of("0123456789abcdef") != std::string::npos)
+            fail(SEGVOL_ERR_ARTIFACTS, mpath + ": the sha256 of " + file.substr(0, 200) +
+                                           " is not 64 lowercase hex digits; export the artifacts again");
     for (int k = 0; k < 3; ++k)
         if (a.spatial_size[k] < 1) fail(SEGVOL_ERR_ARTIFACTS, mpath + ": spatial_size must be positive");
     if (a.embed_dim < 1) fail(SEGVOL_ERR_ARTIFACTS, mpath + ": embed_dim must be positive");

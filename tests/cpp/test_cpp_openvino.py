@@ -131,6 +131,26 @@ def test_a_graph_cache_folder_in_the_way_is_one_line(cpp_build, demo_artifacts, 
     assert "\n" not in err.value.message
 
 
+def test_a_graph_sha256_that_is_no_digest_is_refused_even_unverified(cpp_build, demo_artifacts, tmp_path, monkeypatch):
+    """The digest names the graph's cache folder: a manifest whose sha256 holds a path is
+    one line at load (verify off too), and nothing is made outside the cache."""
+    import json
+    import shutil
+
+    _open(cpp_build, demo_artifacts, "fp32").close()  # skips where the build has no OpenVINO
+    root = tmp_path / "artifacts"
+    shutil.copytree(demo_artifacts, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["graphs"]["image_encoder"]["sha256"] = "../../escaped"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("SEGVOL_RT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(sdk.SdkError, match=r"manifest.json: the sha256 of image_encoder.onnx is not 64 lowercase "
+                                           r"hex digits; export the artifacts again") as err:
+        sdk.CppRuntime(cpp_build, root, backend="openvino", precision="fp32", verify=0)
+    assert "\n" not in err.value.message
+    assert not (tmp_path / "escaped").exists()
+
+
 def test_library_option(cpp_build, demo_artifacts, tmp_path):
     """openvino_library (appended to segvol_load_options): a path that is no OpenVINO is one
     line - cannot load, or another library is already loaded in this process."""
