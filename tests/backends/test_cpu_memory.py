@@ -230,6 +230,7 @@ def test_no_graph_holds_its_run_memory_after_a_request_or_under_the_blending(tin
     pytest.importorskip("openvino")
     from segvol_rt.backends import openvino as OV
     from segvol_rt.pipeline import zoom as Z
+    from segvol_rt.pipeline.flow import RequestFlow
     from segvol_rt.runtime import SegVolRuntime
 
     monkeypatch.setenv("SEGVOL_RT_CACHE", str(tmp_path))
@@ -239,12 +240,17 @@ def test_no_graph_holds_its_run_memory_after_a_request_or_under_the_blending(tin
     held_at_blend: list[set[str]] = []
     real_blend = Z.blend
     monkeypatch.setattr(Z, "blend", lambda *a, **k: (held_at_blend.append(set(backend._held)), real_blend(*a, **k))[1])
+    held_at_plan: list[set[str]] = []  # the coarse upsampling, after the zoom-out decoding
+    real_plan = RequestFlow._plan
+    monkeypatch.setattr(RequestFlow, "_plan",
+                        lambda self, *a, **k: (held_at_plan.append(set(backend._held)), real_plan(self, *a, **k))[1])
     rt.set_volume(np.random.default_rng(0).random((140, 150, 40), dtype=np.float32) * 400 - 200)
     rt.segment(text="liver")
     assert backend._held == set()
     rt.segment_many([{"text": "liver"}, {"text": "a free phrase", "zoom_in": False}, {"text": "spleen"}])
     assert backend._held == set()
     assert held_at_blend and all(h == set() for h in held_at_blend)
+    assert held_at_plan and all(h == set() for h in held_at_plan)
     rt.text_embeddings(["another phrase"])
     assert backend._held == set()
 
