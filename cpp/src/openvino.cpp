@@ -1,8 +1,10 @@
 #include "openvino.hpp"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +13,7 @@
 #include <stdexcept>
 
 #include "generated/shared_constants.hpp"
+#include "resident.hpp"
 #include "signal_stack.hpp"
 #include "system.hpp"
 
@@ -23,6 +26,20 @@
 #endif
 
 namespace segvol::detail {
+
+std::vector<std::string> cached_blobs(const std::string& dir) {
+    std::vector<std::string> out;
+    if (dir.empty()) return out;
+    if (DIR* d = opendir(dir.c_str())) {
+        while (dirent* e = readdir(d)) {
+            std::string name = e->d_name;
+            if (name.size() > 5 && name.compare(name.size() - 5, 5, ".blob") == 0) out.push_back(dir + "/" + name);
+        }
+        closedir(d);
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+}
 
 #if !SEGVOL_RT_HAVE_OPENVINO
 
@@ -179,16 +196,43 @@ std::string hint_name(std::string v) {
     return v;
 }
 
+// The files whose pages this process's compiled models map (graphs and cached blobs), given
+// back after a large image encoder's runs (segvol_rt.backends.openvino: _mapped).
+std::mutex g_mapped_mu;
+std::vector<std::string> g_mapped;
+
+void add_mapped(const std::vector<std::string>& files) {
+    std::lock_guard<std::mutex> lock(g_mapped_mu);
+    for (const std::string& f : files)
+        if (std::find(g_mapped.begin(), g_mapped.end(), f) == g_mapped.end()) g_mapped.push_back(f);
+}
+
+void drop_all_mapped() {
+    std::vector<std::string> files;
+    {
+        std::lock_guard<std::mutex> lock(g_mapped_mu);
+        files = g_mapped;
+    }
+    drop_mapped_pages(files);
+}
+
+long long file_size(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 ? (long long)st.st_size : -1;
+}
+
 class OvGraph final : public Graph {
    public:
-    OvGraph(const std::string& path, const char* hint, const GraphOptions& opt, const std::string& cache_dir);
+    // Compiled (or loaded from `cache_dir`), then the mapped weights given back; a first
+    // compile that wrote a blob is replaced by the blob's mapped load (as the Python backend).
+    OvGraph(const std::string& path, const std::string& name, const char* hint, const GraphOptions& opt,
+            const std::string& cache_dir);
     // The spec's tensor names this compiled model has (all of them, and no other port, for a
     // graph of the spec): the runtime compares them with the spec, as for ONNX Runtime.
     void find_ports(const std::vector<std::string>& inputs, const std::vector<std::string>& outputs);
     ~OvGraph() override {
         KeptSignalStack kept;
-        if (request_) g_api.ov_infer_request_free(request_);
-        if (compiled_) g_api.ov_compiled_model_free(compiled_);
+        free_compiled();
     }
     const std::vector<std::string>& input_names() const override { return inputs_; }
     const std::vector<std::string>& output_names() const override { return outputs_; }
@@ -197,15 +241,49 @@ class OvGraph final : public Graph {
     std::string ran() const override { return ran_; }
 
    private:
+    void compile(const std::string& path, const char* hint, const GraphOptions& opt, const std::string& cache_dir);
+    bool loaded_from_cache() const;
+    void free_compiled();
+    void after_run() const {
+        if (drop_after_run_) drop_all_mapped();
+    }
     void set_inputs(const std::vector<Feed>& inputs, std::vector<std::unique_ptr<HostTensor>>* keep);
     ov_compiled_model_t* compiled_ = nullptr;
     ov_infer_request_t* request_ = nullptr;  // one per graph: a handle's calls are serialised
     std::vector<std::string> inputs_, outputs_;
     std::string ran_;
+    bool drop_after_run_ = false;
 };
 
-OvGraph::OvGraph(const std::string& path, const char* hint, const GraphOptions& opt, const std::string& cache_dir) {
+OvGraph::OvGraph(const std::string& path, const std::string& name, const char* hint, const GraphOptions& opt,
+                 const std::string& cache_dir) {
     KeptSignalStack kept;  // compiling creates the CPU plugin on the first graph
+    std::vector<std::string> before = cached_blobs(cache_dir);
+    compile(path, hint, opt, cache_dir);
+    std::vector<std::string> blobs = cached_blobs(cache_dir);
+    if (!loaded_from_cache() && blobs != before) {
+        // a first compile holds the weights in memory of its own (not mapped, so not given
+        // back below); the blob it just wrote loads mapped: load that instead
+        free_compiled();
+        trim_heap();
+        compile(path, hint, opt, cache_dir);
+    }
+    char* value = nullptr;
+    check(g_api.ov_compiled_model_get_property(compiled_, "INFERENCE_PRECISION_HINT", &value), "INFERENCE_PRECISION_HINT");
+    ran_ = hint_name(value ? value : "");
+    g_api.ov_free(value);
+    if (ran_ != hint)
+        throw std::runtime_error("OpenVINO compiled the graph to run in " + ran_ + ", not the asked " + hint + " (" + opt.precision + ")");
+    check(g_api.ov_compiled_model_create_infer_request(compiled_, &request_), "ov_compiled_model_create_infer_request");
+    // the weights are repacked by now: give back the mapped originals (graph file or cached blob)
+    blobs.push_back(path);
+    add_mapped(blobs);
+    drop_mapped_pages(blobs);
+    trim_heap();
+    drop_after_run_ = name == shared::IMAGE_ENCODER && file_size(path) >= shared::OPENVINO_DROP_PAGES_AFTER_RUN_BYTES;
+}
+
+void OvGraph::compile(const std::string& path, const char* hint, const GraphOptions& opt, const std::string& cache_dir) {
     std::string threads = std::to_string(opt.threads > 0 ? opt.threads : cpu_cores());
     ov_status_e s;
     {
@@ -219,13 +297,21 @@ OvGraph::OvGraph(const std::string& path, const char* hint, const GraphOptions& 
                                                       "CACHE_DIR", cache_dir.c_str());
     }
     check(s, "OpenVINO cannot compile the graph");
+}
+
+bool OvGraph::loaded_from_cache() const {
     char* value = nullptr;
-    check(g_api.ov_compiled_model_get_property(compiled_, "INFERENCE_PRECISION_HINT", &value), "INFERENCE_PRECISION_HINT");
-    ran_ = hint_name(value ? value : "");
+    if (g_api.ov_compiled_model_get_property(compiled_, "LOADED_FROM_CACHE", &value) != OK) return false;
+    std::string v = value ? value : "";
     g_api.ov_free(value);
-    if (ran_ != hint)
-        throw std::runtime_error("OpenVINO compiled the graph to run in " + ran_ + ", not the asked " + hint + " (" + opt.precision + ")");
-    check(g_api.ov_compiled_model_create_infer_request(compiled_, &request_), "ov_compiled_model_create_infer_request");
+    return v == "YES" || v == "true" || v == "1";
+}
+
+void OvGraph::free_compiled() {
+    if (request_) g_api.ov_infer_request_free(request_);
+    if (compiled_) g_api.ov_compiled_model_free(compiled_);
+    request_ = nullptr;
+    compiled_ = nullptr;
 }
 
 void OvGraph::find_ports(const std::vector<std::string>& inputs, const std::vector<std::string>& outputs) {
@@ -262,6 +348,7 @@ void OvGraph::run_into(const std::vector<Feed>& inputs, const TensorView& out) {
     keep.push_back(std::make_unique<HostTensor>(out));
     check(g_api.ov_infer_request_set_output_tensor_by_index(request_, 0, keep.back()->get()), "set the output");
     check(g_api.ov_infer_request_infer(request_), "OpenVINO inference failed");
+    after_run();
 }
 
 Buffer OvGraph::run(const std::vector<Feed>& inputs) {
@@ -269,6 +356,7 @@ Buffer OvGraph::run(const std::vector<Feed>& inputs) {
     std::vector<std::unique_ptr<HostTensor>> keep;
     set_inputs(inputs, &keep);
     check(g_api.ov_infer_request_infer(request_), "OpenVINO inference failed");
+    after_run();
     ov_tensor_t* t = nullptr;
     check(g_api.ov_infer_request_get_output_tensor_by_index(request_, 0, &t), "get the output");
     ov_shape_t shape;
@@ -361,7 +449,7 @@ std::unique_ptr<Graph> openvino_graph(const std::string& path, const std::string
     openvino_load();
     const char* hint = openvino_graph_hint(opt.precision, name);
     if (!hint) throw std::runtime_error("the openvino backend computes in fp32 or bf16, not '" + opt.precision + "'");
-    auto g = std::make_unique<OvGraph>(path, hint, opt, cache_dir);
+    auto g = std::make_unique<OvGraph>(path, name, hint, opt, cache_dir);
     g->find_ports(inputs, outputs);
     return g;
 }

@@ -33,6 +33,9 @@ struct OpenVinoInfo {
     std::string capabilities;      // OPTIMIZATION_CAPABILITIES, space-separated
 };
 
+// The compiled-model blobs OpenVINO cached in `dir` (full paths, sorted; none for "").
+std::vector<std::string> cached_blobs(const std::string& dir);
+
 // Loads (once per process) the C API from `requested` (a path; "": $SEGVOL_RT_OPENVINO_LIBRARY,
 // then the build's default, then libopenvino_c.so); throws std::runtime_error with a one-line
 // reason, also when another library is already loaded.

@@ -1,4 +1,7 @@
 #include "ort.hpp"
+
+#include "generated/shared_constants.hpp"
+#include "resident.hpp"
 #include "system.hpp"
 
 #include <dlfcn.h>
@@ -87,6 +90,28 @@ static Ort::Env& env() {
     return e;
 }
 
+// The process's shared CPU arena, registered with the environment once (as
+// segvol_rt.backends.onnxruntime.register_shared_arena): regions of exactly the requested
+// size (arena_extend_strategy 1) rather than the next power of two.
+static void register_shared_arena() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+        Ort::ArenaCfg cfg(0, 1, -1, -1);
+        env().CreateAndRegisterAllocator(cpu, cfg);
+    });
+}
+
+// Every run's options (segvol_rt.backends.onnxruntime.run_options): the CPU arena gives its
+// unused regions back at the run's end when SESSION_MEMORY asks.
+static constexpr bool SHRINK = shared::ORT_ARENA && shared::ORT_SHRINK_ARENA;
+
+static Ort::RunOptions run_options() {
+    Ort::RunOptions ro;
+    if (SHRINK) ro.AddConfigEntry("memory.enable_memory_arena_shrinkage", "cpu:0");
+    return ro;
+}
+
 static ONNXTensorElementDataType onnx_type(ElementType t) {
     switch (t) {
         case ElementType::F32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
@@ -112,6 +137,10 @@ class OrtGraph final : public Graph {
     // (never run here: no GPU on the build machine).
     Ort::Value value_of(const TensorView& v) const;
     void prepare(const std::vector<Feed>& inputs);
+    // what the shrunk arena gave back under glibc's mmap threshold stays in the heap otherwise
+    static void after_run() {
+        if (SHRINK) trim_heap();
+    }
     std::unique_ptr<Ort::Session> session_;
     std::vector<std::string> inputs_, outputs_;
     Ort::MemoryInfo host_ = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
@@ -125,8 +154,16 @@ OrtGraph::OrtGraph(const std::string& path, const GraphOptions& opt) {
     so.SetIntraOpNumThreads(opt.threads > 0 ? opt.threads : cpu_cores());
     so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
     so.SetLogSeverityLevel(ORT_LOGGING_LEVEL_ERROR);
-    so.EnableCpuMemArena();
-    so.DisableMemPattern();
+    // the Python runtime's memory options (segvol_rt.backends.onnxruntime.SESSION_MEMORY)
+    if (shared::ORT_ARENA) so.EnableCpuMemArena();
+    else so.DisableCpuMemArena();
+    if (shared::ORT_MEM_PATTERN) so.EnableMemPattern();
+    else so.DisableMemPattern();
+    if (!shared::ORT_PREPACKING) so.AddConfigEntry("session.disable_prepacking", "1");
+    if (shared::ORT_ARENA && shared::ORT_SHARED_ARENA) {
+        register_shared_arena();
+        so.AddConfigEntry("session.use_env_allocators", "1");
+    }
     // ORT's pool threads would spin after each run, on the cores the pipeline's own
     // kernels run on next (the Python runtime's NumPy is single-threaded); no effect on results
     so.AddConfigEntry("session.intra_op.allow_spinning", "0");
@@ -139,6 +176,7 @@ OrtGraph::OrtGraph(const std::string& path, const GraphOptions& opt) {
     Ort::AllocatorWithDefaultOptions alloc;
     for (size_t i = 0; i < session_->GetInputCount(); ++i) inputs_.push_back(session_->GetInputNameAllocated(i, alloc).get());
     for (size_t i = 0; i < session_->GetOutputCount(); ++i) outputs_.push_back(session_->GetOutputNameAllocated(i, alloc).get());
+    trim_heap();  // what loading left free in the heap (the parsed protobuf, the staged initializers)
 }
 
 Ort::Value OrtGraph::value_of(const TensorView& v) const {
@@ -162,18 +200,21 @@ void OrtGraph::run_into(const std::vector<Feed>& inputs, const TensorView& out) 
     prepare(inputs);
     Ort::Value o = value_of(out);
     const char* out_name = outputs_[0].c_str();
-    session_->Run(Ort::RunOptions{nullptr}, in_names_.data(), values_.data(), values_.size(), &out_name, &o, 1);
+    session_->Run(run_options(), in_names_.data(), values_.data(), values_.size(), &out_name, &o, 1);
+    after_run();
 }
 
 Buffer OrtGraph::run(const std::vector<Feed>& inputs) {
     prepare(inputs);
     const char* out_name = outputs_[0].c_str();
-    auto outs = session_->Run(Ort::RunOptions{nullptr}, in_names_.data(), values_.data(), values_.size(), &out_name, 1);
+    auto outs = session_->Run(run_options(), in_names_.data(), values_.data(), values_.size(), &out_name, 1);
     auto info = outs[0].GetTensorTypeAndShapeInfo();
     if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
         throw std::runtime_error("graph output " + outputs_[0] + " is not float32");
     Buffer b = Buffer::host(info.GetShape(), ElementType::F32);
     std::memcpy(b.as<void>(), outs[0].GetTensorData<float>(), b.view().bytes());
+    outs.clear();
+    after_run();
     return b;
 }
 

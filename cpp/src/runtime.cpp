@@ -2,7 +2,6 @@
 // describe, the volume's release.
 #include "pipeline_internal.hpp"
 
-#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -50,14 +49,7 @@ static std::string graph_cache_dir(const std::string& cache, const std::string& 
     if (cache.empty()) return "";
     std::string dir = cache + "/" + sha256;
     make_cache_dir(dir);
-    bool blob = false;
-    if (DIR* d = opendir(dir.c_str())) {
-        while (dirent* e = readdir(d)) {
-            std::string name = e->d_name;
-            blob = blob || (name.size() > 5 && name.compare(name.size() - 5, 5, ".blob") == 0);
-        }
-        closedir(d);
-    }
+    bool blob = !cached_blobs(dir).empty();
     if (!blob && access(dir.c_str(), W_OK) != 0)
         fail_cache(dir, "not writable, and it holds no compiled model of this graph");
     return dir;

@@ -135,3 +135,19 @@ extern "C" __attribute__((visibility("default"))) int svt_reorient_volume(const 
         return -1;
     }
 }
+
+#include "resident.hpp"
+
+// droppable(file_mappings(smaps), files): the chosen ranges' starts and ends into starts[cap] and
+// ends[cap] (files: `n` paths, compared as given); returns how many were chosen (maybe > cap).
+extern "C" __attribute__((visibility("default"))) int svt_droppable(const char* smaps, const char* const* files, int n,
+                                                                    unsigned long long* starts, unsigned long long* ends, int cap) {
+    std::vector<Mapping> chosen = droppable(file_mappings(smaps), std::vector<std::string>(files, files + n));
+    for (int i = 0; i < (int)chosen.size() && i < cap; ++i) starts[i] = chosen[(size_t)i].start, ends[i] = chosen[(size_t)i].end;
+    return (int)chosen.size();
+}
+
+// drop_mapped_pages of `n` paths: the bytes of the ranges advised.
+extern "C" __attribute__((visibility("default"))) unsigned long long svt_drop_mapped_pages(const char* const* files, int n) {
+    return drop_mapped_pages(std::vector<std::string>(files, files + n));
+}

@@ -73,6 +73,7 @@ def render_header() -> str:
         f"inline constexpr int CPU_DECODER_BATCH_ONNXRUNTIME = {_cpu_batch(ort_backend.CPU_BATCHES, S.PROMPT_DECODER)};",
         f"inline constexpr int CPU_DECODER_BATCH_OPENVINO = {_cpu_batch(ov_backend.CPU_BATCHES, S.PROMPT_DECODER)};\n",
         *_openvino_precisions(ov_backend),
+        *_cpu_memory(ort_backend, ov_backend),
         *_orientation(),
         *_kernel_names(),
         "}  // namespace segvol::detail::shared",
@@ -90,6 +91,21 @@ def _openvino_precisions(ov_backend) -> list[str]:
         f"inline constexpr const char* OPENVINO_PRECISIONS[][3] = {{{rows}}};",
         "// graphs compiled in f32 whatever precision is asked (segvol_rt.backends.openvino.F32_GRAPHS)",
         f"inline constexpr const char* OPENVINO_F32_GRAPHS[] = {{{graphs}}};\n",
+    ]
+
+
+def _cpu_memory(ort_backend, ov_backend) -> list[str]:
+    """What the CPU backends do to keep the resident set low: ONNX Runtime's session memory
+    options and the size from which OpenVINO's image encoder gives its mapped pages back after
+    every run (segvol_rt.backends.onnxruntime.SESSION_MEMORY, openvino.DROP_PAGES_AFTER_RUN_BYTES)."""
+    memory = ort_backend.SESSION_MEMORY
+    fields = ("arena", "mem_pattern", "prepacking", "shrink_arena", "shared_arena")
+    return [
+        "// ONNX Runtime's session memory options (segvol_rt.backends.onnxruntime.SESSION_MEMORY)",
+        *[f"inline constexpr bool ORT_{name.upper()} = {str(bool(getattr(memory, name))).lower()};" for name in fields],
+        "// an OpenVINO image encoder file at least this large gives its mapped pages back after every run",
+        "// (segvol_rt.backends.openvino.DROP_PAGES_AFTER_RUN_BYTES)",
+        f"inline constexpr long long OPENVINO_DROP_PAGES_AFTER_RUN_BYTES = {int(ov_backend.DROP_PAGES_AFTER_RUN_BYTES)};\n",
     ]
 
 

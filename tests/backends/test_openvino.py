@@ -24,6 +24,7 @@ pytest.importorskip("torch")  # the tiny artifacts are exported from a torch mod
 
 from segvol_rt.backends.openvino import OpenVinoBackend, check_precision  # noqa: E402
 from segvol_rt.runtime import SegVolRuntime  # noqa: E402
+from tests.support import full_size_memory as M  # noqa: E402
 from tests.support.tiny_artifacts import tiny_artifacts  # noqa: E402
 
 PROMPT_KINDS = ("text", "text+box", "box", "points")
@@ -352,17 +353,7 @@ def test_serve_accepts_openvino_bf16(tiny):
     assert isinstance(runtime.backend, OpenVinoBackend) and runtime.provenance["precision"] == precision
 
 
-# -- memory on a real-shaped case (full size) ----------------------------------------------
-# Peak RSS of a whole `segvol-rt infer` at full size (random weights) on ../shared/data's CT
-# resampled to 1.5 mm (244x202x60), --text aorta. Measured on a shared 2-core AMD EPYC
-# (benchmarks/results/2026-12-05-cpu-tier-infer-ct-rss-epyc-shared.md): ONNX Runtime fp32
-# 1071 MiB, OpenVINO fp32 996 MiB, OpenVINO bf16 792 MiB, the official-style torch flow
-# 1525 MiB (before the memory work: 1358, 1396, 1275 against 1575). bf16 keeps the prompt
-# decoder in f32 since (openvino.F32_GRAPHS, for the Dice): 888-895 MiB. Each bound is the
-# measured peak and about 7% for run-to-run spread: a regression of one of the measured
-# savings (the shared ORT arena 48 MiB, OpenVINO's mapped weights about 290 MiB, the
-# released decoder memory about 100 MiB) crosses it.
-PEAK_RSS_BOUND_MIB = {("onnxruntime", "fp32"): 1150, ("openvino", "fp32"): 1070, ("openvino", "bf16"): 955}
+# -- memory on a real-shaped case (full size): the case and its bounds in tests/support/full_size_memory.py
 
 
 @pytest.mark.slow
@@ -371,26 +362,15 @@ PEAK_RSS_BOUND_MIB = {("onnxruntime", "fp32"): 1150, ("openvino", "fp32"): 1070,
 def test_full_size_infer_peak_rss_on_a_real_ct(tmp_path, real_ct, backend, precision):
     import shutil
 
-    nib = pytest.importorskip("nibabel")
-    ndimage = pytest.importorskip("scipy.ndimage")
     from segvol_rt.export.reference.bench_model import prepare_bench_model
 
-    img = nib.load(real_ct)
-    factor = np.asarray(img.header.get_zooms()[:3], float) / 1.5
-    affine = img.affine.copy()
-    affine[:3, :3] /= factor
-    scan = tmp_path / "ct_1.5mm.nii.gz"
-    data = ndimage.zoom(np.asarray(img.dataobj, np.float32), factor, order=1)
-    nib.save(nib.Nifti1Image(np.rint(data).astype(np.int16), affine), scan)
+    scan = M.resampled_ct(real_ct, tmp_path / "ct_1.5mm.nii.gz")
     artifacts = prepare_bench_model("official").artifacts
     exe = shutil.which("segvol-rt") or "segvol-rt"
-    # benchmarks/memory.py's launcher: Linux keeps a peak RSS across exec, so a child forked
-    # straight from this pytest process (2.1 GB after tests/cpp) would report at least that
-    peak = _memory_bench().measure([exe, "infer", str(scan), "--artifacts", str(artifacts), "--text", "aorta", "--backend", backend,
-                           "--device", "cpu", "--precision", precision, "--out", str(tmp_path / "m.nii.gz"),
-                           "--quiet"])["peak_rss_mib"]
+    peak = M.peak_rss_mib([exe, "infer", str(scan), "--artifacts", str(artifacts), "--text", M.TEXT, "--backend", backend,
+                           "--device", "cpu", "--precision", precision, "--out", str(tmp_path / "m.nii.gz"), "--quiet"])
     print(f"{backend} {precision}: peak RSS {peak:.0f} MiB")
-    assert peak <= PEAK_RSS_BOUND_MIB[backend, precision]
+    assert peak <= M.PEAK_RSS_BOUND_MIB[backend, precision]
 
 
 # 5 targets on the benchmark's 512x512x200 raw phantom (2-core AMD EPYC, 2026-12-06): ONNX Runtime
@@ -412,22 +392,11 @@ def test_full_size_five_targets_peak_rss_on_a_512x512x200_scan(tmp_path, backend
     del phantom
     artifacts = prepare_bench_model("official").artifacts
     texts = [x for t in ("liver", "spleen", "right kidney", "pancreas", "stomach") for x in ("--text", t)]
-    peak = _memory_bench().measure([shutil.which("segvol-rt") or "segvol-rt", "infer", str(scan), "--artifacts",
-                                    str(artifacts), *texts, "--backend", backend, "--device", "cpu",
-                                    "--out", str(tmp_path / "m.nii.gz"), "--quiet"])["peak_rss_mib"]
+    peak = M.peak_rss_mib([shutil.which("segvol-rt") or "segvol-rt", "infer", str(scan), "--artifacts",
+                           str(artifacts), *texts, "--backend", backend, "--device", "cpu",
+                           "--out", str(tmp_path / "m.nii.gz"), "--quiet"])
     print(f"{backend}: peak RSS {peak:.0f} MiB")
     assert peak <= MULTI_TARGET_RSS_BOUND_MIB[backend]
-
-
-def _memory_bench():
-    """benchmarks/memory.py (its launcher measures a child's own peak RSS)."""
-    import importlib.util
-
-    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "memory.py"
-    spec = importlib.util.spec_from_file_location("segvol_memory_bench", bench)
-    memory = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(memory)
-    return memory
 
 
 def test_openvino_leaves_the_threads_signal_stack_as_it_was(tiny):

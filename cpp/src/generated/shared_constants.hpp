@@ -35,6 +35,16 @@ inline constexpr const char* OPENVINO_PRECISIONS[][3] = {{"fp32", "f32", "FP32"}
 // graphs compiled in f32 whatever precision is asked (segvol_rt.backends.openvino.F32_GRAPHS)
 inline constexpr const char* OPENVINO_F32_GRAPHS[] = {"prompt_decoder"};
 
+// ONNX Runtime's session memory options (segvol_rt.backends.onnxruntime.SESSION_MEMORY)
+inline constexpr bool ORT_ARENA = true;
+inline constexpr bool ORT_MEM_PATTERN = false;
+inline constexpr bool ORT_PREPACKING = true;
+inline constexpr bool ORT_SHRINK_ARENA = true;
+inline constexpr bool ORT_SHARED_ARENA = true;
+// an OpenVINO image encoder file at least this large gives its mapped pages back after every run
+// (segvol_rt.backends.openvino.DROP_PAGES_AFTER_RUN_BYTES)
+inline constexpr long long OPENVINO_DROP_PAGES_AFTER_RUN_BYTES = 67108864;
+
 // voxel orientation (segvol_rt.io.artifacts, segvol_rt.pipeline.geometry, segvol_rt.io.volume_checks)
 inline constexpr const char* ORIENTATION_PATTERN = R"(^(?=.*[LR])(?=.*[AP])(?=.*[SI])[LRAPSI]{3}$)";
 inline constexpr const char* STORED_ORDER = "stored";

@@ -1,0 +1,72 @@
+"""The C++ SDK keeps memory as the Python runtime does (segvol_rt.backends.resident,
+cpp/src/resident.cpp): the same mappings chosen for dropping, their pages given
+back and read back unchanged, and the C++ app's peak RSS on the full-size
+real-CT case within the bounds the Python CLI is held to
+(tests/support/full_size_memory.py)."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import sys
+
+import numpy as np
+import pytest
+
+from segvol_rt.backends import resident
+from tests.backends.test_cpu_memory import SMAPS, _resident_kib
+from tests.cpp import sdk
+from tests.support import full_size_memory as M
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps and madvise are Linux's")
+
+
+def _paths(*names: str):
+    return (ctypes.c_char_p * len(names))(*(n.encode() for n in names))
+
+
+def test_the_same_mappings_are_chosen_as_in_python(cpp_build):
+    lib = sdk.hooks(cpp_build)
+    files = ("/models/a.onnx", "/models/b.onnx")
+    starts, ends = (ctypes.c_ulonglong * 8)(), (ctypes.c_ulonglong * 8)()
+    n = lib.svt_droppable(SMAPS.encode(), _paths(*files), len(files), starts, ends, 8)
+    python = resident.droppable(resident.file_mappings(SMAPS), files)
+    assert [(starts[i], ends[i]) for i in range(n)] == [(m.start, m.end) for m in python]
+    assert n == 1  # the writable and the copy-on-write ranges are kept
+
+
+@linux_only
+def test_dropped_pages_leave_the_resident_set_and_read_back_the_same(cpp_build, tmp_path):
+    lib = sdk.hooks(cpp_build)
+    lib.svt_drop_mapped_pages.restype = ctypes.c_ulonglong
+    data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
+    path = tmp_path / "weights.bin"
+    data.tofile(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as view:
+        mapped = np.frombuffer(view, np.uint8)
+        assert int(mapped.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # every page touched
+        before = _resident_kib(path)
+        assert lib.svt_drop_mapped_pages(_paths(str(path)), 1) >= data.nbytes
+        assert _resident_kib(path) < before // 4
+        np.testing.assert_array_equal(mapped, data)  # read back from the file
+        del mapped
+    assert lib.svt_drop_mapped_pages(_paths(str(tmp_path / "absent.bin")), 1) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend, precision", [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")])
+def test_full_size_app_peak_rss_on_a_real_ct_within_pythons_bounds(cpp_build, tmp_path, real_ct, backend, precision):
+    from segvol_rt.export.reference.bench_model import prepare_bench_model
+
+    if backend == "openvino":
+        ov = pytest.importorskip("openvino")  # the build takes its headers and library from the wheel
+        offered = [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+        if precision == "bf16" and "BF16" not in offered:
+            pytest.skip(f"this CPU's OpenVINO offers no BF16 ({', '.join(offered)})")
+    scan = M.resampled_ct(real_ct, tmp_path / "ct_1.5mm.nii.gz")
+    artifacts = prepare_bench_model("official").artifacts
+    peak = M.peak_rss_mib([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(artifacts), "--text", M.TEXT,
+                           "--backend", backend, "--device", "cpu", "--precision", precision,
+                           "--out", str(tmp_path / "m.nii.gz"), "-q"])
+    print(f"C++ {backend} {precision}: peak RSS {peak:.0f} MiB")
+    assert peak <= M.PEAK_RSS_BOUND_MIB[backend, precision]
