@@ -25,9 +25,11 @@
 #include <openssl/evp.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <charconv>
 #include <climits>
 #include <limits>
+#include <map>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -253,43 +255,66 @@ std::vector<unsigned char> read_voxels(const nifti_image* nim, const std::string
     return raw;
 }
 
-// The scan as float32 (I, J, K), i fastest, with NIfTI's read scaling (as nibabel);
-// NaN or infinite values are refused as segvol-rt infer does.
-std::vector<float> read_scan(nifti_image* nim, const std::string& path, std::array<int64_t, 3>* dims,
-                             std::array<double, 16>* affine) {
+// The scan's voxels (I, J, K), i fastest, as segvol_set_volume takes them.
+struct Voxels {
+    std::vector<unsigned char> bytes;
+    segvol_dtype dtype;
+};
+
+// The file's voxels as they are where NIfTI's read scaling leaves them unchanged and the file
+// holds integers or float32: the SDK converts them to float32 as nibabel's scaling would, so
+// the app keeps no float32 copy of its own (512x512x200 int16: 200 MB less at the peak). Else
+// float32 with the read scaling applied (as nibabel). NaN or infinite values are refused as
+// segvol-rt infer does.
+Voxels read_scan(nifti_image* nim, const std::string& path, std::array<int64_t, 3>* dims, std::array<double, 16>* affine) {
     size_t n = scan_voxels(nim, path, dims);
-    switch (nim->datatype) {
-        case DT_UINT8: case DT_INT8: case DT_INT16: case DT_UINT16: case DT_INT32: case DT_UINT32: case DT_INT64:
-        case DT_FLOAT32: case DT_FLOAT64: break;
-        default: die("scan " + path + " has NIfTI datatype " + std::to_string(nim->datatype) + ", expected integers or floats");
-    }
-    std::vector<unsigned char> raw = read_voxels(nim, path, n);
-    std::vector<float> out(n);
+    static const std::map<int, segvol_dtype> native = {
+        {DT_UINT8, SEGVOL_DTYPE_UINT8}, {DT_INT8, SEGVOL_DTYPE_INT8}, {DT_INT16, SEGVOL_DTYPE_INT16},
+        {DT_UINT16, SEGVOL_DTYPE_UINT16}, {DT_INT32, SEGVOL_DTYPE_INT32}, {DT_UINT32, SEGVOL_DTYPE_UINT32},
+        {DT_INT64, SEGVOL_DTYPE_INT64}, {DT_FLOAT32, SEGVOL_DTYPE_FLOAT32}};
+    if (!native.count(nim->datatype) && nim->datatype != DT_FLOAT64)
+        die("scan " + path + " has NIfTI datatype " + std::to_string(nim->datatype) + ", expected integers or floats");
+    Voxels v{read_voxels(nim, path, n), SEGVOL_DTYPE_FLOAT32};
     double slope = nim->scl_slope, inter = nim->scl_inter;
     bool scale = slope != 0 && std::isfinite(slope) && !(slope == 1 && inter == 0);
-    auto conv = [&](auto* p) {
-        for (size_t i = 0; i < n; ++i) out[i] = scale ? (float)((double)p[i] * slope + inter) : (float)p[i];
-    };
-    void* data = raw.data();
-    switch (nim->datatype) {
-        case DT_UINT8: conv((uint8_t*)data); break;
-        case DT_INT8: conv((int8_t*)data); break;
-        case DT_INT16: conv((int16_t*)data); break;
-        case DT_UINT16: conv((uint16_t*)data); break;
-        case DT_INT32: conv((int32_t*)data); break;
-        case DT_UINT32: conv((uint32_t*)data); break;
-        case DT_INT64: conv((int64_t*)data); break;
-        case DT_FLOAT32: conv((float*)data); break;
-        case DT_FLOAT64: conv((double*)data); break;
+    if (!scale && native.count(nim->datatype)) {
+        v.dtype = native.at(nim->datatype);
+    } else {
+        std::vector<unsigned char> out;
+        out.resize(n * sizeof(float));
+        float* f = reinterpret_cast<float*>(out.data());
+        auto conv = [&](auto* p) {
+            for (size_t i = 0; i < n; ++i) f[i] = scale ? (float)((double)p[i] * slope + inter) : (float)p[i];
+        };
+        void* data = v.bytes.data();
+        switch (nim->datatype) {
+            case DT_UINT8: conv((uint8_t*)data); break;
+            case DT_INT8: conv((int8_t*)data); break;
+            case DT_INT16: conv((int16_t*)data); break;
+            case DT_UINT16: conv((uint16_t*)data); break;
+            case DT_INT32: conv((int32_t*)data); break;
+            case DT_UINT32: conv((uint32_t*)data); break;
+            case DT_INT64: conv((int64_t*)data); break;
+            case DT_FLOAT32: conv((float*)data); break;
+            case DT_FLOAT64: conv((double*)data); break;
+        }
+        v.bytes.swap(out);
     }
-    size_t bad = 0;
-    for (float v : out) bad += !std::isfinite(v);
-    if (bad) die("scan " + path + " has " + std::to_string(bad) + " NaN or infinite voxels");
+    if (v.dtype == SEGVOL_DTYPE_FLOAT32) {
+        const float* f = reinterpret_cast<const float*>(v.bytes.data());
+        size_t bad = 0;
+        for (size_t i = 0; i < n; ++i) bad += !std::isfinite(f[i]);
+        if (bad) die("scan " + path + " has " + std::to_string(bad) + " NaN or infinite voxels");
+    }
     // nibabel's affine: sform if set, else qform, else pixdim scaling
     mat44 m = nim->sform_code > 0 ? nim->sto_xyz : nim->qto_xyz;
     for (int r = 0; r < 4; ++r)
         for (int c = 0; c < 4; ++c) (*affine)[(size_t)(r * 4 + c)] = m.m[r][c];
-    return out;
+    return v;
+}
+
+size_t count_nonzero(const std::vector<uint8_t>& mask) {
+    return (size_t)std::count_if(mask.begin(), mask.end(), [](uint8_t m) { return m != 0; });
 }
 
 bool same_file(const std::string& a, const std::string& b) {
@@ -406,7 +431,7 @@ int main(int argc, char** argv) {
     scan.nim = read_header(a.scan);
     std::array<int64_t, 3> dims;
     std::array<double, 16> affine;
-    std::vector<float> data = read_scan(scan.nim, a.scan, &dims, &affine);
+    Voxels voxels = read_scan(scan.nim, a.scan, &dims, &affine);
     try {
         segvol::LoadOptions lo;
         lo.threads = a.threads;
@@ -417,7 +442,8 @@ int main(int argc, char** argv) {
         lo.precision = a.precision;
         lo.reorient = a.reorient;
         segvol::Runtime rt(a.artifacts, lo);
-        rt.set_volume(data, dims, &affine);
+        rt.set_volume(voxels.bytes.data(), voxels.bytes.size(), voxels.dtype, dims, &affine);
+        std::vector<unsigned char>().swap(voxels.bytes);  // the runtime holds its own float32 copy
         segvol::Target base;
         if (!a.box.empty()) {
             std::vector<int64_t> b = ints(a.box, "box");
@@ -450,10 +476,16 @@ int main(int argc, char** argv) {
             followups.push_back(seconds_since(t2));
         }
         if (segs[0].dims != dims) die("internal error: the mask's dims are not the scan's");
-        std::vector<uint8_t> out(segs[0].mask.size(), 0);
-        for (size_t t = 0; t < segs.size(); ++t)
+        rt.release_volume();  // its crop, window embeddings and caches are not needed to write
+        std::vector<size_t> voxel_counts;
+        for (const segvol::Segmentation& seg : segs) voxel_counts.push_back(count_nonzero(seg.mask));
+        // target 1's mask (0/1) becomes the label map: the later target's label wins
+        std::vector<uint8_t> out = std::move(segs[0].mask);
+        for (size_t t = 1; t < segs.size(); ++t) {
             for (size_t i = 0; i < out.size(); ++i)
-                if (segs[t].mask[i]) out[i] = (uint8_t)(segs.size() == 1 ? 1 : t + 1);
+                if (segs[t].mask[i]) out[i] = (uint8_t)(t + 1);
+            std::vector<uint8_t>().swap(segs[t].mask);
+        }
         std::vector<std::pair<std::string, std::string>> staged{{stage_mask(scan.nim, out, a.out), a.out}};
         if (segs.size() > 1) {  // the sidecar of a multi-label file (segvol-rt infer's fields that apply)
             nlohmann::json doc;
@@ -464,8 +496,7 @@ int main(int argc, char** argv) {
             for (size_t t = 0; t < segs.size(); ++t) {
                 std::string name = targets[t].text ? *targets[t].text : "box+points";
                 doc["labels"][std::to_string(t + 1)] = name;
-                size_t vox = 0;
-                for (uint8_t m : segs[t].mask) vox += m;
+                size_t vox = voxel_counts[t];
                 const segvol_result_info& inf = segs[t].info;
                 nlohmann::json roi = nullptr;
                 if (inf.zoom_in_applied) roi = std::vector<int64_t>(inf.roi, inf.roi + 6);
@@ -489,9 +520,7 @@ int main(int argc, char** argv) {
         commit(staged, a.scan);
         if (!a.quiet)
             for (size_t t = 0; t < segs.size(); ++t) {
-                size_t vox = 0;
-                for (uint8_t m : segs[t].mask) vox += m;
-                std::printf("target %zu: %zu voxels, %d zoom-in windows%s\n", t + 1, vox, segs[t].info.n_windows,
+                std::printf("target %zu: %zu voxels, %d zoom-in windows%s\n", t + 1, voxel_counts[t], segs[t].info.n_windows,
                             segs[t].info.no_foreground ? " (no foreground)" : "");
             }
         if (a.timing) {

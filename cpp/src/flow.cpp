@@ -86,9 +86,9 @@ Buffer Runtime::decode(const std::vector<const Buffer*>& embeddings, const std::
     return out;
 }
 
-// The coarse crop logits (D, H, W) per target: the zoom-out embedding (encoded once per
-// volume) decoded with the zoom-out prompts, trilinear to the window, nearest to the crop.
-std::vector<Volume> Runtime::coarse_pass(const std::vector<Target>& targets) {
+// The zoom-out's low-res logits per target: the zoom-out embedding (encoded once per volume)
+// decoded with the zoom-out prompts.
+Buffer Runtime::coarse_pass(const std::vector<Target>& targets) {
     Vol& v = *vol_;
     if (v.zoom_embedding.empty()) {
         StageTimer timer("encode_zoom_out");
@@ -104,13 +104,13 @@ std::vector<Volume> Runtime::coarse_pass(const std::vector<Target>& targets) {
         txt.push_back(tg.text);
     }
     StageTimer timer("coarse_pass");
-    Buffer low = decode(embs, tokens, txt);
-    std::vector<Volume> coarse;
-    size_t row = (size_t)(low_shape_[0] * low_shape_[1] * low_shape_[2]);
+    return decode(embs, tokens, txt);
+}
+
+Volume Runtime::coarse_crop_logits(const Buffer& low, size_t t) const {
     StageTimer up("  upsample");
-    for (size_t t = 0; t < targets.size(); ++t)
-        coarse.push_back(upsample_then_nearest(low.as<float>() + t * row, low_shape_, v3(art_.spatial_size), v.crop.shape));
-    return coarse;
+    size_t row = (size_t)(low_shape_[0] * low_shape_[1] * low_shape_[2]);
+    return upsample_then_nearest(low.as<float>() + t * row, low_shape_, v3(art_.spatial_size), vol_->crop.shape);
 }
 
 // The scan-space result: the uint8 mask straight from the coarse and ROI logits (one
@@ -179,13 +179,20 @@ std::vector<Result> Runtime::segment(const std::vector<Request>& requests) {
     PoolScope threads(pool_.get());  // this handle's kernel threads for the whole call
     std::vector<std::vector<float>> texts;
     std::vector<Target> targets = model_targets(requests, &texts);
-    std::vector<Volume> coarse = coarse_pass(targets);
+    Buffer low = coarse_pass(targets);
+    // A target's crop logits are a float32 volume of the crop's size (80 MiB for a 512x512x200
+    // scan), so, as the Python runtime (segvol_rt.pipeline.flow: RequestFlow._plan), only those
+    // turned into probabilities are kept through the zoom-in; the others are computed again
+    // from the same low-res logits when their target finishes (the same voxels).
+    std::vector<std::optional<Volume>> coarse(requests.size());
     std::vector<std::optional<ZoomPlan>> plans(requests.size());
     std::vector<bool> found(requests.size());
     for (size_t t = 0; t < requests.size(); ++t) {
-        std::optional<Box> pos = positive_box(coarse[t]);  // "no foreground" when None
+        Volume c = coarse_crop_logits(low, t);
+        std::optional<Box> pos = positive_box(c);  // "no foreground" when None
         found[t] = pos.has_value();
-        if (requests[t].zoom_in && pos) plans[t] = plan_zoom_in(targets[t], coarse[t], *pos, requests[t].aligned);
+        if (requests[t].zoom_in && pos) plans[t] = plan_zoom_in(targets[t], c, *pos, requests[t].aligned);
+        if (requests[t].probabilities) coarse[t] = std::move(c);
     }
     // every distinct window of every target through the encoder once, then each target's windows
     std::vector<WindowKey> all;
@@ -204,9 +211,12 @@ std::vector<Result> Runtime::segment(const std::vector<Request>& requests) {
     trim_cache({});  // back to the bound, least recently used out
     StageTimer timer("masks");
     std::vector<Result> results;
-    for (size_t t = 0; t < requests.size(); ++t)
-        results.push_back(finish(coarse[t], plans[t] ? &*plans[t] : nullptr, plans[t] ? &roi_logits[t] : nullptr, found[t],
-                                 requests[t]));
+    for (size_t t = 0; t < requests.size(); ++t) {
+        Volume c = coarse[t] ? std::move(*coarse[t]) : coarse_crop_logits(low, t);
+        coarse[t].reset();
+        results.push_back(finish(c, plans[t] ? &*plans[t] : nullptr, plans[t] ? &roi_logits[t] : nullptr, found[t], requests[t]));
+        roi_logits[t] = Volume();  // this target's volumes go before the next target's exist
+    }
     return results;
 }
 

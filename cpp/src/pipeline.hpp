@@ -156,7 +156,10 @@ class Runtime {
                   const std::vector<const std::vector<float>*>& texts);
     std::unique_ptr<Graph> open_graph(const std::string& name, const GraphOptions& go);
     std::vector<Target> model_targets(const std::vector<Request>& requests, std::vector<std::vector<float>>* texts);
-    std::vector<Volume> coarse_pass(const std::vector<Target>& targets);
+    // The zoom-out's low-res logits (n, 1, 4d, 4h, 4w) of the targets, and target t's crop
+    // logits (D, H, W) from them (trilinear to the window, nearest to the crop).
+    Buffer coarse_pass(const std::vector<Target>& targets);
+    Volume coarse_crop_logits(const Buffer& low, size_t t) const;
     ZoomPlan plan_zoom_in(const Target& target, const Volume& coarse, const Box& positive, bool aligned) const;
     Volume zoom_in(const ZoomPlan& plan, const Target& target);
     Result finish(const Volume& coarse, const ZoomPlan* plan, const Volume* roi, bool found, const Request& request) const;

@@ -448,6 +448,27 @@ def test_sample_app_scaled_nifti_equals_cli(tmp_path, cpp_build, demo_artifacts)
     np.testing.assert_array_equal(np.asanyarray(nib.load(ours).dataobj), np.asanyarray(nib.load(theirs).dataobj))
 
 
+@pytest.mark.parametrize("dtype", ["int16", "uint16", "int32", "float32", "float64"])
+def test_sample_app_gives_the_clis_mask_for_every_stored_type(tmp_path, cpp_build, demo_artifacts, dtype):
+    """The app hands the file's own voxels to the SDK where no read scaling applies (float64:
+    converted to float32 first): each stored type gives the CLI's mask."""
+    nib = pytest.importorskip("nibabel")
+    ph = make_phantom(1044, (72, 64, 32))
+    values = ph.image + (1024 if dtype.startswith("u") else 0)
+    scan = tmp_path / f"{dtype}.nii.gz"
+    nib.save(nib.Nifti1Image(values.astype(dtype), ph.affine), scan)
+    ours, theirs = tmp_path / "cpp.nii.gz", tmp_path / "py.nii.gz"
+    run = subprocess.run([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(demo_artifacts), "--text", "liver",
+                          "--out", str(ours), "-q"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime",
+                          "--device", "cpu", "--text", "liver", "--out", str(theirs), "-q"], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    mask = np.asanyarray(nib.load(ours).dataobj)
+    assert mask.any()
+    np.testing.assert_array_equal(mask, np.asanyarray(nib.load(theirs).dataobj))
+
+
 def test_window_cache_bound(cpp_build, demo_artifacts):
     """Follow-up calls reuse the window embeddings; with cache_bytes=0 they are encoded again
     (the windows of a call are still all decoded), as SegVolRuntime's cache."""
