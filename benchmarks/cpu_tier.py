@@ -12,7 +12,8 @@ process of its own per run (peak RSS, CPU seconds in user and kernel mode and
 minor page faults from ``os.wait4``, as benchmarks/memory.py),
 on ../shared/data's CT at 1.5 mm and the 512x512x200 raw phantom, plus the
 official-style torch flow (benchmarks/memory.py's child, the same phrases) with
-``--torch``; ``--repeat`` interleaved rounds, and each label map compared with
+``--torch`` and the C++ SDK's sample app (``segvol-rt-infer``, each contender's
+backend and precision) with ``--cpp cpp/build``; ``--repeat`` interleaved rounds, and each label map compared with
 the first contender's.
 The CPU model and its ISA flags head the report; figures taken on a shared
 machine are ratios, read side by side.
@@ -36,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TORCH = "torch official-style"  # benchmarks/memory.py's child, with --torch
+CPP = "C++"  # cpp/build/segvol-rt-infer, with --cpp
 CONTENDERS = {"onnxruntime fp32": ("onnxruntime", "fp32"), "openvino fp32": ("openvino", "fp32"),
               "openvino bf16": ("openvino", "bf16")}
 
@@ -52,6 +54,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cases", nargs="+", default=["ct", "raw"], choices=("ct", "raw"))
     p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
     p.add_argument("--torch", action="store_true", help="also the official-style torch flow (infer)")
+    p.add_argument("--cpp", type=Path, default=None, metavar="BUILD",
+                   help="also the C++ app of this build (cpp/build) for every contender (infer)")
     p.add_argument("--cold-cache", action="store_true",
                    help="infer: an empty OpenVINO model cache before every OpenVINO run (a first run on a machine)")
     p.add_argument("--json", type=Path)
@@ -116,6 +120,12 @@ def _commands(args: argparse.Namespace, artifacts: Path, checkpoint: Path, scan:
     cmds = {label: [*_cache_env(args, label), "segvol-rt", "infer", str(scan), "--artifacts", str(artifacts), *texts,
                     "--backend", CONTENDERS[label][0], "--device", "cpu", "--precision", CONTENDERS[label][1],
                     "--out", str(_mask_path(args, label)), "--quiet"] for label in args.contenders}
+    if args.cpp:  # the C++ sample app, the same scan, phrases and backend
+        for label in args.contenders:
+            cmds[f"{CPP} {label}"] = [*_cache_env(args, label), str(args.cpp / "segvol-rt-infer"), str(scan), "--artifacts",
+                                      str(artifacts), *texts, "--backend", CONTENDERS[label][0], "--device", "cpu",
+                                      "--precision", CONTENDERS[label][1], "--out", str(_mask_path(args, f"{CPP} {label}")),
+                                      "--quiet"]
     if args.torch:
         cmds[TORCH] = [sys.executable, str(Path(__file__).parent / "memory.py"), "--child", "torch",
                        "--artifacts", str(artifacts), "--checkpoint", str(checkpoint), "--scan", str(scan), *texts]
