@@ -126,24 +126,10 @@ class Runtime {
     Segmentation segment(const Target& target) { return std::move(segment_many({target}).at(0)); }
 
     std::vector<Segmentation> segment_many(const std::vector<Target>& targets) {
-        std::vector<segvol_target> c(targets.size());
-        std::vector<std::vector<int64_t>> pts(targets.size());
         std::vector<Segmentation> out(targets.size());
         std::vector<uint8_t*> masks(targets.size());
         std::vector<float*> probs(targets.size(), nullptr);
-        std::vector<segvol_result_info> info(targets.size());
-        for (size_t i = 0; i < targets.size(); ++i) {
-            const Target& t = targets[i];
-            segvol_target_init(&c[i]);
-            c[i].text = t.text ? t.text->c_str() : nullptr;
-            c[i].box = t.box ? t.box->data() : nullptr;
-            for (const auto& p : t.points) pts[i].insert(pts[i].end(), p.begin(), p.end());
-            c[i].points = t.points.empty() ? nullptr : pts[i].data();
-            c[i].n_points = t.points.size();
-            c[i].zoom_in = t.zoom_in ? 1 : 0;
-            c[i].window_prompts = t.window_prompts;
-            c[i].seed = t.seed;
-        }
+        std::vector<segvol_result_info> info;
         // Sized for the volume this object set; if another thread sharing the handle set a
         // larger one meanwhile, the library refuses and says its dims: resize and ask again.
         std::array<int64_t, 3> dims{};
@@ -157,8 +143,7 @@ class Runtime {
                     probs[i] = out[i].probabilities.data();
                 }
             }
-            segvol_status s = segvol_segment(h_, c.data(), c.size(), masks.data(), probs.data(), capacity, dims.data(),
-                                             info.data());
+            segvol_status s = segment_status(targets, masks.data(), probs.data(), capacity, &dims, &info);
             if (s != SEGVOL_ERR_BUFFER_TOO_SMALL) {
                 check(s);
                 break;
@@ -175,6 +160,22 @@ class Runtime {
         return out;
     }
 
+    // Segments the targets into the caller's memory: masks[i] (uint8, the volume's layout) and,
+    // for a target that asks for them, probabilities[i] (float32; NULL entries otherwise, or
+    // probabilities NULL), each `capacity` elements; returns the dims segmented (I*J*K elements
+    // written) and fills `info` (one entry per target) where given. Memory the library writes
+    // only when it finishes each target, so buffers allocated without initialising stay out of
+    // the resident set until then (segment_many's vectors are zero-filled when made). A capacity
+    // below the volume's throws Error(SEGVOL_ERR_BUFFER_TOO_SMALL) and writes nothing.
+    std::array<int64_t, 3> segment_into(const std::vector<Target>& targets, uint8_t* const* masks, float* const* probabilities,
+                                        size_t capacity, std::vector<segvol_result_info>* info = nullptr) {
+        std::array<int64_t, 3> dims{};
+        std::vector<segvol_result_info> got;
+        check(segment_status(targets, masks, probabilities, capacity, &dims, &got));
+        if (info) *info = std::move(got);
+        return dims;
+    }
+
     uint64_t windows_encoded() const {
         uint64_t n = 0;
         check(segvol_windows_encoded(h_, &n));
@@ -186,6 +187,27 @@ class Runtime {
    private:
     segvol_runtime* h_;
     size_t voxels_ = 0;
+
+    // One segvol_segment call for `targets`; the dims and one info per target come back.
+    segvol_status segment_status(const std::vector<Target>& targets, uint8_t* const* masks, float* const* probabilities,
+                                 size_t capacity, std::array<int64_t, 3>* dims, std::vector<segvol_result_info>* info) {
+        std::vector<segvol_target> c(targets.size());
+        std::vector<std::vector<int64_t>> pts(targets.size());
+        for (size_t i = 0; i < targets.size(); ++i) {
+            const Target& t = targets[i];
+            segvol_target_init(&c[i]);
+            c[i].text = t.text ? t.text->c_str() : nullptr;
+            c[i].box = t.box ? t.box->data() : nullptr;
+            for (const auto& p : t.points) pts[i].insert(pts[i].end(), p.begin(), p.end());
+            c[i].points = t.points.empty() ? nullptr : pts[i].data();
+            c[i].n_points = t.points.size();
+            c[i].zoom_in = t.zoom_in ? 1 : 0;
+            c[i].window_prompts = t.window_prompts;
+            c[i].seed = t.seed;
+        }
+        info->assign(targets.size(), segvol_result_info{});
+        return segvol_segment(h_, c.data(), c.size(), masks, probabilities, capacity, dims->data(), info->data());
+    }
 
     void check(segvol_status s) const {
         if (s != SEGVOL_OK) throw Error(s, segvol_last_error());

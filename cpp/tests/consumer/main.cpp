@@ -1,5 +1,6 @@
 // consumer ARTIFACTS RAW I J K: segment "liver" in a raw little-endian int16
-// volume (i fastest) and print the mask's voxel count.
+// volume (i fastest) and print the mask's voxel count; the same mask through
+// segment_into (the caller's memory), which refuses a buffer one voxel short.
 #include <cstdio>
 #include <fstream>
 #include <segvol_rt/segvol_rt.hpp>
@@ -30,6 +31,19 @@ int main(int argc, char** argv) {
         segvol::Segmentation s = rt.segment(t);
         size_t count = 0;
         for (uint8_t m : s.mask) count += m;
+        std::vector<uint8_t> mine(n);
+        uint8_t* masks[1] = {mine.data()};
+        if (rt.segment_into({t}, masks, nullptr, n) != dims || mine != s.mask) {
+            std::fprintf(stderr, "error: segment_into differs from segment\n");
+            return 3;
+        }
+        try {
+            rt.segment_into({t}, masks, nullptr, n - 1);
+            std::fprintf(stderr, "error: a short buffer was accepted\n");
+            return 3;
+        } catch (const segvol::Error& e) {
+            if (e.status() != SEGVOL_ERR_BUFFER_TOO_SMALL) throw;
+        }
         std::printf("%zu\n", count);
     } catch (const segvol::Error& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
