@@ -22,6 +22,9 @@ allocations under glibc's mmap threshold, up to 32 MiB, come from the heap
 and go back to it, not to the system): :func:`trim_heap` hands those pages
 back (``malloc_trim``; measured: 114 MiB after opening the full-size image
 encoder and prompt decoder). It changes no data: only free pages are given back.
+
+The C++ SDK does the same with the same rules (cpp/src/resident.cpp;
+tests/cpp/test_cpp_memory.py compares the mappings both choose).
 """
 
 from __future__ import annotations

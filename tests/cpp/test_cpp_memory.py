@@ -7,14 +7,12 @@ real-CT case within the bounds the Python CLI is held to
 from __future__ import annotations
 
 import ctypes
-import mmap
 import sys
 
-import numpy as np
 import pytest
 
 from segvol_rt.backends import resident
-from tests.backends.test_cpu_memory import SMAPS, _resident_kib
+from tests.backends.test_cpu_memory import SMAPS, assert_dropped_pages_leave_the_resident_set
 from tests.cpp import sdk
 from tests.support import full_size_memory as M
 
@@ -39,17 +37,8 @@ def test_the_same_mappings_are_chosen_as_in_python(cpp_build):
 def test_dropped_pages_leave_the_resident_set_and_read_back_the_same(cpp_build, tmp_path):
     lib = sdk.hooks(cpp_build)
     lib.svt_drop_mapped_pages.restype = ctypes.c_ulonglong
-    data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
-    path = tmp_path / "weights.bin"
-    data.tofile(path)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as view:
-        mapped = np.frombuffer(view, np.uint8)
-        assert int(mapped.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # every page touched
-        before = _resident_kib(path)
-        assert lib.svt_drop_mapped_pages(_paths(str(path)), 1) >= data.nbytes
-        assert _resident_kib(path) < before // 4
-        np.testing.assert_array_equal(mapped, data)  # read back from the file
-        del mapped
+    assert_dropped_pages_leave_the_resident_set(
+        lambda files: lib.svt_drop_mapped_pages(_paths(*map(str, files)), len(files)), tmp_path)
     assert lib.svt_drop_mapped_pages(_paths(str(tmp_path / "absent.bin")), 1) == 0
 
 

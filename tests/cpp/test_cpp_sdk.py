@@ -429,6 +429,20 @@ def test_sample_app_default_output_path(tmp_path, cpp_build, demo_artifacts):
     assert (tmp_path / "ct_segvol.nii.gz").is_file()
 
 
+def _app_and_cli_masks(scan, tmp_path, cpp_build, demo_artifacts) -> tuple[np.ndarray, np.ndarray]:
+    """The masks ``segvol-rt-infer`` and ``segvol-rt infer`` (ONNX Runtime, CPU) write for
+    ``scan`` with ``--text liver``."""
+    nib = pytest.importorskip("nibabel")
+    ours, theirs = tmp_path / "cpp.nii.gz", tmp_path / "py.nii.gz"
+    run = subprocess.run([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(demo_artifacts), "--text", "liver",
+                          "--out", str(ours), "-q"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime",
+                          "--device", "cpu", "--text", "liver", "--out", str(theirs), "-q"], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    return np.asanyarray(nib.load(ours).dataobj), np.asanyarray(nib.load(theirs).dataobj)
+
+
 def test_sample_app_scaled_nifti_equals_cli(tmp_path, cpp_build, demo_artifacts):
     """A scan stored as scaled int16 (scl_slope 0.5, scl_inter -1024): the app applies the
     read scaling as nibabel does and writes the CLI's mask."""
@@ -438,14 +452,8 @@ def test_sample_app_scaled_nifti_equals_cli(tmp_path, cpp_build, demo_artifacts)
     img.header.set_slope_inter(0.5, -1024.0)
     scan = tmp_path / "scaled.nii.gz"
     nib.save(img, scan)
-    ours, theirs = tmp_path / "cpp.nii.gz", tmp_path / "py.nii.gz"
-    run = subprocess.run([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(demo_artifacts), "--text", "liver",
-                          "--out", str(ours), "-q"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime",
-                          "--device", "cpu", "--text", "liver", "--out", str(theirs), "-q"], capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr
-    np.testing.assert_array_equal(np.asanyarray(nib.load(ours).dataobj), np.asanyarray(nib.load(theirs).dataobj))
+    ours, theirs = _app_and_cli_masks(scan, tmp_path, cpp_build, demo_artifacts)
+    np.testing.assert_array_equal(ours, theirs)
 
 
 @pytest.mark.parametrize("dtype", ["int16", "uint16", "int32", "float32", "float64"])
@@ -457,16 +465,9 @@ def test_sample_app_gives_the_clis_mask_for_every_stored_type(tmp_path, cpp_buil
     values = ph.image + (1024 if dtype.startswith("u") else 0)
     scan = tmp_path / f"{dtype}.nii.gz"
     nib.save(nib.Nifti1Image(values.astype(dtype), ph.affine), scan)
-    ours, theirs = tmp_path / "cpp.nii.gz", tmp_path / "py.nii.gz"
-    run = subprocess.run([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(demo_artifacts), "--text", "liver",
-                          "--out", str(ours), "-q"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    ref = subprocess.run([*_cli(), "infer", str(scan), "--artifacts", str(demo_artifacts), "--backend", "onnxruntime",
-                          "--device", "cpu", "--text", "liver", "--out", str(theirs), "-q"], capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr
-    mask = np.asanyarray(nib.load(ours).dataobj)
-    assert mask.any()
-    np.testing.assert_array_equal(mask, np.asanyarray(nib.load(theirs).dataobj))
+    ours, theirs = _app_and_cli_masks(scan, tmp_path, cpp_build, demo_artifacts)
+    assert ours.any()
+    np.testing.assert_array_equal(ours, theirs)
 
 
 def test_window_cache_bound(cpp_build, demo_artifacts):
