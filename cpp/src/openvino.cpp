@@ -241,6 +241,8 @@ class OvGraph final : public Graph {
     std::string ran() const override { return ran_; }
 
    private:
+    void open(const std::string& path, const std::string& name, const char* hint, const GraphOptions& opt,
+              const std::string& cache_dir);
     void compile(const std::string& path, const char* hint, const GraphOptions& opt, const std::string& cache_dir);
     bool loaded_from_cache() const;
     void free_compiled();
@@ -258,6 +260,16 @@ class OvGraph final : public Graph {
 OvGraph::OvGraph(const std::string& path, const std::string& name, const char* hint, const GraphOptions& opt,
                  const std::string& cache_dir) {
     KeptSignalStack kept;  // compiling creates the CPU plugin on the first graph
+    try {
+        open(path, name, hint, opt, cache_dir);
+    } catch (...) {
+        free_compiled();  // a constructor that throws runs no destructor
+        throw;
+    }
+}
+
+void OvGraph::open(const std::string& path, const std::string& name, const char* hint, const GraphOptions& opt,
+                   const std::string& cache_dir) {
     std::vector<std::string> before = cached_blobs(cache_dir);
     compile(path, hint, opt, cache_dir);
     std::vector<std::string> blobs = cached_blobs(cache_dir);
