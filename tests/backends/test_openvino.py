@@ -25,6 +25,7 @@ pytest.importorskip("torch")  # the tiny artifacts are exported from a torch mod
 from segvol_rt.backends.openvino import OpenVinoBackend, check_precision  # noqa: E402
 from segvol_rt.runtime import SegVolRuntime  # noqa: E402
 from tests.support import full_size_memory as M  # noqa: E402
+from tests.support.openvino_cpu import bf16_problem  # noqa: E402
 from tests.support.tiny_artifacts import tiny_artifacts  # noqa: E402
 
 PROMPT_KINDS = ("text", "text+box", "box", "points")
@@ -32,12 +33,7 @@ BOX = (30, 40, 8, 110, 120, 30)
 POINTS = [(70, 80, 20, 1), (40, 50, 12, 0)]
 
 
-def _bf16_problem() -> str | None:
-    offered = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return None if "BF16" in offered else f"OpenVINO offers no BF16 on this CPU ({', '.join(offered)})"
-
-
-needs_bf16 = pytest.mark.skipif(_bf16_problem() is not None, reason=_bf16_problem() or "")
+needs_bf16 = pytest.mark.skipif(bf16_problem() is not None, reason=bf16_problem() or "")
 
 
 @pytest.fixture(scope="module")
@@ -348,7 +344,7 @@ def test_serve_accepts_openvino_bf16(tiny):
     OpenVINO's own (its calls may overlap), not a serialising wrapper."""
     from segvol_rt.serve.server import ServeOptions, open_first_runtime
 
-    precision = "bf16" if _bf16_problem() is None else "fp32"
+    precision = "bf16" if bf16_problem() is None else "fp32"
     runtime = open_first_runtime(ServeOptions(artifacts=tiny, backend="openvino", device="cpu", precision=precision))
     assert isinstance(runtime.backend, OpenVinoBackend) and runtime.provenance["precision"] == precision
 

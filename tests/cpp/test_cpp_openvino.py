@@ -14,16 +14,12 @@ from segvol_rt import SegVolRuntime
 from segvol_rt.demo.phantom import make_phantom
 from tests.cpp import sdk
 from tests.cpp.test_cpp_sdk import CASES, SCANS, _request
+from tests.support.openvino_cpu import bf16_problem
 
 ov = pytest.importorskip("openvino")
 
 THREADS = 2
 OV_CASES = ("text", "box", "points", "text+box", "text+points-aligned", "free-phrase")
-
-
-def _bf16_problem() -> str | None:
-    offered = [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
-    return None if "BF16" in offered else f"this CPU's OpenVINO offers no BF16 ({', '.join(offered)})"
 
 
 def _open(cpp_build, demo_artifacts, precision: str) -> sdk.CppRuntime:
@@ -36,7 +32,7 @@ def _open(cpp_build, demo_artifacts, precision: str) -> sdk.CppRuntime:
 
 
 def _precisions():
-    bf16 = _bf16_problem()
+    bf16 = bf16_problem()
     return ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(bf16 is not None, reason=bf16 or ""))]
 
 
@@ -88,7 +84,7 @@ def test_bf16_refused_where_the_cpu_lacks_it(cpp_build, demo_artifacts, tmp_path
     """bf16 as the Python backend decides it (OPTIMIZATION_CAPABILITIES lists BF16): where
     the CPU lacks it, one line naming what it offers; where it has it (this machine: AVX512-BF16),
     the load succeeds and says bf16 - so only one of the two sides runs on any one machine."""
-    problem = _bf16_problem()
+    problem = bf16_problem()
     if problem is None:
         cc = _open(cpp_build, demo_artifacts, "bf16")
         assert "bf16" in cc.lib.segvol_backend(cc.h).decode()
