@@ -282,7 +282,13 @@ Voxels read_scan(nifti_image* nim, const std::string& path, std::array<int64_t, 
         v.dtype = native.at(nim->datatype);
     } else {
         std::vector<unsigned char> out;
-        out.resize(n * sizeof(float));
+        size_t bytes = 0;
+        if (__builtin_mul_overflow(n, sizeof(float), &bytes)) die("scan " + path + ": the size of its float32 voxels overflows");
+        try {
+            out.resize(bytes);
+        } catch (const std::exception&) {
+            die("scan " + path + ": " + std::to_string(n) + " float32 voxels are more than this process can allocate");
+        }
         float* f = reinterpret_cast<float*>(out.data());
         auto conv = [&](auto* p) {
             for (size_t i = 0; i < n; ++i) f[i] = scale ? (float)((double)p[i] * slope + inter) : (float)p[i];
