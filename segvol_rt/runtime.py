@@ -123,7 +123,9 @@ class SegVolRuntime:
         threads: int | None = None,
         precision: str | None = None,
     ) -> SegVolRuntime:
-        """Read the manifest, check every file's hash (``verify``) and open a backend.
+        """Read the manifest, check the sha256 of the files the backend reads
+        (``verify``: its graphs at the precision it runs, or its engines, and the
+        tokenizer and text table) and open the backend.
 
         ``backend``: auto, tensorrt, onnxruntime or torch; ``device``: auto, cpu
         or cuda; ``checkpoint``: the torch backend's checkpoint file;
@@ -146,10 +148,8 @@ class SegVolRuntime:
         threads = None if threads is None else V.integer(threads, "threads", minimum=1)
         precision = None if precision is None else V.choice(precision, "precision", PRECISIONS)
         artifacts = Artifacts.load(root)
-        if verify:
-            artifacts.verify()
         opened, reason = open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint, threads=threads,
-                                      precision=precision)
+                                      precision=precision, verify=verify)
         return cls(artifacts, opened, reason, cache_bytes=cache_bytes, text_cache_bytes=text_cache_bytes)
 
     # -- limits -----------------------------------------------------------------

@@ -266,6 +266,30 @@ def test_load_verifies_hashes(tiny, tmp_path):
         SegVolRuntime.load(copy, backend="onnxruntime", device="cpu")
 
 
+def test_load_verifies_what_the_backend_reads(tiny, tmp_path):
+    """A verifying load checks the files the backend opens, the lazily opened text
+    encoder and the tokenizer included, and not the files it never reads: a
+    changed TensorRT engine does not stop ONNX Runtime, and stops TensorRT
+    (before any GPU is looked for)."""
+    import shutil
+
+    copy = tmp_path / "art"
+    shutil.copytree(tiny[0], copy)
+    (copy / "engines").mkdir()
+    (copy / "engines/image_encoder.plan").write_bytes(b"engine")
+    Artifacts.load(copy).update(engines={S.IMAGE_ENCODER: {"file": "engines/image_encoder.plan", "sha256": "0" * 64}})
+    SegVolRuntime.load(copy, backend="onnxruntime", device="cpu").close()
+    with pytest.raises(SegVolError, match="image_encoder.plan does not match"):
+        select.open_backend(Artifacts.load(copy), "tensorrt", "cuda", verify=True)
+    for damaged in ("text_encoder.onnx", "tokenizer/tokenizer.json"):
+        shutil.copy(tiny[0] / damaged, copy / damaged)
+        with open(copy / damaged, "ab") as f:
+            f.write(b"\0")
+        with pytest.raises(SegVolError, match=f"{damaged.split('/')[-1]} does not match"):
+            SegVolRuntime.load(copy, backend="onnxruntime", device="cpu")
+        shutil.copy(tiny[0] / damaged, copy / damaged)
+
+
 @pytest.mark.parametrize(
     "clear, images, text_calls",
     [

@@ -26,7 +26,9 @@ struct Artifacts {
     int embed_dim = 0;
     std::string prompt_template;
     std::map<std::string, GraphEntry> graphs;  // image_encoder, text_encoder, prompt_decoder
-    std::vector<std::pair<std::string, std::string>> files;  // (relative path, sha256) to verify
+    // (relative path, sha256) of what the runtime reads: the graphs at its precision, the tokenizer
+    // and the text table (segvol_rt.backends.entries' `reads` and Artifacts.support_files)
+    std::vector<std::pair<std::string, std::string>> files;
     std::string tokenizer_dir;
     std::string text_table_file;
     long long text_table_count = -1;
@@ -35,7 +37,7 @@ struct Artifacts {
 
     // Reads and checks the manifest; precision "fp32" or "fp16" (fp16 graphs must be listed).
     static Artifacts load(const std::string& root, const std::string& precision);
-    void verify() const;  // sha256 of every listed file
+    void verify() const;  // sha256 of every file of `files`
     // names and (n, embed_dim) float32 rows
     void text_table(std::vector<std::string>* names, std::vector<float>* rows) const;
     std::string path(const std::string& rel) const { return root + "/" + rel; }

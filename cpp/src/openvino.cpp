@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -214,11 +213,6 @@ void drop_all_mapped() {
         files = g_mapped;
     }
     drop_mapped_pages(files);
-}
-
-long long file_size(const std::string& path) {
-    struct stat st;
-    return stat(path.c_str(), &st) == 0 ? (long long)st.st_size : -1;
 }
 
 class OvGraph final : public Graph {

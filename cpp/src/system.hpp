@@ -1,4 +1,4 @@
-// Small host helpers shared by the SDK's sources: a regular-file test, the cores
+// Small host helpers shared by the SDK's sources: a regular-file test and size, the cores
 // this process may run on, UTF-8 encoding of one code point (utf8proc), and
 // Python's str.strip() of ASCII whitespace.
 #pragma once
@@ -16,6 +16,12 @@ namespace segvol::detail {
 inline bool is_file(const std::string& p) {
     struct stat st;
     return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// Bytes of file `p`; -1 where it cannot be read.
+inline long long file_size(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0 ? (long long)st.st_size : -1;
 }
 
 // The CPUs of this process's affinity mask (what `taskset` or a container allows), at least 1.

@@ -44,6 +44,11 @@ class BackendEntry:
         open: the :class:`Opener`.
         default_device: ``() -> (device, why)`` when asked for by name with
             ``device="auto"``.
+        reads: ``(artifacts, precision) -> the (relative path, sha256) of the
+            manifest's files it reads besides the support files`` (its graphs at that
+            precision, or its engines), which a verifying load checks before it opens
+            the backend (:func:`segvol_rt.backends.select.open_backend`); None is
+            the backend's default precision.
     """
 
     name: str
@@ -53,3 +58,4 @@ class BackendEntry:
     probe: Callable[[Artifacts, str], str | None]
     open: Opener
     default_device: Callable[[], tuple[str, str]]
+    reads: Callable[[Artifacts, str | None], list[tuple[str, str]]]

@@ -33,6 +33,25 @@ def _no_problem(_artifacts: Artifacts, _device: str) -> str | None:
     return None
 
 
+def _graph_variant(artifacts: Artifacts, precision: str | None) -> list[tuple[str, str]]:
+    """The graphs at ``precision`` (fp32 when None); none for a precision the artifacts
+    lack, which the opener refuses in a line of its own."""
+    precision = precision or "fp32"
+    return artifacts.graph_files(precision) if precision in artifacts.precisions else []
+
+
+def _engines(artifacts: Artifacts, _precision: str | None) -> list[tuple[str, str]]:
+    return artifacts.engine_files()
+
+
+def _fp32_graphs(artifacts: Artifacts, _precision: str | None) -> list[tuple[str, str]]:
+    return artifacts.graph_files("fp32")  # bf16 is an inference precision on these
+
+
+def _nothing(_artifacts: Artifacts, _precision: str | None) -> list[tuple[str, str]]:
+    return []  # the checkpoint, which the manifest does not vouch for
+
+
 # -- TensorRT ---------------------------------------------------------------------------
 
 
@@ -127,16 +146,17 @@ def _torch_device() -> tuple[str, str]:
 
 TENSORRT = BackendEntry(
     name="tensorrt", devices=("cuda",), precisions=("fp32", "fp16"), auto_devices=("cuda",),
-    probe=_tensorrt_probe, open=_open_tensorrt, default_device=lambda: ("cuda", "requested"))
+    probe=_tensorrt_probe, open=_open_tensorrt, default_device=lambda: ("cuda", "requested"), reads=_engines)
 ONNXRUNTIME = BackendEntry(
     name="onnxruntime", devices=("cpu", "cuda"), precisions=("fp32", "fp16"), auto_devices=("cuda", "cpu"),
-    probe=_no_problem, open=_open_onnxruntime, default_device=_onnxruntime_device)
+    probe=_no_problem, open=_open_onnxruntime, default_device=_onnxruntime_device, reads=_graph_variant)
 OPENVINO = BackendEntry(
     name="openvino", devices=("cpu",), precisions=("fp32", "bf16"), auto_devices=(),
-    probe=_no_problem, open=_open_openvino, default_device=lambda: ("cpu", "requested (CPU only)"))
+    probe=_no_problem, open=_open_openvino, default_device=lambda: ("cpu", "requested (CPU only)"),
+    reads=_fp32_graphs)
 TORCH = BackendEntry(
     name="torch", devices=("cpu", "cuda"), precisions=("fp32",), auto_devices=("cpu",),
-    probe=_no_problem, open=_open_torch, default_device=_torch_device)
+    probe=_no_problem, open=_open_torch, default_device=_torch_device, reads=_nothing)
 
 #: In ``auto`` order.
 BUILT_IN = (TENSORRT, ONNXRUNTIME, OPENVINO, TORCH)

@@ -67,8 +67,17 @@ def _candidates(device: str) -> list[tuple[BackendEntry, str]]:
     return found
 
 
+def _verified(entry: BackendEntry, artifacts: Artifacts, precision: str | None, verify: bool) -> BackendEntry:
+    """``entry``, after checking the sha256 of the files it reads (its own and the
+    support files) when ``verify``: a changed file is one line, never a reason to
+    try another backend."""
+    if verify:
+        artifacts.verify_files([*artifacts.support_files(), *entry.reads(artifacts, precision)])
+    return entry
+
+
 def _auto(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] | None,
-          threads: int | None = None, precision: str | None = None) -> tuple[Backend, str]:
+          threads: int | None = None, precision: str | None = None, verify: bool = False) -> tuple[Backend, str]:
     """Best runnable (backend, device) for ``device`` ("auto", "cpu" or "cuda")."""
     candidates = _candidates(device)
     if precision is not None and not any(precision in e.precisions for e, _ in candidates):
@@ -86,8 +95,9 @@ def _auto(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] 
             if problem not in why_not:
                 why_not.append(problem)
             continue
+        opener = _verified(e, artifacts, precision, verify).open
         try:
-            backend = e.open(artifacts, dev, checkpoint=checkpoint, threads=threads, precision=precision)
+            backend = opener(artifacts, dev, checkpoint=checkpoint, threads=threads, precision=precision)
         except SegVolError as exc:
             why_not.append(f"{e.name} ({dev}): {exc}")
             continue
@@ -116,6 +126,7 @@ def open_backend(
     checkpoint: str | os.PathLike[str] | None = None,
     threads: int | None = None,
     precision: str | None = None,
+    verify: bool = False,
 ) -> tuple[Backend, str]:
     """Open a backend for ``artifacts`` (:class:`segvol_rt.io.artifacts.Artifacts`).
 
@@ -126,6 +137,11 @@ def open_backend(
         threads: CPU threads of the CPU backends (None: all cores).
         precision: one of :data:`PRECISIONS` (None: fp32 on ONNX Runtime, OpenVINO
             and torch, the built engines' on TensorRT); see the module docstring.
+        verify: check the sha256 of the files a backend reads (its graphs at the
+            precision it runs, or its engines, and the tokenizer and text table)
+            before opening it (:attr:`segvol_rt.backends.backend_entry.BackendEntry.reads`):
+            a file of another precision, or an engine an ONNX backend never
+            opens, is not read.
 
     Returns:
         ``(backend, reason)``: the reason says what runs and why better choices do not.
@@ -134,8 +150,8 @@ def open_backend(
     if precision in GRAPH_VARIANTS and precision != REFERENCE_PRECISION and backend in ("auto", "onnxruntime"):
         artifacts.require_precision(precision)  # one clear line, not a list of every backend's refusal
     if backend == "auto":
-        return _auto(artifacts, device, checkpoint, threads, precision)
-    chosen = registry.entry(backend)
+        return _auto(artifacts, device, checkpoint, threads, precision, verify)
+    chosen = _verified(registry.entry(backend), artifacts, precision, verify)
     why = "requested"
     if device == "auto":
         device, why = chosen.default_device()

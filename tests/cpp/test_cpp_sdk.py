@@ -22,6 +22,7 @@ import pytest
 
 from segvol_rt import SegVolRuntime
 from segvol_rt.demo.phantom import make_phantom
+from segvol_rt.errors import SegVolError
 from segvol_rt.ops import foreground_stats, nearest_source_index
 from segvol_rt.pipeline import prompts as P
 from segvol_rt.pipeline import zoom as Z
@@ -416,6 +417,39 @@ def test_mismatched_graphs_refused(cpp_build, demo_artifacts, tmp_path):
         sdk.CppRuntime(cpp_build, art)
     assert err.value.status == 2 and "is not the image_encoder graph" in err.value.message
     assert "\n" not in err.value.message
+
+
+@pytest.mark.parametrize("precision, unread, read", [
+    ("fp32", "prompt_decoder.fp16.onnx", "text_encoder.onnx"),
+    ("fp16", "image_encoder.onnx", "text_encoder.fp16.onnx"),
+])
+def test_load_verifies_what_python_reads(cpp_build, demo_artifacts, tmp_path, precision, unread, read):
+    """A verifying load checks the files the runtime reads (its graphs at the precision it
+    runs, the lazily opened text encoder among them, the tokenizer and text table), in C++
+    as in Python: a changed graph of the other precision, or a TensorRT engine, loads;
+    a changed graph of its own precision is one line naming the file."""
+    import json
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(demo_artifacts, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["engines"] = {"image_encoder": {"file": "engines/image_encoder.plan", "sha256": "0" * 64}}
+    (art / "engines").mkdir()
+    (art / "engines/image_encoder.plan").write_bytes(b"engine")
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    for damaged, loads in ((unread, True), (read, False)):
+        with open(art / damaged, "ab") as f:
+            f.write(b"\0")
+        if loads:
+            sdk.CppRuntime(cpp_build, art, precision=precision).close()
+            SegVolRuntime.load(art, backend="onnxruntime", device="cpu", precision=precision).close()
+            continue
+        with pytest.raises(sdk.SdkError) as err:
+            sdk.CppRuntime(cpp_build, art, precision=precision)
+        assert err.value.status == 2 and f"{damaged} does not match manifest.json" in err.value.message
+        with pytest.raises(SegVolError, match=f"{damaged} does not match manifest.json"):
+            SegVolRuntime.load(art, backend="onnxruntime", device="cpu", precision=precision)
 
 
 def test_sample_app_default_output_path(tmp_path, cpp_build, demo_artifacts):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,21 @@ def test_engine_entries_are_checked(tmp_path):
     with pytest.raises(SegVolError, match="x.plan does not match"):
         A.Artifacts.load(root).verify()
     A.Artifacts.load(root).verify(engines=False)  # the ONNX-only path ignores engines
+
+
+def test_verify_files_checks_each_file_once(tmp_path, monkeypatch):
+    """``verify_files`` hashes what it is given, and a file it checked already is not
+    read again (``auto`` checks the files of each backend it tries)."""
+    root = _make(tmp_path / "art")
+    art = A.Artifacts.load(root)
+    hashed = []
+    real = A.sha256_file
+    monkeypatch.setattr(A, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    art.verify_files(art.graph_files("fp32"))
+    assert sorted(hashed) == sorted(f"{g}.onnx" for g in S.GRAPH_NAMES)
+    art.verify_files([*art.graph_files("fp32"), *art.support_files()])
+    assert len(hashed) == len(S.GRAPH_NAMES) + len(art.support_files())
+    assert {rel for rel, _ in art.files()} == {rel for rel, _ in [*art.graph_files(), *art.support_files()]}
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,7 @@ typedef struct segvol_load_options {
     const char* precision;   /* "fp32" (default); "fp16" (onnxruntime: needs fp16 graphs in the manifest);
                               * "bf16" (openvino: where the CPU offers BF16) */
     const char* ort_library; /* path of libonnxruntime.so.1.*; NULL: $SEGVOL_RT_ORT_LIBRARY, then the build's default */
-    int32_t verify;          /* check every file's sha256 against the manifest (default 1) */
+    int32_t verify;          /* check the sha256 of the files it reads against the manifest (default 1) */
     uint64_t cache_bytes;    /* bound of the window-embedding cache (default 512 MiB) */
     /* added after ABI 2's first release (read only when struct_size covers it): path of
      * libopenvino_c.so.*; NULL: $SEGVOL_RT_OPENVINO_LIBRARY, then the build's default */
