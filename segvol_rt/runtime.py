@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -325,8 +326,16 @@ class SegVolRuntime:
         """(C,) float32 per text (a list of non-empty strings): the table row of
         a known name, else the phrase cache, else the text encoder on the prompt
         template (one batched call for the new phrases, then cached)."""
-        try:
+        with self._resting():
             return self._texts.embeddings(self.backend, texts)
+
+    @contextmanager
+    def _resting(self) -> Iterator[None]:
+        """Run the block, then let the backend give back its runs' memory
+        (:meth:`segvol_rt.backends.base.Backend.rest`) however the block ends:
+        between requests, no graph's run memory is kept."""
+        try:
+            yield
         finally:
             self.backend.rest()
 
@@ -372,10 +381,8 @@ class SegVolRuntime:
             return []
         timings = StageClock()
         flow = self._flow()
-        try:
+        with self._resting():
             return flow.run(vol, requests, flow.model_targets(vol, requests, timings), timings)
-        finally:
-            self.backend.rest()  # between requests, no graph's run memory is kept
 
     def segment_zoom_space(self, targets: Sequence[Z.Target], **options: Any) -> list[Segmentation]:
         """Segment targets whose box/points are already in **zoom-out** voxel indices
@@ -397,10 +404,8 @@ class SegVolRuntime:
         vol = self._require_volume()
         if not requests:
             return []
-        try:
+        with self._resting():
             return self._flow().run(vol, requests, targets, StageClock())
-        finally:
-            self.backend.rest()
 
     def segment_cases(
         self,
