@@ -360,11 +360,12 @@ class Artifacts:
         for rel, _ in listed:
             if not (self.root / rel).is_file():
                 raise SegVolError(f"{self.root / rel} is listed in {MANIFEST} but missing; export the artifacts again")
-        # the largest first, so that one large file does not start last on a busy thread
-        listed.sort(key=lambda item: -(self.root / item[0]).stat().st_size)
+        # hashed largest first, so that one large file does not start last on a busy thread
+        order = sorted(range(len(listed)), key=lambda i: -(self.root / listed[i][0]).stat().st_size)
         with ThreadPoolExecutor(max_workers=max(1, min(len(listed), cpu_cores()))) as pool:
-            hashed = list(pool.map(sha256_file, [self.root / rel for rel, _ in listed]))
-        for (rel, digest), actual in zip(listed, hashed):
+            hashed = dict(zip(order, pool.map(sha256_file, [self.root / listed[i][0] for i in order])))
+        for i, (rel, digest) in enumerate(listed):
+            actual = hashed[i]
             if actual != digest:
                 raise SegVolError(
                     f"{self.root / rel} does not match {MANIFEST} (sha256 {actual[:12]}..., expected {digest[:12]}...); "
