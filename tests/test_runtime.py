@@ -75,7 +75,11 @@ def test_segment_result(rt):
     assert seg.mask.shape == SCAN and seg.mask.dtype == np.uint8
     assert set(np.unique(seg.mask)) <= {0, 1} and seg.mask.any()
     assert seg.probabilities.shape == SCAN and seg.probabilities.dtype == np.float32
-    assert np.array_equal(seg.mask, (seg.probabilities > 0.5).astype(np.uint8))
+    # the mask is torch's rule on the logits (ops.positive_mask); numpy's float32 exp (SIMD
+    # or not, with the array's alignment) is within a few ulp of it, so voxels whose
+    # probability is within rounding of 0.5 may fall on either side
+    off = seg.mask != (seg.probabilities > 0.5)
+    assert np.all(np.abs(seg.probabilities[off] - 0.5) <= 4 * 2.0**-24)
     assert seg.zoom_in_applied and not seg.no_foreground and seg.n_windows == 6
     assert seg.roi is not None and seg.crop_logits is None
     for stage in ("encode_zoom_out", "decode_zoom_out", "encode_windows", "decode_windows", "blend", "postprocess"):
