@@ -12,7 +12,7 @@
  *   - prompts are scan voxel indices (i, j, k); a box is inclusive
  *     (i0, j0, k0, i1, j1, k1); a point is (i, j, k, label), label 1 positive,
  *     0 negative;
- *   - a mask is I*J*K uint8 (1 = target) in the volume's layout.
+ *   - a mask is I*J*K uint8 in the volume's layout, every voxel 0 or 1 (1 = target).
  *
  * Memory: every function that writes into the caller's memory is told that
  * memory's size and refuses (SEGVOL_ERR_BUFFER_TOO_SMALL, nothing written)

@@ -57,7 +57,7 @@ struct Target {
 
 struct Segmentation {
     std::array<int64_t, 3> dims{};    // (I, J, K) of the volume segmented
-    std::vector<uint8_t> mask;        // I*J*K, the volume's layout
+    std::vector<uint8_t> mask;        // I*J*K, the volume's layout, each voxel 0 or 1
     std::vector<float> probabilities; // empty unless asked for
     segvol_result_info info{};
 };
