@@ -39,7 +39,8 @@ the same code on numpy arrays.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,18 @@ if TYPE_CHECKING:  # runtime types only: importing segvol_rt stays light
 # table are never cached (the table holds them). The window cache's default is
 # Z.DEFAULT_CACHE_BYTES (512 MiB).
 DEFAULT_TEXT_CACHE_BYTES = 16 * MIB
+
+
+def _weakly(method: Callable[[], None]) -> Callable[[], None]:
+    """``method`` called through a weak reference to its object (nothing once it is gone)."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
 
 
 class SegVolRuntime:
@@ -108,7 +121,9 @@ class SegVolRuntime:
         self._volume: Volume | None = None
         self._texts = TextEmbeddings(artifacts, V.integer(text_cache_bytes, "text_cache_bytes", minimum=0))
         self._text_cache = self._texts.cache
-        self._stats = StageClock(on_exit=self._stage_end)
+        # through a weak reference: a hook bound to the runtime would make it a cycle, and a dropped
+        # runtime would hold its backend (models, GPU memory) until the garbage collector ran
+        self._stats = StageClock(on_exit=_weakly(self._stage_end))
         self._memory: A.GpuMemory | None = None
 
     @classmethod

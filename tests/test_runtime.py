@@ -270,6 +270,27 @@ def test_load_verifies_hashes(tiny, tmp_path):
         SegVolRuntime.load(copy, backend="onnxruntime", device="cpu")
 
 
+def test_a_dropped_runtime_frees_its_backend_at_once(tiny, scan):
+    """No reference cycle holds a runtime after its last reference goes (its stage hook
+    is weak): an app that drops one gets the backend's models and memory back then,
+    not whenever the garbage collector runs."""
+    import gc
+    import weakref
+
+    runtime = SegVolRuntime.load(tiny[0], backend="onnxruntime", device="cpu")
+    runtime.set_volume(scan)
+    runtime.segment(text="liver", box=BOX)
+    runtime.text_embeddings(["a phrase of its own"])
+    assert runtime.stats["timings"]
+    gone, backend_gone = weakref.ref(runtime), weakref.ref(runtime.backend)
+    gc.disable()
+    try:
+        del runtime
+        assert gone() is None and backend_gone() is None
+    finally:
+        gc.enable()
+
+
 def test_load_verifies_what_the_backend_reads(tiny, tmp_path):
     """A verifying load checks the files the backend opens, the lazily opened text
     encoder and the tokenizer included, and not the files it never reads: a
