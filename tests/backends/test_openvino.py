@@ -360,7 +360,7 @@ def test_full_size_infer_peak_rss_on_a_real_ct(tmp_path, real_ct, backend, preci
 
     from segvol_rt.export.reference.bench_model import prepare_bench_model
 
-    scan = M.resampled_ct(real_ct, tmp_path / "ct_1.5mm.nii.gz")
+    scan = M.resampled_ct(real_ct, tmp_path)
     artifacts = prepare_bench_model("official").artifacts
     exe = shutil.which("segvol-rt") or "segvol-rt"
     peak = M.peak_rss_mib([exe, "infer", str(scan), "--artifacts", str(artifacts), "--text", M.TEXT, "--backend", backend,

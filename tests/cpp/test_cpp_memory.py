@@ -53,7 +53,7 @@ def test_full_size_app_peak_rss_on_a_real_ct_within_pythons_bounds(cpp_build, tm
         problem = bf16_problem() if precision == "bf16" else None
         if problem:
             pytest.skip(problem)
-    scan = M.resampled_ct(real_ct, tmp_path / "ct_1.5mm.nii.gz")
+    scan = M.resampled_ct(real_ct, tmp_path)
     artifacts = prepare_bench_model("official").artifacts
     peak = M.peak_rss_mib([str(cpp_build / "segvol-rt-infer"), str(scan), "--artifacts", str(artifacts), "--text", M.TEXT,
                            "--backend", backend, "--device", "cpu", "--precision", precision,

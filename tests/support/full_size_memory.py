@@ -20,33 +20,29 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-
-import numpy as np
-import pytest
+from types import ModuleType
 
 PEAK_RSS_BOUND_MIB = {("onnxruntime", "fp32"): 1150, ("openvino", "fp32"): 1070, ("openvino", "bf16"): 955}
 TEXT = "aorta"
 
 
-def resampled_ct(real_ct: Path, out: Path) -> Path:
-    """``real_ct`` resampled to 1.5 mm (linear), written as int16 NIfTI to ``out``."""
-    nib = pytest.importorskip("nibabel")
-    ndimage = pytest.importorskip("scipy.ndimage")
-    img = nib.load(real_ct)
-    factor = np.asarray(img.header.get_zooms()[:3], float) / 1.5
-    affine = img.affine.copy()
-    affine[:3, :3] /= factor
-    data = ndimage.zoom(np.asarray(img.dataobj, np.float32), factor, order=1)
-    nib.save(nib.Nifti1Image(np.rint(data).astype(np.int16), affine), out)
-    return out
+def resampled_ct(real_ct: Path, work: Path) -> Path:
+    """``real_ct`` resampled to 1.5 mm as the CPU benchmarks make it
+    (benchmarks/cases.py), written into ``work``."""
+    return _benchmark("cases").resampled_ct(work, 1.5, source=real_ct)
 
 
 def peak_rss_mib(cmd: list[str]) -> float:
     """Peak RSS of one run of ``cmd`` in a process of its own (benchmarks/memory.py's
     launcher: Linux keeps a peak RSS across exec, so a child forked straight from the
     pytest process, 2.1 GB after tests/cpp, would report at least that)."""
-    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "memory.py"
-    spec = importlib.util.spec_from_file_location("segvol_memory_bench", bench)
-    memory = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(memory)
-    return float(memory.measure(cmd)["peak_rss_mib"])
+    return float(_benchmark("memory").measure(cmd)["peak_rss_mib"])
+
+
+def _benchmark(name: str) -> ModuleType:
+    """benchmarks/<name>.py, loaded as a module (benchmarks/ is no package)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"segvol_benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
