@@ -114,18 +114,16 @@ def _phrases(n: int) -> list[str]:
 
 def _commands(args: argparse.Namespace, artifacts: Path, checkpoint: Path, scan: Path,
               phrases: Sequence[str]) -> dict[str, list[str]]:
-    """One process per contender: ``segvol-rt infer`` writing its own label map, and
-    the official-style torch flow (one full zoom-out-zoom-in per phrase)."""
+    """One process per contender: ``segvol-rt infer`` (and with ``--cpp`` the C++ app)
+    writing its own label map, and the official-style torch flow (one full
+    zoom-out-zoom-in per phrase)."""
     texts = [x for t in phrases for x in ("--text", t)]
-    cmds = {label: [*_cache_env(args, label), "segvol-rt", "infer", str(scan), "--artifacts", str(artifacts), *texts,
-                    "--backend", CONTENDERS[label][0], "--device", "cpu", "--precision", CONTENDERS[label][1],
-                    "--out", str(_mask_path(args, label)), "--quiet"] for label in args.contenders}
-    if args.cpp:  # the C++ sample app, the same scan, phrases and backend
-        for label in args.contenders:
-            cmds[f"{CPP} {label}"] = [*_cache_env(args, label), str(args.cpp / "segvol-rt-infer"), str(scan), "--artifacts",
-                                      str(artifacts), *texts, "--backend", CONTENDERS[label][0], "--device", "cpu",
-                                      "--precision", CONTENDERS[label][1], "--out", str(_mask_path(args, f"{CPP} {label}")),
-                                      "--quiet"]
+    # segvol-rt infer, and with --cpp the C++ sample app: the same scan, phrases and backend
+    programs = {"": ["segvol-rt", "infer"], **({f"{CPP} ": [str(args.cpp / "segvol-rt-infer")]} if args.cpp else {})}
+    cmds = {f"{prefix}{label}": [*_cache_env(args, label), *program, str(scan), "--artifacts", str(artifacts), *texts,
+                                 "--backend", CONTENDERS[label][0], "--device", "cpu", "--precision", CONTENDERS[label][1],
+                                 "--out", str(_mask_path(args, f"{prefix}{label}")), "--quiet"]
+            for prefix, program in programs.items() for label in args.contenders}
     if args.torch:
         cmds[TORCH] = [sys.executable, str(Path(__file__).parent / "memory.py"), "--child", "torch",
                        "--artifacts", str(artifacts), "--checkpoint", str(checkpoint), "--scan", str(scan), *texts]
