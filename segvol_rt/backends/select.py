@@ -67,13 +67,10 @@ def _candidates(device: str) -> list[tuple[BackendEntry, str]]:
     return found
 
 
-def _verified(entry: BackendEntry, artifacts: Artifacts, precision: str | None, verify: bool) -> BackendEntry:
-    """``entry``, after checking the sha256 of the files it reads (its own and the
-    support files) when ``verify``: a changed file is one line, never a reason to
-    try another backend."""
-    if verify:
-        artifacts.verify_files([*artifacts.support_files(), *entry.reads(artifacts, precision)])
-    return entry
+def _verify(entry: BackendEntry, artifacts: Artifacts, precision: str | None) -> None:
+    """Check the sha256 of the files ``entry`` reads (its own and the support files):
+    a changed file is one line, never a reason to try another backend."""
+    artifacts.verify_files([*artifacts.support_files(), *entry.reads(artifacts, precision)])
 
 
 def _auto(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] | None,
@@ -95,9 +92,10 @@ def _auto(artifacts: Artifacts, device: str, checkpoint: str | os.PathLike[str] 
             if problem not in why_not:
                 why_not.append(problem)
             continue
-        opener = _verified(e, artifacts, precision, verify).open
+        if verify:
+            _verify(e, artifacts, precision)
         try:
-            backend = opener(artifacts, dev, checkpoint=checkpoint, threads=threads, precision=precision)
+            backend = e.open(artifacts, dev, checkpoint=checkpoint, threads=threads, precision=precision)
         except SegVolError as exc:
             why_not.append(f"{e.name} ({dev}): {exc}")
             continue
@@ -151,7 +149,9 @@ def open_backend(
         artifacts.require_precision(precision)  # one clear line, not a list of every backend's refusal
     if backend == "auto":
         return _auto(artifacts, device, checkpoint, threads, precision, verify)
-    chosen = _verified(registry.entry(backend), artifacts, precision, verify)
+    chosen = registry.entry(backend)
+    if verify:
+        _verify(chosen, artifacts, precision)
     why = "requested"
     if device == "auto":
         device, why = chosen.default_device()
