@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Serving (issue 15): the server's own venv (PyTriton needs numpy<2, the main env
-# is on numpy 2), and nginx for the two-server routing test. Idempotent: fast
+# is on numpy 2) with the openvino extra (`serve --backend openvino`), and nginx for the two-server routing test. Idempotent: fast
 # when everything is already there.
 #
 #   SEGVOL_SERVE_VENV  where the venv goes (default ~/.cache/segvol-rt/serve-venv);
@@ -25,14 +25,14 @@ fi
 
 stamp="$VENV/.segvol-serve-stamp"
 want="$(sha256sum pyproject.toml | cut -c1-16) $(pwd)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c "import pytriton, segvol_rt" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c "import pytriton, openvino, segvol_rt" 2>/dev/null; then
     exit 0
 fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 # the build's warnings go to the log, shown only if the install fails
 if ! { "$PY" -m venv "$VENV" && "$VENV/bin/python" -m pip install -q --upgrade pip \
-       && "$VENV/bin/python" -m pip install -q -e ".[serve]"; } >"$log" 2>&1; then
+       && "$VENV/bin/python" -m pip install -q -e ".[serve,openvino]"; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "setup-serve: could not make the serve venv at $VENV" >&2
     exit 1

@@ -133,6 +133,52 @@ def test_float_and_nifti_inputs_give_the_same_masks(server: serving.ServerProces
             _same(session.segment(text="liver"), want)
 
 
+def test_openvino_serves_the_local_openvino_masks(venv: Path, phantom: Any, tmp_path: Path) -> None:
+    """`segvol-rt serve --backend openvino --precision P` (bf16 where this CPU's OpenVINO
+    offers it, else fp32) on the real server: every prompt kind gives the local
+    OpenVINO runtime's mask at the same precision and threads, also with two
+    sessions segmenting at once (each server thread has its own infer requests, and
+    one's memory release may meet the other's run)."""
+    pytest.importorskip("openvino")
+    from tests.support.openvino_cpu import bf16_problem
+
+    precision = "bf16" if bf16_problem() is None else "fp32"
+    local = SegVolRuntime.load(serving.DEMO_ARTIFACTS, backend="openvino", device="cpu", precision=precision, threads=1)
+    local.set_volume(phantom.image, phantom.affine)
+    kws = prompts(phantom)
+    want = {name: local.segment(**kw) for name, kw in kws.items()}
+    server = serving.ServerProcess.started(venv, tmp_path, ["--backend", "openvino", "--precision", precision,
+                                                            "--threads", "1", "--instances", "2"])
+    failures: list[str] = []
+    try:
+        with SegVolClient(server.url) as client:
+            with client.open_session(phantom.image, phantom.affine) as session:
+                assert {k: session.provenance.get(k) for k in ("backend", "precision")} == {
+                    "backend": "openvino", "precision": precision}, session.provenance
+                for name, kw in kws.items():
+                    _same(session.segment(**kw), want[name])
+
+            def one_session(names: list[str]) -> None:
+                try:
+                    with client.open_session(phantom.image, phantom.affine) as session:
+                        for name in names:
+                            if not np.array_equal(session.segment(**kws[name]).mask, want[name].mask):
+                                failures.append(name)
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    failures.append(repr(exc))
+
+            names = list(kws)
+            threads = [threading.Thread(target=one_session, args=(order,)) for order in (names, names[::-1])]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(300)
+    finally:
+        server.stop()
+    assert not failures
+    assert "segvol_rt/" not in server.log(), server.log()[-3000:]
+
+
 def test_a_dicom_series_is_read_on_the_client(server: serving.ServerProcess, phantom: Any, tmp_path: Path) -> None:
     """open_session(folder) reads the series as `segvol-rt infer` does (io.scans.read_any) and uploads it."""
     pytest.importorskip("pydicom")
