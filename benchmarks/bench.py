@@ -9,7 +9,7 @@ What runs, per case and backend (every backend that can run here):
   prompt decoder; the pipeline's array kernels (numpy, and CuPy on a GPU);
   zoom-out-zoom-in with its per-stage split (encode, decode, upsample, blend);
   mask writing;
-* backends: ``ort-cpu``, ``ort-cuda`` and ``tensorrt`` where present;
+* backends: ``ort-cpu``, ``ort-cuda``, ``openvino-cpu`` and ``tensorrt`` where present;
   ``torch-pipeline`` (our torch model as a backend of the segvol-rt pipeline)
   and ``torch-official`` (our torch model called as the official demo calls
   SegVol: fp32 eager, one window at a time, the whole model and the text
@@ -62,6 +62,7 @@ from segvol_rt._optional import available
 from segvol_rt.app.bench import (
     BACKEND_CHOICES,
     capped_backend,
+    note_backends,
     open_backends,
     torch_device,
 )
@@ -86,9 +87,10 @@ from segvol_rt.export.reference.bench import (
     official_trial,
 )
 from segvol_rt.export.reference.bench_model import default_cache_dir, prepare_bench_model
+from segvol_rt.io.artifacts import PRECISIONS
 
 CASES = ("synthetic", "raw", "real")
-BACKENDS = ("ort-cpu", "ort-cuda", "tensorrt", "torch-pipeline", "torch-official")
+BACKENDS = (*BACKEND_CHOICES, "torch-official")
 GPU_BACKENDS = ("ort-cuda", "tensorrt")
 REPO = Path(__file__).resolve().parents[1]
 REAL_CT = Path(os.environ.get("SEGVOL_RT_SHARED", REPO.parent / "shared")) / "data" / "ct" / "example_ct_sm.nii.gz"
@@ -106,8 +108,9 @@ API_INFER = """
 import sys
 from segvol_rt.io.nifti import read_scan, write_mask
 from segvol_rt.runtime import SegVolRuntime
-artifacts, scan_path, out, backend, device, text, box = sys.argv[1:8]
-rt = SegVolRuntime.load(artifacts, backend=backend, device=device)
+artifacts, scan_path, out, backend, device, text, box, precision, threads = sys.argv[1:10]
+rt = SegVolRuntime.load(artifacts, backend=backend, device=device, precision=precision or None,
+                        threads=int(threads) if threads else None)
 scan = read_scan(scan_path)
 rt.set_volume(scan.data, scan.affine)
 seg = rt.segment(text=text, box=box)
@@ -143,15 +146,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also time each backend's pipeline with at most N windows per image-encoder call "
                         "(e.g. 1: on a CPU, large batches are slower per window)")
     p.add_argument("--raw-shape", nargs=3, type=int, default=(512, 512, 200), metavar=("I", "J", "K"))
-    p.add_argument("--precision", choices=("fp32", "fp16"), default=None,
-                   help="graph variant of the ONNX Runtime and TensorRT rows (fp16 needs artifacts from "
-                        "`segvol-rt export --precision fp16`; default: fp32 on ONNX Runtime, the engines' on TensorRT); "
-                        "benchmarks/precision.py compares the two side by side")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="what the rows compute in: fp16 graphs on ONNX Runtime and TensorRT (needs artifacts from "
+                        "`segvol-rt export --precision fp16`), bf16 on OpenVINO; rows that cannot are skipped "
+                        "(default: fp32, the engines' on TensorRT); benchmarks/precision.py compares fp16 with fp32, "
+                        "benchmarks/cpu_tier.py bf16 with fp32")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of ONNX Runtime and torch (default: all cores); e.g. 1 on a machine others share")
+                   help="CPU threads of ONNX Runtime, OpenVINO and torch (default: all cores); e.g. 1 on a machine others share")
     p.add_argument("--torch-device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--infer-cmd", default=DEFAULT_INFER_CMD,
-                   help="the infer command line, with {exe} {scan} {artifacts} {text} {box} {out} {backend} {device}")
+                   help="the infer command line, with {exe} {scan} {artifacts} {text} {box} {out} {backend} {device}; "
+                        "--precision and --threads, when given, are appended")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the JSON report here")
     p.add_argument("--markdown", help="write the markdown report here")
@@ -240,6 +245,7 @@ def open_all(ctx: Context) -> None:
         labels = [b for b in labels if b != "torch-pipeline"]
     ctx.backends = open_backends(ctx.artifacts, labels, ctx.checkpoint, model, ctx.log, ctx.args.threads,
                                  ctx.args.precision)
+    note_backends(ctx.report, ctx.backends)
     for n in ctx.args.window_batch:
         for label, backend in list(ctx.backends.items()):
             if " windows/call" not in label:
@@ -503,14 +509,17 @@ def infer_command(ctx: Context) -> tuple[str | None, str]:
 
 def build_infer(ctx: Context, exe: str | None, scan: Path, out: Path, backend: str, device: str,
                 target: dict[str, Any]) -> list[str]:
+    """The infer process's command, at the precision and threads of the in-process rows."""
+    precision, threads = ctx.args.precision, ctx.args.threads
     if exe is None:
         return [sys.executable, "-c", API_INFER, str(ctx.artifacts.root), str(scan), str(out), backend, device,
-                target["text"], target["box"]]
+                target["text"], target["box"], precision or "", str(threads or "")]
     line = ctx.args.infer_cmd.format(exe=exe, scan=scan, artifacts=ctx.artifacts.root, text=f"'{target['text']}'",
                                      box=target["box"], out=out, backend=backend, device=device)
     import shlex
 
-    return shlex.split(line)
+    engine = (["--precision", precision] if precision else []) + (["--threads", str(threads)] if threads else [])
+    return shlex.split(line) + engine
 
 
 def run_process(cmd: list[str]) -> None:

@@ -31,6 +31,7 @@ from segvol_rt.export.reference.bench import (
 )
 from segvol_rt.export.reference.bench_model import prepare_bench_model
 from segvol_rt.io import spec as S
+from segvol_rt.io.artifacts import GRAPH_VARIANTS
 
 Log = Callable[[str], None]
 
@@ -39,28 +40,27 @@ Log = Callable[[str], None]
 
 
 def _open(artifacts: Any, backend: str, device: str, checkpoint: Any = None, model: Any = None,
-          threads: int | None = None, precision: str | None = None) -> tuple[Any, str]:
+          threads: int | None = None, precision: str | None = None) -> Any:
     """A backend by name, or raise SegVolError saying why it cannot run.
-    ``precision``: fp32 or fp16 (None: the backend's default; torch runs fp32 only)."""
+    ``precision``: what it computes in (None: the backend's default; torch runs fp32 only)."""
     if backend == "torch":
         precision = None  # the torch rows are the fp32 reference
     if backend == "torch" and model is not None:
         from segvol_rt.backends.torch import TorchBackend
 
-        return TorchBackend(artifacts, device=device, model=model), "torch"
-    if backend == "onnxruntime" and device == "cpu" and threads:
-        from segvol_rt.backends.onnxruntime import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(artifacts, device="cpu", threads=threads, precision=precision or "fp32"), "requested"
+        return TorchBackend(artifacts, device=device, model=model)
     from segvol_rt.backends.select import open_backend
 
-    return open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint, precision=precision)
+    backend_, _ = open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint,
+                               threads=threads, precision=precision)
+    return backend_
 
 
 BACKEND_CHOICES = {
     # label: (backend name, device)
     "ort-cpu": ("onnxruntime", "cpu"),
     "ort-cuda": ("onnxruntime", "cuda"),
+    "openvino-cpu": ("openvino", "cpu"),
     "tensorrt": ("tensorrt", "cuda"),
     "torch-pipeline": ("torch", "auto"),
 }
@@ -76,8 +76,9 @@ def torch_device(requested: str = "auto") -> str:
 def open_backends(artifacts: Any, labels: Sequence[str], checkpoint: Any, model: Any, log: Log,
                   threads: int | None = None, precision: str | None = None) -> dict[str, Any]:
     """Open each backend of ``labels`` that can run here; log why the others
-    cannot. ``threads``: intra-op threads of ONNX Runtime on the CPU (default: all cores);
-    ``precision``: the graph variant of the ONNX Runtime and TensorRT backends."""
+    cannot. ``threads``: threads of the CPU backends (default: all cores);
+    ``precision``: what every backend computes in (None: each one's default); a
+    backend that cannot is skipped with its reason."""
     opened = {}
     for label in labels:
         name, device = BACKEND_CHOICES[label]
@@ -86,12 +87,18 @@ def open_backends(artifacts: Any, labels: Sequence[str], checkpoint: Any, model:
                 if model is None and checkpoint is None:
                     raise SegVolError("no checkpoint to build the torch model from")
                 device = torch_device(device)
-            backend, _ = _open(artifacts, name, device, checkpoint, model, threads, precision)
+            backend = _open(artifacts, name, device, checkpoint, model, threads, precision)
         except SegVolError as exc:
             log(f"skipping {label}: {exc}")
             continue
         opened[f"{label}" if name != "torch" else f"torch-pipeline ({backend.device})"] = backend
     return opened
+
+
+def note_backends(report: Report, opened: Mapping[str, Any]) -> None:
+    """Note what each opened backend runs: engine, device, threads and the precision it computes in."""
+    for label, backend in opened.items():
+        report.note(f"{label}: {backend.describe()}")
 
 
 def capped_backend(backend: Any, max_windows: int) -> Any:
@@ -118,7 +125,7 @@ def capped_backend(backend: Any, max_windows: int) -> Any:
 def quick_bench(
     artifacts: str | os.PathLike[str] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
-    backends: Sequence[str] = ("ort-cpu", "ort-cuda", "tensorrt", "torch-pipeline"),
+    backends: Sequence[str] = tuple(BACKEND_CHOICES),
     repeat: int = 5,
     warmup: int = 1,
     scan_shape: Sequence[int] = (160, 160, 48),
@@ -134,9 +141,11 @@ def quick_bench(
     The model: ``artifacts`` when given (with ``checkpoint`` for the torch
     rows), else ``model_name``: ``"tiny"`` (the tiny benchmark model, exported
     into the cache once; needs the ``export`` extra) or ``"demo"`` (the
-    shipped demo model). ``threads``: CPU threads of ONNX Runtime and torch
-    (default: all cores); ``precision``: fp32 or fp16 for the ONNX Runtime and
-    TensorRT rows (fp16 needs artifacts from ``export --precision fp16``)."""
+    shipped demo model). ``threads``: CPU threads of ONNX Runtime, OpenVINO and
+    torch (default: all cores); ``precision``: fp32, fp16 (the ONNX Runtime and
+    TensorRT rows; needs artifacts from ``export --precision fp16``) or bf16 (the
+    OpenVINO row, on CPUs that offer it); the rows of backends that do not compute
+    in it are skipped with the reason."""
     import tempfile
 
     say = log or (lambda _m: None)
@@ -148,10 +157,10 @@ def quick_bench(
     artifacts, checkpoint = _quick_model(artifacts, checkpoint, model_name, cache_dir, say)
     arts = Artifacts.load(artifacts)
     arts.verify()
-    if precision is not None:
+    if precision in GRAPH_VARIANTS:
         arts.require_precision(precision)  # one line naming `export --precision fp16`
     config = arts.config
-    report = _quick_report(config, artifacts, repeat, warmup, threads)
+    report = _quick_report(config, artifacts, repeat, warmup, threads, precision)
     settings = Settings(repeat=repeat, warmup=warmup)
     tokenizer = arts.tokenizer()
     with tempfile.TemporaryDirectory(prefix="segvol-rt-bench-") as tmp:
@@ -165,6 +174,7 @@ def quick_bench(
         opened = open_backends(arts, backends, checkpoint, model, say, threads, precision)
         if not opened:
             raise SegVolError("no backend can run on this machine")
+        note_backends(report, opened)
         _quick_backends(report, case, opened, arts, path, image.shape, checkpoint, tokenizer, settings, say)
     _pipeline_ratios(report, case, list(opened))
     return report
@@ -184,11 +194,13 @@ def _quick_model(artifacts: Any, checkpoint: Any, model_name: str, cache_dir: An
     return artifacts, checkpoint
 
 
-def _quick_report(config: Any, artifacts: Any, repeat: int, warmup: int, threads: int | None) -> Report:
+def _quick_report(config: Any, artifacts: Any, repeat: int, warmup: int, threads: int | None,
+                  precision: str | None) -> Report:
     """An empty quick-run report with the machine, the settings and the model's sizes."""
     report = Report("segvol-rt bench (quick)")
     report.meta.update(machine_info())
-    report.meta["settings"] = {"repeat": repeat, "warmup": warmup, "artifacts": str(artifacts), "threads": threads}
+    report.meta["settings"] = {"repeat": repeat, "warmup": warmup, "artifacts": str(artifacts), "threads": threads,
+                               "precision": precision}
     report.meta["model"] = {"window": list(config.spatial_size), "embed_dim": config.embed_dim,
                             "encoder_depth": config.encoder_depth}
     return report

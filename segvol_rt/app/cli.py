@@ -222,7 +222,7 @@ def serve(
     backend: str = typer.Option("auto", "--backend", metavar="NAME", rich_help_panel="Engine", help="auto | onnxruntime | openvino | torch | tensorrt (openvino: CPU, by name only)."),
     device: str = typer.Option("auto", "--device", metavar="NAME", rich_help_panel="Engine", help="auto | cpu | cuda."),
     precision: str | None = typer.Option(None, "--precision", metavar="NAME", rich_help_panel="Engine", help="fp32 | fp16 | bf16: what every session computes in (fp16: the graph variant, needs `export --precision fp16`; bf16: --backend openvino on CPUs that offer it; default: fp32)."),
-    threads: int | None = typer.Option(None, "--threads", metavar="N", rich_help_panel="Engine", min=1, help="CPU threads of ONNX Runtime per graph call (default: all cores)."),
+    threads: int | None = typer.Option(None, "--threads", metavar="N", rich_help_panel="Engine", min=1, help="CPU threads of ONNX Runtime or OpenVINO per graph call (default: all cores)."),
     cache_mb: float = typer.Option(512.0, "--cache-mb", metavar="MIB", rich_help_panel="Sessions", min=0, help="Each session's window-embedding cache bound in MiB."),
 ) -> None:
     """Serve sessions on Triton Inference Server: upload a scan once, then segment prompt after prompt (needs the serve extra)."""
@@ -266,7 +266,7 @@ def demo(
     artifacts: str | None = typer.Option(None, "--artifacts", metavar="DIR", help="Artifacts directory; default: the demo model (synthetic phantoms, not for clinical use), exported on first use."),
     window_prompts: str = typer.Option("aligned", "--window-prompts", metavar="MODE", help="aligned | official: zoom-in window prompts (see `infer --help`). Phantoms are often narrower than the demo model's window, where 'official' misplaces the window boxes."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Only the Dice table and errors."),
-    threads: int | None = typer.Option(None, "--threads", metavar="N", min=1, help="CPU threads of ONNX Runtime (CPU) and torch (default: all cores)."),
+    threads: int | None = typer.Option(None, "--threads", metavar="N", min=1, help="CPU threads of ONNX Runtime (CPU), OpenVINO and torch (default: all cores)."),
     cache_mb: float | None = typer.Option(None, "--cache-mb", metavar="MIB", min=0, help="Bound of the runtime's window-embedding cache in MiB (default: the runtime's)."),
 ) -> None:
     """Run the pipeline on a synthetic phantom: Dice per organ (text, text+box; zoom-out vs zoom-in), masks and a PNG preview."""
@@ -372,12 +372,12 @@ def bench(
     artifacts: str | None = typer.Option(None, "--artifacts", metavar="DIR", help="Artifacts directory to time; default: the tiny benchmark model, exported once into the cache (needs the export extra)."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", metavar="PATH", help="The checkpoint of --artifacts, for the torch rows (torch pipeline and official-style reference)."),
     model: str = typer.Option("tiny", "--model", metavar="NAME", help="Without --artifacts: tiny (random weights, built once) or demo (the shipped demo model)."),
-    backend: list[str] | None = typer.Option(None, "--backend", metavar="NAME", help="ort-cpu | ort-cuda | tensorrt | torch-pipeline; repeatable (default: every one that can run)."),
+    backend: list[str] | None = typer.Option(None, "--backend", metavar="NAME", help="ort-cpu | ort-cuda | openvino-cpu | tensorrt | torch-pipeline; repeatable (default: every one that can run)."),
     repeat: int = typer.Option(5, "--repeat", metavar="N", help="Timed calls per stage (the median, p90 and min are reported)."),
     warmup: int = typer.Option(1, "--warmup", metavar="N", help="Untimed calls before them."),
     json_out: str | None = typer.Option(None, "--json", metavar="FILE", help="Also write the report (machine, versions, every sample) as JSON."),
-    threads: int | None = typer.Option(None, "--threads", metavar="N", min=1, help="CPU threads of ONNX Runtime and torch (default: all cores)."),
-    precision: str | None = typer.Option(None, "--precision", metavar="NAME", help="fp32 | fp16: the graph variant of the ONNX Runtime and TensorRT rows (default: fp32 on ONNX Runtime, the built engines' on TensorRT)."),
+    threads: int | None = typer.Option(None, "--threads", metavar="N", min=1, help="CPU threads of ONNX Runtime, OpenVINO and torch (default: all cores)."),
+    precision: str | None = typer.Option(None, "--precision", metavar="NAME", help="fp32 | fp16 | bf16: fp16 graphs on the ONNX Runtime and TensorRT rows, bf16 on the OpenVINO row; rows that cannot are skipped (default: fp32, the built engines' on TensorRT)."),
 ) -> None:
     """Time each stage on this machine in seconds: a small phantom scan, one target, every backend that can run.
 
@@ -393,7 +393,7 @@ def bench(
         raise SegVolError(f"unknown --model {model!r}; choose tiny or demo")
     check_names(precision=precision)
     log = lambda m: typer.echo(m, err=True)  # noqa: E731
-    log(f"precision: {precision or 'fp32 (ONNX Runtime), as built (TensorRT)'}")
+    log(f"precision: {precision or 'fp32 (ONNX Runtime, OpenVINO), as built (TensorRT)'}")
     report = quick_bench(artifacts, checkpoint, backends=chosen, repeat=repeat, warmup=warmup,
                          log=log, model_name=model, threads=threads, precision=precision)
     say(report.markdown())

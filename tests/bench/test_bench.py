@@ -93,6 +93,27 @@ def test_quick_bench(cache, tmp_path):
 
 
 @torch_needed
+def test_quick_bench_times_openvino_at_the_precision_asked(cache, tmp_path):
+    """`segvol-rt bench` has an OpenVINO row; --precision bf16 times OpenVINO in
+    bf16 (the notes say what each row ran) and skips, with the reason, the rows
+    that cannot compute in it."""
+    pytest.importorskip("openvino")
+    from tests.support.openvino_cpu import bf16_problem
+
+    precision = "bf16" if bf16_problem() is None else "fp32"
+    lines: list[str] = []
+    rep = quick_bench(cache_dir=cache, backends=("ort-cpu", "openvino-cpu"), repeat=1, warmup=0,
+                      scan_shape=(96, 96, 32), threads=1, precision=precision, log=lines.append)
+    data = json.loads(rep.write_json(tmp_path / "q.json").read_text())
+    assert ("zoom-out-zoom-in, 1 target", "openvino-cpu") in {(r["stage"], r["backend"]) for r in data["rows"]}
+    assert data["settings"]["precision"] == precision
+    assert f"openvino-cpu: openvino (cpu, 1 threads, {precision})" in data["notes"]
+    if precision == "bf16":
+        assert any(line.startswith("skipping ort-cpu: ") and "--backend openvino" in line for line in lines), lines
+        assert not any(r["backend"].startswith("ort-cpu") for r in data["rows"])
+
+
+@torch_needed
 def test_full_benchmark_script_tiny(cache, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("segvol_bench_script", REPO / "benchmarks" / "bench.py")
     script = importlib.util.module_from_spec(spec)
