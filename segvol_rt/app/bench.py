@@ -51,9 +51,9 @@ def _open(artifacts: Any, backend: str, device: str, checkpoint: Any = None, mod
         return TorchBackend(artifacts, device=device, model=model)
     from segvol_rt.backends.select import open_backend
 
-    backend_, _ = open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint,
-                               threads=threads, precision=precision)
-    return backend_
+    opened, _ = open_backend(artifacts, backend=backend, device=device, checkpoint=checkpoint,
+                             threads=threads, precision=precision)
+    return opened
 
 
 BACKEND_CHOICES = {
