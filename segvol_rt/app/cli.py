@@ -340,18 +340,33 @@ def export(
 @app.command()
 def build(
     artifacts: str = typer.Option(..., "--artifacts", metavar="DIR", help="Artifacts directory written by `segvol-rt export`."),
-    precision: str = typer.Option("fp16", "--precision", metavar="NAME", help="fp16 (from the fp16 graphs of `export --precision fp16`) or fp32: the graph variant the strongly typed engines are built from."),
-    max_batch: int | None = typer.Option(None, "--max-batch", metavar="N", help="Lower the windows-per-batch maximum (default: the exported one, 8)."),
-    max_points: int | None = typer.Option(None, "--max-points", metavar="N", help="Lower the points-per-prompt maximum (default: the exported one, 16)."),
+    backend: str = typer.Option("tensorrt", "--backend", metavar="NAME", help="tensorrt: engines recorded in the manifest; openvino: the compiled models of all three graphs put into the model cache ($SEGVOL_RT_CACHE), so that no run compiles."),
+    precision: str | None = typer.Option(None, "--precision", metavar="NAME", help="tensorrt: fp16 (default; from the fp16 graphs of `export --precision fp16`) or fp32, the graph variant the strongly typed engines are built from; openvino: fp32 (default) or bf16, what the runs will compute in."),
+    max_batch: int | None = typer.Option(None, "--max-batch", metavar="N", help="Lower the windows-per-batch maximum (default: the exported one, 8; tensorrt)."),
+    max_points: int | None = typer.Option(None, "--max-points", metavar="N", help="Lower the points-per-prompt maximum (default: the exported one, 16; tensorrt)."),
     timing_cache: str | None = typer.Option(None, "--timing-cache", metavar="FILE", help="TensorRT timing cache file to read and update."),
-    workspace_gib: float = typer.Option(4.0, "--workspace-gib", metavar="GIB", help="TensorRT builder workspace limit in GiB."),
+    workspace_gib: float | None = typer.Option(None, "--workspace-gib", metavar="GIB", help="TensorRT builder workspace limit in GiB (default: 4)."),
 ) -> None:
-    """Build TensorRT engines for the three graphs and record them in the manifest."""
-    from pathlib import Path
-
+    """Build TensorRT engines for the three graphs, or fill OpenVINO's model cache with them."""
     from segvol_rt.io.artifacts import read_manifest
 
-    read_manifest(artifacts)  # a missing directory or manifest says so, before tensorrt is looked for
+    if backend not in ("tensorrt", "openvino"):
+        raise SegVolError(f"--backend {backend!r}: build makes tensorrt engines or the openvino model cache")
+    read_manifest(artifacts)  # a missing directory or manifest says so, before the engine is looked for
+    if backend == "openvino":
+        given = [name for name, value in (("--max-batch", max_batch), ("--max-points", max_points),
+                                          ("--timing-cache", timing_cache), ("--workspace-gib", workspace_gib)) if value is not None]
+        if given:
+            raise SegVolError(f"{', '.join(given)}: TensorRT options; --backend openvino takes --precision only")
+        _build_openvino(artifacts, precision or "fp32")
+    else:
+        _build_tensorrt(artifacts, precision or "fp16", max_batch, max_points, timing_cache, workspace_gib)
+
+
+def _build_tensorrt(artifacts: str, precision: str, max_batch: int | None, max_points: int | None,
+                    timing_cache: str | None, workspace_gib: float | None) -> None:
+    from pathlib import Path
+
     from segvol_rt.backends.tensorrt.build import BuildOptions, build_engines
 
     _state["interrupted"] = "the engines finished so far are kept and recorded in the manifest"
@@ -360,11 +375,21 @@ def build(
         max_batch=max_batch,
         max_points=max_points,
         timing_cache=Path(timing_cache) if timing_cache else None,
-        workspace_gib=workspace_gib,
+        **({} if workspace_gib is None else {"workspace_gib": workspace_gib}),
     )
     records = build_engines(artifacts, options, log=say)
     for graph, record in records.items():
         say(f"{graph}: {record.file} ({record.precision}, TensorRT {record.tensorrt_version}, {record.gpu_name})")
+
+
+def _build_openvino(artifacts: str, precision: str) -> None:
+    from segvol_rt.app.build import build_openvino_cache
+
+    _state["interrupted"] = "the graphs compiled so far stay in the model cache"
+    done = build_openvino_cache(artifacts, precision)
+    for g in done.graphs:
+        say(f"{g.graph}: {'compiled' if g.compiled else 'in the cache already'} ({g.ran}) -> {g.folder}")
+    say(f"OpenVINO model cache ready for --precision {done.precision} in {done.seconds:.1f}s: {done.cache_dir}")
 
 
 @app.command()

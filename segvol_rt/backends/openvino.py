@@ -173,7 +173,9 @@ class OpenVinoBackend(Backend):
         cache_dir: compiled-model cache (default :func:`default_cache_dir`; None there
             too: the default). Never the artifacts directory.
 
-    ``ran``: graph -> the inference precision its compiled model reports.
+    ``ran``: graph -> the inference precision its compiled model reports;
+    ``from_cache``: graph -> whether its compiled model came from a blob the cache
+    held before (False: compiled here, and the blob written).
     """
 
     name = "openvino"
@@ -204,6 +206,7 @@ class OpenVinoBackend(Backend):
         self._held_lock = threading.Lock()
         self.compiled: dict[str, Any] = {}
         self.ran: dict[str, str] = {}
+        self.from_cache: dict[str, bool] = {}
         self._mapped: list[Path] = []  # the files whose pages the compiled models map
         big = self._paths[S.IMAGE_ENCODER].stat().st_size >= DROP_PAGES_AFTER_RUN_BYTES
         self._drop_after_run = S.IMAGE_ENCODER if big else None  # the graph that does
@@ -227,7 +230,8 @@ class OpenVinoBackend(Backend):
             # fine only where it holds the blobs already: one prepared in an image)
             raise _unwritable(cache, "not writable, and it holds no compiled model of this graph")
         compiled = self._compile_model(graph, path)
-        if not compiled.get_property("LOADED_FROM_CACHE") and set(cache.glob("*.blob")) - blobs:
+        self.from_cache[graph] = bool(compiled.get_property("LOADED_FROM_CACHE"))
+        if not self.from_cache[graph] and set(cache.glob("*.blob")) - blobs:
             # a first compile holds the weights in memory of its own (not mapped, so not given
             # back below: 1285 MiB peak against 997 warm); the blob it just wrote loads mapped
             # (about 0.4 s for the image encoder), so load that instead
@@ -266,6 +270,20 @@ class OpenVinoBackend(Backend):
                 raise SegVolError(f"{path} is not the {graph} graph its spec describes ({len(ports)} {kind}, none "
                                   f"named {missing}; the spec has {[t.name for t in tensors]}); "
                                   "export the artifacts again")
+
+    def cache_folder(self, graph: str) -> Path:
+        """The cache folder of ``graph``'s compiled models (:func:`graph_cache_dir`)."""
+        return self._caches[graph]
+
+    @kept_signal_stack()
+    def compile_all(self) -> None:
+        """Compile every graph now, the text encoder too (otherwise compiled on first
+        use): each one's blob is then in the cache, for a cache prepared ahead of use
+        (``segvol-rt build --backend openvino``) or a read-only one."""
+        with self._lock:
+            for graph in S.GRAPH_NAMES:
+                if graph not in self.compiled:
+                    self._compile(graph)
 
     def _request(self, graph: str) -> Any:
         """This thread's infer request of ``graph`` (compiled now if it was not yet)."""

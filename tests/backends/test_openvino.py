@@ -304,6 +304,59 @@ def test_a_read_only_cache_serves_its_blobs_and_refuses_to_compile_without_a_wor
         OpenVinoBackend(Artifacts.load(tiny))
 
 
+def test_build_compiles_every_graph_so_a_read_only_cache_serves_a_free_phrase(tiny, user_cache, monkeypatch):
+    """`segvol-rt build --backend openvino` compiles the text encoder too, which a run
+    compiles only on its first free phrase: a cache made by a run alone, then read-only,
+    refuses that phrase; one made by build serves it without compiling."""
+    import os
+
+    from segvol_rt.app.build import build_openvino_cache
+    from segvol_rt.demo.phantom import make_phantom
+
+    runtime = SegVolRuntime.load(tiny, backend="openvino", device="cpu")  # a run's cache: no text encoder
+    runtime.close()
+    real = os.access
+    read_only = lambda path, mode, **kw: False if mode == os.W_OK else real(path, mode, **kw)  # noqa: E731
+    with monkeypatch.context() as m:
+        m.setattr(os, "access", read_only)
+        with pytest.raises(SegVolError, match=r"not writable, and it holds no compiled model of this graph"):
+            OpenVinoBackend(Artifacts.load(tiny)).compile_all()
+
+    first = build_openvino_cache(tiny)
+    assert [(g.graph, g.compiled, g.ran) for g in first.graphs] == [
+        (S.IMAGE_ENCODER, False, "f32"), (S.TEXT_ENCODER, True, "f32"), (S.PROMPT_DECODER, False, "f32")]
+    assert first.cache_dir == user_cache / "openvino" and all(g.folder.parent == first.cache_dir for g in first.graphs)
+    assert not any(g.compiled for g in build_openvino_cache(tiny).graphs)
+    blobs = sorted(user_cache.glob("openvino/*/*.blob"))
+    with monkeypatch.context() as m:
+        m.setattr(os, "access", read_only)
+        runtime = SegVolRuntime.load(tiny, backend="openvino", device="cpu")
+        phantom = make_phantom(0, shape=(64, 64, 32))
+        runtime.set_volume(phantom.image, phantom.affine)
+        runtime.segment(text="a phrase the text table lacks", zoom_in=False)
+        assert all(runtime.backend.from_cache.values()) and S.TEXT_ENCODER in runtime.backend.from_cache
+        runtime.close()
+    assert sorted(user_cache.glob("openvino/*/*.blob")) == blobs
+
+
+def test_build_cli_fills_the_cache_or_says_why_not_in_one_line(tiny, user_cache):
+    import subprocess
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "segvol_rt", "build", "--artifacts", str(tiny), *args],
+                              capture_output=True, text=True, timeout=300)
+
+    done = cli("--backend", "openvino")
+    assert done.returncode == 0, done.stderr
+    assert f"text_encoder: compiled (f32) -> {user_cache / 'openvino'}" in done.stdout
+    assert "OpenVINO model cache ready for --precision fp32" in done.stdout
+    for args, why in ((("--backend", "openvino", "--max-batch", "2"), "--max-batch: TensorRT options"),
+                      (("--backend", "openvino", "--precision", "fp16"), "computes in fp32 or bf16, not fp16"),
+                      (("--backend", "onnx"), "build makes tensorrt engines or the openvino model cache")):
+        bad = cli(*args)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and why in bad.stderr, bad.stderr
+
+
 def test_missing_openvino_names_the_extra(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(MissingDependencyError, match=r"openvino is needed .*pip install 'segvol-rt\[openvino\]'"):

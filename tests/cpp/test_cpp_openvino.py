@@ -111,6 +111,27 @@ def test_compiled_models_are_cached_by_graph_sha256(cpp_build, demo_artifacts, t
     assert not list(root.glob("*.blob"))
 
 
+def test_the_sdk_runs_from_the_cache_python_builds(cpp_build, demo_artifacts, tmp_path, monkeypatch):
+    """`segvol-rt build --backend openvino` fills the cache for the C++ SDK too: the same
+    blobs (cache folder, compile options), so a free phrase (the lazily compiled text
+    encoder) runs without compiling anything."""
+    from segvol_rt.app.build import build_openvino_cache
+
+    _open(cpp_build, demo_artifacts, "fp32").close()  # skips where the build has no OpenVINO
+    monkeypatch.setenv("SEGVOL_RT_CACHE", str(tmp_path))
+    build_openvino_cache(demo_artifacts, threads=THREADS)
+    blobs = {b: b.stat().st_mtime_ns for b in tmp_path.glob("openvino/*/*.blob")}
+    assert len(blobs) == 3
+    cc = _open(cpp_build, demo_artifacts, "fp32")
+    try:
+        ph = make_phantom(**SCANS["ras"])
+        cc.set_volume(np.asfortranarray(ph.image), ph.affine)
+        assert cc.segment_many([_request(CASES["free-phrase"], ph)])[0].mask.any()
+    finally:
+        cc.close()
+    assert {b: b.stat().st_mtime_ns for b in tmp_path.glob("openvino/*/*.blob")} == blobs
+
+
 def test_a_graph_cache_folder_in_the_way_is_one_line(cpp_build, demo_artifacts, tmp_path, monkeypatch):
     """As the Python backend's (tests/backends/test_openvino.py): the same line."""
     from segvol_rt.io import spec as S
