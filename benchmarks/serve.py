@@ -6,6 +6,7 @@ int16 scan (bytes on the wire, compression, seconds).
     python benchmarks/serve.py                          # demo model
     python benchmarks/serve.py --config official        # full size, random weights (exported once)
     python benchmarks/serve.py --json out.json
+    python benchmarks/serve.py --config official --backend openvino --precision bf16   # a CPU server
 
 A *follow-up* prompt is one on a volume that already had a prompt: the
 zoom-out embedding and the window embeddings are cached on both sides, so the
@@ -33,6 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from segvol_rt.bench.machine import machine_info, machine_line
+from segvol_rt.io.artifacts import PRECISIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 UPLOAD_SHAPE = (512, 512, 200)
 
@@ -45,6 +49,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--backend", default="auto", help="backend of both sides, e.g. openvino (default: auto)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="what both sides compute in, e.g. bf16 with --backend openvino (default: the backend's)")
     p.add_argument("--skip-upload", action="store_true", help="leave out the 512x512x200 upload row")
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
@@ -110,12 +117,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     artifacts = artifacts_for(args)
     image, affine, prompt = scan_for(artifacts)
     results: dict[str, Any] = {"artifacts": str(artifacts), "threads": args.threads, "device": args.device,
+                               "backend": args.backend, "precision": args.precision, "machine": machine_info(),
                                "scan": list(image.shape), "prompt": {k: list(v) if isinstance(v, tuple) else v for k, v in prompt.items()}}
     with tempfile.TemporaryDirectory() as tmp:
         server = serving.ServerProcess.started(serving.serve_venv(), Path(tmp), [
-            "--instances", "1", "--threads", str(args.threads), "--device", args.device], artifacts=artifacts, timeout_s=300)
+            "--instances", "1", "--threads", str(args.threads), "--device", args.device, "--backend", args.backend,
+            *(["--precision", args.precision] if args.precision else [])], artifacts=artifacts, timeout_s=300)
         try:
-            local = SegVolRuntime.load(artifacts, device=args.device, threads=args.threads)
+            local = SegVolRuntime.load(artifacts, backend=args.backend, device=args.device, threads=args.threads,
+                                       precision=args.precision)
+            results["local_backend"] = local.backend.describe()
             local.set_volume(image, affine)
             outside: dict[str, list[float]] = {"local": [], "served": []}  # wall time minus the runtime's stages
 
@@ -169,7 +180,8 @@ def upload_row(url: str, local: Any) -> dict[str, Any]:
 
 def table(r: dict[str, Any]) -> str:
     f = r["follow_up"]
-    rows = ["| follow-up prompt | median s | p90 s | min s |", "|---|---:|---:|---:|"]
+    rows = [machine_line(r["machine"]), f"\nboth sides: {r['local_backend']}\n",
+            "| follow-up prompt | median s | p90 s | min s |", "|---|---:|---:|---:|"]
     for name in ("local", "served"):
         s = f[name]
         rows.append(f"| {name} | {s['median_s']:.3f} | {s['p90_s']:.3f} | {s['min_s']:.3f} |")
