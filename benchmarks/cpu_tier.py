@@ -16,7 +16,9 @@ official-style torch flow (benchmarks/memory.py's child, the same phrases) with
 backend and precision) with ``--cpp cpp/build``; ``--repeat`` interleaved rounds, and each label map compared with
 the first contender's.
 The CPU model and its ISA flags head the report; figures taken on a shared
-machine are ratios, read side by side.
+machine are ratios, read side by side. With ``--torch`` the report ends with
+issue 21's targets per row (:data:`SPEEDUP_TARGETS`, :data:`RSS_TARGET`): met
+or not, judged only on a CPU with AMX, for which they are set.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ TORCH = "torch official-style"  # benchmarks/memory.py's child, with --torch
 CPP = "C++"  # cpp/build/segvol-rt-infer, with --cpp
 CONTENDERS = {"onnxruntime fp32": ("onnxruntime", "fp32"), "openvino fp32": ("openvino", "fp32"),
               "openvino bf16": ("openvino", "bf16")}
+# Issue 21's targets for the whole `segvol-rt infer` process, set for a CPU with AMX: speed
+# against the official-style torch flow on the same case (per contender), and peak RSS
+# against the torch flow's (every contender).
+SPEEDUP_TARGETS = {"openvino bf16": 5.0, "openvino fp32": 2.3}
+RSS_TARGET = 0.7
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -203,6 +210,25 @@ def _infer_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _targets_table(rows: Sequence[dict[str, Any]], flags: Sequence[str]) -> str:
+    """Each row with a torch flow beside it against :data:`SPEEDUP_TARGETS` and
+    :data:`RSS_TARGET`: met or not, and whether this CPU is one they are set for."""
+    amx = "amx_bf16" in flags
+    lines = [f"Targets (issue 21, whole `infer` on a CPU with AMX; this CPU {'has' if amx else 'has no'} AMX"
+             f"{'' if amx else ': reported, not judged'}):", "",
+             "| case | targets | contender | x torch | target | met | RSS / torch | target | met |",
+             "|---|---:|---|---:|---:|---|---:|---:|---|"]
+    for r in rows:
+        if r["speedup_vs_torch"] is None or r["contender"] == TORCH:
+            continue
+        want = SPEEDUP_TARGETS.get(r["contender"].removeprefix(f"{CPP} "))
+        speed = "" if want is None else ("yes" if r["speedup_vs_torch"] >= want else "no")
+        lines.append(f"| {r['case']} | {r['targets']} | {r['contender']} | {r['speedup_vs_torch']:.2f} | "
+                     f"{'' if want is None else f'>= {want}'} | {speed} | {r['rss_vs_torch']:.2f} | <= {RSS_TARGET} | "
+                     f"{'yes' if r['rss_vs_torch'] <= RSS_TARGET else 'no'} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from segvol_rt.bench.machine import machine_info, machine_line
@@ -225,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         rows = infer(args, bm.artifacts, bm.checkpoint)
         print(_infer_table(rows))
+        if args.torch:
+            print(f"\n{_targets_table(rows, meta['machine']['cpu_flags'])}")
     if args.json:
         doc = {"meta": meta, "part": args.part, "config": args.config, "cold_cache": args.cold_cache, "rows": rows}
         args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
