@@ -9,6 +9,7 @@ or the demo model's (exported on first use, :func:`demo_artifacts`), and the
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -170,13 +171,30 @@ def load_runtime(artifacts: str | None, backend: str, device: str, report: Repor
     if artifacts is None:
         directory = demo_artifacts(say=report.log)
         rt = SegVolRuntime.load(directory, **options)
-        report.note(first_line(rt))
+        _note_load(rt, report, "")
         report.note(DEMO_BANNER)
         return rt
     check_artifacts_dir(artifacts)
     rt = SegVolRuntime.load(artifacts, **options)
-    report.note(first_line(rt))
+    _note_load(rt, report, f" --artifacts {shlex.quote(str(artifacts))}")
     return rt
+
+
+def _note_load(rt: SegVolRuntime, report: Reporter, artifacts_option: str) -> None:
+    report.note(first_line(rt))
+    compiled = compiled_now(rt)
+    if compiled:
+        report.note(f"OpenVINO compiled {' and '.join(compiled)} for this machine (a first run; later runs load them "
+                    f"from the model cache): `segvol-rt build{artifacts_option} --backend openvino "
+                    f"--precision {rt.provenance['precision']}` compiles every graph ahead of time")
+
+
+def compiled_now(rt: SegVolRuntime) -> list[str]:
+    """The graphs OpenVINO compiled while ``rt`` loaded (none came from its model cache)."""
+    from segvol_rt.backends.openvino import OpenVinoBackend  # the module imports openvino only when it opens
+
+    backend = rt.backend
+    return [g for g, hit in backend.from_cache.items() if not hit] if isinstance(backend, OpenVinoBackend) else []
 
 
 def first_line(rt: SegVolRuntime) -> str:

@@ -357,6 +357,26 @@ def test_build_cli_fills_the_cache_or_says_why_not_in_one_line(tiny, user_cache)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and why in bad.stderr, bad.stderr
 
 
+def test_a_first_run_says_what_it_compiled_and_how_to_compile_ahead(tiny, user_cache, tmp_path):
+    import subprocess
+
+    from segvol_rt.demo.phantom import make_phantom
+
+    scan = tmp_path / "ct.nii.gz"
+    make_phantom(0, shape=(64, 64, 32)).save(scan)
+    lines = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "segvol_rt", "infer", str(scan), "--text", "liver", "--artifacts",
+                               str(tiny), "--backend", "openvino", "--out", str(tmp_path / "m.nii.gz")],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        lines.append([line for line in done.stdout.splitlines() if line.startswith("OpenVINO compiled")])
+    assert lines[0] == [f"OpenVINO compiled image_encoder and prompt_decoder for this machine (a first run; later runs "
+                        f"load them from the model cache): `segvol-rt build --artifacts {tiny} --backend openvino "
+                        f"--precision fp32` compiles every graph ahead of time"]
+    assert lines[1] == []
+
+
 def test_missing_openvino_names_the_extra(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(MissingDependencyError, match=r"openvino is needed .*pip install 'segvol-rt\[openvino\]'"):
