@@ -171,22 +171,23 @@ def load_runtime(artifacts: str | None, backend: str, device: str, report: Repor
     if artifacts is None:
         directory = demo_artifacts(say=report.log)
         rt = SegVolRuntime.load(directory, **options)
-        _note_load(rt, report, "")
+        _note_load(rt, report, directory)
         report.note(DEMO_BANNER)
         return rt
     check_artifacts_dir(artifacts)
     rt = SegVolRuntime.load(artifacts, **options)
-    _note_load(rt, report, f" --artifacts {shlex.quote(str(artifacts))}")
+    _note_load(rt, report, artifacts)
     return rt
 
 
-def _note_load(rt: SegVolRuntime, report: Reporter, artifacts_option: str) -> None:
+def _note_load(rt: SegVolRuntime, report: Reporter, artifacts: str | os.PathLike[str]) -> None:
+    """The first line, and what OpenVINO compiled while loading (a first run on this machine)."""
     report.note(first_line(rt))
     compiled = compiled_now(rt)
     if compiled:
         report.note(f"OpenVINO compiled {' and '.join(compiled)} for this machine (a first run; later runs load them "
-                    f"from the model cache): `segvol-rt build{artifacts_option} --backend openvino "
-                    f"--precision {rt.provenance['precision']}` compiles every graph ahead of time")
+                    f"from the model cache): `segvol-rt build --artifacts {shlex.quote(str(artifacts))} --backend "
+                    f"openvino --precision {rt.provenance['precision']}` compiles every graph ahead of time")
 
 
 def compiled_now(rt: SegVolRuntime) -> list[str]:
