@@ -8,7 +8,8 @@ OpenVINO is chosen by name only, in Python as in the C++ SDK (whose ``auto``
 is ONNX Runtime too), by measurement (``benchmarks/cpu_tier.py``, quiet 2-core
 AMD EPYC, 2026-12-06): its fp32 gives ONNX Runtime's masks at full size, but
 it was 1.05x faster per window and 4-17 % per whole run with a warm model
-cache, a first run on a machine compiles (12.6 s against 9.4 s on a real CT),
+cache, a first run on a machine compiles (12.6 s against 9.4 s on a real CT;
+10.1 s against 9.0 s on 2026-12-07),
 and on the demo model it is slower and moves 1-3 voxels. Its bf16 changes
 numbers and is always asked for.
 """
