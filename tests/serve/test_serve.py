@@ -175,6 +175,7 @@ def test_openvino_serves_the_local_openvino_masks(venv: Path, phantom: Any, tmp_
                 t.join(300)
     finally:
         server.stop()
+        local.close()
     assert not failures
     assert "segvol_rt/" not in server.log(), server.log()[-3000:]
 
