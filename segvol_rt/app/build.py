@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from segvol_rt.backends import registry
 from segvol_rt.backends.openvino import OpenVinoBackend
 from segvol_rt.io import spec as S
-from segvol_rt.io.artifacts import REFERENCE_PRECISION, Artifacts
+from segvol_rt.io.artifacts import Artifacts
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,12 @@ class CacheBuild:
 
 def build_openvino_cache(artifacts_dir: str | os.PathLike[str], precision: str = "fp32",
                          threads: int | None = None) -> CacheBuild:
-    """Verify the fp32 graphs and compile each one at ``precision`` (fp32 or bf16,
+    """Verify the graphs the openvino backend reads (the registry entry's ``reads``:
+    the fp32 graphs) and compile each one at ``precision`` (fp32 or bf16,
     refused in one line where this CPU does not offer it) into the model cache."""
     start = time.perf_counter()
     artifacts = Artifacts.load(artifacts_dir)
-    artifacts.verify_files(artifacts.graph_files(REFERENCE_PRECISION))  # what OpenVINO compiles
+    artifacts.verify_files(registry.entry(OpenVinoBackend.name).reads(artifacts, precision))  # what it compiles
     backend = OpenVinoBackend(artifacts, threads=threads, precision=precision)
     try:
         backend.compile_all()
