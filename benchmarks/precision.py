@@ -69,7 +69,7 @@ def graphs(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any]]:
     if "fp16" in arts.precisions:
         return {"fp32": fp32, "fp16": arts.graph_path(S.IMAGE_ENCODER, "fp16")}, {"model": source, "fp16": "the artifacts' variant"}
     from segvol_rt.export import fp16 as F
-    from segvol_rt.io.artifacts import sha256_file
+    from segvol_rt.io.digests import sha256_file
 
     cache = Path(root).parent / "fp16-bench" / sha256_file(fp32)[:16]
     target = cache / F.fp16_file(fp32.name)

@@ -22,7 +22,6 @@ unexpected or mis-shaped key is a :class:`SegVolError`. Pickles load with
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -40,6 +39,7 @@ import torch
 from segvol_rt.errors import SegVolError
 from segvol_rt.export.model.segvol import SegVol
 from segvol_rt.io.config import SegVolConfig
+from segvol_rt.io.digests import sha256_file
 
 FORMAT_PTH = "pth"
 FORMAT_HF = "hf"
@@ -376,9 +376,3 @@ def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
         raise
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

@@ -44,6 +44,7 @@ from segvol_rt.export.checkpoint import TOKENIZER_FILES, Checkpoint, build_model
 from segvol_rt.io import artifacts as A
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
+from segvol_rt.io.digests import sha256_file
 
 if TYPE_CHECKING:
     from segvol_rt.export.model.segvol import SegVol
@@ -241,7 +242,7 @@ def export_graph(
     if options.precision == "fp16":
         variants["fp16"] = export_fp16_variant(work, module, spec, config, options, say, extra)
     return GraphResult(
-        spec.name, spec.file, A.sha256_file(path), path.stat().st_size, report.operators, parity, time.perf_counter() - t,
+        spec.name, spec.file, sha256_file(path), path.stat().st_size, report.operators, parity, time.perf_counter() - t,
         variants,
     )
 
@@ -274,7 +275,7 @@ def export_fp16_variant(
         parity = F.fp16_parity(O.ort_session(src), O.ort_session(dst), spec, cases)
         say(f"{spec.name} fp16: max rel L2 {parity.max_rel_l2:.2e} against fp32 over {len(parity.cases)} cases")
         parity.require()
-    return VariantResult("fp16", dst.name, A.sha256_file(dst), dst.stat().st_size, report.operators, parity,
+    return VariantResult("fp16", dst.name, sha256_file(dst), dst.stat().st_size, report.operators, parity,
                          converted.conversion())
 
 
@@ -322,7 +323,7 @@ def _copy_tokenizer(work: Path, ckpt: Checkpoint, given: Any, config: SegVolConf
         shutil.copyfile(f, target / f.name)
     tok = ClipTokenizer.from_dir(target)
     _check_tokenizer(tok, config, source)
-    return tok, {f.name: A.sha256_file(target / f.name) for f in files}
+    return tok, {f.name: sha256_file(target / f.name) for f in files}
 
 
 def _check_tokenizer(tok: ClipTokenizer, config: SegVolConfig, source: Path) -> None:
@@ -357,7 +358,7 @@ def _write_text_table(work: Path, model: SegVol, ids: np.ndarray) -> dict[str, A
     path = work / A.TEXT_TABLE
     with open(path, "wb") as f:
         np.savez(f, names=np.array(CATEGORIES, dtype=str), embeddings=embeddings)
-    return {"file": A.TEXT_TABLE, "sha256": A.sha256_file(path), "count": len(CATEGORIES)}
+    return {"file": A.TEXT_TABLE, "sha256": sha256_file(path), "count": len(CATEGORIES)}
 
 
 def _manifest(

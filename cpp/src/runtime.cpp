@@ -31,10 +31,8 @@ static void make_cache_dir(const std::string& dir) {
 // The OpenVINO model cache, as the Python backend's (segvol_rt.backends.openvino.default_cache_dir):
 // <$SEGVOL_RT_CACHE or ~/.cache/segvol-rt>/openvino, never the artifacts directory.
 static std::string openvino_cache_dir() {
-    std::string root;
-    if (const char* env = std::getenv("SEGVOL_RT_CACHE"); env && *env) root = env;
-    else if (const char* home = std::getenv("HOME"); home && *home) root = std::string(home) + "/.cache/segvol-rt";
-    else return "";
+    std::string root = user_cache_root();
+    if (root.empty()) return "";
     std::string dir = root + "/openvino";
     make_cache_dir(dir);
     return dir;

@@ -1,5 +1,5 @@
-// Small host helpers shared by the SDK's sources: a regular-file test and size, the cores
-// this process may run on, UTF-8 encoding of one code point (utf8proc), and
+// Small host helpers shared by the SDK's sources: a regular-file test and size, the user
+// cache's folder, the cores this process may run on, UTF-8 encoding of one code point (utf8proc), and
 // Python's str.strip() of ASCII whitespace.
 #pragma once
 
@@ -8,8 +8,11 @@
 #include <utf8proc.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <thread>
+
+#include "generated/shared_constants.hpp"
 
 namespace segvol::detail {
 
@@ -22,6 +25,14 @@ inline bool is_file(const std::string& p) {
 inline long long file_size(const std::string& p) {
     struct stat st;
     return stat(p.c_str(), &st) == 0 ? (long long)st.st_size : -1;
+}
+
+// segvol-rt's user cache (segvol_rt.io.user_cache.cache_root): $SEGVOL_RT_CACHE, else
+// ~/.cache/segvol-rt; empty where neither it nor HOME is set.
+inline std::string user_cache_root() {
+    if (const char* env = std::getenv(shared::CACHE_ENV); env && *env) return env;
+    if (const char* home = std::getenv("HOME"); home && *home) return std::string(home) + "/.cache/segvol-rt";
+    return "";
 }
 
 // The CPUs of this process's affinity mask (what `taskset` or a container allows), at least 1.

@@ -7,7 +7,8 @@ Writes, from the Python modules that define them:
   graph names and ``EXTRA_TOKENS`` (segvol_rt/io/spec.py), the CPU batch policy
   of the prompt decoder (segvol_rt/backends/onnxruntime.py, openvino.py), the
   voxel-orientation rules (valid axis codes, ``stored``, the degenerate-affine
-  ratio), and
+  ratio), the user cache's variable and the records of checked files
+  (segvol_rt/io/user_cache.py, digests.py), and
   the kernel name expressions with ``is_kernel`` (the host launchers check the
   kernels they instantiate against it at compile time);
 * ``cpp/src/generated/kernel_instances.inc``: every kernel name expression of
@@ -53,7 +54,7 @@ def render_header() -> str:
     lines = [
         NOTICE.format(sources="segvol_rt/io/spec.py, segvol_rt/io/artifacts.py, segvol_rt/io/volume_checks.py, "
                       "segvol_rt/pipeline/zoom.py, segvol_rt/pipeline/geometry.py, segvol_rt/backends/onnxruntime.py, "
-                      "openvino.py and segvol_rt/kernels/__init__.py"),
+                      "openvino.py, segvol_rt/io/user_cache.py, digests.py and segvol_rt/kernels/__init__.py"),
         "#pragma once\n",
         "namespace segvol::detail::shared {\n",
         "// zoom-in sliding windows (segvol_rt.pipeline.zoom)",
@@ -75,6 +76,7 @@ def render_header() -> str:
         *_openvino_precisions(ov_backend),
         *_cpu_memory(ort_backend, ov_backend),
         *_orientation(),
+        *_digest_records(),
         *_kernel_names(),
         "}  // namespace segvol::detail::shared",
     ]
@@ -122,6 +124,21 @@ def _orientation() -> list[str]:
         f'inline constexpr const char* ORIENTATION_PATTERN = R"({A.ORIENTATION_PATTERN})";',
         f'inline constexpr const char* STORED_ORDER = "{G.STORED_ORDER}";',
         f"inline constexpr double DEGENERATE_AFFINE_RATIO = {float(C.DEGENERATE_AFFINE_RATIO)!r};\n",
+    ]
+
+
+def _digest_records() -> list[str]:
+    """The records of checked files: their folder under the user cache, the first word of the
+    text a record's name hashes, and the age a file needs before it gets one (segvol_rt.io.digests)."""
+    from segvol_rt.io import digests as D
+    from segvol_rt.io import user_cache as U
+
+    return [
+        "// the user cache and the records of files whose sha256 was checked (segvol_rt.io.user_cache, digests)",
+        f'inline constexpr const char* CACHE_ENV = "{U.CACHE_ENV}";',
+        f'inline constexpr const char* DIGEST_RECORDS_DIR = "{D.RECORDS_DIR}";',
+        f'inline constexpr const char* DIGEST_RECORD_FORMAT = "{D.RECORD_FORMAT}";',
+        f"inline constexpr int DIGEST_RACY_SECONDS = {int(D.RACY_SECONDS)};\n",
     ]
 
 

@@ -32,8 +32,9 @@ from typing import Any
 from segvol_rt.app.cohort_cases import Case
 from segvol_rt.app.cohort_progress import CohortProgress
 from segvol_rt.app.infer import DEFAULT_SUFFIX, DicomInput, InferOptions, InferResult, plan_targets, run_infer
-from segvol_rt.app.run_report import RunReport, sha256_file
+from segvol_rt.app.run_report import RunReport
 from segvol_rt.errors import SegVolError
+from segvol_rt.io.digests import sha256_file
 
 # options that do not shape the outputs, or must never be written down
 _NOT_SETTINGS = ("out", "series", "dicomweb_auth")

@@ -26,7 +26,6 @@ sha256. ``force`` ignores the earlier report.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import time
@@ -36,18 +35,11 @@ from typing import Any
 
 from segvol_rt.app.cohort_cases import REPORT_NAME, Case
 from segvol_rt.errors import SegVolError
+from segvol_rt.io.digests import sha256_file
 
 CSV_NAME = "segvol-rt-run.csv"
 FORMAT = "segvol-rt-run/1"
 _STAT_KEYS = ("voxels", "volume_ml", "mean", "std", "min", "max")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class RunReport:

@@ -72,7 +72,7 @@ def cache_root() -> Path:
 
 def demo_cache_dir() -> Path:
     """Where the demo model's artifacts live: ``cache_root()/demo-<sha256[:12]>``."""
-    from segvol_rt.io.artifacts import sha256_file
+    from segvol_rt.io.digests import sha256_file
 
     digest = sha256_file(demo_checkpoint_dir() / WEIGHTS_FILE)
     return cache_root() / f"demo-{digest[:12]}"
@@ -98,7 +98,7 @@ def cached_demo_artifacts() -> Path | None:
     """``$SEGVOL_RT_DEMO_ARTIFACTS``; else the shipped artifacts when they were
     exported from the shipped checkpoint; else the cache directory when it
     holds verified artifacts; else None (an export is needed)."""
-    from segvol_rt.io.artifacts import sha256_file
+    from segvol_rt.io.digests import sha256_file
 
     override = os.environ.get(DEMO_ARTIFACTS_ENV)
     if override:

@@ -85,7 +85,7 @@ def test_cohort_of_six_four_ok_two_failed_and_a_rerun_resumes(tmp_path, tiny):
     assert (out / f"{SERIES_UID}_segvol.dcm").is_file() and (out / "ct1_segvol.nii.gz").is_file()
     for e in doc["cases"]:
         for name, digest in e["outputs"].items():
-            from segvol_rt.app.run_report import sha256_file
+            from segvol_rt.io.digests import sha256_file
 
             assert sha256_file(out / name) == digest
     rows = list(csv.DictReader((out / "segvol-rt-run.csv").open()))
@@ -177,7 +177,7 @@ def test_sigkill_mid_run_leaves_a_true_report_and_the_next_run_resumes(tmp_path,
     doc = _report(out)
     done = [e["case"] for e in doc["cases"]]
     assert 1 <= len(done) < 12 and done == [f"ct{i:02d}" for i in range(len(done))]
-    from segvol_rt.app.run_report import sha256_file
+    from segvol_rt.io.digests import sha256_file
 
     for e in doc["cases"]:
         assert all(sha256_file(out / n) == d for n, d in e["outputs"].items())

@@ -111,7 +111,8 @@ def fake_demo_checkpoint(tmp_path, tiny, monkeypatch):
 
 
 def test_demo_artifacts_exported_once_into_the_cache(fake_demo_checkpoint, monkeypatch):
-    from segvol_rt.io.artifacts import Artifacts, sha256_file
+    from segvol_rt.io.artifacts import Artifacts
+    from segvol_rt.io.digests import sha256_file
 
     said: list[str] = []
     first = defaults.demo_artifacts(said.append)

@@ -229,7 +229,7 @@ def _rewrite_encoder(root: Path, scale: float) -> None:
     import onnx
     from onnx import numpy_helper
 
-    from segvol_rt.io.artifacts import sha256_file
+    from segvol_rt.io.digests import sha256_file
 
     path = root / "image_encoder.onnx"
     model = onnx.load(path)

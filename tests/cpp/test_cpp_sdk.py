@@ -401,7 +401,7 @@ def test_mismatched_graphs_refused(cpp_build, demo_artifacts, tmp_path):
     import json
     import shutil
 
-    from segvol_rt.io.artifacts import sha256_file
+    from segvol_rt.io.digests import sha256_file
 
     art = tmp_path / "swapped"
     shutil.copytree(demo_artifacts, art)
@@ -450,6 +450,45 @@ def test_load_verifies_what_python_reads(cpp_build, demo_artifacts, tmp_path, pr
         assert err.value.status == 2 and f"{damaged} does not match manifest.json" in err.value.message
         with pytest.raises(SegVolError, match=f"{damaged} does not match manifest.json"):
             SegVolRuntime.load(art, backend="onnxruntime", device="cpu", precision=precision)
+
+
+def test_cpp_and_python_share_the_records_of_checked_files(cpp_build, demo_artifacts, tmp_path, monkeypatch):
+    """A verifying load in C++ records each file it hashed under the name Python gives it
+    (segvol_rt.io.digests), and Python's load then hashes none of them; a file changed in
+    place afterwards, its size and modification time put back, is still refused by both."""
+    import os
+    import shutil
+    import time
+
+    from segvol_rt.io import digests
+    from segvol_rt.io.artifacts import Artifacts
+
+    monkeypatch.setenv("SEGVOL_RT_CACHE", str(tmp_path / "cache"))
+    art = tmp_path / "art"
+    shutil.copytree(demo_artifacts, art)
+    files = Artifacts.load(art).graph_files() + Artifacts.load(art).support_files()
+    newest = max(max(s.st_mtime, s.st_ctime) for s in ((art / rel).stat() for rel, _ in files))
+    time.sleep(max(0.0, newest + digests.RACY_SECONDS + 0.1 - time.time()))  # out of the racy window
+    sdk.CppRuntime(cpp_build, art).close()
+    expected = {digests.record_name((art / rel).stat(), digest) for rel, digest in files}
+    assert {p.name for p in digests.records_dir().iterdir()} == expected
+    hashed: list[str] = []
+    real = digests.sha256_file
+    monkeypatch.setattr(digests, "sha256_file", lambda path: hashed.append(str(path)) or real(path))
+    SegVolRuntime.load(art, backend="onnxruntime", device="cpu").close()
+    assert hashed == []
+    graph = art / "prompt_decoder.onnx"
+    st = graph.stat()
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 1
+    time.sleep(0.05)  # a clock tick on: the write gets a new status-change time
+    with open(graph, "r+b") as f:
+        f.write(data)
+    os.utime(graph, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(sdk.SdkError, match="prompt_decoder.onnx does not match manifest.json"):
+        sdk.CppRuntime(cpp_build, art)
+    with pytest.raises(SegVolError, match="prompt_decoder.onnx does not match manifest.json"):
+        SegVolRuntime.load(art, backend="onnxruntime", device="cpu")
 
 
 def test_sample_app_default_output_path(tmp_path, cpp_build, demo_artifacts):

@@ -18,7 +18,8 @@ import pytest
 
 from segvol_rt.demo.model import WEIGHTS_FILE, cached_demo_artifacts, demo_checkpoint_dir, shipped_artifacts_dir
 from segvol_rt.io import spec as S
-from segvol_rt.io.artifacts import Artifacts, sha256_file
+from segvol_rt.io.artifacts import Artifacts
+from segvol_rt.io.digests import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 PARITY = 1e-5  # relative L2 of each graph output, as the exporter's own check

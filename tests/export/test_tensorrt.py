@@ -27,6 +27,7 @@ from segvol_rt.errors import SegVolError
 from segvol_rt.io import artifacts as A
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
+from segvol_rt.io.digests import sha256_file
 from tests.support import fake_cupy, fake_tensorrt
 from tests.support.shared import shared_path
 
@@ -44,11 +45,11 @@ def make_artifacts(root: Path, config: SegVolConfig | None = None, broken: str |
         # The fake parser embeds this text in the fake engine, whose runtime reads the IO from it.
         body = b"BROKEN" if name == broken else json.dumps(spec.to_dict()).encode()
         (root / spec.file).write_bytes(body)
-        graphs[name] = {"file": spec.file, "sha256": A.sha256_file(root / spec.file), "spec": spec.to_dict()}
+        graphs[name] = {"file": spec.file, "sha256": sha256_file(root / spec.file), "spec": spec.to_dict()}
         if fp16:
             half = spec.file.replace(".onnx", ".fp16.onnx")
             (root / half).write_bytes(body + b" ")  # a different file of the same IO
-            graphs[name]["variants"] = {"fp16": {"file": half, "sha256": A.sha256_file(root / half)}}
+            graphs[name]["variants"] = {"fp16": {"file": half, "sha256": sha256_file(root / half)}}
     A.write_manifest(
         root,
         {
@@ -192,7 +193,7 @@ def test_fake_build_writes_plain_engines_and_manifest_records(tmp_path, fake_trt
         path = root / rec.file
         # The file is exactly TensorRT's serialized engine: no header of ours.
         assert path.read_bytes().startswith(b"FAKE-SERIALIZED-ENGINE/")
-        assert rec.sha256 == A.sha256_file(path)
+        assert rec.sha256 == sha256_file(path)
         assert rec.graph_sha256 == manifest["graphs"][graph]["variants"]["fp16"]["sha256"]  # the graph it was built from
         assert rec.model_sha256 == CHECKPOINT_SHA
         assert (rec.tensorrt_version, rec.gpu_name, rec.compute_capability) == (fake_trt.__version__, "FAKE GPU", "9.0")

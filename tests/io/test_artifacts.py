@@ -12,8 +12,10 @@ import pytest
 
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import artifacts as A
+from segvol_rt.io import digests
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
+from segvol_rt.io.digests import sha256_file
 
 
 def _make(root, config=None):
@@ -24,7 +26,7 @@ def _make(root, config=None):
     graphs = {}
     for name, spec in specs.items():
         (root / spec.file).write_bytes(name.encode() * 10)
-        graphs[name] = {"file": spec.file, "sha256": A.sha256_file(root / spec.file), "spec": spec.to_dict(),
+        graphs[name] = {"file": spec.file, "sha256": sha256_file(root / spec.file), "spec": spec.to_dict(),
                         "operators": {}, "parity": {}}
     (root / A.TOKENIZER_DIR).mkdir()
     (root / A.TOKENIZER_DIR / "vocab.json").write_text("{}")
@@ -35,8 +37,8 @@ def _make(root, config=None):
         "config": config.to_dict(),
         "prompt_template": config.prompt_template,
         "graphs": graphs,
-        "tokenizer": {"dir": A.TOKENIZER_DIR, "files": {"vocab.json": A.sha256_file(root / "tokenizer/vocab.json")}},
-        "text_table": {"file": A.TEXT_TABLE, "sha256": A.sha256_file(root / A.TEXT_TABLE), "count": 2},
+        "tokenizer": {"dir": A.TOKENIZER_DIR, "files": {"vocab.json": sha256_file(root / "tokenizer/vocab.json")}},
+        "text_table": {"file": A.TEXT_TABLE, "sha256": sha256_file(root / A.TEXT_TABLE), "count": 2},
         "engines": {},
     }
     A.write_manifest(root, manifest)
@@ -84,7 +86,7 @@ def test_engine_entries_are_checked(tmp_path):
     art = A.Artifacts.load(root)
     (root / "engines").mkdir()
     (root / "engines/x.plan").write_bytes(b"engine")
-    art.update(engines={"x": {"file": "engines/x.plan", "sha256": A.sha256_file(root / "engines/x.plan")}})
+    art.update(engines={"x": {"file": "engines/x.plan", "sha256": sha256_file(root / "engines/x.plan")}})
     A.Artifacts.load(root).verify()
     (root / "engines/x.plan").write_bytes(b"other")
     with pytest.raises(SegVolError, match="x.plan does not match"):
@@ -98,8 +100,8 @@ def test_verify_files_checks_each_file_once(tmp_path, monkeypatch):
     root = _make(tmp_path / "art")
     art = A.Artifacts.load(root)
     hashed = []
-    real = A.sha256_file
-    monkeypatch.setattr(A, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    real = digests.sha256_file
+    monkeypatch.setattr(digests, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
     art.verify_files(art.graph_files("fp32"))
     assert sorted(hashed) == sorted(f"{g}.onnx" for g in S.GRAPH_NAMES)
     art.verify_files([*art.graph_files("fp32"), *art.support_files()])

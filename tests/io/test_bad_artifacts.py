@@ -19,6 +19,7 @@ from segvol_rt.errors import SegVolError
 from segvol_rt.io import artifacts as A
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
+from segvol_rt.io.digests import sha256_file
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -47,10 +48,10 @@ def _save(root: Path, manifest: dict, rehash: bool = True) -> Path:
     if rehash:
         for entry in manifest["graphs"].values():
             if isinstance(entry.get("file"), str) and (root / entry["file"]).is_file():
-                entry["sha256"] = A.sha256_file(root / entry["file"])
+                entry["sha256"] = sha256_file(root / entry["file"])
         table = manifest.get("text_table") or {}
         if (root / table.get("file", "-")).is_file():
-            table["sha256"] = A.sha256_file(root / table["file"])
+            table["sha256"] = sha256_file(root / table["file"])
     (root / A.MANIFEST).write_text(json.dumps(manifest))
     return root
 

@@ -45,8 +45,9 @@ from segvol_rt._optional import require
 from segvol_rt.backends.tensorrt import engines as E
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
-from segvol_rt.io.artifacts import GRAPH_VARIANTS, Artifacts, sha256_file
+from segvol_rt.io.artifacts import GRAPH_VARIANTS, Artifacts
 from segvol_rt.io.atomic import atomic_write_bytes
+from segvol_rt.io.digests import sha256_file
 
 GIB = 1 << 30
 

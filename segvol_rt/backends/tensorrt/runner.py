@@ -41,7 +41,8 @@ from segvol_rt.backends.cuda_common import (
 from segvol_rt.backends.tensorrt import engines as E
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
-from segvol_rt.io.artifacts import Artifacts, sha256_file
+from segvol_rt.io.artifacts import Artifacts
+from segvol_rt.io.digests import sha256_file
 
 
 @dataclass(frozen=True)
