@@ -38,17 +38,20 @@ from segvol_rt.types import Request, Segmentation
 @dataclass(frozen=True)
 class ModelChoice:
     """Which model segments: ``server`` (a ``segvol-rt serve`` URL) if given, else the
-    local runtime on ``artifacts`` (None: the demo model) with ``backend``."""
+    local runtime on ``artifacts`` (None: the demo model) with ``backend`` computing
+    in ``precision`` (None: the backend's default), as ``SegVolRuntime.load`` takes them."""
 
     artifacts: str | None = None
     server: str | None = None
     backend: str = "auto"
     threads: int | None = None
+    precision: str | None = None
 
     def describe(self) -> str:
         if self.server:
             return f"segvol-rt server {self.server}"
-        return f"{self.artifacts or 'the demo model'} ({self.backend})"
+        computes = f" {self.precision}" if self.precision else ""
+        return f"{self.artifacts or 'the demo model'} ({self.backend}{computes})"
 
 
 def open_model(choice: ModelChoice) -> Any:
@@ -62,7 +65,8 @@ def open_model(choice: ModelChoice) -> Any:
 
     if choice.artifacts is not None:
         check_artifacts_dir(choice.artifacts)
-    return SegVolRuntime.load(choice.artifacts or demo_artifacts(), backend=choice.backend, threads=choice.threads)
+    return SegVolRuntime.load(choice.artifacts or demo_artifacts(), backend=choice.backend, threads=choice.threads,
+                              precision=choice.precision)
 
 
 def target_names(choice: ModelChoice) -> list[str]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import numpy as np
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QCompleter,
     QFileDialog,
     QFormLayout,
@@ -47,7 +48,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from segvol_rt.backends.select import BACKENDS
 from segvol_rt.errors import SegVolError, one_line
+from segvol_rt.io.artifacts import PRECISIONS
 from segvol_rt.napari import prompts as NP
 from segvol_rt.napari.session import ModelChoice, Session, target_names
 from segvol_rt.types import Request
@@ -61,6 +64,7 @@ CT_WINDOW = (-160.0, 240.0)  # soft tissue: level 40, width 400 HU
 RESULT_OPACITY = 0.6
 AXIAL_ORDER = (2, 1, 0)  # world (x, y, z) RAS mm: slice along z, rows y, columns x
 RADIOLOGICAL = ("up", "left")  # anterior up, the patient's right on the viewer's left
+DEFAULT_PRECISION = "default"  # the precision box's first item: the backend's default (None)
 
 
 @dataclass
@@ -125,6 +129,12 @@ class SegVolWidget(QWidget):
     def _build(self) -> None:
         self.artifacts_edit = QLineEdit(placeholderText="the demo model")
         self.server_edit = QLineEdit(placeholderText="local (or http://127.0.0.1:8000)")
+        self.backend_box = self._choice_box(BACKENDS, "the local model's backend (a server runs its own); "
+                                                      "auto: the fastest that runs here")
+        self.precision_box = self._choice_box((DEFAULT_PRECISION, *PRECISIONS),
+                                              "what the local backend computes in: fp16 needs fp16 graphs "
+                                              "(segvol-rt export --precision fp16), bf16 the openvino backend "
+                                              "on a CPU that offers it")
         self.target_edit = QLineEdit(placeholderText="liver, spleen, ...")
         self.negative_box = QCheckBox("new points are negative")
         self.negative_box.toggled.connect(self._point_sign_changed)
@@ -135,6 +145,7 @@ class SegVolWidget(QWidget):
         form = QFormLayout()
         form.addRow("artifacts", self.artifacts_edit)
         form.addRow("server", self.server_edit)
+        form.addRow("backend", _row(self.backend_box, self.precision_box))
         form.addRow("target", self.target_edit)
         form.addRow("points", self.negative_box)
         form.addRow("box slices", slices)
@@ -162,6 +173,13 @@ class SegVolWidget(QWidget):
         return button
 
     @staticmethod
+    def _choice_box(items: Sequence[str], tip: str) -> QComboBox:
+        box = QComboBox()
+        box.addItems(list(items))
+        box.setToolTip(tip)
+        return box
+
+    @staticmethod
     def _slice_box() -> QSpinBox:
         box = QSpinBox()
         box.setRange(-1, 1 << 20)
@@ -173,7 +191,10 @@ class SegVolWidget(QWidget):
 
     def model_choice(self) -> ModelChoice:
         """The model the form names."""
-        return ModelChoice(self.artifacts_edit.text().strip() or None, self.server_edit.text().strip() or None)
+        precision = self.precision_box.currentText()
+        return ModelChoice(self.artifacts_edit.text().strip() or None, self.server_edit.text().strip() or None,
+                           backend=self.backend_box.currentText(),
+                           precision=None if precision == DEFAULT_PRECISION else precision)
 
     def slice_range(self) -> tuple[int, int] | None:
         """The box's first and last slice across the rectangle, or None (its own slice)."""

@@ -118,3 +118,25 @@ def test_completion_names_come_from_the_text_table():
     names = target_names(CHOICE)
     assert "liver" in names and "spleen" in names
     assert "liver" in target_names(ModelChoice(server="http://127.0.0.1:1"))  # served: SegVol's vocabulary
+
+
+def test_the_local_model_runs_on_the_backend_and_precision_asked(phantom, reference, tmp_path, monkeypatch):
+    """ModelChoice's backend and precision reach SegVolRuntime.load: OpenVINO fp32 gives the
+    runtime's mask here; a precision the backend cannot compute in is its one line."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("SEGVOL_RT_CACHE", str(tmp_path / "cache"))
+    ph, path = phantom
+    choice = ModelChoice(artifacts=str(shipped_artifacts_dir()), backend="openvino", threads=1, precision="fp32")
+    assert choice.describe().endswith("(openvino fp32)")
+    session = Session()
+    session.open(path, choice)
+    try:
+        assert session.model.provenance["backend"] == "openvino" and session.model.provenance["precision"] == "fp32"
+        c = _centre(ph, "liver")
+        got = session.segment("liver", Request(text="liver", points=[c])).mask
+        want = reference.segment(text="liver", points=[c]).mask  # ONNX Runtime: the same up to a few voxels
+        assert 2 * np.count_nonzero(got & want) / (np.count_nonzero(got) + np.count_nonzero(want)) > 0.999
+    finally:
+        session.close()
+    with pytest.raises(SegVolError, match="openvino backend computes in"):
+        Session().open(path, ModelChoice(artifacts=str(shipped_artifacts_dir()), backend="openvino", precision="fp16"))

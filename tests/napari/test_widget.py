@@ -195,6 +195,23 @@ def test_a_dicom_series_opens_in_mm_and_saves_a_seg(make_napari_viewer, qtbot, p
     assert [p.name for p in widget.saved] == ["liver.dcm"]
 
 
+def test_the_backend_and_precision_boxes_choose_the_local_model(make_napari_viewer):
+    """The form's backend and precision boxes: auto and the backend's default at first, then
+    what is picked (tests/napari/test_session.py runs a model so chosen)."""
+    from segvol_rt.backends.select import BACKENDS
+    from segvol_rt.io.artifacts import PRECISIONS
+
+    widget = _widget(make_napari_viewer())
+    assert [widget.backend_box.itemText(i) for i in range(widget.backend_box.count())] == list(BACKENDS)
+    assert [widget.precision_box.itemText(i) for i in range(widget.precision_box.count())][1:] == list(PRECISIONS)
+    choice = widget.model_choice()
+    assert (choice.backend, choice.precision) == ("auto", None)
+    widget.backend_box.setCurrentText("openvino")
+    widget.precision_box.setCurrentText("bf16")
+    choice = widget.model_choice()
+    assert (choice.backend, choice.precision, choice.artifacts) == ("openvino", "bf16", str(shipped_artifacts_dir()))
+
+
 def test_errors_are_one_line_notifications(make_napari_viewer, qtbot, phantom, tmp_path):
     from napari.utils.notifications import notification_manager
 
