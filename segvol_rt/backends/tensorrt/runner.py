@@ -20,6 +20,7 @@ imported when a backend is created, never at module import.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,7 +43,6 @@ from segvol_rt.backends.tensorrt import engines as E
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.artifacts import Artifacts
-from segvol_rt.io.digests import sha256_file
 
 
 @dataclass(frozen=True)
@@ -243,11 +243,12 @@ class TensorRTBackend(Backend):
         path = artifacts.root / record.file
         if not path.is_file():
             raise SegVolError(f"engine {path} is listed in the manifest but missing; {E.REBUILD_HINT}")
-        if sha256_file(path) != record.sha256:
+        data = path.read_bytes()  # hashed as read: TensorRT deserializes exactly the bytes checked
+        if hashlib.sha256(data).hexdigest() != record.sha256:
             raise SegVolError(
                 f"engine {path} does not match its manifest sha256 (changed or damaged); {E.REBUILD_HINT}"
             )
-        return _Engine(self._trt, self._runtime, path.read_bytes(), self.specs[graph], str(path))
+        return _Engine(self._trt, self._runtime, data, self.specs[graph], str(path))
 
     def _run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, Any]:
         cp, engine = self._cp, self._engines[graph]
