@@ -26,6 +26,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <climits>
 #include <limits>
@@ -420,6 +421,27 @@ void commit(const std::vector<std::pair<std::string, std::string>>& staged, cons
         }
 }
 
+// `s` as one word of a POSIX shell, as Python's shlex.quote: unchanged when it holds only
+// [A-Za-z0-9@%+=:,./_-], else in single quotes (a quote inside as '"'"').
+std::string shell_quote(const std::string& s) {
+    auto safe = [](unsigned char c) { return std::isalnum(c) || std::strchr("@%+=:,./_-", c); };
+    if (!s.empty() && std::all_of(s.begin(), s.end(), safe)) return s;
+    std::string out = "'";
+    for (char c : s) out += c == '\'' ? std::string("'\"'\"'") : std::string(1, c);
+    return out + "'";
+}
+
+// What OpenVINO compiled while loading (a first run on this machine), in segvol-rt infer's words
+// (segvol_rt.app.console._note_load): "" when nothing was compiled.
+std::string compiled_note(const segvol::Runtime& rt, const Args& a) {
+    std::string graphs = rt.compiled_graphs();
+    if (graphs.empty()) return "";
+    for (size_t at; (at = graphs.find(',')) != std::string::npos;) graphs.replace(at, 1, " and ");
+    return "OpenVINO compiled " + graphs + " for this machine (a first run; later runs load them from the model cache): "
+           "`segvol-rt build --artifacts " + shell_quote(a.artifacts) + " --backend openvino --precision " + a.precision +
+           "` compiles every graph ahead of time";
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -449,6 +471,7 @@ int main(int argc, char** argv) {
         lo.precision = a.precision;
         lo.reorient = a.reorient;
         segvol::Runtime rt(a.artifacts, lo);
+        if (std::string note = compiled_note(rt, a); !a.quiet && !note.empty()) std::printf("%s\n", note.c_str());
         rt.set_volume(voxels.bytes.data(), voxels.bytes.size(), voxels.dtype, dims, &affine);
         std::vector<unsigned char>().swap(voxels.bytes);  // the runtime holds its own float32 copy
         segvol::Target base;

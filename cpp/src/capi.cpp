@@ -19,6 +19,7 @@ struct segvol_runtime {
     mutable std::mutex mu;
     std::unique_ptr<segvol::detail::Runtime> rt;
     std::string backend;
+    std::string compiled;  // segvol_compiled_graphs of the loaded runtime
 };
 
 namespace {
@@ -26,6 +27,7 @@ namespace {
 // This thread's records: the last error, and its copy of a handle's backend description.
 thread_local std::string t_error;
 thread_local std::string t_backend;
+thread_local std::string t_compiled;
 
 segvol_status set_error(segvol_status code, const std::string& msg) {
     std::string line = msg;
@@ -132,6 +134,17 @@ const char* segvol_backend(const segvol_runtime* rt) {
     return t_backend.c_str();
 }
 
+const char* segvol_compiled_graphs(const segvol_runtime* rt) {
+    if (!rt) return "";
+    try {
+        std::lock_guard<std::mutex> lock(rt->mu);
+        t_compiled = rt->compiled;
+    } catch (...) {  // out of memory (or a broken lock): nothing rather than a stale list
+        t_compiled.clear();
+    }
+    return t_compiled.c_str();
+}
+
 segvol_status segvol_load(segvol_runtime* h, const char* dir, const segvol_load_options* o) {
     return guarded(h, [&] {
         if (!dir) segvol::detail::fail(SEGVOL_ERR_INVALID_ARGUMENT, "artifacts_dir is NULL");
@@ -153,9 +166,11 @@ segvol_status segvol_load(segvol_runtime* h, const char* dir, const segvol_load_
         }
         // built first, swapped in only once it works: a failed load keeps the working runtime
         auto fresh = std::make_unique<segvol::detail::Runtime>(dir, lo);
-        std::string backend = fresh->describe();
+        std::string backend = fresh->describe(), compiled;
+        for (const std::string& g : fresh->compiled_now()) compiled += (compiled.empty() ? "" : ",") + g;
         h->rt = std::move(fresh);
         h->backend = std::move(backend);
+        h->compiled = std::move(compiled);
     });
 }
 

@@ -43,6 +43,8 @@ class Graph {
     virtual Buffer run(const std::vector<Feed>& inputs) = 0;
     // What ran (e.g. OpenVINO's compiled inference precision); "" when nothing to say.
     virtual std::string ran() const { return ""; }
+    // Whether opening it compiled the graph for this machine (OpenVINO without a cached blob).
+    virtual bool compiled_now() const { return false; }
 };
 
 // What the pipeline needs of a backend, as Python's Graphs protocol

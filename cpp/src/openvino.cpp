@@ -233,6 +233,7 @@ class OvGraph final : public Graph {
     void run_into(const std::vector<Feed>& inputs, const TensorView& out) override;
     Buffer run(const std::vector<Feed>& inputs) override;
     std::string ran() const override { return ran_; }
+    bool compiled_now() const override { return compiled_now_; }
 
    private:
     void open(const std::string& path, const std::string& name, const char* hint, const GraphOptions& opt,
@@ -248,6 +249,7 @@ class OvGraph final : public Graph {
     ov_infer_request_t* request_ = nullptr;  // one per graph: a handle's calls are serialised
     std::vector<std::string> inputs_, outputs_;
     std::string ran_;
+    bool compiled_now_ = false;
     bool drop_after_run_ = false;
 };
 
@@ -267,7 +269,8 @@ void OvGraph::open(const std::string& path, const std::string& name, const char*
     std::vector<std::string> before = cached_blobs(cache_dir);
     compile(path, hint, opt, cache_dir);
     std::vector<std::string> blobs = cached_blobs(cache_dir);
-    if (!loaded_from_cache() && blobs != before) {
+    compiled_now_ = !loaded_from_cache();
+    if (compiled_now_ && blobs != before) {
         // a first compile holds the weights in memory of its own (not mapped, so not given
         // back below); the blob it just wrote loads mapped: load that instead
         free_compiled();

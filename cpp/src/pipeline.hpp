@@ -111,6 +111,8 @@ class Runtime {
     void release_volume();
     std::vector<Result> segment(const std::vector<Request>& requests);
     std::string describe() const;
+    // the graphs OpenVINO compiled while loading (none came from its model cache), in load order
+    const std::vector<std::string>& compiled_now() const { return compiled_now_; }
     unsigned long long windows_encoded() const;
     bool has_volume() const { return vol_ != nullptr; }
     std::array<i64, 3> volume_dims() const;  // (I, J, K) of the volume set; has_volume() first
@@ -130,6 +132,7 @@ class Runtime {
     Artifacts art_;
     LoadOptions opt_;
     std::string describe_;
+    std::vector<std::string> compiled_now_;
     std::optional<std::string> orientation_;
     std::unique_ptr<Graphs> graphs_;       // image encoder + prompt decoder (Python's Graphs protocol)
     std::unique_ptr<Graph> text_encoder_;  // opened on the first free phrase

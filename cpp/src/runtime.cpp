@@ -112,6 +112,8 @@ Runtime::Runtime(const std::string& dir, const LoadOptions& opt) : opt_(opt) {
     go.precision = opt.precision;
     std::unique_ptr<Graph> encoder = open_graph(IMAGE_ENCODER, go);  // in this order: the encoder's error first
     std::unique_ptr<Graph> decoder = open_graph(PROMPT_DECODER, go);
+    for (const Graph* g : {encoder.get(), decoder.get()})  // what loading compiled (the text encoder opens later)
+        if (g->compiled_now()) compiled_now_.push_back(g == encoder.get() ? IMAGE_ENCODER : PROMPT_DECODER);
     try {
         graphs_ = std::make_unique<Graphs>(std::move(encoder), art_.graphs[IMAGE_ENCODER].inputs, std::move(decoder),
                                            art_.graphs[PROMPT_DECODER].inputs);

@@ -116,6 +116,8 @@ int main(int argc, char** argv) {
     segvol_runtime* rt = segvol_create();
     expect("load NULL dir", segvol_load(rt, nullptr, nullptr), SEGVOL_ERR_INVALID_ARGUMENT, rt);
     expect("load missing dir", segvol_load(rt, "/nonexistent/artifacts", nullptr), SEGVOL_ERR_ARTIFACTS, rt);
+    check("nothing compiled before a load (and for NULL)",
+          std::string(segvol_compiled_graphs(rt)).empty() && std::string(segvol_compiled_graphs(nullptr)).empty());
     int64_t dims[3] = {40, 40, 20};
     std::vector<float> vol((size_t)(40 * 40 * 20));
     for (size_t i = 0; i < vol.size(); ++i) vol[i] = (float)((i * 7919) % 1000) - 500.0f;

@@ -109,6 +109,8 @@ class CppRuntime:
         lib.segvol_last_error.argtypes = []
         lib.segvol_backend.restype = ctypes.c_char_p
         lib.segvol_backend.argtypes = [ctypes.c_void_p]
+        lib.segvol_compiled_graphs.restype = ctypes.c_char_p
+        lib.segvol_compiled_graphs.argtypes = [ctypes.c_void_p]
         lib.segvol_destroy.argtypes = [ctypes.c_void_p]
         lib.segvol_load.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(LoadOptions)]
         lib.segvol_set_volume.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,

@@ -132,6 +132,38 @@ def test_the_sdk_runs_from_the_cache_python_builds(cpp_build, demo_artifacts, tm
     assert {b: b.stat().st_mtime_ns for b in tmp_path.glob("openvino/*/*.blob")} == blobs
 
 
+def test_a_first_run_says_what_it_compiled_as_the_cli_does(cpp_build, demo_artifacts, tmp_path, monkeypatch):
+    """segvol_compiled_graphs names the graphs a load compiled (none from the model cache), and
+    the app prints the line `segvol-rt infer` prints for them; a second run, from the cache,
+    prints none and compiled nothing."""
+    import subprocess
+
+    _open(cpp_build, demo_artifacts, "fp32").close()  # skips where the build has no OpenVINO
+    ph = make_phantom(**SCANS["ras"])
+    scan = tmp_path / "ct.nii.gz"
+    ph.save(scan)
+    lines: dict[str, list[list[str]]] = {"C++": [], "Python": []}
+    for side, program in (("C++", [str(cpp_build / "segvol-rt-infer")]), ("Python", ["segvol-rt", "infer"])):
+        monkeypatch.setenv("SEGVOL_RT_CACHE", str(tmp_path / f"cache-{side}"))
+        for run in range(2):
+            out = tmp_path / f"{side}-{run}.nii.gz"
+            done = subprocess.run([*program, str(scan), "--artifacts", str(demo_artifacts), "--text", "liver",
+                                   "--backend", "openvino", "--device", "cpu", "--precision", "fp32", "--out", str(out)],
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr
+            lines[side].append([line for line in done.stdout.splitlines() if line.startswith("OpenVINO compiled")])
+    assert lines["C++"] == lines["Python"]
+    assert len(lines["C++"][0]) == 1 and "image_encoder and prompt_decoder" in lines["C++"][0][0] and lines["C++"][1] == []
+    monkeypatch.setenv("SEGVOL_RT_CACHE", str(tmp_path / "cache-api"))
+    for want in ("image_encoder,prompt_decoder", ""):
+        cc = _open(cpp_build, demo_artifacts, "fp32")
+        assert cc.lib.segvol_compiled_graphs(cc.h).decode() == want
+        cc.close()
+    cc = sdk.CppRuntime(cpp_build, demo_artifacts, threads=THREADS, backend="onnxruntime")
+    assert cc.lib.segvol_compiled_graphs(cc.h) == b""
+    cc.close()
+
+
 def test_a_graph_cache_folder_in_the_way_is_one_line(cpp_build, demo_artifacts, tmp_path, monkeypatch):
     """As the Python backend's (tests/backends/test_openvino.py): the same line."""
     from segvol_rt.io import spec as S

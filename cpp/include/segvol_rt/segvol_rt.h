@@ -45,7 +45,7 @@
  *     next segvol_create); copy it to keep it longer.
  *   - segvol_backend(h) copies the description under h's lock into storage
  *     of the calling thread: valid until that thread's next segvol_backend
- *     call, whatever other threads do with h.
+ *     call, whatever other threads do with h; segvol_compiled_graphs(h) alike.
  *   - segvol_version(), segvol_abi_version() and the *_init functions (they
  *     touch only the caller's struct) may be called at any time.
  *   - Each handle has its own pool of pipeline CPU threads (the threads option
@@ -192,6 +192,12 @@ SEGVOL_API segvol_status segvol_load(segvol_runtime* rt, const char* artifacts_d
 /* Description of the backend in use, e.g. "onnxruntime 1.32.0 (cpu, 2 threads, fp32)", or
  * "" before a load: a copy owned by the calling thread, valid until its next segvol_backend. */
 SEGVOL_API const char* segvol_backend(const segvol_runtime* rt);
+/* The graphs the openvino backend compiled for this machine while loading, none of them
+ * found in its model cache (a first run: later loads read them from the cache), comma-
+ * separated in load order, e.g. "image_encoder,prompt_decoder"; "" when all came from the
+ * cache, for onnxruntime, and before a load. A copy owned by the calling thread, valid
+ * until its next segvol_compiled_graphs. */
+SEGVOL_API const char* segvol_compiled_graphs(const segvol_runtime* rt);
 
 /* Preprocess a scan (see the layout above). data holds data_size bytes, at least
  * I*J*K times the dtype's size (else SEGVOL_ERR_INVALID_ARGUMENT, nothing read);

@@ -105,6 +105,8 @@ class Runtime {
     }
 
     std::string backend() const { return segvol_backend(h_); }
+    // the graphs OpenVINO compiled while loading (segvol_compiled_graphs), comma-separated
+    std::string compiled_graphs() const { return segvol_compiled_graphs(h_); }
 
     // data holds data_size bytes (at least I*J*K elements of dtype).
     void set_volume(const void* data, size_t data_size, segvol_dtype dtype, const std::array<int64_t, 3>& dims,
