@@ -72,8 +72,9 @@ extern "C" {
 
 #define SEGVOL_RT_VERSION_MAJOR 0
 #define SEGVOL_RT_VERSION_MINOR 2
-#define SEGVOL_RT_VERSION_PATCH 0
-#define SEGVOL_RT_VERSION "0.2.0"
+/* 0.2.1 adds segvol_compiled_graphs (within ABI 2: find_package(segvol_rt 0.2) still finds it) */
+#define SEGVOL_RT_VERSION_PATCH 1
+#define SEGVOL_RT_VERSION "0.2.1"
 /* 2: segvol_set_volume takes the data's size, segvol_segment the buffers' size and gives the
  * dims back, segvol_last_error() is per thread and takes no handle. */
 #define SEGVOL_RT_ABI_VERSION 2
