@@ -489,6 +489,11 @@ def test_cpp_and_python_share_the_records_of_checked_files(cpp_build, demo_artif
         sdk.CppRuntime(cpp_build, art)
     with pytest.raises(SegVolError, match="prompt_decoder.onnx does not match manifest.json"):
         SegVolRuntime.load(art, backend="onnxruntime", device="cpu")
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache would be")
+    monkeypatch.setenv("SEGVOL_RT_CACHE", str(blocked))  # no records can be kept: loads hash, nothing else
+    sdk.CppRuntime(cpp_build, demo_artifacts).close()
+    assert blocked.read_text() == "a file where the cache would be"
 
 
 def test_sample_app_default_output_path(tmp_path, cpp_build, demo_artifacts):
