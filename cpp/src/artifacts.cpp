@@ -97,10 +97,7 @@ static bool is_recorded(const std::string& path, const std::string& digest, cons
 
 // Creates the empty record (never through a link); a cache that cannot be written is passed over.
 static void write_record(const std::string& folder, const std::string& name) {
-    for (size_t at = 0; at != std::string::npos;) {
-        at = folder.find('/', at + 1);
-        mkdir(folder.substr(0, at).c_str(), 0755);
-    }
+    if (make_dirs(folder) != 0) return;
     int fd = open((folder + "/" + name).c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd >= 0) close(fd);
 }

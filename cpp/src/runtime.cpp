@@ -2,10 +2,9 @@
 // describe, the volume's release.
 #include "pipeline_internal.hpp"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
+#include <cstring>
 
 #include "openvino.hpp"
 #include "system.hpp"
@@ -19,13 +18,7 @@ static void fail_cache(const std::string& dir, const std::string& why) {
 
 // mkdir -p `dir`, one line (as the Python backend's) where it cannot be made.
 static void make_cache_dir(const std::string& dir) {
-    for (size_t at = 0; at != std::string::npos;) {
-        at = dir.find('/', at + 1);
-        std::string partial = dir.substr(0, at);
-        if (mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) fail_cache(dir, std::strerror(errno));
-    }
-    struct stat st;  // a file in the way: Python's FileExistsError (one on the way fails the next mkdir)
-    if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) fail_cache(dir, std::strerror(EEXIST));
+    if (int err = make_dirs(dir)) fail_cache(dir, std::strerror(err));
 }
 
 // The OpenVINO model cache, as the Python backend's (segvol_rt.backends.openvino.default_cache_dir):

@@ -8,6 +8,7 @@
 #include <utf8proc.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -25,6 +26,17 @@ inline bool is_file(const std::string& p) {
 inline long long file_size(const std::string& p) {
     struct stat st;
     return stat(p.c_str(), &st) == 0 ? (long long)st.st_size : -1;
+}
+
+// mkdir -p `dir` (mode 0755): 0 once it is a directory, else the errno that stopped it
+// (EEXIST for a file in the way, as Python's FileExistsError).
+inline int make_dirs(const std::string& dir) {
+    for (size_t at = 0; at != std::string::npos;) {
+        at = dir.find('/', at + 1);
+        if (mkdir(dir.substr(0, at).c_str(), 0755) != 0 && errno != EEXIST) return errno;
+    }
+    struct stat st;  // a file on the way fails the next mkdir; one at the end is found here
+    return stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode) ? 0 : EEXIST;
 }
 
 // segvol-rt's user cache (segvol_rt.io.user_cache.cache_root): $SEGVOL_RT_CACHE, else
