@@ -195,3 +195,21 @@ def test_quick_bench_fp16_and_the_precision_benchmark(cache, tmp_path):
     assert all(r["peak_rss_mib"] > 0 and r["n"] == 2 for r in data["precisions"].values())
     assert data["rel_l2_fp16_vs_fp32"] < 2e-2
     assert "| fp16 |" in out.stdout
+
+
+@torch_needed
+def test_the_int8_encoder_benchmark(cache, tmp_path, real_ct):
+    """benchmarks/encoder_int8.py quantizes the tiny encoder and reports every contender
+    this CPU offers, ONNX Runtime fp32 first (the reference of the rel L2)."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnx")
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "encoder_int8.py"), "--config", "tiny",
+                          "--cache-dir", str(cache), "--work", str(tmp_path), "--json", str(tmp_path / "i.json")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "i.json").read_text())["rows"]
+    labels = [r["contender"] for r in rows]
+    assert labels[:4] == ["onnxruntime fp32", "openvino fp32", "onnxruntime int8", "openvino int8 (rest f32)"]
+    assert rows[0]["rel_l2_mean"] == 0 and rows[1]["rel_l2_mean"] < 1e-4
+    assert all(0 < r["rel_l2_mean"] < 0.2 for r in rows if "int8" in r["contender"])
+    assert "| onnxruntime int8 |" in out.stdout
