@@ -6,6 +6,7 @@ missing extra, and its place in the registry (never chosen by ``auto``)."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -34,6 +35,8 @@ POINTS = [(70, 80, 20, 1), (40, 50, 12, 0)]
 
 
 needs_bf16 = pytest.mark.skipif(bf16_problem() is not None, reason=bf16_problem() or "")
+lacks_bf16 = pytest.mark.skipif(bf16_problem() is None, reason="this CPU's OpenVINO offers BF16; this side runs where it "
+                                "does not (an AVX2-only CPU, as tests/test_avx2_cpu.py emulates)")
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +166,16 @@ def test_bf16_runs_bf16_and_says_so(tiny):
     assert rt.backend.ran == {"image_encoder": "bf16", "prompt_decoder": "f32"}  # the text encoder compiles on first use
     assert rt.provenance["precision"] == "bf16"
     assert rt.backend_reason == "openvino on CPU (bf16): requested"
+
+
+@lacks_bf16
+def test_bf16_is_refused_in_one_line_where_the_cpu_lacks_it(tiny):
+    """The real CPU's capabilities, not a stand-in's: no silent fp32 run, no emulated bf16."""
+    offered = ", ".join(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    with pytest.raises(SegVolError) as err:
+        SegVolRuntime.load(tiny, backend="openvino", device="cpu", precision="bf16")
+    assert re.fullmatch(r"bf16 needs a CPU on which OpenVINO offers BF16 \(AMX, AVX512-BF16 or AVX2-VNNI-2\); "
+                        rf"this CPU \(.+\) offers {re.escape(offered)}; use --precision fp32", str(err.value))
 
 
 @needs_bf16
