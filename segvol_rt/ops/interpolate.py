@@ -19,6 +19,9 @@ from segvol_rt.ops.dispatch import array_namespace, cuda_twin
 from segvol_rt.ops.masks import positive_mask
 
 MODES = ("nearest", "nearest-exact", "trilinear")
+# elements per slab of a trilinear pass (:func:`_linear_pass`): its float64 temporaries
+# (1 MiB each) stay in cache and are reused from the heap
+PASS_CHUNK = 1 << 17
 
 # -- resize index tables (torch ATen UpSample.h, CPU) --------------------------
 
@@ -28,14 +31,18 @@ def _check_sizes(in_size: int, out_size: int) -> None:
         raise ValueError(f"resize sizes must be positive, got {in_size} -> {out_size}")
 
 
-def _fma_f32(a: Any, b: Any, c: Any) -> Any:
-    """float32 ``fma(a, b, c)``: the float32 product is exact in float64, so one
-    float64 add and a rounding to float32 give the fused result (a double
-    rounding could differ in the last bit only on an exact float32 tie)."""
+def _fma_f32(a: Any, b: Any, c: Any, out: Any | None = None) -> Any:
+    """float32 ``fma(a, b, c)``, into ``out`` (float32, the broadcast shape) when given:
+    the float32 product is exact in float64, so one float64 add and a rounding
+    to float32 give the fused result (a double rounding could differ in the last
+    bit only on an exact float32 tie)."""
     xp = array_namespace(a)
-    out = xp.asarray(a, dtype=xp.float64) * xp.asarray(b, dtype=xp.float64)
-    out += c
-    return out.astype(xp.float32)
+    exact = xp.multiply(xp.asarray(a, dtype=xp.float32), xp.asarray(b, dtype=xp.float32), dtype=xp.float64)
+    exact += c
+    if out is None:
+        return exact.astype(xp.float32)
+    out[...] = exact  # rounds to nearest, as astype
+    return out
 
 
 def _source_coordinate(in_size: int, out_size: int) -> np.ndarray:
@@ -137,14 +144,30 @@ def _gather_c(x: Any, indices: Sequence[np.ndarray | None]) -> Any:
 
 def _linear_pass(x: Any, axis: int, table: LinearTable) -> Any:
     """Linear interpolation along ``axis`` of a float32 array, rounded as torch's
-    x86 CPU kernel: ``fma(a, w0, float32(b * w1))``."""
+    x86 CPU kernel: ``fma(a, w0, float32(b * w1))``.
+
+    Computed in slabs of the first axis of about :data:`PASS_CHUNK` elements:
+    whole-volume temporaries (the float64 ones twice the output's size) were
+    fresh mappings, faulted in on every call; slabs reuse heap memory that stays
+    in cache (a 8x64x64 -> 32x256x256 window upsampling: 30 -> 10 ms, one core)."""
     xp = array_namespace(x)
-    shape = [1, 1, 1]
+    shape = list(x.shape)
     shape[axis] = len(table.i0)
-    b = xp.take(x, xp.asarray(table.i1), axis=axis)
-    b *= xp.asarray(table.w1).reshape(shape)
-    a = xp.take(x, xp.asarray(table.i0), axis=axis)
-    return _fma_f32(a, xp.asarray(table.w0).reshape(shape), b)
+    out = xp.empty(shape, dtype=xp.float32)
+    weights = [1, 1, 1]
+    weights[axis] = len(table.i0)
+    i0, i1 = xp.asarray(table.i0), xp.asarray(table.i1)
+    w0, w1 = xp.asarray(table.w0).reshape(weights), xp.asarray(table.w1).reshape(weights)
+    step = max(1, PASS_CHUNK // max(1, shape[1] * shape[2]))
+    for start in range(0, shape[0], step):
+        rows = slice(start, start + step)
+        if axis == 0:  # the slab's output rows read their own source rows
+            a, b, v0, v1 = xp.take(x, i0[rows], axis=0), xp.take(x, i1[rows], axis=0), w0[rows], w1[rows]
+        else:
+            a, b, v0, v1 = xp.take(x[rows], i0, axis=axis), xp.take(x[rows], i1, axis=axis), w0, w1
+        b *= v1
+        _fma_f32(a, v0, b, out=out[rows])
+    return out
 
 
 def _trilinear(x: Any, tables: Sequence[LinearTable]) -> Any:
