@@ -93,9 +93,8 @@ def test_the_emulated_cpu_is_avx2_only(emulator):
     run = _emulated("-c", PROBE, timeout=300)
     assert run.returncode == 0, _without_qemu_warnings(run.stderr)[-4000:]
     seen = dict(line.split("=", 1) for line in run.stdout.splitlines() if "=" in line)
-    assert seen == {"numpy_avx2": "True", "numpy_avx512f": "False", "torch": "AVX2",
-                    "openvino": seen["openvino"]}, seen
-    assert "BF16" not in seen["openvino"].split(","), seen
+    assert (seen.get("numpy_avx2"), seen.get("numpy_avx512f"), seen.get("torch")) == ("True", "False", "AVX2"), seen
+    assert "BF16" not in seen.get("openvino", "BF16").split(","), seen
 
 
 def _outcomes(report: Path) -> dict[str, str]:
