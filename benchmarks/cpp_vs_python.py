@@ -130,16 +130,16 @@ def contenders(app: Path, scan: Path, artifacts: Path, out: Path, args: argparse
 
 
 def backend_problem(backend: str, precision: str) -> str | None:
-    """Why a BACKEND:PRECISION pair cannot run here (None: it can)."""
+    """Why a BACKEND:PRECISION pair cannot run here (None: it can): the backend's own refusal line."""
     if backend != "openvino":
         return None
+    from segvol_rt.backends.openvino import precision_problem
+    from segvol_rt.errors import SegVolError
+
     try:
-        import openvino
-    except ImportError:
-        return "openvino is not installed"
-    offered = [str(c) for c in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
-    want = {"fp32": "FP32", "bf16": "BF16"}.get(precision)
-    return None if want in offered else f"this CPU's OpenVINO offers {', '.join(offered)}, not {precision}"
+        return precision_problem(precision)
+    except SegVolError as exc:  # openvino is not installed: the line names the extra
+        return str(exc)
 
 
 def artifacts_of(model: str) -> Path:

@@ -70,6 +70,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _skipped(contenders: Sequence[str]) -> dict[str, str]:
+    """Contender -> why it cannot run on this CPU (OpenVINO's bf16 without BF16: the
+    backend's refusal line), for the contenders that cannot."""
+    from segvol_rt.backends.openvino import precision_problem
+
+    found = {label: precision_problem(CONTENDERS[label][1]) for label in contenders if CONTENDERS[label][0] == "openvino"}
+    return {label: problem for label, problem in found.items() if problem is not None}
+
+
 def _open(artifacts: Path, backend: str, precision: str, cache: Path | None) -> tuple[Any, float]:
     from segvol_rt.backends.select import open_backend
     from segvol_rt.io.artifacts import Artifacts
@@ -235,10 +244,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from segvol_rt.export.reference.bench_model import prepare_bench_model
 
     args.work.mkdir(parents=True, exist_ok=True)
+    skipped = _skipped(args.contenders)
+    args.contenders = [label for label in args.contenders if label not in skipped]
+    if not args.contenders:
+        raise SystemExit("no contender can run on this CPU: " + "; ".join(skipped.values()))
     bm = prepare_bench_model(args.config, cache_dir=args.cache_dir)
     meta = machine_info()
     cache = "cold (emptied before every run of segvol-rt)" if args.cold_cache else "warm"
     print(f"# segvol-rt CPU tier ({args.part}, {args.config})\n\n{machine_line(meta)}\n")
+    for label, problem in skipped.items():
+        print(f"Skipped on this CPU: {label} ({problem}).\n")
     if args.part == "infer":
         print(f"segvol-rt's user cache (OpenVINO's compiled models, the records of checked files): {cache}.\n")
     if args.part == "windows":
@@ -254,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.torch:
             print(f"\n{_targets_table(rows, meta['machine']['cpu_flags'])}")
     if args.json:
-        doc = {"meta": meta, "part": args.part, "config": args.config, "cold_cache": args.cold_cache, "rows": rows}
+        doc = {"meta": meta, "part": args.part, "config": args.config, "cold_cache": args.cold_cache,
+               "skipped": skipped, "rows": rows}
         args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return 0
 

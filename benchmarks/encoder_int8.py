@@ -131,16 +131,12 @@ def contenders(fp32: Path, int8: Path) -> dict[str, Callable[[], Run]]:
 
 
 def _bf16_offered() -> bool:
-    import openvino as ov
+    from segvol_rt.backends.openvino import precision_problem
 
-    from segvol_rt.backends.openvino import check_precision
-    from segvol_rt.errors import SegVolError
-
-    try:
-        check_precision(ov.Core(), "bf16")
-    except SegVolError:
-        return False
-    return True
+    problem = precision_problem("bf16")
+    if problem is not None:
+        print(f"openvino bf16 rows skipped: {problem}", file=sys.stderr)
+    return problem is None
 
 
 def measure(label: str, opener: Callable[[], Run], held: list[np.ndarray], reference: list[np.ndarray] | None

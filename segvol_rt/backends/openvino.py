@@ -125,19 +125,28 @@ def graph_cache_dir(cache_dir: Path, sha256: str) -> Path:
     return cache_dir / sha256
 
 
-def check_precision(core: Any, precision: str) -> None:
-    """Refuse a precision this CPU's OpenVINO does not offer (one line naming what it does)."""
+def precision_problem(precision: str, core: Any = None) -> str | None:
+    """Why this CPU's OpenVINO cannot compute in ``precision`` (one line naming what
+    the CPU offers), or None. ``core``: an ``openvino.Core`` (default: a new one)."""
     if precision == "fp16":
-        raise SegVolError("the openvino backend computes in fp32 or bf16, not fp16 (fp16 is a graph variant for "
-                          "--backend onnxruntime or tensorrt); use --precision fp32 or bf16")
+        return ("the openvino backend computes in fp32 or bf16, not fp16 (fp16 is a graph variant for "
+                "--backend onnxruntime or tensorrt); use --precision fp32 or bf16")
     if precision not in HINTS:
-        raise SegVolError(f"the openvino backend computes in {' or '.join(HINTS)}, not {precision!r}")
+        return f"the openvino backend computes in {' or '.join(HINTS)}, not {precision!r}"
+    core = require("openvino").Core() if core is None else core
     offered = [str(c) for c in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")]
-    if CAPABILITIES[precision] not in offered:
-        name = core.get_property(DEVICE, "FULL_DEVICE_NAME")
-        raise SegVolError(f"{precision} needs a CPU on which OpenVINO offers {CAPABILITIES[precision]} (AMX, "
-                          f"AVX512-BF16 or AVX2-VNNI-2); this CPU ({name}) offers {', '.join(offered)}; "
-                          "use --precision fp32")
+    if CAPABILITIES[precision] in offered:
+        return None
+    name = core.get_property(DEVICE, "FULL_DEVICE_NAME")
+    return (f"{precision} needs a CPU on which OpenVINO offers {CAPABILITIES[precision]} (AMX, "
+            f"AVX512-BF16 or AVX2-VNNI-2); this CPU ({name}) offers {', '.join(offered)}; use --precision fp32")
+
+
+def check_precision(core: Any, precision: str) -> None:
+    """Refuse a precision this CPU's OpenVINO does not offer (:func:`precision_problem`'s line)."""
+    problem = precision_problem(precision, core)
+    if problem is not None:
+        raise SegVolError(problem)
 
 
 def _unwritable(folder: Path, why: str) -> SegVolError:

@@ -198,6 +198,26 @@ def test_quick_bench_fp16_and_the_precision_benchmark(cache, tmp_path):
 
 
 @torch_needed
+def test_the_cpu_tier_windows_benchmark(cache, tmp_path):
+    """benchmarks/cpu_tier.py times every contender this CPU can run and names, with
+    the backend's refusal line, the one it cannot (OpenVINO bf16 without BF16)."""
+    pytest.importorskip("openvino")
+    from tests.support.openvino_cpu import bf16_problem
+
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_tier.py"), "windows", "--config", "tiny",
+                          "--cache-dir", str(cache), "--work", str(tmp_path), "--repeat", "1",
+                          "--json", str(tmp_path / "w.json")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "w.json").read_text())
+    ran = [r["contender"] for r in doc["rows"]]
+    problem = bf16_problem()
+    assert ran == ["onnxruntime fp32", "openvino fp32", *(["openvino bf16"] if problem is None else [])]
+    assert doc["skipped"] == ({} if problem is None else {"openvino bf16": problem})
+    assert doc["rows"][1]["rel_l2_vs_first"] < 1e-4
+    assert (f"Skipped on this CPU: openvino bf16 ({problem})." in out.stdout) == (problem is not None)
+
+
+@torch_needed
 def test_the_int8_encoder_benchmark(cache, tmp_path, real_ct):
     """benchmarks/encoder_int8.py quantizes the tiny encoder and reports every contender
     this CPU offers, ONNX Runtime fp32 first (the reference of the rel L2)."""
