@@ -134,12 +134,8 @@ def backend_problem(backend: str, precision: str) -> str | None:
     if backend != "openvino":
         return None
     from segvol_rt.backends.openvino import precision_problem
-    from segvol_rt.errors import SegVolError
 
-    try:
-        return precision_problem(precision)
-    except SegVolError as exc:  # openvino is not installed: the line names the extra
-        return str(exc)
+    return precision_problem(precision)  # without openvino installed, the line naming the extra
 
 
 def artifacts_of(model: str) -> Path:

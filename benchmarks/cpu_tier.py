@@ -71,8 +71,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _skipped(contenders: Sequence[str]) -> dict[str, str]:
-    """Contender -> why it cannot run on this CPU (OpenVINO's bf16 without BF16: the
-    backend's refusal line), for the contenders that cannot."""
+    """Contender -> why it cannot run on this CPU (OpenVINO's bf16 without BF16, or any
+    OpenVINO contender without the openvino extra: the backend's refusal line), for the
+    contenders that cannot."""
     from segvol_rt.backends.openvino import precision_problem
 
     found = {label: precision_problem(CONTENDERS[label][1]) for label in contenders if CONTENDERS[label][0] == "openvino"}

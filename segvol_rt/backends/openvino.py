@@ -65,7 +65,7 @@ from segvol_rt.backends.base import Backend
 from segvol_rt.backends.onnxruntime import LAZY_GRAPHS
 from segvol_rt.backends.resident import drop_mapped_pages, trim_heap
 from segvol_rt.backends.signal_stack import kept_signal_stack
-from segvol_rt.errors import SegVolError
+from segvol_rt.errors import MissingDependencyError, SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.user_cache import cache_root
 
@@ -127,13 +127,19 @@ def graph_cache_dir(cache_dir: Path, sha256: str) -> Path:
 
 def precision_problem(precision: str, core: Any = None) -> str | None:
     """Why this CPU's OpenVINO cannot compute in ``precision`` (one line naming what
-    the CPU offers), or None. ``core``: an ``openvino.Core`` (default: a new one)."""
+    the CPU offers), or None. ``core``: an ``openvino.Core`` (default: a new one; where
+    openvino cannot be imported, the line is the one naming the extra), so the
+    benchmarks and tests that ask whether a precision runs here skip with this line."""
     if precision == "fp16":
         return ("the openvino backend computes in fp32 or bf16, not fp16 (fp16 is a graph variant for "
                 "--backend onnxruntime or tensorrt); use --precision fp32 or bf16")
     if precision not in HINTS:
         return f"the openvino backend computes in {' or '.join(HINTS)}, not {precision!r}"
-    core = require("openvino").Core() if core is None else core
+    if core is None:
+        try:
+            core = require("openvino").Core()
+        except MissingDependencyError as exc:
+            return str(exc)
     offered = [str(c) for c in core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")]
     if CAPABILITIES[precision] in offered:
         return None

@@ -396,6 +396,18 @@ def test_missing_openvino_names_the_extra(tiny, monkeypatch):
         select.open_backend(Artifacts.load(tiny), "openvino", "cpu")
 
 
+def test_precision_problem_without_openvino_is_the_line_naming_the_extra(monkeypatch):
+    """What the benchmarks and tests ask before running a precision: without openvino,
+    the extra's line (they skip with it), not an exception."""
+    from segvol_rt.backends.openvino import precision_problem
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    for precision in ("fp32", "bf16"):
+        assert re.match(r"openvino is needed for the OpenVINO backend .*pip install 'segvol-rt\[openvino\]'",
+                        precision_problem(precision) or "")
+    assert precision_problem("fp16").startswith("the openvino backend computes in fp32 or bf16, not fp16")
+
+
 def test_registry_declares_every_backend():
     names = [e.name for e in registry.entries()]
     assert names == ["tensorrt", "onnxruntime", "openvino", "torch"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -215,6 +217,26 @@ def test_the_cpu_tier_windows_benchmark(cache, tmp_path):
     assert doc["skipped"] == ({} if problem is None else {"openvino bf16": problem})
     assert doc["rows"][1]["rel_l2_vs_first"] < 1e-4
     assert (f"Skipped on this CPU: openvino bf16 ({problem})." in out.stdout) == (problem is not None)
+
+
+@torch_needed
+def test_the_cpu_tier_without_the_openvino_extra_times_what_it_can(cache, tmp_path):
+    """Without openvino (a package on PYTHONPATH that cannot be imported), benchmarks/cpu_tier.py
+    times ONNX Runtime alone and names the extra for each OpenVINO contender, as cpp_vs_python does."""
+    shadow = tmp_path / "no-openvino" / "openvino"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no openvino here (the test hides it)')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(shadow.parent), os.environ.get("PYTHONPATH")) if p)}
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_tier.py"), "windows", "--config", "tiny",
+                          "--cache-dir", str(cache), "--work", str(tmp_path), "--repeat", "1",
+                          "--json", str(tmp_path / "w.json")], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "w.json").read_text())
+    assert [r["contender"] for r in doc["rows"]] == ["onnxruntime fp32"]
+    assert set(doc["skipped"]) == {"openvino fp32", "openvino bf16"}
+    for line in doc["skipped"].values():
+        assert re.match(r"openvino is needed .*no openvino here.*pip install 'segvol-rt\[openvino\]'", line)
+        assert f"({line})" in out.stdout
 
 
 @torch_needed
