@@ -240,6 +240,36 @@ def test_the_cpu_tier_without_the_openvino_extra_times_what_it_can(cache, tmp_pa
 
 
 @torch_needed
+def test_the_prepared_cpu_tier_run(cache, tmp_path, real_ct):
+    """benchmarks/cpu_tier_run.sh, what a session on a new CPU kind runs: here its infer part
+    alone, on the tiny model, the CT and 1 target, one round (ARGS after the part's own win):
+    the report named after the machine, with issue 21's targets table and its command, the C++
+    app beside each backend, and every label map compared with the first contender's (their
+    equality is the parity tests'; OpenVINO's sums may move a voxel of a random tiny model)."""
+    pytest.importorskip("openvino")
+    from tests.cpp import sdk
+
+    if sdk.missing_toolchain():
+        pytest.skip(sdk.missing_toolchain())
+    results = tmp_path / "results"
+    env = {**os.environ, "RESULTS": str(results), "PARTS": "cpu-tier-infer", "PYTHON": sys.executable,
+           "SEGVOL_RT_CPP_BUILD": str(sdk.build_dir())}
+    out = subprocess.run(["bash", str(REPO / "benchmarks" / "cpu_tier_run.sh"), "smoke", "--config", "tiny",
+                          "--cache-dir", str(cache), "--work", str(tmp_path / "work"), "--cases", "ct",
+                          "--targets", "1", "--repeat", "1"], capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 part(s) failed" in out.stdout
+    (report,) = results.glob("*-cpu-tier-infer-smoke.md")
+    text = report.read_text()
+    assert "Targets (issue 21, whole `infer` on a CPU with AMX" in text
+    assert text.rstrip().endswith("by benchmarks/cpu_tier_run.sh).") and "--config tiny --cache-dir" in text
+    doc = json.loads(report.with_suffix(".json").read_text())
+    ran = {r["contender"] for r in doc["rows"]}
+    assert {"onnxruntime fp32", "openvino fp32", "C++ onnxruntime fp32", "C++ openvino fp32", "torch official-style"} <= ran
+    assert all(isinstance(r["voxels_differing"], int) for r in doc["rows"] if r["contender"] != "torch official-style")
+
+
+@torch_needed
 def test_the_int8_encoder_benchmark(cache, tmp_path, real_ct):
     """benchmarks/encoder_int8.py quantizes the tiny encoder and reports every contender
     this CPU offers, ONNX Runtime fp32 first (the reference of the rel L2)."""
