@@ -12,7 +12,7 @@
 # tests'; built when missing) and PYTHON (default python). A smoke run:
 #   RESULTS=/tmp/r bash benchmarks/cpu_tier_run.sh smoke --config tiny      (about 7 min)
 #
-# The parts (a full run took about 45 min on the AVX2-only EPYC):
+# The parts (a full run took 35 min on the AVX2-only EPYC, 2026-12-07):
 #   cpu-tier-windows               cpu_tier.py windows --repeat 3
 #   cpu-tier-infer                 cpu_tier.py infer --cases ct raw --targets 1 5 --torch --cpp BUILD
 #                                  --repeat 2 (the table of issue 21's targets)
@@ -60,8 +60,8 @@ part() {  # part NAME SCRIPT ARGS...: one report, its command appended (when PAR
   base="$RESULTS/$DAY-$name-$TAG"
   echo "== $name -> $base.md ($(date -u +%T))"
   if "$PYTHON" "benchmarks/$script" "$@" --json "$base.json" > "$base.md" 2> "$LOGS/$name.log"; then
-    printf '\nCommand: `python benchmarks/%s %s` (%s, %s, by benchmarks/cpu_tier_run.sh).\n' \
-      "$script" "$*" "$DAY" "$TAG" >> "$base.md"
+    printf '\nCommand: `python benchmarks/%s%s` (%s, %s, by benchmarks/cpu_tier_run.sh).\n' \
+      "$script" "${*:+ $*}" "$DAY" "$TAG" >> "$base.md"
   else
     echo "FAILED: $name (exit $?); its log: $LOGS/$name.log" >&2
     tail -5 "$LOGS/$name.log" >&2
