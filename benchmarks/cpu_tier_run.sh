@@ -52,10 +52,12 @@ failed=0
 
 PARTS=${PARTS:-cpu-tier-windows cpu-tier-infer cpu-tier-infer-ct-cold-cache cpu-tier-infer-demo encoder-int8}
 
+wanted() { [[ " $PARTS " == *" $1 "* ]]; }  # wanted NAME: PARTS names it
+
 part() {  # part NAME SCRIPT ARGS...: one report, its command appended (when PARTS names it)
   local name=$1 script=$2 base
   shift 2
-  [[ " $PARTS " == *" $name "* ]] || return 0
+  wanted "$name" || return 0
   set -- "$@" "${EXTRA[@]}"
   base="$RESULTS/$DAY-$name-$TAG"
   echo "== $name -> $base.md ($(date -u +%T))"
@@ -69,9 +71,7 @@ part() {  # part NAME SCRIPT ARGS...: one report, its command appended (when PAR
   fi
 }
 
-needs_cpp=0
-for name in cpu-tier-infer cpu-tier-infer-ct-cold-cache; do [[ " $PARTS " == *" $name "* ]] && needs_cpp=1; done
-if [ "$needs_cpp" = 1 ] && [ ! -x "$BUILD/segvol-rt-infer" ]; then
+if { wanted cpu-tier-infer || wanted cpu-tier-infer-ct-cold-cache; } && [ ! -x "$BUILD/segvol-rt-infer" ]; then
   SEGVOL_RT_SKIP_TESTS=1 bash cpp/build.sh "$BUILD" > "$LOGS/cpp-build.log" 2>&1 \
     || { echo "FAILED: the C++ build (log: $LOGS/cpp-build.log)" >&2; exit 1; }
 fi

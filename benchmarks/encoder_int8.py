@@ -130,9 +130,8 @@ def contenders(fp32: Path, int8: Path, skipped: dict[str, str]) -> dict[str, Cal
              ("openvino int8 (rest bf16)", "bf16", lambda: openvino_run(int8, HINTS["bf16"]))]
     for precision in ("fp32", "bf16"):
         problem = precision_problem(precision)
-        if problem is not None:
+        if problem is not None:  # the report names it
             skipped[f"openvino {precision}"] = problem
-            print(f"openvino {precision} rows skipped: {problem}", file=sys.stderr)
     return {label: opener for label, precision, opener in every
             if precision is None or f"openvino {precision}" not in skipped}
 

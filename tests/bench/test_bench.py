@@ -199,6 +199,15 @@ def test_quick_bench_fp16_and_the_precision_benchmark(cache, tmp_path):
     assert "| fp16 |" in out.stdout
 
 
+def _cpu_tier_windows(cache: Path, work: Path, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """``benchmarks/cpu_tier.py windows`` on the tiny model, one round: the process and its JSON."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_tier.py"), "windows", "--config", "tiny",
+                          "--cache-dir", str(cache), "--work", str(work), "--repeat", "1",
+                          "--json", str(work / "w.json")], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    return out, json.loads((work / "w.json").read_text())
+
+
 @torch_needed
 def test_the_cpu_tier_windows_benchmark(cache, tmp_path):
     """benchmarks/cpu_tier.py times every contender this CPU can run and names, with
@@ -206,11 +215,7 @@ def test_the_cpu_tier_windows_benchmark(cache, tmp_path):
     pytest.importorskip("openvino")
     from tests.support.openvino_cpu import bf16_problem
 
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_tier.py"), "windows", "--config", "tiny",
-                          "--cache-dir", str(cache), "--work", str(tmp_path), "--repeat", "1",
-                          "--json", str(tmp_path / "w.json")], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    doc = json.loads((tmp_path / "w.json").read_text())
+    out, doc = _cpu_tier_windows(cache, tmp_path)
     ran = [r["contender"] for r in doc["rows"]]
     problem = bf16_problem()
     assert ran == ["onnxruntime fp32", "openvino fp32", *(["openvino bf16"] if problem is None else [])]
@@ -227,11 +232,7 @@ def test_the_cpu_tier_without_the_openvino_extra_times_what_it_can(cache, tmp_pa
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('no openvino here (the test hides it)')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(shadow.parent), os.environ.get("PYTHONPATH")) if p)}
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_tier.py"), "windows", "--config", "tiny",
-                          "--cache-dir", str(cache), "--work", str(tmp_path), "--repeat", "1",
-                          "--json", str(tmp_path / "w.json")], capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stderr
-    doc = json.loads((tmp_path / "w.json").read_text())
+    out, doc = _cpu_tier_windows(cache, tmp_path, env)
     assert [r["contender"] for r in doc["rows"]] == ["onnxruntime fp32"]
     assert set(doc["skipped"]) == {"openvino fp32", "openvino bf16"}
     for line in doc["skipped"].values():
