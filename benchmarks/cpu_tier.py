@@ -13,8 +13,9 @@ minor page faults from ``os.wait4``, as benchmarks/memory.py),
 on ../shared/data's CT at 1.5 mm and the 512x512x200 raw phantom, plus the
 official-style torch flow (benchmarks/memory.py's child, the same phrases) with
 ``--torch`` and the C++ SDK's sample app (``segvol-rt-infer``, each contender's
-backend and precision) with ``--cpp cpp/build``; ``--repeat`` interleaved rounds, and each label map compared with
-the first contender's.
+backend and precision) with ``--cpp cpp/build``, and another install's ``segvol-rt`` (an
+earlier commit's, say) with ``--baseline NAME=EXE``; ``--repeat`` interleaved rounds, and each
+label map compared with the first contender's.
 The CPU model and its ISA flags head the report; figures taken on a shared
 machine are ratios, read side by side. With ``--torch`` the report ends with
 issue 21's targets per row (:data:`SPEEDUP_TARGETS`, :data:`RSS_TARGET`): met
@@ -63,11 +64,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--torch", action="store_true", help="also the official-style torch flow (infer)")
     p.add_argument("--cpp", type=Path, default=None, metavar="BUILD",
                    help="also the C++ app of this build (cpp/build) for every contender (infer)")
+    p.add_argument("--baseline", type=_baseline, default=None, metavar="NAME=EXE",
+                   help="also this other install's segvol-rt (e.g. an earlier commit's venv/bin/segvol-rt) for "
+                        "every contender, its rows named 'NAME <contender>' (infer)")
     p.add_argument("--cold-cache", action="store_true",
                    help="infer: an empty user cache (OpenVINO's compiled models, the records of checked "
                         "files) before every run of segvol-rt (a first run on a machine)")
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
+
+
+def _baseline(text: str) -> tuple[str, Path]:
+    """``NAME=EXE`` -> (NAME, EXE): the rows' prefix and the other install's segvol-rt."""
+    name, sep, exe = text.partition("=")
+    if not (sep and name.strip() and exe):
+        raise argparse.ArgumentTypeError(f"expected NAME=EXE (e.g. before=/venv/bin/segvol-rt), got {text!r}")
+    if not Path(exe).is_file():
+        raise argparse.ArgumentTypeError(f"{exe} is not a file")
+    return name.strip(), Path(exe)
 
 
 def _skipped(contenders: Sequence[str]) -> dict[str, str]:
@@ -136,8 +150,10 @@ def _commands(args: argparse.Namespace, artifacts: Path, checkpoint: Path, scan:
     writing its own label map, and the official-style torch flow (one full
     zoom-out-zoom-in per phrase)."""
     texts = [x for t in phrases for x in ("--text", t)]
-    # segvol-rt infer, and with --cpp the C++ sample app: the same scan, phrases and backend
-    programs = {"": ["segvol-rt", "infer"], **({f"{CPP} ": [str(args.cpp / "segvol-rt-infer")]} if args.cpp else {})}
+    # segvol-rt infer, with --cpp the C++ sample app and with --baseline another install's
+    # segvol-rt: the same scan, phrases and backend
+    programs = {"": ["segvol-rt", "infer"], **({f"{CPP} ": [str(args.cpp / "segvol-rt-infer")]} if args.cpp else {}),
+                **({f"{args.baseline[0]} ": [str(args.baseline[1]), "infer"]} if args.baseline else {})}
     cmds = {f"{prefix}{label}": [*_cache_env(args), *program, str(scan), "--artifacts", str(artifacts), *texts,
                                  "--backend", CONTENDERS[label][0], "--device", "cpu", "--precision", CONTENDERS[label][1],
                                  "--out", str(_mask_path(args, f"{prefix}{label}")), "--quiet"]
@@ -222,16 +238,18 @@ def _infer_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def _targets_table(rows: Sequence[dict[str, Any]], flags: Sequence[str]) -> str:
     """Each row with a torch flow beside it against :data:`SPEEDUP_TARGETS` and
-    :data:`RSS_TARGET`: met or not, and whether this CPU is one they are set for."""
+    :data:`RSS_TARGET`: met or not, and whether this CPU is one they are set for
+    (this tree's contenders and the C++ app's; a ``--baseline`` is not judged)."""
     amx = "amx_bf16" in flags
     lines = [f"Targets (issue 21, whole `infer` on a CPU with AMX; this CPU {'has' if amx else 'has no'} AMX"
              f"{'' if amx else ': reported, not judged'}):", "",
              "| case | targets | contender | x torch | target | met | RSS / torch | target | met |",
              "|---|---:|---|---:|---:|---|---:|---:|---|"]
     for r in rows:
-        if r["speedup_vs_torch"] is None or r["contender"] == TORCH:
+        label = r["contender"].removeprefix(f"{CPP} ")
+        if r["speedup_vs_torch"] is None or label not in CONTENDERS:
             continue
-        want = SPEEDUP_TARGETS.get(r["contender"].removeprefix(f"{CPP} "))
+        want = SPEEDUP_TARGETS.get(label)
         speed = "" if want is None else ("yes" if r["speedup_vs_torch"] >= want else "no")
         lines.append(f"| {r['case']} | {r['targets']} | {r['contender']} | {r['speedup_vs_torch']:.2f} | "
                      f"{'' if want is None else f'>= {want}'} | {speed} | {r['rss_vs_torch']:.2f} | <= {RSS_TARGET} | "

@@ -3,11 +3,17 @@
 ``import segvol_rt`` needs numpy alone. torch, onnx, cupy, tensorrt and
 onnxruntime-gpu are imported only by the code paths that use them, through
 :func:`require`, so a missing one names the extra that brings it.
+
+Some dependencies import optional packages of their own that segvol-rt never
+uses through them (:data:`_UNUSED_OPTIONAL`); :func:`require` imports them
+without those, so that, e.g., reading a NIfTI file does not import pydicom.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import threading
 from types import ModuleType
 
 from segvol_rt.errors import MissingDependencyError
@@ -35,11 +41,38 @@ _EXTRAS = {
     "tritonclient": ("client", "segvol_rt.client and `segvol-rt infer --server`"),
 }
 
+# module -> optional packages it imports eagerly when they are installed but segvol-rt never
+# uses through it: kept out of its first import (while not imported already), so it does
+# without them. nibabel imports pydicom (0.4 s, with requests and tqdm, of a 14 s
+# `segvol-rt infer` on a NIfTI CT; 2-core EPYC) only to parse the DICOM header extensions
+# (code 2) of NIfTI files, which segvol-rt never reads; without it nibabel keeps their bytes
+# (a plain Nifti1Extension), as it does where pydicom is not installed. segvol-rt's DICOM
+# reading imports pydicom itself (require("pydicom")).
+_UNUSED_OPTIONAL = {"nibabel": ("pydicom",)}
+# One import through this module at a time: while a package's unused optional packages are
+# kept out, another thread's import of them must wait, not fail.
+_import_lock = threading.RLock()
+
+
+def _import(module: str) -> ModuleType:
+    """``importlib.import_module(module)``, keeping :data:`_UNUSED_OPTIONAL` out of a first import."""
+    with _import_lock:
+        root = module.split(".")[0]
+        kept_out = () if root in sys.modules else [m for m in _UNUSED_OPTIONAL.get(root, ()) if m not in sys.modules]
+        for name in kept_out:
+            sys.modules[name] = None  # type: ignore[assignment]  # the import system's "raise ImportError"
+        try:
+            return importlib.import_module(module)
+        finally:
+            for name in kept_out:
+                if sys.modules.get(name, False) is None:
+                    del sys.modules[name]
+
 
 def require(module: str) -> ModuleType:
     """Import ``module`` or raise :class:`MissingDependencyError` naming its extra."""
     try:
-        return importlib.import_module(module)
+        return _import(module)
     except ImportError as exc:
         root = module.split(".")[0]
         extra, purpose = _EXTRAS.get(root, ("?", "this feature"))
@@ -55,7 +88,7 @@ def require(module: str) -> ModuleType:
 def available(module: str) -> bool:
     """True when ``module`` imports; never raises."""
     try:
-        importlib.import_module(module)
+        _import(module)
     except Exception:  # noqa: BLE001 - a broken install counts as unavailable
         return False
     return True

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -268,6 +269,27 @@ def test_the_prepared_cpu_tier_run(cache, tmp_path, real_ct):
     ran = {r["contender"] for r in doc["rows"]}
     assert {"onnxruntime fp32", "openvino fp32", "C++ onnxruntime fp32", "C++ openvino fp32", "torch official-style"} <= ran
     assert all(isinstance(r["voxels_differing"], int) for r in doc["rows"] if r["contender"] != "torch official-style")
+
+
+@torch_needed
+def test_the_cpu_tier_against_a_baseline_install(cache, tmp_path, real_ct):
+    """``cpu_tier.py infer --baseline NAME=EXE`` runs another install's segvol-rt (here this
+    one again) beside this tree's for every contender, in the same rounds: its rows named
+    after it, its label maps compared, and left out of the targets table (not judged)."""
+    exe = shutil.which("segvol-rt")
+    if exe is None:
+        pytest.skip("no segvol-rt console script on PATH")
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_tier.py"), "infer", "--config", "tiny",
+                          "--cache-dir", str(cache), "--work", str(tmp_path), "--cases", "ct", "--targets", "1",
+                          "--repeat", "1", "--contenders", "onnxruntime fp32", "--baseline", f"before={exe}",
+                          "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [(r["contender"], r["voxels_differing"]) for r in rows] == [("onnxruntime fp32", 0),
+                                                                       ("before onnxruntime fp32", 0)]
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_tier.py"), "infer", "--baseline", "before"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "expected NAME=EXE" in bad.stderr
 
 
 @torch_needed
