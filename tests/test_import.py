@@ -55,7 +55,6 @@ def test_import_does_not_load_heavy_modules():
 
 _NIFTI_PROBE = """
 import json, sys
-import numpy as np
 from segvol_rt._optional import require
 from segvol_rt.io.nifti import read_scan
 scan = read_scan(sys.argv[1])
