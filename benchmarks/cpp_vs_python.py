@@ -200,13 +200,13 @@ def render(path: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from segvol_rt.bench.machine import machine_info, machine_line
+    from segvol_rt.bench.machine import compile_bytecode, machine_info, machine_line
     from segvol_rt.demo.phantom import make_phantom
 
     app = ensure_app(args.build)
-    meta = machine_info()
+    meta = {**machine_info(), "bytecode": compile_bytecode()}
     report: dict[str, Any] = {"machine": meta, "models": {}}
-    print(f"# C++ SDK vs Python runtime\n\n{machine_line(meta)}\n")
+    print(f"# C++ SDK vs Python runtime\n\n{machine_line(meta)}\n\n{meta['bytecode']}\n")
     with tempfile.TemporaryDirectory(prefix="segvol-rt-cpp-bench-") as tmp:
         for model in args.models:
             artifacts = artifacts_of(model)

@@ -259,7 +259,7 @@ def _targets_table(rows: Sequence[dict[str, Any]], flags: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from segvol_rt.bench.machine import machine_info, machine_line
+    from segvol_rt.bench.machine import compile_bytecode, machine_info, machine_line
     from segvol_rt.export.reference.bench_model import prepare_bench_model
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -275,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Skipped on this CPU: {label} ({problem}).\n")
     if args.part == "infer":
         print(f"segvol-rt's user cache (OpenVINO's compiled models, the records of checked files): {cache}.\n")
+        meta["bytecode"] = compile_bytecode()
+        print(f"{meta['bytecode']}\n")
     if args.part == "windows":
         rows = windows(args, bm.artifacts)
         print("| contender | s per window (median) | min | rel L2 vs ORT fp32 | load s (cold cache) | load s (warm) |")

@@ -143,13 +143,15 @@ def prepare(args: argparse.Namespace, tmp: Path) -> None:
 
 
 def machine() -> dict[str, Any]:
-    from segvol_rt.bench.machine import machine_info
+    """The machine's facts, and segvol-rt's bytecode compiled ahead of the runs (as installed)."""
+    from segvol_rt.bench.machine import compile_bytecode, machine_info
 
-    return machine_info()
+    return {**machine_info(), "bytecode": compile_bytecode()}
 
 
 def table(results: dict[str, list[dict[str, float]]], meta: dict[str, Any]) -> str:
     lines = [f"# segvol-rt memory benchmark ({meta['scan']}, model {meta['model']})", "",
+             meta["machine"].get("bytecode", ""), "",
              "| contender | peak RSS MiB (median) | max | wall s (median) | runs |", "|---|---:|---:|---:|---:|"]
     for name, runs in results.items():
         rss = [r["peak_rss_mib"] for r in runs]
@@ -170,12 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="segvol-rt-memory-") as tmp:
         prepare(args, Path(tmp))
         cmds = commands(args, Path(tmp))
+        meta = {"scan": f"{args.scan.name}", "model": str(args.artifacts), "text": args.text,
+                "threads": args.threads, "machine": machine()}
         results: dict[str, list[dict[str, float]]] = {name: [] for name in cmds}
         for _ in range(args.repeat):  # interleaved rounds, as the latency benchmarks
             for name, cmd in cmds.items():
                 results[name].append(measure(cmd))
-        meta = {"scan": f"{args.scan.name}", "model": str(args.artifacts), "text": args.text,
-                "threads": args.threads, "machine": machine()}
     print(table(results, meta))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -53,12 +53,20 @@ it lists in :data:`SUPPORTED_FORMATS`.
   maps the masks back; absent (SegVol's own weights, trained on each data
   set's stored order): the scan's stored voxel order, unchanged.
 
-Runtime code: numpy; jsonschema is imported when a manifest is read.
+Runtime code: numpy; jsonschema is imported when a manifest is read whose
+bytes never passed the schema on this machine: one that did leaves a record in
+segvol-rt's user cache (``valid-manifests/``, named by the digests of the
+manifest's bytes and of the schema; :mod:`segvol_rt.io.digests`), and a later
+read of the same bytes takes it as checked. jsonschema's import and check were
+0.15-0.2 s of each one-shot ``segvol-rt infer`` (2-core EPYC). The records hold no
+more trust than the cache's compiled models; a cache that cannot be written
+only means every read checks.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -75,12 +83,17 @@ from segvol_rt._system import cpu_cores
 from segvol_rt.errors import SegVolError
 from segvol_rt.io import spec as S
 from segvol_rt.io.config import SegVolConfig
+from segvol_rt.io.digests import content_record, has_record, hash_and_record, is_recorded, write_record
 
 FORMAT_VERSION = 1
 # Every format_version this reader accepts (see the module docstring).
 SUPPORTED_FORMATS = (1,)
 MANIFEST = "manifest.json"
 SCHEMA = "manifest.schema.json"
+# The user cache's folder of manifests that passed the schema, and the check's name in
+# their records (a change of what a record means changes it).
+VALID_MANIFESTS_DIR = "valid-manifests"
+VALID_MANIFEST_CHECK = "segvol-rt-valid-manifest/1"
 TEXT_TABLE = "text_table.npz"
 TOKENIZER_DIR = "tokenizer"
 ENGINES_DIR = "engines"
@@ -134,7 +147,8 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SegVolError(f"{root} has no {MANIFEST}; it is not an artifacts directory (see `segvol-rt export`)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SegVolError(f"{path} is not valid JSON ({exc}); export the artifacts again") from exc
     except OSError as exc:
@@ -147,15 +161,33 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
             f"{path}: format_version {version!r} is not supported by this segvol-rt "
             f"(expects {' or '.join(map(str, SUPPORTED_FORMATS))}); export the artifacts again with this version"
         )
-    validate_manifest(data, path)
+    record = _valid_manifest_record(raw)
+    if not has_record(record):
+        validate_manifest(data, path)
+        write_record(record)
     return data
+
+
+def _valid_manifest_record(raw: bytes) -> Path:
+    """The record that the manifest whose bytes are ``raw`` passed this schema."""
+    return content_record(VALID_MANIFESTS_DIR, VALID_MANIFEST_CHECK,
+                          hashlib.sha256(raw).hexdigest(), _schema_sha256())
+
+
+@functools.cache
+def _schema_text() -> str:
+    return resources.files("segvol_rt.io").joinpath(SCHEMA).read_text(encoding="utf-8")
+
+
+@functools.cache
+def _schema_sha256() -> str:
+    return hashlib.sha256(_schema_text().encode("utf-8")).hexdigest()
 
 
 @functools.cache
 def manifest_schema() -> dict[str, Any]:
     """The manifest's JSON Schema (draft 2020-12), shipped as ``segvol_rt/io/manifest.schema.json``."""
-    text = resources.files("segvol_rt.io").joinpath(SCHEMA).read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
+    schema: dict[str, Any] = json.loads(_schema_text())
     return schema
 
 
@@ -346,8 +378,6 @@ class Artifacts:
         the full-size graphs are a load's largest cost after the model itself
         (about 0.28 s for the 609 MB of fp32 graphs on 2 cores)."""
         from concurrent.futures import ThreadPoolExecutor
-
-        from segvol_rt.io.digests import hash_and_record, is_recorded
 
         listed = [(rel, digest) for rel, digest in dict.fromkeys(files) if (rel, digest) not in self._verified]
         for rel, _ in listed:

@@ -23,6 +23,11 @@ A cache that cannot be written only makes loads slower (nothing is refused);
 the folder may be deleted at any time. The C++ SDK reads and writes the same
 records (``cpp/src/artifacts.cpp``; :data:`RECORD_FORMAT`, the folder name
 and :data:`RACY_SECONDS` are generated into it).
+
+Checks of small texts leave records of their own, keyed by content alone
+(:func:`content_record`): the manifest that passed its JSON Schema
+(:func:`segvol_rt.io.artifacts.read_manifest`). Python's alone; the C++ SDK
+neither reads nor writes them.
 """
 
 from __future__ import annotations
@@ -68,10 +73,9 @@ def is_recorded(path: Path, sha256: str, folder: Path | None = None) -> bool:
     """Whether the file at ``path``, as it is now, hashed to ``sha256`` before (a record exists)."""
     try:
         st = path.stat()
-        found = (folder or records_dir()).joinpath(record_name(st, sha256)).lstat()
     except (OSError, ValueError):
         return False
-    return stat.S_ISREG(st.st_mode) and stat.S_ISREG(found.st_mode)
+    return stat.S_ISREG(st.st_mode) and has_record((folder or records_dir()) / record_name(st, sha256))
 
 
 def hash_and_record(path: Path, folder: Path | None = None) -> str:
@@ -82,16 +86,32 @@ def hash_and_record(path: Path, folder: Path | None = None) -> str:
     after = path.stat()
     newest = max(after.st_mtime_ns, after.st_ctime_ns) / 1e9
     if _identity(before) == _identity(after) and time.time() - newest >= RACY_SECONDS:
-        _write_record(folder or records_dir(), record_name(after, digest))
+        write_record((folder or records_dir()) / record_name(after, digest))
     return digest
 
 
-def _write_record(folder: Path, name: str) -> None:
-    """Create the empty record ``folder/name``; never follows a link, and a cache that
+def content_record(folder: str, kind: str, *digests: str) -> Path:
+    """The record under ``<user cache>/folder`` that the check ``kind`` passed on the
+    contents whose sha256 are ``digests`` (the checked text's, and whatever else the
+    verdict depends on: the schema's)."""
+    text = " ".join((kind, *digests))
+    return cache_root() / folder / hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def has_record(record: Path) -> bool:
+    """Whether ``record`` exists as a regular file (a link or anything else is no record)."""
+    try:
+        return stat.S_ISREG(record.lstat().st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def write_record(record: Path) -> None:
+    """Create the empty record file ``record``; never follows a link, and a cache that
     cannot be written is passed over (a record only saves time)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError:
         return
     os.close(fd)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from segvol_rt.app.bench import quick_bench
-from segvol_rt.bench.machine import machine_info
+from segvol_rt.bench.machine import compile_bytecode, machine_info
 from segvol_rt.bench.report import Report
 from segvol_rt.bench.scans import DEMO_CROP, requests_for, scaled_crop
 from segvol_rt.bench.timing import LatencyStats, percentile, time_calls
@@ -52,6 +52,16 @@ def test_report_table_and_json(tmp_path):
     assert {"cpu", "cores", "usable_cores"} <= set(data["machine"])
     assert set(data["rows"][0]) >= ROW_KEYS and data["rows"][0]["windows"] == 6
     assert data["rows"][1]["p50_ms_per_item"] == pytest.approx(100 / 8)
+
+
+def test_whole_process_benchmarks_run_segvol_rt_from_bytecode_as_installed():
+    """A wheel's install has its modules compiled; an editable one under PYTHONDONTWRITEBYTECODE
+    (this project's machines) never has, unless the benchmark compiles them first."""
+    import segvol_rt.runtime
+
+    line = compile_bytecode()
+    assert line.startswith("segvol-rt's bytecode: compiled ahead"), line
+    assert Path(importlib.util.cache_from_source(segvol_rt.runtime.__file__)).is_file()
 
 
 def test_time_calls_counts_calls():

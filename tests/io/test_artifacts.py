@@ -64,6 +64,7 @@ def test_missing_jsonschema_is_a_clear_error_not_a_skipped_check(tmp_path, monke
     lent GPU machine, unless benchmarks/device/ carries its wheels) one line names it."""
     import sys
 
+    monkeypatch.setenv("SEGVOL_RT_CACHE", str(tmp_path / "cache"))  # no record that it passed before
     root = _make(tmp_path / "art")
     monkeypatch.setitem(sys.modules, "jsonschema", None)
     with pytest.raises(SegVolError, match=r"jsonschema is needed for checking the artifacts' manifest"):

@@ -1,9 +1,12 @@
 """The records of checked files (segvol_rt.io.digests): a load hashes a graph version once,
-and a file whose bytes changed never passes on an old record."""
+and a file whose bytes changed never passes on an old record; a manifest's bytes pass
+the JSON Schema once."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -112,3 +115,61 @@ def test_a_link_is_neither_a_record_nor_followed_when_recording(tmp_path, record
     assert not digests.is_recorded(path, digest)
     digests.hash_and_record(path)
     assert not target.exists() and not digests.is_recorded(path, digest)
+
+
+def _valid_manifests(tmp_path) -> list[str]:
+    folder = tmp_path / "cache" / A.VALID_MANIFESTS_DIR
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_a_manifest_that_passed_the_schema_is_not_checked_again(tmp_path, records, monkeypatch):
+    """The second read of the same bytes neither imports jsonschema nor checks: it passed before."""
+    root = _make(tmp_path / "art")
+    assert _valid_manifests(tmp_path) == []
+    A.read_manifest(root)
+    assert len(_valid_manifests(tmp_path)) == 1
+    monkeypatch.setitem(sys.modules, "jsonschema", None)  # any check now would fail
+    assert A.read_manifest(root)["format_version"] == A.FORMAT_VERSION
+    elsewhere = tmp_path / "copy"
+    elsewhere.mkdir()
+    (elsewhere / A.MANIFEST).write_bytes((root / A.MANIFEST).read_bytes())
+    A.read_manifest(elsewhere)  # the record is the bytes', wherever they are
+
+
+def test_a_changed_manifest_is_checked_again(tmp_path, records, monkeypatch):
+    root = _make(tmp_path / "art")
+    A.read_manifest(root)
+    manifest = json.loads((root / A.MANIFEST).read_text())
+    manifest["graphs"]["image_encoder"]["sha256"] = "not a digest"
+    A.write_manifest(root, manifest)
+    with pytest.raises(SegVolError, match="/graphs/image_encoder/sha256"):
+        A.read_manifest(root)
+    with pytest.raises(SegVolError, match="/graphs/image_encoder/sha256"):
+        A.read_manifest(root)  # a manifest the schema refused leaves no record
+    assert len(_valid_manifests(tmp_path)) == 1
+
+
+def test_a_manifest_record_holds_for_its_schema_only(tmp_path, records, monkeypatch):
+    root = _make(tmp_path / "art")
+    A.read_manifest(root)
+    monkeypatch.setattr(A, "_schema_sha256", lambda: "0" * 64)  # another segvol-rt's schema
+    checked: list[str] = []
+    real = A.validate_manifest
+    monkeypatch.setattr(A, "validate_manifest", lambda data, path: checked.append(str(path)) or real(data, path))
+    A.read_manifest(root)
+    assert checked == [str(root / A.MANIFEST)] and len(_valid_manifests(tmp_path)) == 2
+
+
+def test_a_manifest_record_is_a_regular_file_or_none(tmp_path, records, monkeypatch):
+    """A link where the record would be is no record, and is not followed when recording."""
+    root = _make(tmp_path / "art")
+    record = A._valid_manifest_record((root / A.MANIFEST).read_bytes())
+    record.parent.mkdir(parents=True)
+    target = tmp_path / "elsewhere"
+    record.symlink_to(target)
+    checked: list[str] = []
+    real = A.validate_manifest
+    monkeypatch.setattr(A, "validate_manifest", lambda data, path: checked.append(str(path)) or real(data, path))
+    A.read_manifest(root)
+    A.read_manifest(root)
+    assert len(checked) == 2 and not target.exists()
