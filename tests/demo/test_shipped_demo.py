@@ -19,7 +19,7 @@ import pytest
 from segvol_rt.demo.model import WEIGHTS_FILE, cached_demo_artifacts, demo_checkpoint_dir, shipped_artifacts_dir
 from segvol_rt.io import digests
 from segvol_rt.io import spec as S
-from segvol_rt.io.artifacts import Artifacts
+from segvol_rt.io.artifacts import VALID_MANIFESTS_DIR, Artifacts
 from segvol_rt.io.digests import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,6 +123,8 @@ def test_a_runtime_only_install_runs_the_demo(wheel, tmp_path):
 
     with Image.open(out / "preview.png") as img:
         assert img.size[0] > 200 and img.size[1] > 200
-    cache = tmp_path / "cache"  # at most the records of the shipped files it checked (segvol_rt.io.digests)
+    # at most the records of the shipped files it checked (segvol_rt.io.digests) and of their manifest
+    cache = tmp_path / "cache"
     made = {p.name for p in cache.iterdir()} if cache.exists() else set()
-    assert made <= {digests.RECORDS_DIR}, f"the demo exported instead of using the shipped artifacts: {made}"
+    records = {digests.RECORDS_DIR, VALID_MANIFESTS_DIR}
+    assert made <= records, f"the demo exported instead of using the shipped artifacts: {made}"
