@@ -151,7 +151,7 @@ def machine() -> dict[str, Any]:
 
 def table(results: dict[str, list[dict[str, float]]], meta: dict[str, Any]) -> str:
     lines = [f"# segvol-rt memory benchmark ({meta['scan']}, model {meta['model']})", "",
-             meta["machine"].get("bytecode", ""), "",
+             meta["machine"]["bytecode"], "",
              "| contender | peak RSS MiB (median) | max | wall s (median) | runs |", "|---|---:|---:|---:|---:|"]
     for name, runs in results.items():
         rss = [r["peak_rss_mib"] for r in runs]

@@ -122,6 +122,14 @@ def _valid_manifests(tmp_path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
+def _counting_checks(monkeypatch) -> list[str]:
+    """The manifests checked against the schema from now on, by path."""
+    checked: list[str] = []
+    real = A.validate_manifest
+    monkeypatch.setattr(A, "validate_manifest", lambda data, path: checked.append(str(path)) or real(data, path))
+    return checked
+
+
 def test_a_manifest_that_passed_the_schema_is_not_checked_again(tmp_path, records, monkeypatch):
     """The second read of the same bytes neither imports jsonschema nor checks: it passed before."""
     root = _make(tmp_path / "art")
@@ -136,7 +144,7 @@ def test_a_manifest_that_passed_the_schema_is_not_checked_again(tmp_path, record
     A.read_manifest(elsewhere)  # the record is the bytes', wherever they are
 
 
-def test_a_changed_manifest_is_checked_again(tmp_path, records, monkeypatch):
+def test_a_changed_manifest_is_checked_again(tmp_path, records):
     root = _make(tmp_path / "art")
     A.read_manifest(root)
     manifest = json.loads((root / A.MANIFEST).read_text())
@@ -153,9 +161,7 @@ def test_a_manifest_record_holds_for_its_schema_only(tmp_path, records, monkeypa
     root = _make(tmp_path / "art")
     A.read_manifest(root)
     monkeypatch.setattr(A, "_schema_sha256", lambda: "0" * 64)  # another segvol-rt's schema
-    checked: list[str] = []
-    real = A.validate_manifest
-    monkeypatch.setattr(A, "validate_manifest", lambda data, path: checked.append(str(path)) or real(data, path))
+    checked = _counting_checks(monkeypatch)
     A.read_manifest(root)
     assert checked == [str(root / A.MANIFEST)] and len(_valid_manifests(tmp_path)) == 2
 
@@ -167,9 +173,7 @@ def test_a_manifest_record_is_a_regular_file_or_none(tmp_path, records, monkeypa
     record.parent.mkdir(parents=True)
     target = tmp_path / "elsewhere"
     record.symlink_to(target)
-    checked: list[str] = []
-    real = A.validate_manifest
-    monkeypatch.setattr(A, "validate_manifest", lambda data, path: checked.append(str(path)) or real(data, path))
+    checked = _counting_checks(monkeypatch)
     A.read_manifest(root)
     A.read_manifest(root)
     assert len(checked) == 2 and not target.exists()
